@@ -1,0 +1,45 @@
+//! The errors an invocation can end with. Each variant is a Lambda `errorType` named in
+//! DESIGN.md, so Step Functions `Retry`/`Catch` can tell them apart.
+
+use crate::response::Response;
+
+/// Why an invocation failed. The message names the offending value and what would be valid.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum CopySnapshotsError {
+    /// Malformed payload or settings; nothing was copied and no AWS call was made.
+    #[error("{0}")]
+    InvalidRequest(String),
+    /// A requested snapshot does not exist or is not visible; nothing was copied.
+    #[error("{0}")]
+    SourceNotFound(String),
+    /// A requested snapshot is not `completed` (or is archived); nothing was copied.
+    #[error("{0}")]
+    SourceNotReady(String),
+    /// Some copies failed after all other work was done. `response` holds everything else.
+    #[error("{message}")]
+    CopyFailed { message: String, response: Box<Response> },
+    /// EC2 or KMS said no; the message says how far the invocation got.
+    #[error("{0}")]
+    AccessDenied(String),
+    /// EC2 throttling outlasted the SDK's retries; safe to retry.
+    #[error("{0}")]
+    Throttled(String),
+    /// EC2 failed in a way none of the above covers (5xx, network); safe to retry.
+    #[error("{0}")]
+    Ec2Error(String),
+}
+
+impl CopySnapshotsError {
+    /// The Lambda `errorType`.
+    pub fn error_type(&self) -> &'static str {
+        match self {
+            Self::InvalidRequest(_) => "InvalidRequest",
+            Self::SourceNotFound(_) => "SourceNotFound",
+            Self::SourceNotReady(_) => "SourceNotReady",
+            Self::CopyFailed { .. } => "CopyFailed",
+            Self::AccessDenied(_) => "AccessDenied",
+            Self::Throttled(_) => "Throttled",
+            Self::Ec2Error(_) => "Ec2Error",
+        }
+    }
+}

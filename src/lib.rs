@@ -1,0 +1,28 @@
+//! copy-snapshots: copies EBS snapshots to another region as a reconciler — each invocation
+//! converges the target region towards "every source has a copy", idempotently, through tags
+//! on the copies. See DESIGN.md in the project's shared folder for the contract.
+//!
+//! Module map:
+//! - [`ids`]: snapshot ids, regions, KMS key references, snapshot ARNs, validated.
+//! - [`request`]: the request, the environment's defaults, validation.
+//! - [`event`]: payload → request (direct request or EventBridge event).
+//! - [`store`]: the trait the engine asks EC2 through, in domain types.
+//! - [`reconcile`]: the engine.
+//! - [`response`], [`error`]: what an invocation answers.
+//! - [`handler`]: one invocation end to end.
+//! - [`simulated`]: an in-memory EC2 on tokio's clock, for tests and the benchmark.
+
+pub mod error;
+pub mod event;
+pub mod handler;
+pub mod ids;
+pub mod reconcile;
+pub mod request;
+pub mod response;
+pub mod simulated;
+pub mod store;
+
+pub use error::CopySnapshotsError;
+pub use handler::handle;
+pub use request::{CopyRequest, Settings};
+pub use response::Response;

@@ -1,0 +1,371 @@
+//! The request: its JSON shape (avtomat-aws's parameter names), the defaults the environment
+//! supplies, and validation into a [`CopyRequest`] that the engine can trust. Every rejection is
+//! an `InvalidRequest` naming the field and what would be valid, decided before any AWS call.
+
+use std::collections::{BTreeMap, HashSet};
+use std::time::Duration;
+
+use serde::Deserialize;
+use serde_json::Value;
+
+use crate::error::CopySnapshotsError;
+use crate::ids::{KmsKeyRef, Region, SnapshotId, shorten};
+use crate::store::{Filter, RESERVED_TAG_PREFIX, SourceSelector, Tag};
+
+/// Default for `pending_limit`: AWS's concurrent-copy quota per destination region.
+pub const DEFAULT_PENDING_LIMIT: u32 = 20;
+/// Default for `POLL_INTERVAL_SECONDS`.
+pub const DEFAULT_POLL_INTERVAL: Duration = Duration::from_secs(15);
+/// EC2 allows 50 tags per snapshot; two are the tracking tags.
+pub const MAX_USER_TAGS: usize = 48;
+
+/// The request as it arrives (manual invoke, Step Functions, schedule Input).
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RequestPayload {
+    pub snapshot_ids: Option<Vec<String>>,
+    pub filters: Option<Vec<FilterPayload>>,
+    pub target_region: Option<String>,
+    pub region: Option<String>,
+    pub pending_limit: Option<u32>,
+    pub encrypt: Option<bool>,
+    pub kms_key_id: Option<String>,
+    pub copy_tags: Option<bool>,
+    pub tags: Option<BTreeMap<String, String>>,
+    pub completion_duration_minutes: Option<u32>,
+    pub wait_for_completion: Option<bool>,
+    pub max_wait_seconds: Option<u64>,
+    pub debug: Option<bool>,
+}
+
+/// One `filters` entry.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FilterPayload {
+    pub name: String,
+    pub values: Vec<String>,
+}
+
+/// What each field accepts, for messages about wrong JSON types.
+fn valid_values(field: &str) -> &'static str {
+    match field {
+        "snapshot_ids" => "a list of snapshot ids (`snap-` + 8 or 17 lowercase hex digits)",
+        "filters" => "a list of {\"name\": \"…\", \"values\": [\"…\"]} objects",
+        "name" => "a filter name such as `tag:Backup`",
+        "values" => "a list of strings",
+        "target_region" | "region" => crate::ids::REGION_FORMAT,
+        "pending_limit" => "an integer ≥ 1",
+        "encrypt" | "copy_tags" | "wait_for_completion" | "debug" => "true or false",
+        "kms_key_id" => crate::ids::KMS_KEY_FORMAT,
+        "tags" => "an object of string keys to string values",
+        "completion_duration_minutes" => "an integer from 15 to 2880, a multiple of 15",
+        "max_wait_seconds" => "an integer ≥ 0",
+        _ => "see the request table in the README",
+    }
+}
+
+/// Settings from the environment (the SAM template's parameters); they fill only the fields a
+/// payload leaves out.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Settings {
+    /// `AWS_REGION`: the source region when the request names none.
+    pub source_region: Option<Region>,
+    /// `TARGET_REGION`.
+    pub target_region: Option<Region>,
+    /// `PENDING_LIMIT`.
+    pub pending_limit: u32,
+    /// `ENCRYPT`.
+    pub encrypt: bool,
+    /// `KMS_KEY_ID`, used only for encrypted copies.
+    pub kms_key: Option<KmsKeyRef>,
+    /// `COPY_TAGS`.
+    pub copy_tags: bool,
+    /// `POLL_INTERVAL_SECONDS`: the shortest wait between two polls.
+    pub poll_interval: Duration,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Self {
+            source_region: None,
+            target_region: None,
+            pending_limit: DEFAULT_PENDING_LIMIT,
+            encrypt: false,
+            kms_key: None,
+            copy_tags: false,
+            poll_interval: DEFAULT_POLL_INTERVAL,
+        }
+    }
+}
+
+impl Settings {
+    /// Reads the process environment.
+    pub fn from_env() -> Result<Self, CopySnapshotsError> {
+        Self::from_lookup(|name| std::env::var(name).ok())
+    }
+
+    /// Reads settings through `lookup`; empty values count as unset, because CloudFormation
+    /// passes an unset optional parameter as "".
+    pub fn from_lookup(lookup: impl Fn(&str) -> Option<String>) -> Result<Self, CopySnapshotsError> {
+        let get = |name: &str| lookup(name).map(|v| v.trim().to_owned()).filter(|v| !v.is_empty());
+        let invalid = |name: &str, value: &str, valid: &str| {
+            CopySnapshotsError::InvalidRequest(format!(
+                "environment variable {name}: `{}` is not valid; valid: {valid}",
+                shorten(value)
+            ))
+        };
+        let region = |name: &str| {
+            get(name)
+                .map(|v| Region::parse(&v).map_err(|_| invalid(name, &v, crate::ids::REGION_FORMAT)))
+                .transpose()
+        };
+        let flag = |name: &str| match get(name) {
+            None => Ok(false),
+            Some(v) => match v.to_ascii_lowercase().as_str() {
+                "true" => Ok(true),
+                "false" => Ok(false),
+                _ => Err(invalid(name, &v, "true or false")),
+            },
+        };
+        let pending_limit = match get("PENDING_LIMIT") {
+            None => DEFAULT_PENDING_LIMIT,
+            Some(v) => v.parse::<u32>().ok().filter(|n| *n >= 1).ok_or_else(|| invalid("PENDING_LIMIT", &v, "an integer ≥ 1"))?,
+        };
+        let poll_interval = match get("POLL_INTERVAL_SECONDS") {
+            None => DEFAULT_POLL_INTERVAL,
+            Some(v) => v
+                .parse::<f64>()
+                .ok()
+                .filter(|s| s.is_finite() && *s > 0.0 && *s <= 900.0)
+                .map(Duration::from_secs_f64)
+                .ok_or_else(|| invalid("POLL_INTERVAL_SECONDS", &v, "a number of seconds, more than 0 and at most 900"))?,
+        };
+        let kms_key = get("KMS_KEY_ID")
+            .map(|v| KmsKeyRef::parse(&v).map_err(|_| invalid("KMS_KEY_ID", &v, crate::ids::KMS_KEY_FORMAT)))
+            .transpose()?;
+        Ok(Self {
+            source_region: region("AWS_REGION")?,
+            target_region: region("TARGET_REGION")?,
+            pending_limit,
+            encrypt: flag("ENCRYPT")?,
+            kms_key,
+            copy_tags: flag("COPY_TAGS")?,
+            poll_interval,
+        })
+    }
+}
+
+/// A request the engine can trust: every field checked, every default applied.
+#[derive(Debug, Clone, PartialEq)]
+pub struct CopyRequest {
+    pub sources: SourceSelector,
+    pub source_region: Region,
+    pub target_region: Region,
+    pub pending_limit: usize,
+    pub encrypt: bool,
+    /// Only with `encrypt`; `None` means the target region's AWS managed key.
+    pub kms_key: Option<KmsKeyRef>,
+    pub copy_tags: bool,
+    /// Extra tags for every copy, sorted by key.
+    pub tags: Vec<Tag>,
+    pub completion_duration_minutes: Option<u32>,
+    pub wait_for_completion: bool,
+    /// `None`: wait until the invocation's deadline.
+    pub max_wait: Option<Duration>,
+    pub debug: bool,
+}
+
+fn invalid(message: String) -> CopySnapshotsError {
+    CopySnapshotsError::InvalidRequest(message)
+}
+
+impl CopyRequest {
+    /// Parses and checks a direct request payload.
+    pub fn from_json(payload: Value, settings: &Settings) -> Result<Self, CopySnapshotsError> {
+        if !payload.is_object() {
+            return Err(invalid(format!(
+                "the payload must be a JSON object (a copy request or an EventBridge event), not {}",
+                json_kind(&payload)
+            )));
+        }
+        let parsed: RequestPayload = serde_path_to_error::deserialize(payload).map_err(|err| {
+            let path = err.path().to_string();
+            let inner = err.into_inner();
+            if path == "." {
+                // Unknown fields land here; serde's text lists the valid ones.
+                invalid(format!("request: {inner}"))
+            } else {
+                let field = path.rsplit('.').next().unwrap_or(&path);
+                let field = field.split('[').next().unwrap_or(field);
+                invalid(format!("{path}: {inner}; valid: {}", valid_values(field)))
+            }
+        })?;
+        Self::check(parsed, settings)
+    }
+
+    /// Checks a parsed payload and applies the environment's defaults.
+    pub fn check(payload: RequestPayload, settings: &Settings) -> Result<Self, CopySnapshotsError> {
+        let sources = match (payload.snapshot_ids, payload.filters) {
+            (Some(_), Some(_)) => {
+                return Err(invalid(
+                    "snapshot_ids and filters: give one or the other, not both".to_owned(),
+                ));
+            }
+            (None, None) => {
+                return Err(invalid(
+                    "snapshot_ids or filters is required: a list of snapshot ids, or DescribeSnapshots filters such as \
+                     [{\"name\": \"tag:Backup\", \"values\": [\"daily\"]}]"
+                        .to_owned(),
+                ));
+            }
+            (Some(ids), None) => SourceSelector::Ids(check_snapshot_ids(&ids)?),
+            (None, Some(filters)) => SourceSelector::Filters(check_filters(filters)?),
+        };
+
+        let source_region = match payload.region {
+            Some(text) => Region::parse(&text).map_err(|e| invalid(format!("region: {e}")))?,
+            None => settings.source_region.clone().ok_or_else(|| {
+                invalid(format!("region: not in the request and AWS_REGION is not set; valid: {}", crate::ids::REGION_FORMAT))
+            })?,
+        };
+        let target_region = match payload.target_region {
+            Some(text) => Region::parse(&text).map_err(|e| invalid(format!("target_region: {e}")))?,
+            None => settings.target_region.clone().ok_or_else(|| {
+                invalid(format!(
+                    "target_region: not in the request and TARGET_REGION is not set; valid: {}",
+                    crate::ids::REGION_FORMAT
+                ))
+            })?,
+        };
+
+        let pending_limit = payload.pending_limit.unwrap_or(settings.pending_limit);
+        if pending_limit == 0 {
+            return Err(invalid("pending_limit: 0 would never start a copy; valid: an integer ≥ 1".to_owned()));
+        }
+
+        let encrypt = payload.encrypt.unwrap_or(settings.encrypt);
+        let kms_key = match payload.kms_key_id {
+            Some(_) if !encrypt => {
+                return Err(invalid(
+                    "kms_key_id: given without `encrypt: true`; set encrypt to true, or leave kms_key_id out".to_owned(),
+                ));
+            }
+            Some(text) => Some(KmsKeyRef::parse(&text).map_err(|e| invalid(format!("kms_key_id: {e}")))?),
+            None if encrypt => settings.kms_key.clone(),
+            None => None,
+        };
+        if let Some(key_region) = kms_key.as_ref().and_then(KmsKeyRef::region) {
+            if key_region != &target_region {
+                return Err(invalid(format!(
+                    "kms_key_id: the key is in {key_region} but the copies are made in {target_region}; \
+                     valid: a key in the target region {target_region}"
+                )));
+            }
+        }
+
+        let tags = check_tags(payload.tags.unwrap_or_default())?;
+
+        if let Some(minutes) = payload.completion_duration_minutes {
+            if !(15..=2880).contains(&minutes) || minutes % 15 != 0 {
+                return Err(invalid(format!(
+                    "completion_duration_minutes: {minutes} is not allowed; valid: {}",
+                    valid_values("completion_duration_minutes")
+                )));
+            }
+        }
+
+        Ok(Self {
+            sources,
+            source_region,
+            target_region,
+            pending_limit: pending_limit as usize,
+            encrypt,
+            kms_key,
+            copy_tags: payload.copy_tags.unwrap_or(settings.copy_tags),
+            tags,
+            completion_duration_minutes: payload.completion_duration_minutes,
+            wait_for_completion: payload.wait_for_completion.unwrap_or(false),
+            max_wait: payload.max_wait_seconds.map(Duration::from_secs),
+            debug: payload.debug.unwrap_or(false),
+        })
+    }
+}
+
+fn check_snapshot_ids(ids: &[String]) -> Result<Vec<SnapshotId>, CopySnapshotsError> {
+    if ids.is_empty() {
+        return Err(invalid(format!("snapshot_ids: the list is empty; valid: {}", valid_values("snapshot_ids"))));
+    }
+    let mut seen = HashSet::with_capacity(ids.len());
+    ids.iter()
+        .enumerate()
+        .map(|(i, text)| {
+            let id = SnapshotId::parse(text).map_err(|e| invalid(format!("snapshot_ids[{i}]: {e}")))?;
+            if !seen.insert(text.as_str()) {
+                return Err(invalid(format!("snapshot_ids[{i}]: `{id}` is listed twice; list each snapshot once")));
+            }
+            Ok(id)
+        })
+        .collect()
+}
+
+fn check_filters(filters: Vec<FilterPayload>) -> Result<Vec<Filter>, CopySnapshotsError> {
+    if filters.is_empty() {
+        return Err(invalid(format!("filters: the list is empty; valid: {}", valid_values("filters"))));
+    }
+    filters
+        .into_iter()
+        .enumerate()
+        .map(|(i, f)| {
+            if f.name.trim().is_empty() {
+                return Err(invalid(format!("filters[{i}].name: empty; valid: {}", valid_values("name"))));
+            }
+            if f.values.is_empty() {
+                return Err(invalid(format!(
+                    "filters[{i}].values: empty, which matches nothing; valid: one or more values for `{}`",
+                    shorten(&f.name)
+                )));
+            }
+            Ok(Filter { name: f.name, values: f.values })
+        })
+        .collect()
+}
+
+fn check_tags(tags: BTreeMap<String, String>) -> Result<Vec<Tag>, CopySnapshotsError> {
+    if tags.len() > MAX_USER_TAGS {
+        return Err(invalid(format!(
+            "tags: {} tags; valid: at most {MAX_USER_TAGS} (EC2 allows 50 per snapshot, 2 are the tracking tags)",
+            tags.len()
+        )));
+    }
+    tags.into_iter()
+        .map(|(key, value)| {
+            let shown = shorten(&key);
+            if key.is_empty() || key.chars().count() > 128 {
+                return Err(invalid(format!("tags: key `{shown}`; valid: 1 to 128 characters")));
+            }
+            if key.to_ascii_lowercase().starts_with("aws:") {
+                return Err(invalid(format!("tags: key `{shown}` uses the `aws:` prefix, which AWS reserves")));
+            }
+            if key.starts_with(RESERVED_TAG_PREFIX) {
+                return Err(invalid(format!(
+                    "tags: key `{shown}` uses the `{RESERVED_TAG_PREFIX}` prefix, which this function sets itself"
+                )));
+            }
+            if value.chars().count() > 256 {
+                return Err(invalid(format!("tags: the value of `{shown}` is too long; valid: at most 256 characters")));
+            }
+            Ok(Tag { key, value })
+        })
+        .collect()
+}
+
+fn json_kind(value: &Value) -> &'static str {
+    match value {
+        Value::Null => "null",
+        Value::Bool(_) => "a boolean",
+        Value::Number(_) => "a number",
+        Value::String(_) => "a string",
+        Value::Array(_) => "an array",
+        Value::Object(_) => "an object",
+    }
+}

@@ -1,0 +1,518 @@
+//! An in-memory EC2 that implements [`SnapshotStore`] on tokio's clock, for the engine tests and
+//! the `simulate` benchmark. It models what the real service does that matters to the engine:
+//! copies take time (120 s + 20 s per GiB by default) and report whole-percent progress, each
+//! region allows a limited number of pending copies (foreign copies included) and answers
+//! ResourceLimitExceeded beyond it, and chosen copies end in `error`. Faults the real service
+//! shows rarely (refusals, unanswered calls, throttling, access denied) can be injected, and
+//! every call is counted.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::{Mutex, MutexGuard};
+use std::time::Duration;
+
+use tokio::time::Instant;
+
+use crate::ids::{Region, SnapshotId};
+use crate::store::{
+    CopySpec, CopyStatus, SOURCE_REGION_TAG, SOURCE_SNAPSHOT_TAG, SnapshotState, SnapshotStore, SourceSelector,
+    SourceSnapshot, StoreError, Tag, find_tag,
+};
+
+/// AWS's default quota of concurrent copies per destination region.
+pub const DEFAULT_REGION_COPY_LIMIT: usize = 20;
+
+/// How long a copy takes: `fixed + per_gib × size`.
+#[derive(Debug, Clone, Copy)]
+pub struct CopyTimeModel {
+    pub fixed: Duration,
+    pub per_gib: Duration,
+}
+
+impl CopyTimeModel {
+    pub const DEFAULT: Self = Self { fixed: Duration::from_secs(120), per_gib: Duration::from_secs(20) };
+    pub const INSTANT: Self = Self { fixed: Duration::ZERO, per_gib: Duration::ZERO };
+
+    pub fn duration(&self, size_gib: u64) -> Duration {
+        self.fixed + self.per_gib.saturating_mul(u32::try_from(size_gib).unwrap_or(u32::MAX))
+    }
+}
+
+/// Calls the engine made, by operation.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct CallCounts {
+    pub describe_sources: usize,
+    pub find_copies: usize,
+    pub start_copy: usize,
+    pub describe_copies: usize,
+}
+
+impl CallCounts {
+    pub fn total(&self) -> usize {
+        self.describe_sources + self.find_copies + self.start_copy + self.describe_copies
+    }
+}
+
+/// A snapshot in the simulated world, source or copy.
+#[derive(Debug, Clone)]
+struct Snapshot {
+    id: SnapshotId,
+    size_gib: u64,
+    encrypted: bool,
+    kms_key_id: Option<String>,
+    tags: Vec<Tag>,
+    /// Fixed state for sources; copies derive theirs from time.
+    fixed_state: Option<SnapshotState>,
+    archived: bool,
+    started: Instant,
+    duration: Duration,
+    /// Ends in `error` with this message halfway through.
+    fails_with: Option<String>,
+}
+
+impl Snapshot {
+    fn state_at(&self, now: Instant) -> (SnapshotState, Option<u8>, Option<String>) {
+        if let Some(state) = &self.fixed_state {
+            let progress = if *state == SnapshotState::Completed { 100 } else { 0 };
+            return (state.clone(), Some(progress), None);
+        }
+        let elapsed = now.saturating_duration_since(self.started);
+        if let Some(message) = &self.fails_with {
+            if elapsed >= self.duration / 2 {
+                return (SnapshotState::Error, Some(0), Some(message.clone()));
+            }
+        }
+        if elapsed >= self.duration {
+            return (SnapshotState::Completed, Some(100), None);
+        }
+        // EC2 reports whole percent, rounded down.
+        let percent = (elapsed.as_secs_f64() / self.duration.as_secs_f64() * 100.0).floor() as u8;
+        (SnapshotState::Pending, Some(percent.min(99)), None)
+    }
+
+    fn is_pending_at(&self, now: Instant) -> bool {
+        self.state_at(now).0 == SnapshotState::Pending
+    }
+
+    fn copy_status(&self, now: Instant) -> Option<CopyStatus> {
+        let source_id = SnapshotId::parse(find_tag(&self.tags, SOURCE_SNAPSHOT_TAG)?).ok()?;
+        let (state, progress, state_message) = self.state_at(now);
+        Some(CopyStatus {
+            id: self.id.clone(),
+            source_id,
+            state,
+            progress,
+            encrypted: self.encrypted,
+            kms_key_id: self.kms_key_id.clone(),
+            state_message,
+        })
+    }
+}
+
+#[derive(Debug, Default)]
+struct RegionState {
+    snapshots: HashMap<SnapshotId, Snapshot>,
+    /// Insertion order, so listings are stable.
+    order: Vec<SnapshotId>,
+    /// Copies that were pending when last looked at; pruned lazily.
+    maybe_pending: Vec<SnapshotId>,
+}
+
+impl RegionState {
+    fn insert(&mut self, snapshot: Snapshot) {
+        self.order.push(snapshot.id.clone());
+        self.snapshots.insert(snapshot.id.clone(), snapshot);
+    }
+
+    fn pending_now(&mut self, now: Instant) -> Vec<&Snapshot> {
+        let snapshots = &self.snapshots;
+        self.maybe_pending.retain(|id| snapshots.get(id).is_some_and(|s| s.is_pending_at(now)));
+        self.maybe_pending.iter().filter_map(|id| snapshots.get(id)).collect()
+    }
+}
+
+/// A fault to answer one CopySnapshot call with.
+#[derive(Debug, Clone)]
+enum StartFault {
+    /// The call reaches EC2 (or not) but the answer is lost.
+    Unanswered { created: bool },
+    Refused { code: String, message: String },
+}
+
+#[derive(Debug)]
+struct World {
+    regions: HashMap<String, RegionState>,
+    region_copy_limit: usize,
+    model: CopyTimeModel,
+    next_id: u64,
+    calls: CallCounts,
+    /// Copies of these sources end in `error` with the message.
+    failing_sources: HashMap<SnapshotId, String>,
+    /// One-shot faults for the next CopySnapshot of a source.
+    start_faults: HashMap<SnapshotId, Vec<StartFault>>,
+    /// The next this many CopySnapshot calls are throttled beyond retries.
+    throttled_starts: usize,
+    deny_starts: bool,
+    /// Highest number of tracked (this function's) copies pending at once, per target region.
+    max_tracked_pending: HashMap<String, usize>,
+    no_slot_answers: usize,
+}
+
+/// The simulated EC2. Cheap to share by reference; all state sits behind one mutex that is
+/// never held across an await.
+#[derive(Debug)]
+pub struct SimulatedEc2 {
+    world: Mutex<World>,
+    latency: Duration,
+}
+
+impl Default for SimulatedEc2 {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl SimulatedEc2 {
+    pub fn new() -> Self {
+        Self {
+            world: Mutex::new(World {
+                regions: HashMap::new(),
+                region_copy_limit: DEFAULT_REGION_COPY_LIMIT,
+                model: CopyTimeModel::DEFAULT,
+                next_id: 0,
+                calls: CallCounts::default(),
+                failing_sources: HashMap::new(),
+                start_faults: HashMap::new(),
+                throttled_starts: 0,
+                deny_starts: false,
+                max_tracked_pending: HashMap::new(),
+                no_slot_answers: 0,
+            }),
+            latency: Duration::ZERO,
+        }
+    }
+
+    /// Every call takes this long (simulated).
+    pub fn with_latency(mut self, latency: Duration) -> Self {
+        self.latency = latency;
+        self
+    }
+
+    pub fn with_region_copy_limit(self, limit: usize) -> Self {
+        self.lock().region_copy_limit = limit;
+        self
+    }
+
+    pub fn with_copy_time(self, model: CopyTimeModel) -> Self {
+        self.lock().model = model;
+        self
+    }
+
+    fn lock(&self) -> MutexGuard<'_, World> {
+        // A panic while holding the lock can only come from a test assertion; the data is
+        // still consistent enough to report.
+        self.world.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    fn new_id(world: &mut World) -> SnapshotId {
+        world.next_id += 1;
+        // Ids EC2 would hand out: snap- + 17 hex digits.
+        SnapshotId::parse(&format!("snap-{:017x}", 0x5_0000_0000_0000u64 + world.next_id))
+            .unwrap_or_else(|e| panic!("simulator made a bad id: {e}"))
+    }
+
+    /// Adds a completed, unencrypted source snapshot; returns its id.
+    pub fn add_source(&self, region: &str, size_gib: u64, tags: &[(&str, &str)]) -> SnapshotId {
+        self.add_snapshot(region, size_gib, SnapshotState::Completed, false, tags)
+    }
+
+    /// Adds a source snapshot in any state.
+    pub fn add_snapshot(
+        &self,
+        region: &str,
+        size_gib: u64,
+        state: SnapshotState,
+        encrypted: bool,
+        tags: &[(&str, &str)],
+    ) -> SnapshotId {
+        let mut world = self.lock();
+        let id = Self::new_id(&mut world);
+        let snapshot = Snapshot {
+            id: id.clone(),
+            size_gib,
+            encrypted,
+            kms_key_id: None,
+            tags: tags.iter().map(|(k, v)| Tag::new(*k, *v)).collect(),
+            fixed_state: Some(state),
+            archived: false,
+            started: Instant::now(),
+            duration: Duration::ZERO,
+            fails_with: None,
+        };
+        world.regions.entry(region.to_owned()).or_default().insert(snapshot);
+        id
+    }
+
+    /// Marks a source as moved to the archive tier.
+    pub fn archive(&self, region: &str, id: &SnapshotId) {
+        if let Some(s) = self.lock().regions.get_mut(region).and_then(|r| r.snapshots.get_mut(id)) {
+            s.archived = true;
+        }
+    }
+
+    /// Adds `count` pending copies made by someone else, each taking `duration`.
+    pub fn add_foreign_pending(&self, region: &str, count: usize, duration: Duration) {
+        let mut world = self.lock();
+        for _ in 0..count {
+            let id = Self::new_id(&mut world);
+            let snapshot = Snapshot {
+                id: id.clone(),
+                size_gib: 100,
+                encrypted: false,
+                kms_key_id: None,
+                tags: Vec::new(),
+                fixed_state: None,
+                archived: false,
+                started: Instant::now(),
+                duration,
+                fails_with: None,
+            };
+            let region = world.regions.entry(region.to_owned()).or_default();
+            region.insert(snapshot);
+            region.maybe_pending.push(id);
+        }
+    }
+
+    /// Copies of `source` will end in `error` with `message` (as EC2 does for an inaccessible key).
+    pub fn fail_copies_of(&self, source: &SnapshotId, message: &str) {
+        self.lock().failing_sources.insert(source.clone(), message.to_owned());
+    }
+
+    /// The next CopySnapshot of `source` is refused with `code`.
+    pub fn refuse_next_copy_of(&self, source: &SnapshotId, code: &str, message: &str) {
+        let fault = StartFault::Refused { code: code.to_owned(), message: message.to_owned() };
+        self.lock().start_faults.entry(source.clone()).or_default().push(fault);
+    }
+
+    /// The next CopySnapshot of `source` gets no answer; `created` says whether EC2 made the copy.
+    pub fn lose_answer_to_next_copy_of(&self, source: &SnapshotId, created: bool) {
+        self.lock().start_faults.entry(source.clone()).or_default().push(StartFault::Unanswered { created });
+    }
+
+    /// The next `count` CopySnapshot calls are throttled beyond the SDK's retries.
+    pub fn throttle_next_starts(&self, count: usize) {
+        self.lock().throttled_starts = count;
+    }
+
+    /// Every CopySnapshot is denied.
+    pub fn deny_copies(&self) {
+        self.lock().deny_starts = true;
+    }
+
+    pub fn calls(&self) -> CallCounts {
+        self.lock().calls
+    }
+
+    /// How often CopySnapshot was answered ResourceLimitExceeded.
+    pub fn no_slot_answers(&self) -> usize {
+        self.lock().no_slot_answers
+    }
+
+    /// The most copies made by this function pending at once in `region`, at any moment.
+    pub fn max_tracked_pending(&self, region: &str) -> usize {
+        self.lock().max_tracked_pending.get(region).copied().unwrap_or(0)
+    }
+
+    /// Every copy this function made in `region` (any state), in creation order.
+    pub fn tracked_copies(&self, region: &str) -> Vec<CopyStatus> {
+        let now = Instant::now();
+        let world = self.lock();
+        let Some(state) = world.regions.get(region) else { return Vec::new() };
+        state.order.iter().filter_map(|id| state.snapshots.get(id)).filter_map(|s| s.copy_status(now)).collect()
+    }
+
+    /// The tags on snapshot `id` in `region`.
+    pub fn tags_of(&self, region: &str, id: &SnapshotId) -> Vec<Tag> {
+        let world = self.lock();
+        world.regions.get(region).and_then(|r| r.snapshots.get(id)).map(|s| s.tags.clone()).unwrap_or_default()
+    }
+
+    fn start_copy_now(&self, spec: &CopySpec) -> Result<SnapshotId, StoreError> {
+        let now = Instant::now();
+        let mut world = self.lock();
+        let world = &mut *world;
+        world.calls.start_copy += 1;
+        if world.deny_starts {
+            return Err(StoreError::AccessDenied(
+                "UnauthorizedOperation: You are not authorized to perform this operation.".to_owned(),
+            ));
+        }
+        if world.throttled_starts > 0 {
+            world.throttled_starts -= 1;
+            return Err(StoreError::Throttled("RequestLimitExceeded: Request limit exceeded.".to_owned()));
+        }
+        let fault = world.start_faults.get_mut(&spec.source_id).and_then(|faults| {
+            if faults.is_empty() { None } else { Some(faults.remove(0)) }
+        });
+        if let Some(StartFault::Refused { code, message }) = &fault {
+            return Err(StoreError::Refused { code: code.clone(), message: message.clone() });
+        }
+        let source = world
+            .regions
+            .get(spec.source_region.as_str())
+            .and_then(|r| r.snapshots.get(&spec.source_id))
+            .cloned()
+            .ok_or_else(|| StoreError::NotFound(format!("The snapshot '{}' does not exist.", spec.source_id)))?;
+        if source.fixed_state != Some(SnapshotState::Completed) {
+            return Err(StoreError::NotReady(format!("Snapshot '{}' is not in a completed state", spec.source_id)));
+        }
+        let limit = world.region_copy_limit;
+        let target = world.regions.entry(spec.target_region.as_str().to_owned()).or_default();
+        if target.pending_now(now).len() >= limit {
+            world.no_slot_answers += 1;
+            return Err(StoreError::NoSlot(format!(
+                "ResourceLimitExceeded: You have reached the limit of {limit} concurrent snapshot copies"
+            )));
+        }
+        if matches!(fault, Some(StartFault::Unanswered { created: false })) {
+            return Err(StoreError::Unknown("timeout waiting for CopySnapshot's answer".to_owned()));
+        }
+        let id = Self::new_id(world);
+        let encrypted = spec.encrypted || source.encrypted;
+        let kms_key_id = encrypted.then(|| {
+            let key = spec.kms_key_id.as_deref().unwrap_or("aws-managed-ebs-key");
+            if key.starts_with("arn:") {
+                key.to_owned()
+            } else {
+                format!("arn:aws:kms:{}:111122223333:key/{}", spec.target_region, key.trim_start_matches("alias/"))
+            }
+        });
+        let copy = Snapshot {
+            id: id.clone(),
+            size_gib: source.size_gib,
+            encrypted,
+            kms_key_id,
+            tags: spec.tags.clone(),
+            fixed_state: None,
+            archived: false,
+            started: now,
+            duration: world.model.duration(source.size_gib),
+            fails_with: world.failing_sources.get(&spec.source_id).cloned(),
+        };
+        let target_name = spec.target_region.as_str().to_owned();
+        let target = world.regions.entry(target_name.clone()).or_default();
+        target.insert(copy);
+        target.maybe_pending.push(id.clone());
+        let tracked_pending = target
+            .pending_now(now)
+            .iter()
+            .filter(|s| find_tag(&s.tags, SOURCE_SNAPSHOT_TAG).is_some())
+            .count();
+        let max = world.max_tracked_pending.entry(target_name).or_default();
+        *max = (*max).max(tracked_pending);
+        if matches!(fault, Some(StartFault::Unanswered { created: true })) {
+            return Err(StoreError::Unknown("timeout waiting for CopySnapshot's answer".to_owned()));
+        }
+        Ok(id)
+    }
+
+    async fn call_latency(&self) {
+        if !self.latency.is_zero() {
+            tokio::time::sleep(self.latency).await;
+        }
+    }
+}
+
+fn matches_filters(snapshot: &Snapshot, filters: &[crate::store::Filter]) -> Result<bool, StoreError> {
+    for filter in filters {
+        let hit = if let Some(key) = filter.name.strip_prefix("tag:") {
+            find_tag(&snapshot.tags, key).is_some_and(|v| filter.values.iter().any(|want| want == v))
+        } else if filter.name == "tag-key" {
+            snapshot.tags.iter().any(|t| filter.values.contains(&t.key))
+        } else if filter.name == "snapshot-id" {
+            filter.values.iter().any(|v| v == snapshot.id.as_str())
+        } else {
+            return Err(StoreError::Refused {
+                code: "InvalidParameterValue".to_owned(),
+                message: format!("The filter '{}' is invalid", filter.name),
+            });
+        };
+        if !hit {
+            return Ok(false);
+        }
+    }
+    Ok(true)
+}
+
+impl SnapshotStore for SimulatedEc2 {
+    async fn describe_sources(
+        &self,
+        region: &Region,
+        selector: &SourceSelector,
+    ) -> Result<Vec<SourceSnapshot>, StoreError> {
+        self.call_latency().await;
+        let now = Instant::now();
+        let mut world = self.lock();
+        world.calls.describe_sources += 1;
+        let Some(state) = world.regions.get(region.as_str()) else { return Ok(Vec::new()) };
+        let to_source = |s: &Snapshot| SourceSnapshot {
+            id: s.id.clone(),
+            state: s.state_at(now).0,
+            size_gib: s.size_gib,
+            encrypted: s.encrypted,
+            archived: s.archived,
+            tags: s.tags.clone(),
+        };
+        match selector {
+            SourceSelector::Ids(ids) => Ok(ids.iter().filter_map(|id| state.snapshots.get(id)).map(to_source).collect()),
+            SourceSelector::Filters(filters) => {
+                let mut found = Vec::new();
+                for id in &state.order {
+                    let Some(snapshot) = state.snapshots.get(id) else { continue };
+                    if matches_filters(snapshot, filters)? {
+                        found.push(to_source(snapshot));
+                    }
+                }
+                Ok(found)
+            }
+        }
+    }
+
+    async fn find_copies(
+        &self,
+        target_region: &Region,
+        source_region: &Region,
+        source_ids: &[SnapshotId],
+    ) -> Result<Vec<CopyStatus>, StoreError> {
+        self.call_latency().await;
+        let now = Instant::now();
+        let mut world = self.lock();
+        world.calls.find_copies += 1;
+        let wanted: HashSet<&str> = source_ids.iter().map(SnapshotId::as_str).collect();
+        let Some(state) = world.regions.get(target_region.as_str()) else { return Ok(Vec::new()) };
+        Ok(state
+            .order
+            .iter()
+            .filter_map(|id| state.snapshots.get(id))
+            .filter(|s| find_tag(&s.tags, SOURCE_REGION_TAG) == Some(source_region.as_str()))
+            .filter(|s| find_tag(&s.tags, SOURCE_SNAPSHOT_TAG).is_some_and(|src| wanted.contains(src)))
+            .filter_map(|s| s.copy_status(now))
+            .collect())
+    }
+
+    async fn start_copy(&self, spec: &CopySpec) -> Result<SnapshotId, StoreError> {
+        // The copy is made when the call arrives; the answer takes the latency to come back,
+        // so an invocation cut off meanwhile leaves a copy it never heard of, as in AWS.
+        let answer = self.start_copy_now(spec);
+        self.call_latency().await;
+        answer
+    }
+
+    async fn describe_copies(&self, target_region: &Region, copy_ids: &[SnapshotId]) -> Result<Vec<CopyStatus>, StoreError> {
+        self.call_latency().await;
+        let now = Instant::now();
+        let mut world = self.lock();
+        world.calls.describe_copies += 1;
+        let Some(state) = world.regions.get(target_region.as_str()) else { return Ok(Vec::new()) };
+        Ok(copy_ids.iter().filter_map(|id| state.snapshots.get(id)).filter_map(|s| s.copy_status(now)).collect())
+    }
+}

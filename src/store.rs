@@ -1,0 +1,183 @@
+//! What the engine asks of EC2, in the engine's own words: the [`SnapshotStore`] trait and the
+//! domain types it speaks. No SDK type appears here; `ec2.rs` translates, and the in-memory
+//! simulator implements the same trait for tests and the benchmark.
+
+use std::future::Future;
+
+use crate::ids::{Region, SnapshotId};
+
+/// Tag on every copy naming the snapshot it was copied from.
+pub const SOURCE_SNAPSHOT_TAG: &str = "copy-snapshots:source-snapshot-id";
+/// Tag on every copy naming the region it was copied from.
+pub const SOURCE_REGION_TAG: &str = "copy-snapshots:source-region";
+/// Prefix of the tags this function owns; users may not set them.
+pub const RESERVED_TAG_PREFIX: &str = "copy-snapshots:";
+
+/// A snapshot's lifecycle state, as EC2 reports it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SnapshotState {
+    Pending,
+    Completed,
+    Error,
+    /// `recoverable`, `recovering`, or a state EC2 adds later.
+    Other(String),
+}
+
+impl SnapshotState {
+    pub fn as_str(&self) -> &str {
+        match self {
+            Self::Pending => "pending",
+            Self::Completed => "completed",
+            Self::Error => "error",
+            Self::Other(state) => state,
+        }
+    }
+
+    pub fn parse(text: &str) -> Self {
+        match text {
+            "pending" => Self::Pending,
+            "completed" => Self::Completed,
+            "error" => Self::Error,
+            other => Self::Other(other.to_owned()),
+        }
+    }
+}
+
+/// A key/value tag.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Tag {
+    pub key: String,
+    pub value: String,
+}
+
+impl Tag {
+    pub fn new(key: impl Into<String>, value: impl Into<String>) -> Self {
+        Self { key: key.into(), value: value.into() }
+    }
+}
+
+/// A snapshot to copy, as seen in the source region.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SourceSnapshot {
+    pub id: SnapshotId,
+    pub state: SnapshotState,
+    pub size_gib: u64,
+    pub encrypted: bool,
+    /// In the archive storage tier: must be restored before it can be copied.
+    pub archived: bool,
+    pub tags: Vec<Tag>,
+}
+
+impl SourceSnapshot {
+    pub fn tag(&self, key: &str) -> Option<&str> {
+        find_tag(&self.tags, key)
+    }
+}
+
+/// A copy this function made, as seen in the target region.
+#[derive(Debug, Clone, PartialEq)]
+pub struct CopyStatus {
+    pub id: SnapshotId,
+    /// From the copy's source-snapshot tag.
+    pub source_id: SnapshotId,
+    pub state: SnapshotState,
+    /// Whole percent, as EC2 reports it (`"45%"` → 45).
+    pub progress: Option<u8>,
+    pub encrypted: bool,
+    /// The key ARN EC2 reports for an encrypted copy.
+    pub kms_key_id: Option<String>,
+    /// EC2's explanation of an `error` state, e.g. "Given key ID is not accessible".
+    pub state_message: Option<String>,
+}
+
+/// Which snapshots a request is about.
+#[derive(Debug, Clone, PartialEq)]
+pub enum SourceSelector {
+    Ids(Vec<SnapshotId>),
+    /// DescribeSnapshots filters, owner self.
+    Filters(Vec<Filter>),
+}
+
+/// One DescribeSnapshots filter, e.g. `tag:Backup` = [`daily`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Filter {
+    pub name: String,
+    pub values: Vec<String>,
+}
+
+/// Everything EC2 needs to start one copy. The engine fills in the description and the
+/// tracking tags, so the adapter only translates.
+#[derive(Debug, Clone, PartialEq)]
+pub struct CopySpec {
+    pub source_id: SnapshotId,
+    pub source_region: Region,
+    pub target_region: Region,
+    pub description: String,
+    pub encrypted: bool,
+    pub kms_key_id: Option<String>,
+    /// Put on the copy at creation (TagSpecifications), tracking tags included.
+    pub tags: Vec<Tag>,
+    pub completion_duration_minutes: Option<u32>,
+}
+
+/// What can go wrong asking EC2, sorted by what the engine does about it.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum StoreError {
+    /// ResourceLimitExceeded: the region's concurrent-copy quota is full. Wait for a slot.
+    #[error("no copy slot free in the target region: {0}")]
+    NoSlot(String),
+    /// InvalidSnapshot.NotFound.
+    #[error("not found: {0}")]
+    NotFound(String),
+    /// IncorrectState: the source is not ready to be copied.
+    #[error("not ready: {0}")]
+    NotReady(String),
+    /// A definite refusal that created nothing (bad parameter, unusable key, …).
+    #[error("{code}: {message}")]
+    Refused { code: String, message: String },
+    /// Timeout, connection failure or 5xx: the call may have reached EC2 and taken effect.
+    #[error("no definite answer: {0}")]
+    Unknown(String),
+    /// UnauthorizedOperation, AccessDenied*, KMS refusals.
+    #[error("access denied: {0}")]
+    AccessDenied(String),
+    /// Throttling left after the SDK's retries.
+    #[error("throttled: {0}")]
+    Throttled(String),
+}
+
+/// The EC2 operations the engine needs. Each method is one logical call: implementations
+/// paginate inside it. `Sync` because one store serves concurrent invocations' futures.
+pub trait SnapshotStore: Sync {
+    /// The sources in `region`: by id (those that exist and are visible; the engine reports
+    /// the missing ones) or by filters (owner self).
+    fn describe_sources(
+        &self,
+        region: &Region,
+        selector: &SourceSelector,
+    ) -> impl Future<Output = Result<Vec<SourceSnapshot>, StoreError>> + Send;
+
+    /// Copies in `target_region` that carry this function's tracking tags for `source_region`
+    /// and one of `source_ids`, in any state.
+    fn find_copies(
+        &self,
+        target_region: &Region,
+        source_region: &Region,
+        source_ids: &[SnapshotId],
+    ) -> impl Future<Output = Result<Vec<CopyStatus>, StoreError>> + Send;
+
+    /// Starts one copy; returns the new snapshot's id.
+    fn start_copy(&self, spec: &CopySpec) -> impl Future<Output = Result<SnapshotId, StoreError>> + Send;
+
+    /// Current state of the given copies, in one call. A copy not (yet) visible is left out.
+    fn describe_copies(
+        &self,
+        target_region: &Region,
+        copy_ids: &[SnapshotId],
+    ) -> impl Future<Output = Result<Vec<CopyStatus>, StoreError>> + Send;
+}
+
+/// The value of tag `key`, if present.
+pub fn find_tag<'a>(tags: &'a [Tag], key: &str) -> Option<&'a str> {
+    tags.iter().find(|t| t.key == key).map(|t| t.value.as_str())
+}
