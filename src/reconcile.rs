@@ -24,8 +24,9 @@ use crate::store::{
 /// last starts and the response fit in the time left.
 pub const DEADLINE_MARGIN: Duration = Duration::from_secs(10);
 /// The longest wait between two polls, however far progress says the next completion is.
-/// EC2's progress is not linear, so estimates are re-checked at least this often.
-pub const MAX_POLL_INTERVAL: Duration = Duration::from_secs(600);
+/// EC2's progress is not quite linear, so estimates are re-checked at least this often; 15
+/// minutes is also the longest a Lambda invocation lives.
+pub const MAX_POLL_INTERVAL: Duration = Duration::from_secs(900);
 /// EC2's tag limit per snapshot.
 const MAX_TAGS_PER_SNAPSHOT: usize = 50;
 
@@ -118,6 +119,10 @@ impl CompletionEstimate {
         Self { baseline: Some((at, 0.0, 0.0)), latest: None }
     }
 
+    fn started(&self) -> Instant {
+        self.baseline.map_or_else(Instant::now, |(t0, _, _)| t0)
+    }
+
     fn unknown() -> Self {
         Self { baseline: None, latest: None }
     }
@@ -130,19 +135,26 @@ impl CompletionEstimate {
         self.latest = Some((at, percent));
     }
 
-    /// The earliest and latest moments the copy can complete (latest `None`: no bound yet).
-    fn window(&self) -> Option<(Instant, Option<Instant>)> {
+    /// Bounds on the copy's speed, in percent per second: (slowest, fastest).
+    fn speed(&self) -> Option<(f64, f64)> {
         let (t0, lo0, hi0) = self.baseline?;
         let (t1, percent) = self.latest?;
         let elapsed = t1.checked_duration_since(t0)?.as_secs_f64();
         if elapsed <= 0.0 {
             return None;
         }
-        let (lo1, hi1) = (f64::from(percent), f64::from(percent) + 1.0);
-        let fastest = (hi1 - lo0) / elapsed;
-        let slowest = (lo1 - hi0) / elapsed;
-        let earliest = t1 + Duration::from_secs_f64(((100.0 - hi1).max(0.0) / fastest).min(1e9));
-        let latest = (slowest > 0.0).then(|| t1 + Duration::from_secs_f64(((100.0 - lo1).max(0.0) / slowest).min(1e9)));
+        let percent = f64::from(percent);
+        Some(((percent - hi0).max(0.0) / elapsed, (percent + 1.0 - lo0) / elapsed))
+    }
+
+    /// The earliest and latest moments the copy can complete (latest `None`: no bound yet).
+    fn window(&self) -> Option<(Instant, Option<Instant>)> {
+        let (slowest, fastest) = self.speed()?;
+        let (t1, percent) = self.latest?;
+        let percent = f64::from(percent);
+        let after = |remaining: f64, speed: f64| t1 + Duration::from_secs_f64((remaining.max(0.0) / speed).min(1e9));
+        let earliest = after(100.0 - (percent + 1.0), fastest);
+        let latest = (slowest > 0.0).then(|| after(100.0 - percent, slowest));
         Some((earliest, latest))
     }
 }
@@ -161,6 +173,9 @@ struct Run<'a, S> {
     /// Consecutive rounds the region was full with none of our copies pending: backs off.
     full_rounds: u32,
     copies_started: usize,
+    /// The fastest copy speed measured in this run, GiB per second: a prior for copies not
+    /// observed yet.
+    fastest_gib_per_second: Option<f64>,
 }
 
 impl<'a, S: SnapshotStore> Run<'a, S> {
@@ -187,6 +202,7 @@ impl<'a, S: SnapshotStore> Run<'a, S> {
             region_full: false,
             full_rounds: 0,
             copies_started: 0,
+            fastest_gib_per_second: None,
         };
         let wanted: Vec<SnapshotId> = run
             .entries
@@ -390,6 +406,14 @@ impl<'a, S: SnapshotStore> Run<'a, S> {
             copy.progress = status.progress;
             if let Some(percent) = status.progress {
                 copy.estimate.observe(now, percent);
+                // Only a speed known within ±10% is good enough to plan other copies by.
+                if let Some((slowest, fastest)) = copy.estimate.speed() {
+                    if slowest >= fastest * 0.8 {
+                        let gib_per_second = fastest * entry.source.size_gib as f64 / 100.0;
+                        self.fastest_gib_per_second =
+                            Some(self.fastest_gib_per_second.map_or(gib_per_second, |s| s.max(gib_per_second)));
+                    }
+                }
             }
             match &status.state {
                 SnapshotState::Pending => {}
@@ -411,8 +435,12 @@ impl<'a, S: SnapshotStore> Run<'a, S> {
     }
 
     fn pending_copies(&self) -> impl Iterator<Item = &TrackedCopy> {
+        self.pending_copies_with_size().map(|(_, copy)| copy)
+    }
+
+    fn pending_copies_with_size(&self) -> impl Iterator<Item = (u64, &TrackedCopy)> {
         self.entries.iter().filter_map(|e| match &e.progress {
-            Progress::Copying { copy, .. } if copy.state == SnapshotState::Pending => Some(copy),
+            Progress::Copying { copy, .. } if copy.state == SnapshotState::Pending => Some((e.source.size_gib, copy)),
             _ => None,
         })
     }
@@ -432,19 +460,25 @@ impl<'a, S: SnapshotStore> Run<'a, S> {
             return floor;
         }
         let mut wake: Option<Instant> = None;
-        for copy in self.pending_copies() {
-            let Some((earliest, latest)) = copy.estimate.window() else {
-                // No speed known yet: look again soon to learn it.
-                return floor;
-            };
-            // Between the bounds, wake halfway (but no later than the sure bound) so one
-            // poll usually sees the completion and a second one at worst pins it down.
-            let candidate = match latest {
-                Some(latest) => {
+        for (size_gib, copy) in self.pending_copies_with_size() {
+            let candidate = match copy.estimate.window() {
+                // When the bounds are close (within 2% of the copy's age, or four poll
+                // intervals), wake at the later one: one poll then surely sees the completion,
+                // and the slot idles at most `gap`. When they are far apart, wake halfway to
+                // narrow them first.
+                Some((earliest, Some(latest))) => {
                     let gap = latest.saturating_duration_since(earliest);
-                    earliest + (gap / 2).max(floor).min(gap)
+                    let age = now.saturating_duration_since(copy.estimate.started());
+                    let tolerance = (floor * 4).max(age / 50);
+                    if gap <= tolerance { latest } else { earliest + (gap / 2).max(floor) }
                 }
-                None => earliest,
+                Some((earliest, None)) => earliest,
+                // Not observed yet: the fastest speed seen in this run says how soon it could
+                // be done at best; with none seen, look soon to learn one.
+                None => match (self.fastest_gib_per_second, copy.estimate.baseline) {
+                    (Some(speed), Some((t0, _, _))) => t0 + Duration::from_secs_f64(size_gib as f64 / speed),
+                    _ => now + floor,
+                },
             };
             wake = Some(wake.map_or(candidate, |w| w.min(candidate)));
         }
