@@ -122,4 +122,3 @@ fn peak_rss_mib() -> f64 {
         .and_then(|rest| rest.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
         .map_or(f64::NAN, |kib| kib / 1024.0)
 }
-

@@ -18,7 +18,9 @@ pub const SCHEDULED_EVENT: &str = "Scheduled Event";
 pub enum Invocation {
     Copy(Box<CopyRequest>),
     /// An event that asks for no copy; answered with an empty, complete response.
-    Ignore { reason: String },
+    Ignore {
+        reason: String,
+    },
 }
 
 /// Reads a payload. Errors are `InvalidRequest`.
@@ -62,8 +64,9 @@ pub fn parse_payload(payload: Value, settings: &Settings) -> Result<Invocation, 
                     continue;
                 }
                 let arn = snapshot.get("snapshot_id").and_then(Value::as_str).unwrap_or("");
-                let arn = SnapshotArn::parse(arn)
-                    .map_err(|e| CopySnapshotsError::InvalidRequest(format!("detail.snapshots[{i}].snapshot_id: {e}")))?;
+                let arn = SnapshotArn::parse(arn).map_err(|e| {
+                    CopySnapshotsError::InvalidRequest(format!("detail.snapshots[{i}].snapshot_id: {e}"))
+                })?;
                 arns.push(arn);
             }
             if arns.is_empty() {
@@ -100,6 +103,7 @@ fn request_for(arns: Vec<SnapshotArn>, settings: &Settings) -> Result<Invocation
             ids.push(arn.snapshot_id.as_str().to_owned());
         }
     }
-    let payload = RequestPayload { snapshot_ids: Some(ids), region: Some(region.as_str().to_owned()), ..Default::default() };
+    let payload =
+        RequestPayload { snapshot_ids: Some(ids), region: Some(region.as_str().to_owned()), ..Default::default() };
     CopyRequest::check(payload, settings).map(|r| Invocation::Copy(Box::new(r)))
 }

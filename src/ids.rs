@@ -226,7 +226,9 @@ mod tests {
     fn snapshot_ids() {
         assert!(SnapshotId::parse("snap-0123abcd").is_ok());
         assert!(SnapshotId::parse("snap-0123456789abcdef0").is_ok());
-        for bad in ["", "snap-", "snap-0123ABCD", "snap-0123abc", "vol-0123abcd", "snap-0123456789abcdef", " snap-0123abcd"] {
+        for bad in
+            ["", "snap-", "snap-0123ABCD", "snap-0123abc", "vol-0123abcd", "snap-0123456789abcdef", " snap-0123abcd"]
+        {
             let err = SnapshotId::parse(bad).unwrap_err();
             assert!(err.contains(SNAPSHOT_ID_FORMAT), "{err}");
         }
@@ -234,7 +236,15 @@ mod tests {
 
     #[test]
     fn regions() {
-        for good in ["us-east-1", "eu-west-2", "ap-southeast-2", "us-gov-west-1", "cn-north-1", "us-isob-east-1", "il-central-1"] {
+        for good in [
+            "us-east-1",
+            "eu-west-2",
+            "ap-southeast-2",
+            "us-gov-west-1",
+            "cn-north-1",
+            "us-isob-east-1",
+            "il-central-1",
+        ] {
             assert!(Region::parse(good).is_ok(), "{good}");
         }
         for bad in ["", "us-east", "US-EAST-1", "useast1", "us-east-1a", "eu-west-123", "us--1", "x-east-1"] {
@@ -256,7 +266,14 @@ mod tests {
         assert!(!KmsKeyRef::KeyId(id.into()).matches(Some("arn:aws:kms:eu-west-1:123456789012:key/other")));
         assert!(!KmsKeyRef::KeyId(id.into()).matches(None));
         assert!(KmsKeyRef::parse("arn:aws:kms:eu-west-1:123456789012:alias/dr").is_ok());
-        for bad in ["", "alias/", "my-key", "arn:aws:kms:eu-west-1:1234:key/x", "arn:aws:s3:::bucket", "1234abcd-12ab-34cd-56ef-1234567890"] {
+        for bad in [
+            "",
+            "alias/",
+            "my-key",
+            "arn:aws:kms:eu-west-1:1234:key/x",
+            "arn:aws:s3:::bucket",
+            "1234abcd-12ab-34cd-56ef-1234567890",
+        ] {
             let err = KmsKeyRef::parse(bad).unwrap_err();
             assert!(err.contains("alias ARN"), "{err}");
         }

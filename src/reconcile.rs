@@ -84,8 +84,14 @@ enum Progress {
     /// A CopySnapshot call failed without a definite answer: a copy may exist. It is looked
     /// up by its tags before any new attempt, and holds a slot meanwhile.
     Unsure,
-    Copying { copy: TrackedCopy, reused: bool },
-    Failed { copy_id: Option<SnapshotId>, reason: String },
+    Copying {
+        copy: TrackedCopy,
+        reused: bool,
+    },
+    Failed {
+        copy_id: Option<SnapshotId>,
+        reason: String,
+    },
 }
 
 #[derive(Debug)]
@@ -284,14 +290,15 @@ impl<'a, S: SnapshotStore> Run<'a, S> {
         if unsure.is_empty() {
             return Ok(());
         }
-        let found = match self.store.find_copies(&self.request.target_region, &self.request.source_region, &unsure).await {
-            Ok(found) => found,
-            Err(StoreError::Unknown(message)) => {
-                warn!(%message, "could not look for copies of unsure starts; trying again next round");
-                return Ok(());
-            }
-            Err(e) => return Err(fatal(e, "looking for copies of unsure starts", self.copies_started)),
-        };
+        let found =
+            match self.store.find_copies(&self.request.target_region, &self.request.source_region, &unsure).await {
+                Ok(found) => found,
+                Err(StoreError::Unknown(message)) => {
+                    warn!(%message, "could not look for copies of unsure starts; trying again next round");
+                    return Ok(());
+                }
+                Err(e) => return Err(fatal(e, "looking for copies of unsure starts", self.copies_started)),
+            };
         // Those slots are re-counted below from what was found.
         self.slots_held -= unsure.len();
         self.adopt(found, false);
@@ -669,16 +676,10 @@ fn fatal(error: StoreError, doing: &str, copies_started: usize) -> CopySnapshots
 }
 
 fn copy_failed_message(response: &Response, target_region: &str) -> String {
-    let failures: Vec<String> = response
-        .failed
-        .iter()
-        .map(|f| format!("{}: {}", f.source_snapshot_id, f.error))
-        .collect();
-    let made: Vec<String> = response
-        .copies
-        .iter()
-        .map(|c| format!("{} → {} ({})", c.source_snapshot_id, c.snapshot_id, c.state))
-        .collect();
+    let failures: Vec<String> =
+        response.failed.iter().map(|f| format!("{}: {}", f.source_snapshot_id, f.error)).collect();
+    let made: Vec<String> =
+        response.copies.iter().map(|c| format!("{} → {} ({})", c.source_snapshot_id, c.snapshot_id, c.state)).collect();
     format!(
         "{} of {} failed to copy to {target_region}: {}. Copies made: {}",
         response.failed.len(),

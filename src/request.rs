@@ -115,9 +115,7 @@ impl Settings {
             ))
         };
         let region = |name: &str| {
-            get(name)
-                .map(|v| Region::parse(&v).map_err(|_| invalid(name, &v, crate::ids::REGION_FORMAT)))
-                .transpose()
+            get(name).map(|v| Region::parse(&v).map_err(|_| invalid(name, &v, crate::ids::REGION_FORMAT))).transpose()
         };
         let flag = |name: &str| match get(name) {
             None => Ok(false),
@@ -129,7 +127,11 @@ impl Settings {
         };
         let pending_limit = match get("PENDING_LIMIT") {
             None => DEFAULT_PENDING_LIMIT,
-            Some(v) => v.parse::<u32>().ok().filter(|n| *n >= 1).ok_or_else(|| invalid("PENDING_LIMIT", &v, "an integer ≥ 1"))?,
+            Some(v) => v
+                .parse::<u32>()
+                .ok()
+                .filter(|n| *n >= 1)
+                .ok_or_else(|| invalid("PENDING_LIMIT", &v, "an integer ≥ 1"))?,
         };
         let poll_interval = match get("POLL_INTERVAL_SECONDS") {
             None => DEFAULT_POLL_INTERVAL,
@@ -138,7 +140,9 @@ impl Settings {
                 .ok()
                 .filter(|s| s.is_finite() && *s > 0.0 && *s <= 900.0)
                 .map(Duration::from_secs_f64)
-                .ok_or_else(|| invalid("POLL_INTERVAL_SECONDS", &v, "a number of seconds, more than 0 and at most 900"))?,
+                .ok_or_else(|| {
+                    invalid("POLL_INTERVAL_SECONDS", &v, "a number of seconds, more than 0 and at most 900")
+                })?,
         };
         let kms_key = get("KMS_KEY_ID")
             .map(|v| KmsKeyRef::parse(&v).map_err(|_| invalid("KMS_KEY_ID", &v, crate::ids::KMS_KEY_FORMAT)))
@@ -190,15 +194,16 @@ impl CopyRequest {
         }
         let parsed: RequestPayload = serde_path_to_error::deserialize(payload).map_err(|err| {
             let path = err.path().to_string();
-            let inner = err.into_inner();
-            if path == "." {
-                // Unknown fields land here; serde's text lists the valid ones.
-                invalid(format!("request: {inner}"))
-            } else {
-                let field = path.rsplit('.').next().unwrap_or(&path);
-                let field = field.split('[').next().unwrap_or(field);
-                invalid(format!("{path}: {inner}; valid: {}", valid_values(field)))
+            let inner = err.into_inner().to_string();
+            if inner.starts_with("unknown field") {
+                // The path ends with the unknown name itself; serde's text lists the valid ones.
+                let parent = path.rsplit_once('.').map_or("request", |(parent, _)| parent);
+                return invalid(format!("{parent}: {inner}"));
             }
+            let top = path.split(['.', '[']).next().unwrap_or(&path);
+            let last = path.rsplit('.').next().unwrap_or(&path).split('[').next().unwrap_or(top);
+            let field = if top == "filters" && matches!(last, "name" | "values") { last } else { top };
+            invalid(format!("{path}: {inner}; valid: {}", valid_values(field)))
         })?;
         Self::check(parsed, settings)
     }
@@ -207,9 +212,7 @@ impl CopyRequest {
     pub fn check(payload: RequestPayload, settings: &Settings) -> Result<Self, CopySnapshotsError> {
         let sources = match (payload.snapshot_ids, payload.filters) {
             (Some(_), Some(_)) => {
-                return Err(invalid(
-                    "snapshot_ids and filters: give one or the other, not both".to_owned(),
-                ));
+                return Err(invalid("snapshot_ids and filters: give one or the other, not both".to_owned()));
             }
             (None, None) => {
                 return Err(invalid(
@@ -225,7 +228,10 @@ impl CopyRequest {
         let source_region = match payload.region {
             Some(text) => Region::parse(&text).map_err(|e| invalid(format!("region: {e}")))?,
             None => settings.source_region.clone().ok_or_else(|| {
-                invalid(format!("region: not in the request and AWS_REGION is not set; valid: {}", crate::ids::REGION_FORMAT))
+                invalid(format!(
+                    "region: not in the request and AWS_REGION is not set; valid: {}",
+                    crate::ids::REGION_FORMAT
+                ))
             })?,
         };
         let target_region = match payload.target_region {
@@ -247,7 +253,8 @@ impl CopyRequest {
         let kms_key = match payload.kms_key_id {
             Some(_) if !encrypt => {
                 return Err(invalid(
-                    "kms_key_id: given without `encrypt: true`; set encrypt to true, or leave kms_key_id out".to_owned(),
+                    "kms_key_id: given without `encrypt: true`; set encrypt to true, or leave kms_key_id out"
+                        .to_owned(),
                 ));
             }
             Some(text) => Some(KmsKeyRef::parse(&text).map_err(|e| invalid(format!("kms_key_id: {e}")))?),
@@ -352,7 +359,9 @@ fn check_tags(tags: BTreeMap<String, String>) -> Result<Vec<Tag>, CopySnapshotsE
                 )));
             }
             if value.chars().count() > 256 {
-                return Err(invalid(format!("tags: the value of `{shown}` is too long; valid: at most 256 characters")));
+                return Err(invalid(format!(
+                    "tags: the value of `{shown}` is too long; valid: at most 256 characters"
+                )));
             }
             Ok(Tag { key, value })
         })

@@ -134,8 +134,13 @@ impl RegionState {
 #[derive(Debug, Clone)]
 enum StartFault {
     /// The call reaches EC2 (or not) but the answer is lost.
-    Unanswered { created: bool },
-    Refused { code: String, message: String },
+    Unanswered {
+        created: bool,
+    },
+    Refused {
+        code: String,
+        message: String,
+    },
 }
 
 #[derive(Debug)]
@@ -350,9 +355,10 @@ impl SimulatedEc2 {
             world.throttled_starts -= 1;
             return Err(StoreError::Throttled("RequestLimitExceeded: Request limit exceeded.".to_owned()));
         }
-        let fault = world.start_faults.get_mut(&spec.source_id).and_then(|faults| {
-            if faults.is_empty() { None } else { Some(faults.remove(0)) }
-        });
+        let fault = world
+            .start_faults
+            .get_mut(&spec.source_id)
+            .and_then(|faults| if faults.is_empty() { None } else { Some(faults.remove(0)) });
         if let Some(StartFault::Refused { code, message }) = &fault {
             return Err(StoreError::Refused { code: code.clone(), message: message.clone() });
         }
@@ -402,11 +408,8 @@ impl SimulatedEc2 {
         let target = world.regions.entry(target_name.clone()).or_default();
         target.insert(copy);
         target.maybe_pending.push(id.clone());
-        let tracked_pending = target
-            .pending_now(now)
-            .iter()
-            .filter(|s| find_tag(&s.tags, SOURCE_SNAPSHOT_TAG).is_some())
-            .count();
+        let tracked_pending =
+            target.pending_now(now).iter().filter(|s| find_tag(&s.tags, SOURCE_SNAPSHOT_TAG).is_some()).count();
         let max = world.max_tracked_pending.entry(target_name).or_default();
         *max = (*max).max(tracked_pending);
         if matches!(fault, Some(StartFault::Unanswered { created: true })) {
@@ -463,7 +466,9 @@ impl SnapshotStore for SimulatedEc2 {
             tags: s.tags.clone(),
         };
         match selector {
-            SourceSelector::Ids(ids) => Ok(ids.iter().filter_map(|id| state.snapshots.get(id)).map(to_source).collect()),
+            SourceSelector::Ids(ids) => {
+                Ok(ids.iter().filter_map(|id| state.snapshots.get(id)).map(to_source).collect())
+            }
             SourceSelector::Filters(filters) => {
                 let mut found = Vec::new();
                 for id in &state.order {
@@ -507,7 +512,11 @@ impl SnapshotStore for SimulatedEc2 {
         answer
     }
 
-    async fn describe_copies(&self, target_region: &Region, copy_ids: &[SnapshotId]) -> Result<Vec<CopyStatus>, StoreError> {
+    async fn describe_copies(
+        &self,
+        target_region: &Region,
+        copy_ids: &[SnapshotId],
+    ) -> Result<Vec<CopyStatus>, StoreError> {
         self.call_latency().await;
         let now = Instant::now();
         let mut world = self.lock();

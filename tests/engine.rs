@@ -1,0 +1,366 @@
+//! The reconciler on the in-memory EC2 and tokio's paused clock: limits, idempotency across
+//! interruptions and deadlines, region quota, failures, ambiguous answers, polling cost.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use copy_snapshots::CopySnapshotsError;
+use copy_snapshots::ids::SnapshotId;
+use copy_snapshots::reconcile::{RunLimits, reconcile};
+use copy_snapshots::request::{CopyRequest, Settings};
+use copy_snapshots::response::Response;
+use copy_snapshots::simulated::{CopyTimeModel, SimulatedEc2};
+use copy_snapshots::store::{SOURCE_REGION_TAG, SOURCE_SNAPSHOT_TAG, SnapshotState, find_tag};
+use rand::rngs::StdRng;
+use rand::{RngExt, SeedableRng};
+use serde_json::{Value, json};
+use tokio::time::Instant;
+
+const SOURCE: &str = "us-east-1";
+const TARGET: &str = "eu-west-1";
+const POLL: Duration = Duration::from_secs(15);
+
+fn request(ids: &[SnapshotId], extra: Value) -> CopyRequest {
+    let mut payload = json!({"snapshot_ids": ids, "region": SOURCE, "target_region": TARGET});
+    if let (Some(payload), Some(extra)) = (payload.as_object_mut(), extra.as_object()) {
+        payload.extend(extra.clone());
+    }
+    CopyRequest::from_json(payload, &Settings::default()).expect("a valid request")
+}
+
+fn no_deadline() -> RunLimits {
+    RunLimits { deadline: None, poll_interval: POLL }
+}
+
+fn deadline_in(after: Duration) -> RunLimits {
+    RunLimits { deadline: Some(Instant::now() + after), poll_interval: POLL }
+}
+
+/// Sources of sizes `sizes` in the source region.
+fn sources(ec2: &SimulatedEc2, sizes: &[u64]) -> Vec<SnapshotId> {
+    sizes.iter().map(|gib| ec2.add_source(SOURCE, *gib, &[])).collect()
+}
+
+/// Live (not `error`) copies per source in the target region.
+fn live_copies_per_source(ec2: &SimulatedEc2) -> HashMap<SnapshotId, usize> {
+    let mut counts = HashMap::new();
+    for copy in ec2.tracked_copies(TARGET) {
+        if copy.state != SnapshotState::Error {
+            *counts.entry(copy.source_id).or_insert(0) += 1;
+        }
+    }
+    counts
+}
+
+fn assert_each_copied_once(ec2: &SimulatedEc2, ids: &[SnapshotId]) {
+    let counts = live_copies_per_source(ec2);
+    for id in ids {
+        assert_eq!(counts.get(id), Some(&1), "{id} should have exactly one copy; all: {counts:?}");
+    }
+    assert_eq!(counts.len(), ids.len(), "copies of unexpected sources: {counts:?}");
+}
+
+fn assert_request_order(response: &Response, ids: &[SnapshotId]) {
+    let order: Vec<&str> = response.copies.iter().map(|c| c.source_snapshot_id.as_str()).collect();
+    let expected: Vec<&str> = ids.iter().map(SnapshotId::as_str).collect();
+    assert_eq!(order, expected);
+    let copy_ids: Vec<&str> = response.copies.iter().map(|c| c.snapshot_id.as_str()).collect();
+    assert_eq!(response.snapshot_ids, copy_ids);
+}
+
+#[tokio::test(start_paused = true)]
+async fn pending_copies_never_exceed_the_limit_and_all_are_copied_once() {
+    let ec2 = SimulatedEc2::new();
+    let sizes: Vec<u64> = (0..30).map(|i| 8 + (i * 37) % 300).collect();
+    let ids = sources(&ec2, &sizes);
+    let response =
+        reconcile(&ec2, &request(&ids, json!({"pending_limit": 4, "wait_for_completion": true})), no_deadline())
+            .await
+            .unwrap();
+    assert!(response.complete);
+    assert!(response.copies.iter().all(|c| c.state == "completed" && !c.reused));
+    assert_request_order(&response, &ids);
+    assert_each_copied_once(&ec2, &ids);
+    // The simulator checks at every start, the only moment the count can rise.
+    assert_eq!(ec2.max_tracked_pending(TARGET), 4, "the limit is used, never exceeded");
+}
+
+#[tokio::test(start_paused = true)]
+async fn largest_sources_start_first() {
+    let ec2 = SimulatedEc2::new();
+    let ids = sources(&ec2, &[10, 500, 40, 2000, 100]);
+    let response = reconcile(&ec2, &request(&ids, json!({"pending_limit": 2, "max_wait_seconds": 0})), no_deadline())
+        .await
+        .unwrap();
+    let started: Vec<&str> = response.copies.iter().map(|c| c.source_snapshot_id.as_str()).collect();
+    assert_eq!(started, [ids[1].as_str(), ids[3].as_str()], "the two largest, reported in request order");
+    assert_eq!(response.pending_sources, [ids[0].as_str(), ids[2].as_str(), ids[4].as_str()]);
+    assert!(!response.complete);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_second_run_reuses_every_copy() {
+    let ec2 = SimulatedEc2::new();
+    let ids = sources(&ec2, &[8, 16, 32]);
+    let req = request(&ids, json!({"wait_for_completion": true}));
+    let first = reconcile(&ec2, &req, no_deadline()).await.unwrap();
+    let starts = ec2.calls().start_copy;
+    let second = reconcile(&ec2, &req, no_deadline()).await.unwrap();
+    assert_eq!(ec2.calls().start_copy, starts, "no new CopySnapshot");
+    assert!(second.complete && second.copies.iter().all(|c| c.reused && c.state == "completed"));
+    assert_eq!(first.snapshot_ids, second.snapshot_ids);
+}
+
+#[tokio::test(start_paused = true)]
+async fn interrupted_anywhere_then_run_again_makes_no_duplicate() {
+    let mut rng = StdRng::seed_from_u64(7);
+    for round in 0..40 {
+        let ec2 = SimulatedEc2::new().with_latency(Duration::from_millis(300));
+        let sizes: Vec<u64> = (0..12).map(|_| rng.random_range(8..200)).collect();
+        let ids = sources(&ec2, &sizes);
+        let req = request(&ids, json!({"pending_limit": 3, "wait_for_completion": true}));
+        // Cut the invocation off at a random moment, mid-call included: a copy may exist
+        // that the invocation never heard of.
+        let mut cuts = 0;
+        loop {
+            let cut = Duration::from_millis(rng.random_range(0..4_000_000));
+            match tokio::time::timeout(cut, reconcile(&ec2, &req, no_deadline())).await {
+                Ok(result) => {
+                    let response = result.unwrap();
+                    assert!(response.complete, "round {round}");
+                    assert_request_order(&response, &ids);
+                    break;
+                }
+                Err(_) => cuts += 1,
+            }
+            assert!(cuts < 200, "round {round}: never finished");
+        }
+        assert_each_copied_once(&ec2, &ids);
+        assert!(ec2.max_tracked_pending(TARGET) <= 3, "round {round}");
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_short_deadline_returns_in_time_and_repeated_invocations_finish_the_job() {
+    let ec2 = SimulatedEc2::new().with_latency(Duration::from_millis(200));
+    let sizes: Vec<u64> = (0..25).map(|i| 8 + (i * 53) % 400).collect();
+    let ids = sources(&ec2, &sizes);
+    let req = request(&ids, json!({"pending_limit": 5, "wait_for_completion": true}));
+    let mut invocations = 0;
+    loop {
+        invocations += 1;
+        let limits = deadline_in(Duration::from_secs(60));
+        let deadline = limits.deadline.unwrap();
+        let response = reconcile(&ec2, &req, limits).await.unwrap();
+        assert!(Instant::now() < deadline, "invocation {invocations} overran its deadline");
+        if response.complete {
+            assert_request_order(&response, &ids);
+            assert!(response.copies.iter().all(|c| c.state == "completed"));
+            break;
+        }
+        assert!(
+            !response.pending_sources.is_empty() || response.copies.iter().any(|c| c.state == "pending"),
+            "an incomplete answer says what is left"
+        );
+        // Step Functions' Wait state between invocations.
+        tokio::time::sleep(Duration::from_secs(30)).await;
+        assert!(invocations < 500, "never finished");
+    }
+    assert!(invocations > 1, "the job needs more than one 60 s invocation");
+    assert_each_copied_once(&ec2, &ids);
+    assert!(ec2.max_tracked_pending(TARGET) <= 5);
+}
+
+#[tokio::test(start_paused = true)]
+async fn max_wait_zero_starts_what_fits_and_returns_at_once() {
+    let ec2 = SimulatedEc2::new();
+    let ids = sources(&ec2, &[8; 7]);
+    let req = request(&ids, json!({"pending_limit": 3, "max_wait_seconds": 0}));
+    let started = Instant::now();
+    let response = reconcile(&ec2, &req, deadline_in(Duration::from_secs(900))).await.unwrap();
+    assert_eq!(started.elapsed(), Duration::ZERO, "no waiting");
+    assert_eq!(response.copies.len(), 3);
+    assert_eq!(response.pending_sources.len(), 4);
+    assert!(!response.complete);
+    assert_eq!(ec2.calls().describe_copies, 0);
+}
+
+#[tokio::test(start_paused = true)]
+async fn foreign_copies_filling_the_region_delay_but_never_fail() {
+    let ec2 = SimulatedEc2::new();
+    ec2.add_foreign_pending(TARGET, 20, Duration::from_secs(1200));
+    let ids = sources(&ec2, &[8, 8, 8, 8, 8]);
+    let started = Instant::now();
+    let response = reconcile(&ec2, &request(&ids, json!({})), no_deadline()).await.unwrap();
+    assert!(response.complete);
+    assert!(ec2.no_slot_answers() > 0, "the region was full");
+    assert!(started.elapsed() >= Duration::from_secs(1200), "copies started only once slots freed");
+    assert!(ec2.calls().start_copy < 40, "backs off while waiting: {} CopySnapshot calls", ec2.calls().start_copy);
+    assert_each_copied_once(&ec2, &ids);
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_region_quota_shared_with_foreign_copies_is_respected() {
+    let ec2 = SimulatedEc2::new();
+    ec2.add_foreign_pending(TARGET, 17, Duration::from_secs(3000));
+    let ids = sources(&ec2, &[8; 10]);
+    let response = reconcile(&ec2, &request(&ids, json!({"wait_for_completion": true})), no_deadline()).await.unwrap();
+    assert!(response.complete);
+    assert!(ec2.max_tracked_pending(TARGET) <= 3, "only 3 slots were free");
+    assert_each_copied_once(&ec2, &ids);
+}
+
+#[tokio::test(start_paused = true)]
+async fn failed_copies_do_not_stop_the_others_and_end_in_copy_failed() {
+    let ec2 = SimulatedEc2::new();
+    let ids = sources(&ec2, &[8, 20, 30, 40, 50, 60]);
+    ec2.fail_copies_of(&ids[1], "Given key ID is not accessible");
+    ec2.refuse_next_copy_of(&ids[4], "InvalidParameterValue", "Snapshot is too large for this operation");
+    let result =
+        reconcile(&ec2, &request(&ids, json!({"pending_limit": 2, "wait_for_completion": true})), no_deadline()).await;
+    let Err(CopySnapshotsError::CopyFailed { message, response }) = result else { panic!("{result:?}") };
+    assert!(message.contains(ids[1].as_str()) && message.contains("Given key ID is not accessible"), "{message}");
+    assert!(message.contains(ids[4].as_str()) && message.contains("InvalidParameterValue"), "{message}");
+    for copy in &response.copies {
+        assert!(message.contains(&copy.snapshot_id), "the message names every copy made: {message}");
+        assert_eq!(copy.state, "completed");
+    }
+    assert_eq!(response.copies.len(), 4);
+    let failed: Vec<&str> = response.failed.iter().map(|f| f.source_snapshot_id.as_str()).collect();
+    assert_eq!(failed, [ids[1].as_str(), ids[4].as_str()]);
+    assert!(response.failed[0].snapshot_id.is_some(), "the copy that ended in error is named");
+    assert!(!response.complete);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_copy_in_error_or_with_other_encryption_is_not_reused() {
+    let ec2 = SimulatedEc2::new();
+    let ids = sources(&ec2, &[8, 8]);
+    ec2.fail_copies_of(&ids[0], "Given key ID is not accessible");
+    let plain = request(&ids, json!({"wait_for_completion": true}));
+    assert!(reconcile(&ec2, &plain, no_deadline()).await.is_err());
+
+    // Same request again: the errored copy does not count, so it is tried again.
+    let again = reconcile(&ec2, &plain, no_deadline()).await;
+    assert!(again.is_err());
+    let copies = ec2.tracked_copies(TARGET);
+    assert_eq!(copies.iter().filter(|c| c.source_id == ids[0]).count(), 2);
+    assert_eq!(copies.iter().filter(|c| c.source_id == ids[1]).count(), 1, "the good copy is reused");
+
+    // Encrypted with a key: the unencrypted copy of ids[1] does not count.
+    let key = "arn:aws:kms:eu-west-1:111122223333:key/1234abcd-12ab-34cd-56ef-1234567890ab";
+    let encrypted = request(&ids[1..], json!({"encrypt": true, "kms_key_id": key, "wait_for_completion": true}));
+    let response = reconcile(&ec2, &encrypted, no_deadline()).await.unwrap();
+    assert!(!response.copies[0].reused);
+    let again = reconcile(&ec2, &encrypted, no_deadline()).await.unwrap();
+    assert!(again.copies[0].reused, "the encrypted copy now counts");
+    assert_eq!(again.snapshot_ids, response.snapshot_ids);
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_unanswered_copy_call_is_looked_up_before_any_retry() {
+    for created in [true, false] {
+        let ec2 = SimulatedEc2::new();
+        let ids = sources(&ec2, &[8, 16, 24]);
+        ec2.lose_answer_to_next_copy_of(&ids[1], created);
+        let response =
+            reconcile(&ec2, &request(&ids, json!({"wait_for_completion": true})), no_deadline()).await.unwrap();
+        assert!(response.complete, "created={created}");
+        assert_each_copied_once(&ec2, &ids);
+        let expected_starts = if created { 3 } else { 4 };
+        assert_eq!(ec2.calls().start_copy, expected_starts, "created={created}");
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn polling_uses_one_call_per_round_and_few_rounds_for_long_copies() {
+    let ec2 = SimulatedEc2::new();
+    // 20 copies of 2 TiB: about 11.4 hours each.
+    let ids = sources(&ec2, &[2048; 20]);
+    let response = reconcile(&ec2, &request(&ids, json!({"wait_for_completion": true})), no_deadline()).await.unwrap();
+    assert!(response.complete);
+    let calls = ec2.calls();
+    assert_eq!(calls.describe_sources, 1);
+    assert_eq!(calls.find_copies, 1);
+    assert_eq!(calls.start_copy, 20);
+    // A fixed 15 s poll would make 2,700 calls; waiting as progress suggests needs few.
+    assert!(calls.describe_copies <= 60, "{} polls", calls.describe_copies);
+}
+
+#[tokio::test(start_paused = true)]
+async fn missing_or_unready_sources_stop_everything_before_any_copy() {
+    let ec2 = SimulatedEc2::new();
+    let ids = sources(&ec2, &[8]);
+    let missing = SnapshotId::parse("snap-0000000000000dead").unwrap();
+    let result = reconcile(&ec2, &request(&[ids[0].clone(), missing.clone()], json!({})), no_deadline()).await;
+    let Err(CopySnapshotsError::SourceNotFound(message)) = result else { panic!("{result:?}") };
+    assert!(message.contains(missing.as_str()) && !message.contains(ids[0].as_str()), "{message}");
+
+    let pending = ec2.add_snapshot(SOURCE, 8, SnapshotState::Pending, false, &[]);
+    let archived = ec2.add_source(SOURCE, 8, &[]);
+    ec2.archive(SOURCE, &archived);
+    let result =
+        reconcile(&ec2, &request(&[ids[0].clone(), pending.clone(), archived.clone()], json!({})), no_deadline()).await;
+    let Err(CopySnapshotsError::SourceNotReady(message)) = result else { panic!("{result:?}") };
+    assert!(message.contains(pending.as_str()) && message.contains("pending"), "{message}");
+    assert!(message.contains(archived.as_str()) && message.contains("archive"), "{message}");
+    assert_eq!(ec2.calls().start_copy, 0);
+    assert!(ec2.tracked_copies(TARGET).is_empty());
+}
+
+#[tokio::test(start_paused = true)]
+async fn access_denied_and_throttling_end_the_invocation_with_their_error_type() {
+    let ec2 = SimulatedEc2::new();
+    let ids = sources(&ec2, &[8, 8]);
+    ec2.deny_copies();
+    let result = reconcile(&ec2, &request(&ids, json!({})), no_deadline()).await;
+    let Err(err @ CopySnapshotsError::AccessDenied(_)) = result else { panic!("{result:?}") };
+    assert_eq!(err.error_type(), "AccessDenied");
+    assert!(err.to_string().contains("no copy was started"), "{err}");
+
+    let ec2 = SimulatedEc2::new();
+    let ids = sources(&ec2, &[8, 8, 8]);
+    let req = request(&ids, json!({"pending_limit": 1, "wait_for_completion": true}));
+    ec2.throttle_next_starts(1);
+    let result = reconcile(&ec2, &req, no_deadline()).await;
+    let Err(err @ CopySnapshotsError::Throttled(_)) = result else { panic!("{result:?}") };
+    assert_eq!(err.error_type(), "Throttled");
+    // Safe to retry: the same request finishes the job.
+    assert!(reconcile(&ec2, &req, no_deadline()).await.unwrap().complete);
+    assert_each_copied_once(&ec2, &ids);
+}
+
+#[tokio::test(start_paused = true)]
+async fn filters_select_by_tag_and_copies_carry_tags_and_tracking() {
+    let ec2 = SimulatedEc2::new();
+    let daily = ec2.add_source(SOURCE, 8, &[("Backup", "daily"), ("team", "core"), ("aws:backup:source", "x")]);
+    let _weekly = ec2.add_source(SOURCE, 8, &[("Backup", "weekly")]);
+    let in_progress = ec2.add_snapshot(SOURCE, 8, SnapshotState::Pending, false, &[("Backup", "daily")]);
+    let payload = json!({"filters": [{"name": "tag:Backup", "values": ["daily"]}], "region": SOURCE,
+                         "target_region": TARGET, "copy_tags": true, "tags": {"dr": "yes", "team": "dr"}});
+    let req = CopyRequest::from_json(payload, &Settings::default()).unwrap();
+    let response = reconcile(&ec2, &req, no_deadline()).await.unwrap();
+    assert_eq!(response.copies.len(), 1);
+    assert_eq!(response.copies[0].source_snapshot_id, daily.as_str());
+    assert_eq!(response.pending_sources, [in_progress.as_str()], "not completed yet: a later run copies it");
+    assert!(!response.complete);
+
+    let copy = SnapshotId::parse(&response.copies[0].snapshot_id).unwrap();
+    let tags = ec2.tags_of(TARGET, &copy);
+    assert_eq!(find_tag(&tags, SOURCE_SNAPSHOT_TAG), Some(daily.as_str()));
+    assert_eq!(find_tag(&tags, SOURCE_REGION_TAG), Some(SOURCE));
+    assert_eq!(find_tag(&tags, "Backup"), Some("daily"));
+    assert_eq!(find_tag(&tags, "team"), Some("dr"), "request tags win over copied ones");
+    assert_eq!(find_tag(&tags, "dr"), Some("yes"));
+    assert!(tags.iter().all(|t| !t.key.starts_with("aws:")));
+}
+
+#[tokio::test(start_paused = true)]
+async fn ten_thousand_sources_in_one_request() {
+    let ec2 = SimulatedEc2::new().with_copy_time(CopyTimeModel::INSTANT);
+    let ids: Vec<SnapshotId> = (0..10_000).map(|i| ec2.add_source(SOURCE, 8 + i % 50, &[])).collect();
+    let response = reconcile(&ec2, &request(&ids, json!({})), no_deadline()).await.unwrap();
+    assert!(response.complete);
+    assert_eq!(response.snapshot_ids.len(), 10_000);
+    assert_each_copied_once(&ec2, &ids);
+}

@@ -1,0 +1,293 @@
+//! Payloads in: every bad input is an `InvalidRequest` naming the field before any EC2 call,
+//! the environment's defaults apply only where the payload is silent, and every sample payload
+//! under events/ parses as what it claims to be.
+
+use std::collections::HashMap;
+
+use copy_snapshots::event::{Invocation, parse_payload};
+use copy_snapshots::ids::{KmsKeyRef, Region};
+use copy_snapshots::request::Settings;
+use copy_snapshots::simulated::SimulatedEc2;
+use copy_snapshots::store::SourceSelector;
+use copy_snapshots::{CopySnapshotsError, handle};
+use serde_json::{Value, json};
+
+const ID_A: &str = "snap-0123456789abcdef0";
+const ID_B: &str = "snap-0fedcba9876543210";
+const KEY_ID: &str = "1234abcd-12ab-34cd-56ef-1234567890ab";
+
+fn settings() -> Settings {
+    Settings { source_region: Region::parse("us-east-1").ok(), ..Settings::default() }
+}
+
+fn settings_with_target() -> Settings {
+    Settings { target_region: Region::parse("eu-west-1").ok(), ..settings() }
+}
+
+fn valid() -> Value {
+    json!({"snapshot_ids": [ID_A, ID_B], "target_region": "eu-west-1"})
+}
+
+fn with(field: &str, value: Value) -> Value {
+    let mut payload = valid();
+    payload[field] = value;
+    payload
+}
+
+/// Each case: the payload, and a text the error must contain (the field, or what is valid).
+fn bad_inputs() -> Vec<(&'static str, Value, &'static str)> {
+    vec![
+        ("no sources", json!({"target_region": "eu-west-1"}), "snapshot_ids or filters"),
+        ("empty ids", with("snapshot_ids", json!([])), "snapshot_ids: the list is empty"),
+        ("ids not a list", with("snapshot_ids", json!(ID_A)), "snapshot_ids"),
+        ("id of wrong shape", with("snapshot_ids", json!(["snap-XYZ"])), "snapshot_ids[0]"),
+        ("volume id", with("snapshot_ids", json!([ID_A, "vol-0123abcd"])), "8 or 17 lowercase hex"),
+        ("upper-case hex", with("snapshot_ids", json!(["snap-0123ABCD"])), "snapshot_ids[0]"),
+        ("id not a string", with("snapshot_ids", json!([12345678])), "snapshot_ids[0]"),
+        ("duplicate ids", with("snapshot_ids", json!([ID_A, ID_B, ID_A])), "listed twice"),
+        ("ids and filters", with("filters", json!([{"name": "tag:Backup", "values": ["daily"]}])), "not both"),
+        ("empty filters", json!({"filters": [], "target_region": "eu-west-1"}), "filters: the list is empty"),
+        (
+            "filter without values",
+            json!({"filters": [{"name": "tag:Backup", "values": []}], "target_region": "eu-west-1"}),
+            "filters[0].values",
+        ),
+        (
+            "filter typo",
+            json!({"filters": [{"Name": "tag:Backup", "values": ["x"]}], "target_region": "eu-west-1"}),
+            "unknown field `Name`",
+        ),
+        ("bad target region", with("target_region", json!("eu-west")), "target_region"),
+        ("bad source region", with("region", json!("US-EAST-1")), "region"),
+        ("region not a string", with("region", json!(1)), "region"),
+        ("pending_limit 0", with("pending_limit", json!(0)), "pending_limit"),
+        ("pending_limit negative", with("pending_limit", json!(-3)), "pending_limit"),
+        ("pending_limit fraction", with("pending_limit", json!(2.5)), "pending_limit"),
+        ("pending_limit string", with("pending_limit", json!("5")), "an integer ≥ 1"),
+        ("key without encrypt", with("kms_key_id", json!(KEY_ID)), "kms_key_id: given without `encrypt: true`"),
+        (
+            "key with encrypt false",
+            {
+                let mut p = with("kms_key_id", json!(KEY_ID));
+                p["encrypt"] = json!(false);
+                p
+            },
+            "kms_key_id",
+        ),
+        (
+            "malformed key",
+            {
+                let mut p = with("kms_key_id", json!("my-key"));
+                p["encrypt"] = json!(true);
+                p
+            },
+            "alias ARN",
+        ),
+        (
+            "key in another region",
+            {
+                let mut p = with("kms_key_id", json!(format!("arn:aws:kms:us-west-2:111122223333:key/{KEY_ID}")));
+                p["encrypt"] = json!(true);
+                p
+            },
+            "target region eu-west-1",
+        ),
+        ("encrypt as string", with("encrypt", json!("yes")), "encrypt"),
+        ("unknown field", with("snapshot_id", json!(ID_A)), "unknown field `snapshot_id`"),
+        ("aws: tag", with("tags", json!({"aws:backup": "x"})), "aws:"),
+        ("reserved tag", with("tags", json!({"copy-snapshots:source-region": "x"})), "copy-snapshots:"),
+        ("tag value not a string", with("tags", json!({"team": 7})), "tags"),
+        (
+            "too many tags",
+            with("tags", Value::Object((0..49).map(|i| (format!("k{i}"), json!("v"))).collect())),
+            "at most 48",
+        ),
+        ("duration not a multiple of 15", with("completion_duration_minutes", json!(20)), "multiple of 15"),
+        ("duration too long", with("completion_duration_minutes", json!(2895)), "completion_duration_minutes"),
+        ("negative max wait", with("max_wait_seconds", json!(-1)), "max_wait_seconds"),
+        ("payload is a list", json!([ID_A]), "must be a JSON object"),
+        ("payload is a string", json!("copy everything"), "must be a JSON object"),
+        (
+            "bare scheduled event",
+            json!({
+                "version": "0", "id": "x", "detail-type": "Scheduled Event", "source": "aws.events",
+                "account": "111122223333", "time": "2026-11-25T10:00:00Z", "region": "us-east-1",
+                "resources": [], "detail": {}
+            }),
+            "schedule an Input",
+        ),
+        (
+            "event with a bad ARN",
+            json!({
+                "detail-type": "EBS Snapshot Notification", "source": "aws.ec2",
+                "detail": {"event": "createSnapshot", "result": "succeeded", "snapshot_id": "arn:aws:ec2::us-east-1:volume/vol-1"}
+            }),
+            "detail.snapshot_id",
+        ),
+    ]
+}
+
+#[tokio::test(start_paused = true)]
+async fn every_bad_input_is_invalid_request_and_ec2_is_never_called() {
+    for (case, payload, expected) in bad_inputs() {
+        let ec2 = SimulatedEc2::new();
+        let result = handle(payload, &settings(), &ec2, None).await;
+        match result {
+            Err(CopySnapshotsError::InvalidRequest(message)) => {
+                assert!(message.contains(expected), "{case}: message {message:?} should mention {expected:?}");
+            }
+            other => panic!("{case}: expected InvalidRequest, got {other:?}"),
+        }
+        assert_eq!(ec2.calls().total(), 0, "{case}: EC2 was called");
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn missing_target_region_without_default_is_invalid() {
+    let ec2 = SimulatedEc2::new();
+    let result = handle(json!({"snapshot_ids": [ID_A]}), &settings(), &ec2, None).await;
+    let Err(CopySnapshotsError::InvalidRequest(message)) = result else { panic!("{result:?}") };
+    assert!(message.contains("target_region") && message.contains("TARGET_REGION"), "{message}");
+    assert_eq!(ec2.calls().total(), 0);
+}
+
+#[test]
+fn environment_fills_only_what_the_payload_leaves_out() {
+    let env: HashMap<&str, &str> = HashMap::from([
+        ("AWS_REGION", "us-east-1"),
+        ("TARGET_REGION", "eu-west-1"),
+        ("PENDING_LIMIT", "7"),
+        ("ENCRYPT", "true"),
+        ("KMS_KEY_ID", "alias/dr"),
+        ("COPY_TAGS", "TRUE"),
+        ("POLL_INTERVAL_SECONDS", "2.5"),
+    ]);
+    let settings = Settings::from_lookup(|k| env.get(k).map(|v| v.to_string())).unwrap();
+    assert_eq!(settings.poll_interval.as_secs_f64(), 2.5);
+
+    let Invocation::Copy(request) = parse_payload(json!({"snapshot_ids": [ID_A]}), &settings).unwrap() else {
+        panic!("a copy")
+    };
+    assert_eq!(request.target_region.as_str(), "eu-west-1");
+    assert_eq!(request.source_region.as_str(), "us-east-1");
+    assert_eq!(request.pending_limit, 7);
+    assert!(request.encrypt && request.copy_tags);
+    assert_eq!(request.kms_key, Some(KmsKeyRef::AliasName("alias/dr".into())));
+
+    let payload = json!({"snapshot_ids": [ID_A], "target_region": "ap-south-1", "region": "eu-central-1",
+                         "pending_limit": 3, "encrypt": false, "copy_tags": false});
+    let Invocation::Copy(request) = parse_payload(payload, &settings).unwrap() else { panic!("a copy") };
+    assert_eq!(request.target_region.as_str(), "ap-south-1");
+    assert_eq!(request.source_region.as_str(), "eu-central-1");
+    assert_eq!(request.pending_limit, 3);
+    assert!(!request.encrypt && !request.copy_tags);
+    assert_eq!(request.kms_key, None, "KMS_KEY_ID applies only to encrypted copies");
+}
+
+#[test]
+fn bad_environment_names_the_variable() {
+    for (name, value) in [
+        ("PENDING_LIMIT", "0"),
+        ("PENDING_LIMIT", "many"),
+        ("ENCRYPT", "yes please"),
+        ("TARGET_REGION", "europe"),
+        ("KMS_KEY_ID", "my key"),
+        ("POLL_INTERVAL_SECONDS", "-1"),
+    ] {
+        let err = Settings::from_lookup(|k| (k == name).then(|| value.to_owned())).unwrap_err();
+        assert!(err.to_string().contains(name), "{err}");
+    }
+    // CloudFormation passes an unset optional parameter as "".
+    let settings = Settings::from_lookup(|k| (k == "KMS_KEY_ID" || k == "PENDING_LIMIT").then(String::new)).unwrap();
+    assert_eq!(settings, Settings::default());
+}
+
+fn load_event(name: &str) -> Value {
+    let path = format!("{}/events/{name}", env!("CARGO_MANIFEST_DIR"));
+    let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{path}: {e}"));
+    serde_json::from_str(&text).unwrap_or_else(|e| panic!("{path}: {e}"))
+}
+
+fn ids_of(invocation: &Invocation) -> Vec<String> {
+    match invocation {
+        Invocation::Copy(request) => match &request.sources {
+            SourceSelector::Ids(ids) => ids.iter().map(ToString::to_string).collect(),
+            SourceSelector::Filters(_) => Vec::new(),
+        },
+        Invocation::Ignore { reason } => panic!("ignored: {reason}"),
+    }
+}
+
+#[test]
+fn every_sample_event_parses() {
+    let settings = settings_with_target();
+    let dir = format!("{}/events", env!("CARGO_MANIFEST_DIR"));
+    let mut names: Vec<String> =
+        std::fs::read_dir(&dir).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
+    names.sort();
+    assert!(names.len() >= 5, "events/ holds {names:?}");
+    for name in &names {
+        let invocation = parse_payload(load_event(name), &settings).unwrap_or_else(|e| panic!("{name}: {e}"));
+        assert!(matches!(invocation, Invocation::Copy(_)), "{name}: {invocation:?}");
+    }
+
+    let manual = parse_payload(load_event("manual.json"), &settings).unwrap();
+    assert_eq!(ids_of(&manual), [ID_A, ID_B]);
+
+    let Invocation::Copy(encrypted) = parse_payload(load_event("encrypted-kms.json"), &settings).unwrap() else {
+        panic!()
+    };
+    assert!(encrypted.encrypt);
+    assert!(matches!(encrypted.kms_key, Some(KmsKeyRef::KeyArn { .. })));
+
+    let Invocation::Copy(filter) = parse_payload(load_event("tag-filter.json"), &settings).unwrap() else { panic!() };
+    assert!(matches!(&filter.sources, SourceSelector::Filters(f) if f[0].name == "tag:Backup"));
+
+    let Invocation::Copy(loop_input) = parse_payload(load_event("step-functions.json"), &settings).unwrap() else {
+        panic!()
+    };
+    assert_eq!(loop_input.max_wait, Some(std::time::Duration::ZERO));
+
+    let single = parse_payload(load_event("snapshot-notification.json"), &settings).unwrap();
+    assert_eq!(ids_of(&single), [ID_A]);
+
+    let multi = parse_payload(load_event("multi-volume-completion.json"), &settings).unwrap();
+    assert_eq!(ids_of(&multi), [ID_A, ID_B], "only completed snapshots are copied");
+}
+
+#[test]
+fn snapshot_events_take_the_region_from_the_arn_in_both_spellings() {
+    let settings = settings_with_target();
+    for arn in
+        [format!("arn:aws:ec2::ap-southeast-2:snapshot/{ID_A}"), format!("arn:aws:ec2:ap-southeast-2::snapshot/{ID_A}")]
+    {
+        let mut event = load_event("snapshot-notification.json");
+        event["detail"]["snapshot_id"] = json!(arn);
+        let Invocation::Copy(request) = parse_payload(event, &settings).unwrap() else { panic!() };
+        assert_eq!(request.source_region.as_str(), "ap-southeast-2");
+        assert_eq!(request.target_region.as_str(), "eu-west-1");
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn events_that_ask_for_no_copy_get_an_empty_complete_answer() {
+    let mut failed = load_event("snapshot-notification.json");
+    failed["detail"]["result"] = json!("failed");
+    let mut copy_event = load_event("snapshot-notification.json");
+    copy_event["detail"]["event"] = json!("copySnapshot");
+    let mut none_completed = load_event("multi-volume-completion.json");
+    for snapshot in none_completed["detail"]["snapshots"].as_array_mut().unwrap() {
+        snapshot["status"] = json!("failed");
+    }
+    let other = json!({"detail-type": "EC2 Instance State-change Notification", "source": "aws.ec2",
+                       "detail": {"instance-id": "i-0123", "state": "running"}});
+    for (case, event) in
+        [("failed", failed), ("copySnapshot", copy_event), ("none completed", none_completed), ("other", other)]
+    {
+        let ec2 = SimulatedEc2::new();
+        let response =
+            handle(event, &settings_with_target(), &ec2, None).await.unwrap_or_else(|e| panic!("{case}: {e}"));
+        assert!(response.complete && response.copies.is_empty() && response.snapshot_ids.is_empty(), "{case}");
+        assert_eq!(ec2.calls().total(), 0, "{case}");
+    }
+}
