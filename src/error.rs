@@ -43,3 +43,9 @@ impl CopySnapshotsError {
         }
     }
 }
+
+impl From<CopySnapshotsError> for lambda_runtime::Diagnostic {
+    fn from(error: CopySnapshotsError) -> Self {
+        Self { error_type: error.error_type().to_owned(), error_message: error.to_string() }
+    }
+}

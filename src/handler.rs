@@ -1,12 +1,17 @@
-//! One invocation, end to end and free of the Lambda runtime: payload → request → reconcile →
-//! response. `main` wraps this in the runtime; tests call it directly.
+//! One invocation, end to end: payload → request → reconcile → response. `handle` is the
+//! runtime-free core the tests call; `handle_lambda_event` adds what Lambda hands over (the
+//! deadline) and the per-invocation debug switch.
 
+use std::time::SystemTime;
+
+use lambda_runtime::LambdaEvent;
 use serde_json::Value;
 use tokio::time::Instant;
-use tracing::info;
+use tracing::{debug, error, info};
 
 use crate::error::CopySnapshotsError;
 use crate::event::{Invocation, parse_payload};
+use crate::logging::LogLevel;
 use crate::reconcile::{RunLimits, reconcile};
 use crate::request::Settings;
 use crate::response::Response;
@@ -19,12 +24,54 @@ pub async fn handle<S: SnapshotStore>(
     store: &S,
     deadline: Option<Instant>,
 ) -> Result<Response, CopySnapshotsError> {
-    match parse_payload(payload, settings)? {
+    run(parse_payload(payload, settings)?, settings, store, deadline).await
+}
+
+/// Handles one Lambda invocation: the deadline comes from the context, `debug: true` raises
+/// this invocation's logs, and a failure is logged with its errorType before it is returned.
+pub async fn handle_lambda_event<S: SnapshotStore>(
+    event: LambdaEvent<Value>,
+    settings: &Settings,
+    store: &S,
+    log_level: &LogLevel,
+) -> Result<Response, CopySnapshotsError> {
+    let remaining = event.context.deadline().duration_since(SystemTime::now()).unwrap_or_default();
+    let deadline = Instant::now() + remaining;
+    let result = async {
+        let invocation = parse_payload(event.payload, settings)?;
+        let _debug = match &invocation {
+            Invocation::Copy(request) => log_level.debug_for_invocation(request.debug),
+            Invocation::Ignore { .. } => None,
+        };
+        debug!(?invocation, "request");
+        run(invocation, settings, store, Some(deadline)).await
+    }
+    .await;
+    if let Err(e) = &result {
+        error!(error_type = e.error_type(), message = %e, "invocation failed");
+    }
+    result
+}
+
+async fn run<S: SnapshotStore>(
+    invocation: Invocation,
+    settings: &Settings,
+    store: &S,
+    deadline: Option<Instant>,
+) -> Result<Response, CopySnapshotsError> {
+    match invocation {
         Invocation::Ignore { reason } => {
             info!(%reason, "nothing to copy");
             Ok(Response::nothing_to_do())
         }
         Invocation::Copy(request) => {
+            info!(
+                source_region = %request.source_region,
+                target_region = %request.target_region,
+                pending_limit = request.pending_limit,
+                encrypt = request.encrypt,
+                "copy request"
+            );
             let limits = RunLimits { deadline, poll_interval: settings.poll_interval };
             reconcile(store, &request, limits).await
         }

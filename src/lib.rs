@@ -9,13 +9,16 @@
 //! - [`store`]: the trait the engine asks EC2 through, in domain types.
 //! - [`reconcile`]: the engine.
 //! - [`response`], [`error`]: what an invocation answers.
-//! - [`handler`]: one invocation end to end.
+//! - [`ec2`]: the store on aws-sdk-ec2 (the only module that uses the SDK).
+//! - [`handler`]: one invocation end to end; [`logging`]: the Lambda log setup.
 //! - [`simulated`]: an in-memory EC2 on tokio's clock, for tests and the benchmark.
 
+pub mod ec2;
 pub mod error;
 pub mod event;
 pub mod handler;
 pub mod ids;
+pub mod logging;
 pub mod reconcile;
 pub mod request;
 pub mod response;

@@ -22,7 +22,7 @@ use crate::store::{
 
 /// How long before the invocation's deadline the engine stops waiting, so its last poll, its
 /// last starts and the response fit in the time left.
-pub const DEADLINE_MARGIN: Duration = Duration::from_secs(10);
+pub const DEADLINE_MARGIN: Duration = Duration::from_secs(30);
 /// The longest wait between two polls, however far progress says the next completion is.
 /// EC2's progress is not quite linear, so estimates are re-checked at least this often; 15
 /// minutes is also the longest a Lambda invocation lives.

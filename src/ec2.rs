@@ -1,0 +1,293 @@
+//! The [`SnapshotStore`] on aws-sdk-ec2: the only module that touches the SDK. It translates
+//! domain types to EC2 calls and back, keeps one client per region (derived from one loaded
+//! configuration and reused across invocations), and sorts EC2's error codes into the
+//! engine's [`StoreError`]s.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Mutex;
+
+use aws_sdk_ec2::Client;
+use aws_sdk_ec2::config::interceptors::InterceptorContext;
+use aws_sdk_ec2::config::retry::{ClassifyRetry, RetryAction};
+use aws_sdk_ec2::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
+use aws_sdk_ec2::operation::copy_snapshot::CopySnapshotError;
+use aws_sdk_ec2::operation::describe_snapshots::builders::DescribeSnapshotsFluentBuilder;
+use aws_sdk_ec2::types::{self, ResourceType, StorageTier, TagSpecification};
+use tracing::{debug, warn};
+
+use crate::ids::{Region, SnapshotId};
+use crate::store::{
+    CopySpec, CopyStatus, SOURCE_REGION_TAG, SOURCE_SNAPSHOT_TAG, SnapshotState, SnapshotStore, SourceSelector,
+    SourceSnapshot, StoreError, Tag, find_tag,
+};
+
+/// EC2 accepts at most 200 values in one filter.
+const MAX_FILTER_VALUES: usize = 200;
+/// The largest page DescribeSnapshots returns.
+const PAGE_SIZE: i32 = 1000;
+
+/// Error codes EC2 uses for throttling; the SDK retries them, and what is left is `Throttled`.
+const THROTTLING_CODES: &[&str] =
+    &["RequestLimitExceeded", "Throttling", "ThrottlingException", "ThrottledException", "EC2ThrottledException"];
+
+/// EC2 through aws-sdk-ec2, one client per region.
+#[derive(Debug)]
+pub struct Ec2Store {
+    base: aws_sdk_ec2::Config,
+    clients: Mutex<HashMap<Region, Client>>,
+}
+
+impl Ec2Store {
+    /// Clients derived from one loaded configuration (credentials, retries, timeouts and any
+    /// `AWS_ENDPOINT_URL[_EC2]`), with the region set per call.
+    pub fn new(sdk_config: &aws_config::SdkConfig) -> Self {
+        Self::from_config(aws_sdk_ec2::config::Builder::from(sdk_config).build())
+    }
+
+    /// From a ready EC2 client configuration (tests hand in a mocked one).
+    pub fn from_config(base: aws_sdk_ec2::Config) -> Self {
+        Self { base, clients: Mutex::new(HashMap::new()) }
+    }
+
+    fn client(&self, region: &Region) -> Client {
+        let mut clients = self.clients.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        clients
+            .entry(region.clone())
+            .or_insert_with(|| {
+                let config =
+                    self.base.to_builder().region(aws_sdk_ec2::config::Region::new(region.as_str().to_owned())).build();
+                Client::from_conf(config)
+            })
+            .clone()
+    }
+
+    /// One paginated DescribeSnapshots.
+    async fn describe(
+        &self,
+        region: &Region,
+        customize: impl FnOnce(DescribeSnapshotsFluentBuilder) -> DescribeSnapshotsFluentBuilder,
+    ) -> Result<Vec<types::Snapshot>, StoreError> {
+        let request = customize(self.client(region).describe_snapshots().max_results(PAGE_SIZE));
+        request.into_paginator().items().send().try_collect().await.map_err(store_error)
+    }
+
+    /// DescribeSnapshots for many values of one filter: one paginated call per 200 values.
+    async fn describe_by(
+        &self,
+        region: &Region,
+        filter: &str,
+        values: &[&str],
+        owner_self: bool,
+        extra: &[types::Filter],
+    ) -> Result<Vec<types::Snapshot>, StoreError> {
+        let mut found = Vec::new();
+        for chunk in values.chunks(MAX_FILTER_VALUES) {
+            let page = self
+                .describe(region, |r| {
+                    let r = r.filters(ec2_filter(filter, chunk.iter().copied()));
+                    let r = extra.iter().cloned().fold(r, |r, f| r.filters(f));
+                    if owner_self { r.owner_ids("self") } else { r }
+                })
+                .await?;
+            found.extend(page);
+        }
+        Ok(found)
+    }
+}
+
+impl SnapshotStore for Ec2Store {
+    async fn describe_sources(
+        &self,
+        region: &Region,
+        selector: &SourceSelector,
+    ) -> Result<Vec<SourceSnapshot>, StoreError> {
+        let snapshots = match selector {
+            // Ids through the snapshot-id filter, not SnapshotIds: a missing id then comes back
+            // as absent (the engine names every missing one) instead of failing the call. No
+            // owner filter, so snapshots shared with this account can be copied too.
+            SourceSelector::Ids(ids) => {
+                let ids: Vec<&str> = ids.iter().map(SnapshotId::as_str).collect();
+                self.describe_by(region, "snapshot-id", &ids, false, &[]).await?
+            }
+            SourceSelector::Filters(filters) => {
+                let filters: Vec<types::Filter> =
+                    filters.iter().map(|f| ec2_filter(&f.name, f.values.iter().map(String::as_str))).collect();
+                self.describe(region, |r| filters.into_iter().fold(r.owner_ids("self"), |r, f| r.filters(f))).await?
+            }
+        };
+        Ok(snapshots.iter().filter_map(to_source).collect())
+    }
+
+    async fn find_copies(
+        &self,
+        target_region: &Region,
+        source_region: &Region,
+        source_ids: &[SnapshotId],
+    ) -> Result<Vec<CopyStatus>, StoreError> {
+        let from_region = ec2_filter(&format!("tag:{SOURCE_REGION_TAG}"), [source_region.as_str()]);
+        let snapshots = if source_ids.len() <= MAX_FILTER_VALUES {
+            let ids: Vec<&str> = source_ids.iter().map(SnapshotId::as_str).collect();
+            self.describe_by(target_region, &format!("tag:{SOURCE_SNAPSHOT_TAG}"), &ids, true, &[from_region]).await?
+        } else {
+            // Many sources: one paginated call for every copy from that region beats many
+            // chunked ones; keep the wanted ones here.
+            self.describe(target_region, |r| r.owner_ids("self").filters(from_region)).await?
+        };
+        let wanted: HashSet<&str> = source_ids.iter().map(SnapshotId::as_str).collect();
+        Ok(snapshots
+            .iter()
+            .filter(|s| tag_value(s, SOURCE_REGION_TAG) == Some(source_region.as_str()))
+            .filter(|s| tag_value(s, SOURCE_SNAPSHOT_TAG).is_some_and(|id| wanted.contains(id)))
+            .filter_map(to_copy)
+            .collect())
+    }
+
+    async fn start_copy(&self, spec: &CopySpec) -> Result<SnapshotId, StoreError> {
+        let tags = TagSpecification::builder()
+            .resource_type(ResourceType::Snapshot)
+            .set_tags(Some(
+                spec.tags.iter().map(|t| types::Tag::builder().key(&t.key).value(&t.value).build()).collect(),
+            ))
+            .build();
+        let output = self
+            .client(&spec.target_region)
+            .copy_snapshot()
+            .source_region(spec.source_region.as_str())
+            .source_snapshot_id(spec.source_id.as_str())
+            .description(&spec.description)
+            .encrypted(spec.encrypted)
+            .set_kms_key_id(spec.kms_key_id.clone())
+            .set_completion_duration_minutes(spec.completion_duration_minutes.and_then(|m| i32::try_from(m).ok()))
+            .tag_specifications(tags)
+            .customize()
+            // CopySnapshot has no idempotency token: a retried call that had reached EC2 makes
+            // a second copy. Only throttling (refused before anything happened) is retried;
+            // anything else goes back to the engine, which looks for the copy by its tags.
+            .config_override(aws_sdk_ec2::config::Builder::default().retry_classifier(RetryOnlyThrottling))
+            .send()
+            .await
+            .map_err(store_error)?;
+        let id = output.snapshot_id().unwrap_or_default();
+        SnapshotId::parse(id)
+            .map_err(|e| StoreError::Unknown(format!("CopySnapshot answered without a usable id: {e}")))
+    }
+
+    async fn describe_copies(
+        &self,
+        target_region: &Region,
+        copy_ids: &[SnapshotId],
+    ) -> Result<Vec<CopyStatus>, StoreError> {
+        // The snapshot-id filter, not SnapshotIds: a copy not visible yet (EC2 is eventually
+        // consistent) is just absent instead of failing the whole poll.
+        let ids: Vec<&str> = copy_ids.iter().map(SnapshotId::as_str).collect();
+        let snapshots = self.describe_by(target_region, "snapshot-id", &ids, true, &[]).await?;
+        Ok(snapshots.iter().filter_map(to_copy).collect())
+    }
+}
+
+/// Forbids retrying a CopySnapshot unless EC2 throttled it.
+#[derive(Debug)]
+struct RetryOnlyThrottling;
+
+impl ClassifyRetry for RetryOnlyThrottling {
+    fn classify_retry(&self, ctx: &InterceptorContext) -> RetryAction {
+        let Some(Err(error)) = ctx.output_or_error() else {
+            return RetryAction::NoActionIndicated;
+        };
+        let throttled = error
+            .as_operation_error()
+            .and_then(|e| e.downcast_ref::<CopySnapshotError>())
+            .and_then(ProvideErrorMetadata::code)
+            .is_some_and(|code| THROTTLING_CODES.contains(&code));
+        if throttled { RetryAction::NoActionIndicated } else { RetryAction::RetryForbidden }
+    }
+
+    fn name(&self) -> &'static str {
+        "copy-snapshots: retry CopySnapshot only when throttled"
+    }
+}
+
+/// Sorts an SDK error by what the engine should do about it.
+fn store_error<E, R>(error: SdkError<E, R>) -> StoreError
+where
+    E: ProvideErrorMetadata + std::error::Error + 'static,
+    R: std::fmt::Debug,
+{
+    let text = DisplayErrorContext(&error).to_string();
+    let code = error.code().unwrap_or_default().to_owned();
+    let message = error.message().unwrap_or_default().to_owned();
+    let described = if code.is_empty() { text.clone() } else { format!("{code}: {message}") };
+    match &error {
+        SdkError::ServiceError(_) => {}
+        SdkError::ConstructionFailure(_) => {
+            return StoreError::Refused { code: "ConstructionFailure".to_owned(), message: text };
+        }
+        // Timeouts, connection failures, unreadable answers: the call may have taken effect.
+        _ => return StoreError::Unknown(text),
+    }
+    debug!(%code, %message, "EC2 error");
+    match code.as_str() {
+        "ResourceLimitExceeded" => StoreError::NoSlot(described),
+        "InvalidSnapshot.NotFound" => StoreError::NotFound(described),
+        "IncorrectState" => StoreError::NotReady(described),
+        c if THROTTLING_CODES.contains(&c) => StoreError::Throttled(described),
+        c if c == "UnauthorizedOperation"
+            || c == "AuthFailure"
+            || c == "OptInRequired"
+            || c.contains("AccessDenied")
+            || c.starts_with("KMS")
+            || c.contains("KmsKey")
+            || c.contains("KMSKey") =>
+        {
+            StoreError::AccessDenied(described)
+        }
+        "InternalError" | "InternalFailure" | "ServiceUnavailable" | "Unavailable" => StoreError::Unknown(described),
+        _ => StoreError::Refused { code, message },
+    }
+}
+
+fn ec2_filter<'a>(name: &str, values: impl IntoIterator<Item = &'a str>) -> types::Filter {
+    types::Filter::builder().name(name).set_values(Some(values.into_iter().map(str::to_owned).collect())).build()
+}
+
+fn tag_value<'a>(snapshot: &'a types::Snapshot, key: &str) -> Option<&'a str> {
+    snapshot.tags().iter().find(|t| t.key() == Some(key)).and_then(types::Tag::value)
+}
+
+fn tags_of(snapshot: &types::Snapshot) -> Vec<Tag> {
+    snapshot.tags().iter().filter_map(|t| Some(Tag::new(t.key()?, t.value().unwrap_or_default()))).collect()
+}
+
+fn snapshot_id(snapshot: &types::Snapshot) -> Option<SnapshotId> {
+    let id = snapshot.snapshot_id()?;
+    SnapshotId::parse(id).map_err(|e| warn!(error = %e, "EC2 listed a snapshot with an unexpected id")).ok()
+}
+
+fn state_of(snapshot: &types::Snapshot) -> SnapshotState {
+    snapshot.state().map_or(SnapshotState::Other("unknown".to_owned()), |s| SnapshotState::parse(s.as_str()))
+}
+
+fn to_source(snapshot: &types::Snapshot) -> Option<SourceSnapshot> {
+    Some(SourceSnapshot {
+        id: snapshot_id(snapshot)?,
+        state: state_of(snapshot),
+        size_gib: snapshot.volume_size().and_then(|s| u64::try_from(s).ok()).unwrap_or(0),
+        encrypted: snapshot.encrypted().unwrap_or(false),
+        archived: snapshot.storage_tier() == Some(&StorageTier::Archive),
+        tags: tags_of(snapshot),
+    })
+}
+
+fn to_copy(snapshot: &types::Snapshot) -> Option<CopyStatus> {
+    let tags = tags_of(snapshot);
+    let source_id = SnapshotId::parse(find_tag(&tags, SOURCE_SNAPSHOT_TAG)?).ok()?;
+    Some(CopyStatus {
+        id: snapshot_id(snapshot)?,
+        source_id,
+        state: state_of(snapshot),
+        progress: snapshot.progress().and_then(|p| p.trim_end_matches('%').trim().parse().ok()),
+        encrypted: snapshot.encrypted().unwrap_or(false),
+        kms_key_id: snapshot.kms_key_id().map(str::to_owned),
+        state_message: snapshot.state_message().map(str::to_owned),
+    })
+}

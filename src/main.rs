@@ -1,0 +1,38 @@
+//! The Lambda bootstrap: logging, settings from the environment, one AWS configuration, and
+//! the runtime loop. Everything else lives in the library.
+
+use std::time::Duration;
+
+use aws_config::BehaviorVersion;
+use aws_config::retry::RetryConfig;
+use aws_config::timeout::TimeoutConfig;
+use copy_snapshots::ec2::Ec2Store;
+use copy_snapshots::handler::handle_lambda_event;
+use copy_snapshots::{Settings, logging};
+use lambda_runtime::{Error, LambdaEvent, service_fn};
+use serde_json::Value;
+
+#[tokio::main]
+async fn main() -> Result<(), Error> {
+    let log_level = logging::init();
+    let settings = Settings::from_env()?;
+    let sdk_config = aws_config::defaults(BehaviorVersion::latest())
+        // EC2 throttles per account; generous retries keep a busy account from failing runs.
+        .retry_config(RetryConfig::standard().with_max_attempts(8))
+        // Bounded calls keep the engine's deadline margin honest.
+        .timeout_config(
+            TimeoutConfig::builder()
+                .connect_timeout(Duration::from_secs(5))
+                .operation_attempt_timeout(Duration::from_secs(15))
+                .operation_timeout(Duration::from_secs(25))
+                .build(),
+        )
+        .load()
+        .await;
+    let store = Ec2Store::new(&sdk_config);
+    let (settings, store, log_level) = (&settings, &store, &log_level);
+    lambda_runtime::run(service_fn(move |event: LambdaEvent<Value>| {
+        handle_lambda_event(event, settings, store, log_level)
+    }))
+    .await
+}

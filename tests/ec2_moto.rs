@@ -1,0 +1,253 @@
+//! The real aws-sdk-ec2 store against a real EC2 emulator (moto server on loopback, started by
+//! `make test`). moto completes copies at once and ignores `Encrypted` on CopySnapshot, so these
+//! tests assert what it records — the copies, their KmsKeyId, tags and description — and leave
+//! time, limits and faults to the engine tests.
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use aws_config::BehaviorVersion;
+use aws_sdk_ec2::Client;
+use aws_sdk_ec2::types::{self, ResourceType, TagSpecification};
+use copy_snapshots::ec2::Ec2Store;
+use copy_snapshots::ids::{Region, SnapshotId};
+use copy_snapshots::request::Settings;
+use copy_snapshots::store::{
+    CopySpec, CopyStatus, SOURCE_REGION_TAG, SOURCE_SNAPSHOT_TAG, SnapshotStore, SourceSelector, SourceSnapshot,
+    StoreError,
+};
+use copy_snapshots::{CopySnapshotsError, handle};
+use serde_json::{Value, json};
+
+const SOURCE: &str = "us-east-1";
+const TARGET: &str = "eu-west-1";
+
+/// Loads the SDK configuration exactly as the function does: endpoint and credentials come
+/// from the environment `make test` sets (AWS_ENDPOINT_URL), nothing is hard-wired here.
+async fn sdk_config() -> aws_config::SdkConfig {
+    assert!(
+        std::env::var("MOTO_ENDPOINT").is_ok(),
+        "these tests need the EC2 emulator: run them with `make test` (scripts/with-moto cargo test)"
+    );
+    aws_config::defaults(BehaviorVersion::latest()).load().await
+}
+
+async fn ec2_in(region: &str) -> Client {
+    let config = sdk_config().await;
+    Client::from_conf(
+        aws_sdk_ec2::config::Builder::from(&config).region(aws_sdk_ec2::config::Region::new(region.to_owned())).build(),
+    )
+}
+
+/// moto completes copies at once; a short poll keeps `wait_for_completion` tests quick.
+fn settings() -> Settings {
+    Settings {
+        source_region: Region::parse(SOURCE).ok(),
+        poll_interval: std::time::Duration::from_millis(200),
+        ..Settings::default()
+    }
+}
+
+/// A unique marker so tests sharing one emulator never see each other's snapshots.
+fn unique(name: &str) -> String {
+    static NEXT: AtomicUsize = AtomicUsize::new(0);
+    format!("{name}-{}-{}", std::process::id(), NEXT.fetch_add(1, Ordering::Relaxed))
+}
+
+/// A completed snapshot of a new volume in the source region.
+async fn make_snapshot(ec2: &Client, size_gib: i32, tags: &[(&str, &str)]) -> String {
+    let volume = ec2.create_volume().availability_zone(format!("{SOURCE}a")).size(size_gib).send().await.unwrap();
+    // EC2 refuses an empty tag specification.
+    let mut spec = TagSpecification::builder()
+        .resource_type(ResourceType::Snapshot)
+        .tags(types::Tag::builder().key("created-by").value("copy-snapshots-tests").build());
+    for (key, value) in tags {
+        spec = spec.tags(types::Tag::builder().key(*key).value(*value).build());
+    }
+    let snapshot = ec2
+        .create_snapshot()
+        .volume_id(volume.volume_id().unwrap())
+        .tag_specifications(spec.build())
+        .send()
+        .await
+        .unwrap();
+    snapshot.snapshot_id().unwrap().to_owned()
+}
+
+async fn describe(ec2: &Client, id: &str) -> types::Snapshot {
+    let found = ec2.describe_snapshots().snapshot_ids(id).send().await.unwrap();
+    found.snapshots()[0].clone()
+}
+
+fn tag<'a>(snapshot: &'a types::Snapshot, key: &str) -> Option<&'a str> {
+    snapshot.tags().iter().find(|t| t.key() == Some(key)).and_then(|t| t.value())
+}
+
+/// Copies in the target region made from `source`.
+async fn copies_of(target: &Client, source: &str) -> Vec<types::Snapshot> {
+    let filter = types::Filter::builder().name(format!("tag:{SOURCE_SNAPSHOT_TAG}")).values(source).build();
+    target.describe_snapshots().owner_ids("self").filters(filter).send().await.unwrap().snapshots().to_vec()
+}
+
+/// The real store, counting CopySnapshot calls.
+struct CountingStore {
+    inner: Ec2Store,
+    copies: AtomicUsize,
+}
+
+impl CountingStore {
+    async fn new() -> Self {
+        Self { inner: Ec2Store::new(&sdk_config().await), copies: AtomicUsize::new(0) }
+    }
+}
+
+impl SnapshotStore for CountingStore {
+    async fn describe_sources(
+        &self,
+        region: &Region,
+        selector: &SourceSelector,
+    ) -> Result<Vec<SourceSnapshot>, StoreError> {
+        self.inner.describe_sources(region, selector).await
+    }
+    async fn find_copies(
+        &self,
+        target: &Region,
+        source: &Region,
+        ids: &[SnapshotId],
+    ) -> Result<Vec<CopyStatus>, StoreError> {
+        self.inner.find_copies(target, source, ids).await
+    }
+    async fn start_copy(&self, spec: &CopySpec) -> Result<SnapshotId, StoreError> {
+        self.copies.fetch_add(1, Ordering::Relaxed);
+        self.inner.start_copy(spec).await
+    }
+    async fn describe_copies(&self, target: &Region, ids: &[SnapshotId]) -> Result<Vec<CopyStatus>, StoreError> {
+        self.inner.describe_copies(target, ids).await
+    }
+}
+
+#[tokio::test]
+async fn encrypted_cross_region_copy_with_a_kms_key_carries_tracking_tags_and_description() {
+    let config = sdk_config().await;
+    let kms = aws_sdk_kms::Client::from_conf(
+        aws_sdk_kms::config::Builder::from(&config).region(aws_sdk_kms::config::Region::new(TARGET)).build(),
+    );
+    let key = kms.create_key().description("DR key").send().await.unwrap();
+    let key_arn = key.key_metadata().unwrap().arn().unwrap().to_owned();
+
+    let source_ec2 = ec2_in(SOURCE).await;
+    let target_ec2 = ec2_in(TARGET).await;
+    let a = make_snapshot(&source_ec2, 8, &[]).await;
+    let b = make_snapshot(&source_ec2, 16, &[]).await;
+    let store = Ec2Store::new(&config);
+    let payload = json!({"snapshot_ids": [a, b], "target_region": TARGET, "encrypt": true, "kms_key_id": key_arn});
+    let response = handle(payload, &settings(), &store, None).await.unwrap();
+
+    assert!(response.complete, "{response:?}");
+    assert_eq!(response.copies.len(), 2);
+    for (copy, source) in response.copies.iter().zip([&a, &b]) {
+        assert_eq!(&copy.source_snapshot_id, source);
+        assert!(!copy.reused);
+        let made = describe(&target_ec2, &copy.snapshot_id).await;
+        assert_eq!(made.kms_key_id(), Some(key_arn.as_str()));
+        assert_eq!(tag(&made, SOURCE_SNAPSHOT_TAG), Some(source.as_str()));
+        assert_eq!(tag(&made, SOURCE_REGION_TAG), Some(SOURCE));
+        assert_eq!(made.description(), Some(format!("Copy of {source} from {SOURCE}").as_str()));
+    }
+    // The copies are in the target region, not the source region.
+    let in_source = source_ec2.describe_snapshots().owner_ids("self").send().await.unwrap();
+    assert!(in_source.snapshots().iter().all(|s| Some(response.snapshot_ids[0].as_str()) != s.snapshot_id()));
+}
+
+#[tokio::test]
+async fn the_same_request_again_reuses_every_copy_without_calling_copy_snapshot() {
+    let source_ec2 = ec2_in(SOURCE).await;
+    let ids = [make_snapshot(&source_ec2, 8, &[]).await, make_snapshot(&source_ec2, 30, &[]).await];
+    let store = CountingStore::new().await;
+    let payload = json!({"snapshot_ids": ids, "target_region": TARGET, "wait_for_completion": true});
+
+    let first = handle(payload.clone(), &settings(), &store, None).await.unwrap();
+    assert_eq!(store.copies.load(Ordering::Relaxed), 2);
+    assert!(first.complete && first.copies.iter().all(|c| c.state == "completed" && !c.reused));
+
+    let second = handle(payload, &settings(), &store, None).await.unwrap();
+    assert_eq!(store.copies.load(Ordering::Relaxed), 2, "no new CopySnapshot call");
+    assert!(second.copies.iter().all(|c| c.reused));
+    assert_eq!(first.snapshot_ids, second.snapshot_ids);
+
+    let target_ec2 = ec2_in(TARGET).await;
+    for id in &ids {
+        assert_eq!(copies_of(&target_ec2, id).await.len(), 1, "one copy of {id}");
+    }
+}
+
+#[tokio::test]
+async fn filters_select_sources_by_tag_and_copy_tags_carries_them() {
+    let marker = unique("nightly");
+    let source_ec2 = ec2_in(SOURCE).await;
+    let wanted = make_snapshot(&source_ec2, 8, &[("Backup", &marker), ("team", "storage")]).await;
+    let other = make_snapshot(&source_ec2, 8, &[("Backup", "not-this-one")]).await;
+    let store = Ec2Store::new(&sdk_config().await);
+    let payload = json!({
+        "filters": [{"name": "tag:Backup", "values": [marker]}],
+        "target_region": TARGET,
+        "copy_tags": true,
+        "tags": {"purpose": "dr"}
+    });
+    let response = handle(payload, &settings(), &store, None).await.unwrap();
+    assert_eq!(response.copies.len(), 1, "{response:?}");
+    assert_eq!(response.copies[0].source_snapshot_id, wanted);
+
+    let target_ec2 = ec2_in(TARGET).await;
+    let made = describe(&target_ec2, &response.copies[0].snapshot_id).await;
+    assert_eq!(tag(&made, "Backup"), Some(marker.as_str()));
+    assert_eq!(tag(&made, "team"), Some("storage"));
+    assert_eq!(tag(&made, "purpose"), Some("dr"));
+    assert_eq!(tag(&made, SOURCE_SNAPSHOT_TAG), Some(wanted.as_str()));
+    assert!(copies_of(&target_ec2, &other).await.is_empty());
+}
+
+#[tokio::test]
+async fn without_copy_tags_only_tracking_and_request_tags_are_set() {
+    let source_ec2 = ec2_in(SOURCE).await;
+    let id = make_snapshot(&source_ec2, 8, &[("team", "storage")]).await;
+    let store = Ec2Store::new(&sdk_config().await);
+    let payload = json!({"snapshot_ids": [id], "target_region": TARGET, "tags": {"purpose": "dr"}});
+    let response = handle(payload, &settings(), &store, None).await.unwrap();
+    let made = describe(&ec2_in(TARGET).await, &response.copies[0].snapshot_id).await;
+    assert_eq!(tag(&made, "team"), None);
+    assert_eq!(tag(&made, "purpose"), Some("dr"));
+    let keys: Vec<&str> = made.tags().iter().filter_map(|t| t.key()).collect();
+    assert_eq!(keys.len(), 3, "{keys:?}");
+}
+
+#[tokio::test]
+async fn a_missing_source_is_source_not_found_and_nothing_is_copied() {
+    let source_ec2 = ec2_in(SOURCE).await;
+    let present = make_snapshot(&source_ec2, 8, &[]).await;
+    let missing = "snap-0123456789abcdef0";
+    let store = CountingStore::new().await;
+    let payload: Value = json!({"snapshot_ids": [present, missing], "target_region": TARGET});
+    let result = handle(payload, &settings(), &store, None).await;
+    let Err(CopySnapshotsError::SourceNotFound(message)) = result else { panic!("{result:?}") };
+    assert!(message.contains(missing), "{message}");
+    assert_eq!(store.copies.load(Ordering::Relaxed), 0);
+    assert!(copies_of(&ec2_in(TARGET).await, &present).await.is_empty());
+}
+
+#[tokio::test]
+async fn many_sources_are_looked_up_in_chunks_and_found_again() {
+    let source_ec2 = ec2_in(SOURCE).await;
+    let mut ids = Vec::new();
+    for _ in 0..210 {
+        ids.push(make_snapshot(&source_ec2, 1, &[]).await);
+    }
+    let store = CountingStore::new().await;
+    let payload =
+        json!({"snapshot_ids": ids, "target_region": TARGET, "pending_limit": 210, "wait_for_completion": true});
+    let first = handle(payload.clone(), &settings(), &store, None).await.unwrap();
+    assert!(first.complete);
+    assert_eq!(first.copies.len(), 210);
+    let second = handle(payload, &settings(), &store, None).await.unwrap();
+    assert!(second.copies.iter().all(|c| c.reused), "copies past the first 200 are found too");
+    assert_eq!(store.copies.load(Ordering::Relaxed), 210);
+}
