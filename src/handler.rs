@@ -48,7 +48,7 @@ pub async fn handle_lambda_event<S: SnapshotStore>(
     }
     .await;
     if let Err(e) = &result {
-        error!(error_type = e.error_type(), message = %e, "invocation failed");
+        error!(error_type = e.error_type(), error_message = %e, "invocation failed");
     }
     result
 }

@@ -71,7 +71,8 @@ fn http_error(status: u16, code: &str) -> HttpResponse {
 
 #[tokio::test]
 async fn copy_snapshot_error_codes_map_to_engine_outcomes() {
-    let cases: [(&str, fn(&StoreError) -> bool); 7] = [
+    type Expectation = fn(&StoreError) -> bool;
+    let cases: [(&str, Expectation); 7] = [
         ("ResourceLimitExceeded", |e| matches!(e, StoreError::NoSlot(_))),
         ("IncorrectState", |e| matches!(e, StoreError::NotReady(_))),
         ("InvalidSnapshot.NotFound", |e| matches!(e, StoreError::NotFound(_))),

@@ -1,0 +1,161 @@
+//! The built binary as Lambda runs it: started with `AWS_LAMBDA_RUNTIME_API` pointing at a
+//! runtime API in the test, handed the payloads under events/ (with ids of snapshots made in the
+//! emulator), answering through the runtime API against moto.
+
+mod support;
+
+use std::time::Duration;
+
+use aws_config::BehaviorVersion;
+use aws_sdk_ec2::Client;
+use aws_sdk_ec2::types::{self, ResourceType, TagSpecification};
+use serde_json::{Value, json};
+use support::runtime_api::LambdaHarness;
+
+const SOURCE: &str = "us-east-1";
+const TARGET: &str = "eu-west-1";
+const DEADLINE: Duration = Duration::from_secs(60);
+
+fn load_event(name: &str) -> Value {
+    let path = format!("{}/events/{name}", env!("CARGO_MANIFEST_DIR"));
+    serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap()
+}
+
+async fn ec2_in(region: &str) -> Client {
+    let config = aws_config::defaults(BehaviorVersion::latest()).load().await;
+    Client::from_conf(
+        aws_sdk_ec2::config::Builder::from(&config).region(aws_sdk_ec2::config::Region::new(region.to_owned())).build(),
+    )
+}
+
+async fn make_snapshot(ec2: &Client, size_gib: i32, tags: &[(&str, &str)]) -> String {
+    let volume = ec2.create_volume().availability_zone(format!("{SOURCE}a")).size(size_gib).send().await.unwrap();
+    let spec = tags.iter().fold(
+        TagSpecification::builder()
+            .resource_type(ResourceType::Snapshot)
+            .tags(types::Tag::builder().key("created-by").value("copy-snapshots-tests").build()),
+        |spec, (k, v)| spec.tags(types::Tag::builder().key(*k).value(*v).build()),
+    );
+    let snapshot = ec2
+        .create_snapshot()
+        .volume_id(volume.volume_id().unwrap())
+        .tag_specifications(spec.build())
+        .send()
+        .await
+        .unwrap();
+    snapshot.snapshot_id().unwrap().to_owned()
+}
+
+async fn harness() -> LambdaHarness {
+    LambdaHarness::start(&[("AWS_REGION", SOURCE), ("TARGET_REGION", TARGET), ("POLL_INTERVAL_SECONDS", "0.2")]).await
+}
+
+fn copied_sources(response: &Value) -> Vec<String> {
+    copies(response).into_iter().map(|(source, _)| source).collect()
+}
+
+fn copies(response: &Value) -> Vec<(String, String)> {
+    response["copies"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| (c["source_snapshot_id"].as_str().unwrap().to_owned(), c["snapshot_id"].as_str().unwrap().to_owned()))
+        .collect()
+}
+
+#[tokio::test]
+async fn sample_payloads_through_the_binary() {
+    let source = ec2_in(SOURCE).await;
+    let target = ec2_in(TARGET).await;
+    let mut lambda = harness().await;
+
+    // Manual invoke: the sample with ids of real snapshots.
+    let (a, b) = (make_snapshot(&source, 8, &[]).await, make_snapshot(&source, 20, &[]).await);
+    let mut manual = load_event("manual.json");
+    manual["snapshot_ids"] = json!([a, b]);
+    manual["wait_for_completion"] = json!(true);
+    let response = lambda.invoke(&manual, DEADLINE).await.response();
+    assert_eq!(response["complete"], json!(true), "{response}");
+    let made = copies(&response);
+    assert_eq!(made.iter().map(|(s, _)| s.as_str()).collect::<Vec<_>>(), [a.as_str(), b.as_str()]);
+    let found = target.describe_snapshots().snapshot_ids(&made[0].1).send().await.unwrap();
+    assert_eq!(found.snapshots().len(), 1, "the copy exists in {TARGET}");
+
+    // The same again: reused, nothing new.
+    let again = lambda.invoke(&manual, DEADLINE).await.response();
+    assert!(again["copies"].as_array().unwrap().iter().all(|c| c["reused"] == json!(true)), "{again}");
+    assert_eq!(again["snapshot_ids"], response["snapshot_ids"]);
+
+    // An EBS Snapshot Notification for a new snapshot: sources from the event, target from env.
+    let c = make_snapshot(&source, 8, &[]).await;
+    let mut notification = load_event("snapshot-notification.json");
+    notification["detail"]["snapshot_id"] = json!(format!("arn:aws:ec2::{SOURCE}:snapshot/{c}"));
+    let response = lambda.invoke(&notification, DEADLINE).await.response();
+    assert_eq!(copied_sources(&response), [c]);
+
+    // The multi-volume completion event: only the completed snapshots.
+    let (d, e) = (make_snapshot(&source, 8, &[]).await, make_snapshot(&source, 8, &[]).await);
+    let mut multi = load_event("multi-volume-completion.json");
+    multi["detail"]["snapshots"][0]["snapshot_id"] = json!(format!("arn:aws:ec2:{SOURCE}::snapshot/{d}"));
+    multi["detail"]["snapshots"][1]["snapshot_id"] = json!(format!("arn:aws:ec2:{SOURCE}::snapshot/{e}"));
+    let response = lambda.invoke(&multi, DEADLINE).await.response();
+    assert_eq!(copied_sources(&response), [d, e]);
+
+    // The tag-filter schedule Input, with its own tag value so other tests do not interfere.
+    let marker = format!("daily-{}", std::process::id());
+    let tagged = make_snapshot(&source, 8, &[("Backup", &marker)]).await;
+    let mut filter = load_event("tag-filter.json");
+    filter["filters"][0]["values"] = json!([marker]);
+    let response = lambda.invoke(&filter, DEADLINE).await.response();
+    assert_eq!(copied_sources(&response), [tagged]);
+
+    // The Step Functions input: max_wait_seconds 0 returns at once.
+    let step = make_snapshot(&source, 8, &[("Backup", &format!("sfn-{marker}"))]).await;
+    let mut sfn = load_event("step-functions.json");
+    sfn["filters"][0]["values"] = json!([format!("sfn-{marker}")]);
+    let response = lambda.invoke(&sfn, DEADLINE).await.response();
+    assert_eq!(copies(&response)[0].0, step);
+
+    // Logs are JSON lines (AWS_LAMBDA_LOG_FORMAT=JSON), one per copy started.
+    let log = lambda.log();
+    let lines: Vec<Value> =
+        log.lines().map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}"))).collect();
+    let started = lines.iter().filter(|l| l["fields"]["message"] == json!("copy started")).count();
+    assert_eq!(started, 7, "{log}");
+}
+
+#[tokio::test]
+async fn errors_come_back_with_their_error_type() {
+    let source = ec2_in(SOURCE).await;
+    let mut lambda = harness().await;
+
+    let (error_type, message) = lambda.invoke(&json!({"snapshot_id": ["snap-0123abcd"]}), DEADLINE).await.error();
+    assert_eq!(error_type, "InvalidRequest");
+    assert!(message.contains("unknown field `snapshot_id`"), "{message}");
+
+    let (error_type, message) =
+        lambda.invoke(&json!({"snapshot_ids": ["snap-0123abcd"], "kms_key_id": "alias/dr"}), DEADLINE).await.error();
+    assert_eq!(error_type, "InvalidRequest");
+    assert!(message.contains("kms_key_id"), "{message}");
+
+    let present = make_snapshot(&source, 8, &[]).await;
+    let missing = "snap-0ffffffffffffffff";
+    let (error_type, message) = lambda.invoke(&json!({"snapshot_ids": [present, missing]}), DEADLINE).await.error();
+    assert_eq!(error_type, "SourceNotFound");
+    assert!(message.contains(missing), "{message}");
+
+    // The function keeps serving after errors.
+    let ok = lambda.invoke(&json!({"snapshot_ids": [present]}), DEADLINE).await.response();
+    assert_eq!(ok["complete"], json!(true));
+
+    // `debug: true` raises this invocation's logs to debug, and only this one's.
+    let debug_lines =
+        |log: &str, skip: usize| log.lines().skip(skip).filter(|l| l.contains(r#""level":"DEBUG""#)).count();
+    let before = lambda.log().lines().count();
+    lambda.invoke(&json!({"snapshot_ids": [present], "debug": true}), DEADLINE).await.response();
+    let log = lambda.log();
+    assert!(debug_lines(&log, before) > 0, "{log}");
+    let before = log.lines().count();
+    lambda.invoke(&json!({"snapshot_ids": [present]}), DEADLINE).await.response();
+    assert_eq!(debug_lines(&lambda.log(), before), 0);
+}
