@@ -3,14 +3,19 @@
 SHELL := /bin/bash
 .DEFAULT_GOAL := help
 export CARGO_TARGET_DIR ?= $(HOME)/.cache/copy-snapshots/target
+# cargo-lambda, zig, sam and cfn-lint come from the project's venv.
+export PATH := $(CURDIR)/.venv/bin:$(PATH)
+export SAM_CLI_TELEMETRY := 0
 
 VENV := .venv
 STAMP := $(VENV)/.installed
+EVENT ?= events/manual.json
+ARM64_TARGET := aarch64-unknown-linux-gnu
 
-.PHONY: help venv test lint simulate clean
+.PHONY: help venv build test lint check-templates watch invoke demo deploy simulate clean
 
 help: ## list the targets
-	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-16s %s\n", $$1, $$2}'
 
 $(STAMP): requirements-dev.txt
 	python3 -m venv $(VENV)
@@ -18,18 +23,41 @@ $(STAMP): requirements-dev.txt
 	$(VENV)/bin/pip install --quiet -r requirements-dev.txt
 	touch $@
 
-venv: $(STAMP) ## install the Python tools (moto) into .venv/
+venv: $(STAMP) ## install the Python tools (moto, cargo-lambda, zig, cfn-lint, sam) into .venv/
 
-test: $(STAMP) ## all tests: engine, requests, and the real SDK and binary against moto
+build: $(STAMP) ## release build for Lambda (arm64, provided.al2023)
+	rustup target add $(ARM64_TARGET)
+	cargo lambda build --release --arm64
+
+test: $(STAMP) check-templates ## every test: engine, requests, SDK and binary against moto, templates
 	scripts/with-moto cargo test
 
-lint: ## formatting and clippy, warnings as errors
+check-templates: $(STAMP) ## cfn-lint and sam validate the template, cfn-lint the state machine
+	cfn-lint template.yaml
+	sam validate --lint --template template.yaml --region us-east-1
+	python scripts/lint-asl.py
+
+lint: check-templates ## formatting, clippy (warnings as errors) and template checks
 	cargo fmt --check
 	cargo clippy --all-targets -- -D warnings
+
+watch: $(STAMP) ## run the function locally (cargo lambda watch, loopback only)
+	cargo lambda watch -A 127.0.0.1
+
+invoke: $(STAMP) ## invoke the watched function: make invoke EVENT=events/…
+	cargo lambda invoke -A 127.0.0.1 --data-file $(EVENT) copy-snapshots
+
+demo: $(STAMP) ## the function copying snapshots between two regions of a local EC2 emulator
+	scripts/with-moto scripts/demo
+
+deploy: $(STAMP) ## sam build + sam deploy --guided
+	rustup target add $(ARM64_TARGET)
+	sam build --beta-features
+	sam deploy --guided
 
 simulate: ## the engine benchmark on simulated time
 	cargo run --release --example simulate
 
-clean: ## remove build output and .venv/
+clean: ## remove build output, .aws-sam/ and .venv/
 	cargo clean
-	rm -rf $(VENV)
+	rm -rf .aws-sam $(VENV)

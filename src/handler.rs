@@ -2,12 +2,12 @@
 //! runtime-free core the tests call; `handle_lambda_event` adds what Lambda hands over (the
 //! deadline) and the per-invocation debug switch.
 
-use std::time::SystemTime;
+use std::time::{Duration, SystemTime};
 
 use lambda_runtime::LambdaEvent;
 use serde_json::Value;
 use tokio::time::Instant;
-use tracing::{debug, error, info};
+use tracing::{debug, error, info, warn};
 
 use crate::error::CopySnapshotsError;
 use crate::event::{Invocation, parse_payload};
@@ -16,6 +16,9 @@ use crate::reconcile::{RunLimits, reconcile};
 use crate::request::Settings;
 use crate::response::Response;
 use crate::store::SnapshotStore;
+
+/// The longest a Lambda invocation can run.
+const LAMBDA_MAX_DURATION: Duration = Duration::from_secs(900);
 
 /// Handles one payload. Bad input is rejected before `store` is called at all.
 pub async fn handle<S: SnapshotStore>(
@@ -35,7 +38,12 @@ pub async fn handle_lambda_event<S: SnapshotStore>(
     store: &S,
     log_level: &LogLevel,
 ) -> Result<Response, CopySnapshotsError> {
-    let remaining = event.context.deadline().duration_since(SystemTime::now()).unwrap_or_default();
+    let mut remaining = event.context.deadline().duration_since(SystemTime::now()).unwrap_or_default();
+    if remaining.is_zero() {
+        // Lambda always hands over a future deadline; some local emulators send none.
+        warn!("the runtime gave no deadline in the future; assuming Lambda's longest, 15 minutes");
+        remaining = LAMBDA_MAX_DURATION;
+    }
     let deadline = Instant::now() + remaining;
     let result = async {
         let invocation = parse_payload(event.payload, settings)?;
@@ -43,7 +51,7 @@ pub async fn handle_lambda_event<S: SnapshotStore>(
             Invocation::Copy(request) => log_level.debug_for_invocation(request.debug),
             Invocation::Ignore { .. } => None,
         };
-        debug!(?invocation, "request");
+        debug!(?invocation, remaining_ms = remaining.as_millis(), "request");
         run(invocation, settings, store, Some(deadline)).await
     }
     .await;

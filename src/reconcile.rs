@@ -20,8 +20,9 @@ use crate::store::{
     SourceSelector, SourceSnapshot, StoreError, Tag,
 };
 
-/// How long before the invocation's deadline the engine stops waiting, so its last poll, its
-/// last starts and the response fit in the time left.
+/// How long before the invocation's deadline the engine stops, so its last calls (each bounded
+/// by the SDK's operation timeout) and the response fit in the time left. A short-lived
+/// invocation keeps a quarter of its time instead, so it still gets work done.
 pub const DEADLINE_MARGIN: Duration = Duration::from_secs(30);
 /// The longest wait between two polls, however far progress says the next completion is.
 /// EC2's progress is not quite linear, so estimates are re-checked at least this often; 15
@@ -49,7 +50,10 @@ pub async fn reconcile<S: SnapshotStore>(
     let mut run = Run::look(store, request, limits).await?;
     // Starting copies may go on until the margin before the deadline; waiting also ends at
     // `max_wait_seconds`.
-    let work_until = limits.deadline.map(|d| d.checked_sub(DEADLINE_MARGIN).unwrap_or(started));
+    let work_until = limits.deadline.map(|deadline| {
+        let margin = DEADLINE_MARGIN.min(deadline.saturating_duration_since(started) / 4);
+        deadline.checked_sub(margin).unwrap_or(started)
+    });
     let wait_until = match (work_until, request.max_wait) {
         (Some(w), Some(max)) => Some(w.min(started + max)),
         (Some(w), None) => Some(w),

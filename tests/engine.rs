@@ -172,6 +172,17 @@ async fn a_short_deadline_returns_in_time_and_repeated_invocations_finish_the_jo
 }
 
 #[tokio::test(start_paused = true)]
+async fn a_short_lived_invocation_still_starts_copies() {
+    // A function configured with a 20 s timeout: the margin shrinks with the time there is.
+    let ec2 = SimulatedEc2::new().with_latency(Duration::from_millis(100));
+    let ids = sources(&ec2, &[8, 8, 8]);
+    let limits = deadline_in(Duration::from_secs(20));
+    let response = reconcile(&ec2, &request(&ids, json!({})), limits).await.unwrap();
+    assert!(response.complete, "{response:?}");
+    assert!(Instant::now() < limits.deadline.unwrap());
+}
+
+#[tokio::test(start_paused = true)]
 async fn max_wait_zero_starts_what_fits_and_returns_at_once() {
     let ec2 = SimulatedEc2::new();
     let ids = sources(&ec2, &[8; 7]);

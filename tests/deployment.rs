@@ -1,0 +1,96 @@
+//! The deployment files agree with the code: the state machine's transitions all lead
+//! somewhere, it retries exactly the errorTypes the function raises for transient trouble, and
+//! the template sets the environment variables the function reads. (cfn-lint checks the
+//! template and the definition's schema in `make test`.)
+
+use std::collections::HashSet;
+
+use copy_snapshots::CopySnapshotsError;
+use serde_json::Value;
+
+fn read(path: &str) -> String {
+    std::fs::read_to_string(format!("{}/{path}", env!("CARGO_MANIFEST_DIR"))).unwrap_or_else(|e| panic!("{path}: {e}"))
+}
+
+fn state_machine() -> Value {
+    serde_json::from_str(&read("statemachine/copy-snapshots.asl.json")).expect("the definition is JSON")
+}
+
+#[test]
+fn every_transition_leads_to_a_state_and_every_state_is_reached() {
+    let asl = state_machine();
+    let states = asl["States"].as_object().expect("States");
+    let names: HashSet<&str> = states.keys().map(String::as_str).collect();
+    let mut targets = vec![asl["StartAt"].as_str().expect("StartAt")];
+    for state in states.values() {
+        targets.extend(state["Next"].as_str());
+        targets.extend(state["Default"].as_str());
+        for list in ["Choices", "Catch"] {
+            for item in state[list].as_array().into_iter().flatten() {
+                targets.extend(item["Next"].as_str());
+            }
+        }
+    }
+    for target in &targets {
+        assert!(names.contains(target), "transition to missing state {target}");
+    }
+    let reached: HashSet<&str> = targets.into_iter().collect();
+    assert_eq!(reached, names, "unreachable states");
+}
+
+#[test]
+fn the_loop_invokes_without_waiting_inside_lambda_and_stops_on_complete() {
+    let asl = state_machine();
+    let prepare = &asl["States"]["Prepare"]["Parameters"]["request.$"];
+    assert!(prepare.as_str().unwrap().contains(r#"{"max_wait_seconds": 0}"#), "{prepare}");
+    let choice = &asl["States"]["Complete?"]["Choices"][0];
+    assert_eq!(choice["Variable"], "$.result.response.complete");
+    assert_eq!(choice["BooleanEquals"], true);
+    assert_eq!(asl["States"]["Wait"]["Next"], "Copy");
+}
+
+#[test]
+fn retries_name_real_error_types_and_failures_keep_the_error() {
+    let asl = state_machine();
+    let copy = &asl["States"]["Copy"];
+    let retried: Vec<&str> = copy["Retry"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .flat_map(|r| r["ErrorEquals"].as_array().unwrap().iter().filter_map(Value::as_str))
+        .collect();
+    let transient = [
+        CopySnapshotsError::Throttled(String::new()).error_type(),
+        CopySnapshotsError::Ec2Error(String::new()).error_type(),
+    ];
+    for error_type in transient {
+        assert!(retried.contains(&error_type), "{error_type} is not retried");
+    }
+    for lambda_error in
+        ["Lambda.ServiceException", "Lambda.AWSLambdaException", "Lambda.SdkClientException", "Lambda.TooManyRequestsException"]
+    {
+        assert!(retried.contains(&lambda_error), "{lambda_error} is not retried");
+    }
+    for never in ["InvalidRequest", "SourceNotFound", "SourceNotReady", "CopyFailed", "AccessDenied"] {
+        assert!(!retried.contains(&never), "{never} would fail the same way again");
+    }
+    let catch = &copy["Catch"][0];
+    assert_eq!(catch["ErrorEquals"][0], "States.ALL");
+    let failed = &asl["States"][catch["Next"].as_str().unwrap()];
+    assert_eq!(failed["Type"], "Fail");
+    assert_eq!(failed["ErrorPath"], "$.error.Error");
+    assert_eq!(failed["CausePath"], "$.error.Cause");
+}
+
+#[test]
+fn the_template_sets_what_the_function_reads() {
+    let template = read("template.yaml");
+    for variable in ["TARGET_REGION", "ENCRYPT", "KMS_KEY_ID", "PENDING_LIMIT", "COPY_TAGS"] {
+        assert!(template.contains(&format!("{variable}: !Ref")), "template.yaml does not set {variable}");
+    }
+    for required in ["provided.al2023", "BuildMethod: rust-cargolambda", "Timeout: 900", "MemorySize: 128", "LogFormat: JSON"]
+    {
+        assert!(template.contains(required), "template.yaml lacks {required}");
+    }
+    assert!(!template.contains("Action: \"*\"") && !template.contains("- \"*\"\n"), "no wildcard action");
+}
