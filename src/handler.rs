@@ -12,6 +12,7 @@ use tracing::{debug, error, info, warn};
 use crate::error::CopySnapshotsError;
 use crate::event::{Invocation, parse_payload};
 use crate::logging::LogLevel;
+use crate::metrics::{self, InvocationCounts};
 use crate::reconcile::{RunLimits, reconcile};
 use crate::request::Settings;
 use crate::response::Response;
@@ -45,8 +46,12 @@ pub async fn handle_lambda_event<S: SnapshotStore>(
         remaining = LAMBDA_MAX_DURATION;
     }
     let deadline = Instant::now() + remaining;
+    let mut target_region = None;
     let result = async {
         let invocation = parse_payload(event.payload, settings)?;
+        if let Invocation::Copy(request) = &invocation {
+            target_region = Some(request.target_region.to_string());
+        }
         let _debug = match &invocation {
             Invocation::Copy(request) => log_level.debug_for_invocation(request.debug),
             Invocation::Ignore { .. } => None,
@@ -58,6 +63,10 @@ pub async fn handle_lambda_event<S: SnapshotStore>(
     if let Err(e) = &result {
         error!(error_type = e.error_type(), error_message = %e, "invocation failed");
     }
+    let now_ms = SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).unwrap_or_default().as_millis();
+    // Straight to stdout, not through tracing: CloudWatch extracts metrics only from a line
+    // that is the EMF document itself.
+    println!("{}", metrics::emf(target_region.as_deref(), InvocationCounts::of(&result), now_ms));
     result
 }
 

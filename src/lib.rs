@@ -10,7 +10,8 @@
 //! - [`reconcile`]: the engine.
 //! - [`response`], [`error`]: what an invocation answers.
 //! - [`ec2`]: the store on aws-sdk-ec2 (the only module that uses the SDK).
-//! - [`handler`]: one invocation end to end; [`logging`]: the Lambda log setup.
+//! - [`handler`]: one invocation end to end; [`logging`]: the Lambda log setup;
+//!   [`metrics`]: the per-invocation CloudWatch EMF line.
 //! - [`simulated`]: an in-memory EC2 on tokio's clock, for tests and the benchmark.
 
 pub mod ec2;
@@ -19,6 +20,7 @@ pub mod event;
 pub mod handler;
 pub mod ids;
 pub mod logging;
+pub mod metrics;
 pub mod reconcile;
 pub mod request;
 pub mod response;

@@ -66,9 +66,12 @@ fn retries_name_real_error_types_and_failures_keep_the_error() {
     for error_type in transient {
         assert!(retried.contains(&error_type), "{error_type} is not retried");
     }
-    for lambda_error in
-        ["Lambda.ServiceException", "Lambda.AWSLambdaException", "Lambda.SdkClientException", "Lambda.TooManyRequestsException"]
-    {
+    for lambda_error in [
+        "Lambda.ServiceException",
+        "Lambda.AWSLambdaException",
+        "Lambda.SdkClientException",
+        "Lambda.TooManyRequestsException",
+    ] {
         assert!(retried.contains(&lambda_error), "{lambda_error} is not retried");
     }
     for never in ["InvalidRequest", "SourceNotFound", "SourceNotReady", "CopyFailed", "AccessDenied"] {
@@ -88,7 +91,8 @@ fn the_template_sets_what_the_function_reads() {
     for variable in ["TARGET_REGION", "ENCRYPT", "KMS_KEY_ID", "PENDING_LIMIT", "COPY_TAGS"] {
         assert!(template.contains(&format!("{variable}: !Ref")), "template.yaml does not set {variable}");
     }
-    for required in ["provided.al2023", "BuildMethod: rust-cargolambda", "Timeout: 900", "MemorySize: 128", "LogFormat: JSON"]
+    for required in
+        ["provided.al2023", "BuildMethod: rust-cargolambda", "Timeout: 900", "MemorySize: 128", "LogFormat: JSON"]
     {
         assert!(template.contains(required), "template.yaml lacks {required}");
     }

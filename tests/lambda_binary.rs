@@ -122,6 +122,15 @@ async fn sample_payloads_through_the_binary() {
         log.lines().map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}"))).collect();
     let started = lines.iter().filter(|l| l["fields"]["message"] == json!("copy started")).count();
     assert_eq!(started, 7, "{log}");
+    // One CloudWatch EMF line per invocation, counting what it did.
+    let metrics: Vec<&Value> = lines.iter().filter(|l| l["_aws"]["CloudWatchMetrics"].is_array()).collect();
+    assert_eq!(metrics.len(), 6, "{log}");
+    assert!(metrics.iter().all(|m| m["TargetRegion"] == TARGET));
+    let started_metric: u64 = metrics.iter().map(|m| m["CopiesStarted"].as_u64().unwrap()).sum();
+    assert_eq!(started_metric, 7);
+    assert_eq!(metrics[1]["CopiesReused"], 2, "the second manual run reused both copies");
+    // No payload at info level.
+    assert!(!log.contains("snapshot_ids"), "a payload was logged: {log}");
 }
 
 #[tokio::test]

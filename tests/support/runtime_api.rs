@@ -121,19 +121,57 @@ impl LambdaHarness {
 
     /// Invokes the function with `payload` and a deadline `timeout` away; waits for its answer.
     pub async fn invoke(&mut self, payload: &Value, timeout: Duration) -> Answer {
+        self.invoke_raw(serde_json::to_vec(payload).expect("JSON"), timeout).await
+    }
+
+    /// Invokes with any bytes as the payload, JSON or not.
+    pub async fn invoke_raw(&mut self, payload: Vec<u8>, timeout: Duration) -> Answer {
+        let id = self.send(payload, timeout).await;
+        self.answer(&id, timeout + Duration::from_secs(30)).await
+    }
+
+    /// Hands the function an invocation without waiting for its answer; returns its id.
+    pub async fn send(&mut self, payload: Vec<u8>, timeout: Duration) -> String {
         self.counter += 1;
         let id = format!("request-{}", self.counter);
         let deadline = SystemTime::now() + timeout;
         let deadline_ms = deadline.duration_since(UNIX_EPOCH).expect("after 1970").as_millis();
-        let payload = serde_json::to_vec(payload).expect("JSON");
         self.invocations.send(Invocation { id: id.clone(), payload, deadline_ms }).await.expect("the API runs");
-        let wait = timeout + Duration::from_secs(30);
+        id
+    }
+
+    /// Waits for the answer to invocation `id`.
+    pub async fn answer(&mut self, id: &str, wait: Duration) -> Answer {
         let (answered, answer) = tokio::time::timeout(wait, self.answers.recv())
             .await
             .unwrap_or_else(|_| panic!("no answer within {wait:?}; log:\n{}", self.log()))
             .expect("the API runs");
         assert_eq!(answered, id, "answer for the wrong invocation ({answer:?}); log:\n{}", self.log());
         answer
+    }
+
+    /// Kills the function process, as a crash or Lambda's timeout would.
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Whether the function process is still alive.
+    pub fn is_running(&mut self) -> bool {
+        self.child.as_mut().is_some_and(|c| matches!(c.try_wait(), Ok(None)))
+    }
+
+    /// The function process's peak resident memory so far (VmHWM), in MiB.
+    pub fn peak_rss_mib(&self) -> f64 {
+        let pid = self.child.as_ref().expect("a running function").id();
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmHWM:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
+            .map_or(f64::NAN, |kib| kib / 1024.0)
     }
 
     /// Everything the function logged so far.
@@ -144,10 +182,7 @@ impl LambdaHarness {
 
 impl Drop for LambdaHarness {
     fn drop(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
+        self.kill();
         let _ = std::fs::remove_file(&self.log_path);
     }
 }

@@ -1,0 +1,284 @@
+//! Reliability scenarios through the built binary, as Lambda runs it, against the
+//! fault-injecting EC2 (tests/fault_ec2.py): throttling, a full region, a process killed
+//! mid-run, deadlines too short for the job, failing copies, and bad or hostile input. Each
+//! scenario prints its figures (copies, duplicates, most pending at once, EC2 calls); `make
+//! test` shows them.
+
+mod support;
+
+use std::time::{Duration, Instant};
+
+use rand::rngs::StdRng;
+use rand::{RngExt, SeedableRng};
+use serde_json::{Value, json};
+use support::fault_ec2::{FaultEc2, Record};
+use support::runtime_api::{Answer, LambdaHarness};
+
+const SOURCE: &str = "us-east-1";
+const TARGET: &str = "eu-west-1";
+/// Simulated copy time is (120 s + 20 s/GiB) × this: a 100 GiB copy takes 4.2 s.
+const TIME_SCALE: f64 = 0.002;
+const LONG: Duration = Duration::from_secs(600);
+
+async fn function(emulator: &FaultEc2) -> LambdaHarness {
+    let endpoint = emulator.endpoint();
+    LambdaHarness::start(&[
+        ("AWS_ENDPOINT_URL", endpoint.as_str()),
+        ("AWS_REGION", SOURCE),
+        ("TARGET_REGION", TARGET),
+        ("POLL_INTERVAL_SECONDS", "0.05"),
+    ])
+    .await
+}
+
+fn request(ids: &[String], extra: Value) -> Value {
+    let mut request = json!({"snapshot_ids": ids});
+    if let (Some(r), Some(e)) = (request.as_object_mut(), extra.as_object()) {
+        r.extend(e.clone());
+    }
+    request
+}
+
+fn sizes(rng: &mut StdRng, count: usize) -> Vec<u64> {
+    (0..count)
+        .map(|_| if rng.random_bool(0.8) { rng.random_range(8..64) } else { rng.random_range(100..400) })
+        .collect()
+}
+
+fn report(scenario: &str, record: &Record, extra: &str) {
+    println!(
+        "scenario={scenario} copies={} duplicates={} max_pending={} ec2_calls={} copy_calls={} throttled={} {extra}",
+        record.copies().count(),
+        record.duplicates(),
+        record.max_pending(TARGET),
+        record.all_calls(),
+        record.calls("CopySnapshot"),
+        record.throttled(),
+    );
+}
+
+fn assert_each_copied_once(record: &Record, ids: &[String]) {
+    for id in ids {
+        assert_eq!(record.good_copies_of(id), 1, "{id}: {:?}", record.0["copies"]);
+    }
+    assert_eq!(record.duplicates(), 0);
+}
+
+fn copied_sources(response: &Value) -> Vec<String> {
+    let copies = response["copies"].as_array().expect("copies");
+    copies.iter().map(|c| c["source_snapshot_id"].as_str().expect("a source").to_owned()).collect()
+}
+
+#[tokio::test]
+async fn throttled_calls_still_copy_everything_once_within_the_limit() {
+    let emulator = FaultEc2::start();
+    emulator.configure(json!({"time_scale": TIME_SCALE, "throttle_rate": 0.3}));
+    let ids = emulator.sources(SOURCE, &sizes(&mut StdRng::seed_from_u64(45), 45));
+    let mut lambda = function(&emulator).await;
+    let started = Instant::now();
+    let response =
+        lambda.invoke(&request(&ids, json!({"pending_limit": 10, "wait_for_completion": true})), LONG).await.response();
+    let record = emulator.record();
+    report("throttled_30pct_45_sources", &record, &format!("seconds={:.1}", started.elapsed().as_secs_f64()));
+
+    assert_eq!(response["complete"], true);
+    assert_eq!(copied_sources(&response), ids, "all 45, in request order");
+    assert_eq!(response["snapshot_ids"].as_array().unwrap().len(), 45);
+    assert_each_copied_once(&record, &ids);
+    assert!(record.max_pending(TARGET) <= 10, "more than 10 pending: {}", record.max_pending(TARGET));
+    assert!(record.throttled() > 0, "the scenario throttled nothing");
+}
+
+#[tokio::test]
+async fn a_region_full_of_foreign_copies_makes_the_function_wait_not_fail() {
+    let emulator = FaultEc2::start();
+    emulator.configure(json!({"time_scale": TIME_SCALE, "region_limit": 20}));
+    emulator.foreign_copies(TARGET, 20, 3.0);
+    let ids = emulator.sources(SOURCE, &[8, 16, 32, 64, 8]);
+    let mut lambda = function(&emulator).await;
+    let started = Instant::now();
+    let response = lambda.invoke(&request(&ids, json!({"wait_for_completion": true})), LONG).await.response();
+    let record = emulator.record();
+    let waited = started.elapsed();
+    report(
+        "region_full_of_foreign_copies",
+        &record,
+        &format!("no_slot_answers={} seconds={:.1}", record.no_slot_answers(), waited.as_secs_f64()),
+    );
+
+    assert_eq!(response["complete"], true);
+    assert!(record.no_slot_answers() > 0, "the region was never full");
+    assert!(waited >= Duration::from_secs(3), "copies started before the foreign ones finished");
+    assert_each_copied_once(&record, &ids);
+}
+
+#[tokio::test]
+async fn killed_mid_run_then_invoked_again_duplicates_nothing() {
+    let mut rng = StdRng::seed_from_u64(11);
+    for round in 0..4 {
+        let emulator = FaultEc2::start();
+        emulator.configure(json!({"time_scale": TIME_SCALE}));
+        let ids = emulator.sources(SOURCE, &sizes(&mut rng, 24));
+        let payload = request(&ids, json!({"pending_limit": 6, "wait_for_completion": true}));
+
+        // Kill the process at a random moment of its run, then start a new one (as Lambda
+        // would after a crash) and invoke again with the same request until it is done.
+        let mut kills = 0;
+        let response = loop {
+            let mut lambda = function(&emulator).await;
+            if kills < 2 {
+                lambda.send(serde_json::to_vec(&payload).unwrap(), LONG).await;
+                tokio::time::sleep(Duration::from_millis(rng.random_range(100..2500))).await;
+                lambda.kill();
+                kills += 1;
+                continue;
+            }
+            break lambda.invoke(&payload, LONG).await.response();
+        };
+        let record = emulator.record();
+        report(&format!("killed_mid_run_round_{round}"), &record, &format!("kills={kills}"));
+        assert_eq!(response["complete"], true);
+        assert_eq!(copied_sources(&response), ids);
+        assert_each_copied_once(&record, &ids);
+        assert!(record.max_pending(TARGET) <= 6);
+    }
+}
+
+#[tokio::test]
+async fn a_deadline_too_short_returns_in_time_and_repeated_invocations_finish() {
+    let emulator = FaultEc2::start();
+    emulator.configure(json!({"time_scale": TIME_SCALE}));
+    let ids = emulator.sources(SOURCE, &sizes(&mut StdRng::seed_from_u64(20), 20));
+    let payload = request(&ids, json!({"pending_limit": 4, "wait_for_completion": true}));
+    let mut lambda = function(&emulator).await;
+    let deadline = Duration::from_secs(4);
+    let mut invocations = 0;
+    let response = loop {
+        invocations += 1;
+        let started = Instant::now();
+        let response = lambda.invoke(&payload, deadline).await.response();
+        assert!(started.elapsed() < deadline, "invocation {invocations} answered after its deadline");
+        if response["complete"] == true {
+            break response;
+        }
+        assert!(invocations < 50, "never finished");
+        // The state machine's Wait state.
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    };
+    let record = emulator.record();
+    report("deadline_4s", &record, &format!("invocations={invocations}"));
+    assert!(invocations > 1, "the job fit in one invocation; the scenario tests nothing");
+    assert_eq!(copied_sources(&response), ids);
+    assert_each_copied_once(&record, &ids);
+    assert!(record.max_pending(TARGET) <= 4);
+}
+
+#[tokio::test]
+async fn two_failing_copies_leave_the_rest_copied_and_end_in_copy_failed() {
+    let emulator = FaultEc2::start();
+    let ids = emulator.sources(SOURCE, &[8, 16, 24, 32, 40, 48, 56, 64]);
+    let failing =
+        json!({ids[2].clone(): "Given key ID is not accessible", ids[5].clone(): "Given key ID is not accessible"});
+    emulator.configure(json!({"time_scale": TIME_SCALE, "failing_sources": failing}));
+    let mut lambda = function(&emulator).await;
+    let (error_type, message) =
+        lambda.invoke(&request(&ids, json!({"pending_limit": 3, "wait_for_completion": true})), LONG).await.error();
+    let record = emulator.record();
+    report("two_failing_copies", &record, "");
+
+    assert_eq!(error_type, "CopyFailed");
+    assert!(message.contains(&ids[2]) && message.contains(&ids[5]), "{message}");
+    assert!(message.contains("Given key ID is not accessible"), "{message}");
+    for (i, id) in ids.iter().enumerate() {
+        let expected = if i == 2 || i == 5 { 0 } else { 1 };
+        assert_eq!(record.good_copies_of(id), expected, "{id}");
+    }
+    for copy in record.copies().filter(|c| c["fails_with"].is_null()) {
+        assert!(message.contains(copy["snapshot_id"].as_str().unwrap()), "the message names every copy made");
+    }
+}
+
+#[tokio::test]
+async fn bad_input_through_the_binary_copies_nothing() {
+    let emulator = FaultEc2::start();
+    emulator.configure(json!({"time_scale": TIME_SCALE}));
+    let present = emulator.sources(SOURCE, &[8]);
+    let pending = emulator.snapshots(SOURCE, &[8], "pending");
+    let id = present[0].clone();
+    let cases: Vec<(&str, Value, &str)> = vec![
+        ("unknown field", json!({"snapshot_id": [id]}), "InvalidRequest"),
+        (
+            "both ids and filters",
+            json!({"snapshot_ids": [id], "filters": [{"name": "tag:a", "values": ["b"]}]}),
+            "InvalidRequest",
+        ),
+        ("neither ids nor filters", json!({"target_region": TARGET}), "InvalidRequest"),
+        ("malformed id", json!({"snapshot_ids": ["snap-XYZ"]}), "InvalidRequest"),
+        ("duplicate ids", json!({"snapshot_ids": [id, id]}), "InvalidRequest"),
+        ("bad region", json!({"snapshot_ids": [id], "target_region": "mars-1"}), "InvalidRequest"),
+        ("pending_limit 0", json!({"snapshot_ids": [id], "pending_limit": 0}), "InvalidRequest"),
+        ("key without encrypt", json!({"snapshot_ids": [id], "kms_key_id": "alias/dr"}), "InvalidRequest"),
+        ("malformed key", json!({"snapshot_ids": [id], "encrypt": true, "kms_key_id": "not a key"}), "InvalidRequest"),
+        ("aws: tag", json!({"snapshot_ids": [id], "tags": {"aws:x": "y"}}), "InvalidRequest"),
+        ("wrong type", json!({"snapshot_ids": [id], "encrypt": "yes"}), "InvalidRequest"),
+        ("bad duration", json!({"snapshot_ids": [id], "completion_duration_minutes": 7}), "InvalidRequest"),
+        ("missing source", json!({"snapshot_ids": [id, "snap-0123456789abcdef0"]}), "SourceNotFound"),
+        ("source not ready", json!({"snapshot_ids": [id, pending[0]]}), "SourceNotReady"),
+    ];
+    let mut lambda = function(&emulator).await;
+    for (case, payload, expected) in &cases {
+        let (error_type, message) = lambda.invoke(payload, LONG).await.error();
+        assert_eq!(&error_type, expected, "{case}: {message}");
+        assert!(!message.is_empty(), "{case}");
+    }
+    let record = emulator.record();
+    report("bad_input_matrix", &record, &format!("cases={}", cases.len()));
+    assert_eq!(record.calls("CopySnapshot"), 0, "a bad request reached CopySnapshot");
+    assert_eq!(record.copies().count(), 0);
+}
+
+#[tokio::test]
+async fn hostile_payloads_get_clear_errors_and_memory_stays_bounded() {
+    let emulator = FaultEc2::start();
+    emulator.configure(json!({"time_scale": TIME_SCALE}));
+    let mut lambda = function(&emulator).await;
+    let mut rng = StdRng::seed_from_u64(1);
+
+    // 1 MB of garbage: not JSON at all.
+    let garbage: Vec<u8> = (0..1_000_000).map(|_| rng.random_range(0x20u8..0x7f)).collect();
+    let Answer::Error { error_type, .. } = lambda.invoke_raw(garbage, LONG).await else {
+        panic!("garbage was accepted")
+    };
+    println!("garbage_error_type={error_type}");
+
+    // Deeply nested JSON.
+    let nested = format!("{}{}", "[".repeat(100_000), "]".repeat(100_000)).into_bytes();
+    let Answer::Error { error_type, .. } = lambda.invoke_raw(nested, LONG).await else {
+        panic!("nesting was accepted")
+    };
+    println!("nested_error_type={error_type}");
+
+    // A large but well-formed object in a field: still an InvalidRequest naming the field.
+    let (error_type, message) = lambda.invoke(&json!({"snapshot_ids": ["x".repeat(1_000_000)]}), LONG).await.error();
+    assert_eq!(error_type, "InvalidRequest");
+    assert!(message.len() < 1000 && message.contains("snapshot_ids[0]"), "{}", &message[..200.min(message.len())]);
+
+    // 10,000 well-formed ids that do not exist: one clear error naming them, nothing copied.
+    let ids: Vec<String> = (0..10_000).map(|i| format!("snap-{:017x}", 0xabc0_0000_0000u64 + i)).collect();
+    let started = Instant::now();
+    let (error_type, message) = lambda.invoke(&json!({"snapshot_ids": ids}), LONG).await.error();
+    assert_eq!(error_type, "SourceNotFound");
+    assert!(message.contains("10000 snapshots not found") && message.contains(&ids[9_999]), "{}", &message[..200]);
+    let seconds = started.elapsed().as_secs_f64();
+
+    // Still serving, and still small.
+    let present = emulator.sources(SOURCE, &[8]);
+    let ok = lambda.invoke(&json!({"snapshot_ids": present}), LONG).await.response();
+    assert_eq!(ok["complete"], true);
+    assert!(lambda.is_running());
+    let peak = lambda.peak_rss_mib();
+    let record = emulator.record();
+    report("hostile_payloads", &record, &format!("peak_rss_mib={peak:.1} seconds_10000_ids={seconds:.1}"));
+    assert!(peak < 64.0, "peak RSS {peak:.1} MiB; the function is deployed with 128 MB");
+    assert_eq!(record.calls("CopySnapshot"), 1);
+}

@@ -1,0 +1,133 @@
+//! Starts and drives tests/fault_ec2.py: moto patched with copy timing, the region's copy
+//! quota, throttling, failing copies and a record of every call. One emulator per scenario, so
+//! scenarios that change its configuration never meet.
+
+use std::io::{Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+
+pub struct FaultEc2 {
+    child: Child,
+    port: u16,
+}
+
+impl FaultEc2 {
+    pub fn start() -> Self {
+        let root = env!("CARGO_MANIFEST_DIR");
+        let python = format!("{root}/.venv/bin/python");
+        assert!(
+            std::path::Path::new(&python).exists(),
+            "the fault emulator needs moto in .venv: run the tests with `make test`"
+        );
+        let port = TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).expect("a free port").port();
+        let child = Command::new(python)
+            .arg(format!("{root}/tests/fault_ec2.py"))
+            .arg(port.to_string())
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("the fault emulator starts");
+        let emulator = Self { child, port };
+        let started = Instant::now();
+        while TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(started.elapsed() < Duration::from_secs(60), "the fault emulator did not start");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        emulator
+    }
+
+    pub fn endpoint(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    fn call(&self, method: &str, path: &str, body: &Value) -> Value {
+        let body = body.to_string();
+        let mut stream = TcpStream::connect(("127.0.0.1", self.port)).expect("the emulator answers");
+        write!(
+            stream,
+            "{method} {path} HTTP/1.0\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+            body.len()
+        )
+        .expect("a request");
+        let mut answer = String::new();
+        stream.read_to_string(&mut answer).expect("an answer");
+        let (_, payload) = answer.split_once("\r\n\r\n").expect("an HTTP answer");
+        serde_json::from_str(payload).unwrap_or_else(|e| panic!("{e}: {payload}"))
+    }
+
+    pub fn configure(&self, config: Value) {
+        self.call("POST", "/_fault/config", &config);
+    }
+
+    /// Completed source snapshots of these sizes; returns their ids.
+    pub fn sources(&self, region: &str, sizes: &[u64]) -> Vec<String> {
+        self.snapshots(region, sizes, "completed")
+    }
+
+    pub fn snapshots(&self, region: &str, sizes: &[u64], state: &str) -> Vec<String> {
+        let made = self.call("POST", "/_fault/sources", &json!({"region": region, "sizes": sizes, "state": state}));
+        made["snapshot_ids"].as_array().expect("ids").iter().map(|v| v.as_str().expect("an id").to_owned()).collect()
+    }
+
+    pub fn foreign_copies(&self, region: &str, count: usize, seconds: f64) {
+        self.call("POST", "/_fault/foreign", &json!({"region": region, "count": count, "seconds": seconds}));
+    }
+
+    pub fn record(&self) -> Record {
+        Record(self.call("GET", "/_fault/record", &json!({})))
+    }
+}
+
+impl Drop for FaultEc2 {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// What the emulator saw.
+pub struct Record(pub Value);
+
+impl Record {
+    pub fn calls(&self, action: &str) -> usize {
+        self.0["calls"].as_array().map_or(0, |c| c.iter().filter(|c| c["action"] == action).count())
+    }
+
+    pub fn all_calls(&self) -> usize {
+        self.0["calls"].as_array().map_or(0, Vec::len)
+    }
+
+    pub fn throttled(&self) -> usize {
+        self.0["calls"].as_array().map_or(0, |c| c.iter().filter(|c| c["throttled"] == true).count())
+    }
+
+    pub fn max_pending(&self, region: &str) -> u64 {
+        self.0["max_pending"][region].as_u64().unwrap_or(0)
+    }
+
+    pub fn no_slot_answers(&self) -> u64 {
+        self.0["no_slot_answers"].as_u64().unwrap_or(0)
+    }
+
+    /// Copies made of `source` that did not fail.
+    pub fn good_copies_of(&self, source: &str) -> usize {
+        self.copies().filter(|c| c["source_snapshot_id"] == source && c["fails_with"].is_null()).count()
+    }
+
+    pub fn copies(&self) -> impl Iterator<Item = &Value> {
+        self.0["copies"].as_array().into_iter().flatten()
+    }
+
+    /// Sources with more than one good copy.
+    pub fn duplicates(&self) -> usize {
+        let mut counts = std::collections::HashMap::new();
+        for copy in self.copies().filter(|c| c["fails_with"].is_null()) {
+            *counts.entry(copy["source_snapshot_id"].as_str().unwrap_or_default().to_owned()).or_insert(0) += 1;
+        }
+        counts.values().filter(|n| **n > 1).count()
+    }
+}
