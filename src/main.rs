@@ -15,7 +15,7 @@ use serde_json::Value;
 #[tokio::main]
 async fn main() -> Result<(), Error> {
     let log_level = logging::init();
-    let settings = Settings::from_env()?;
+    let settings = Settings::from_env().inspect_err(|e| tracing::error!(error = %e, "bad settings"))?;
     let sdk_config = aws_config::defaults(BehaviorVersion::latest())
         // EC2 throttles per account; generous retries keep a busy account from failing runs.
         .retry_config(RetryConfig::standard().with_max_attempts(8))

@@ -3,11 +3,12 @@
 //! tests assert what it records — the copies, their KmsKeyId, tags and description — and leave
 //! time, limits and faults to the engine tests.
 
+mod support;
+
 use std::sync::atomic::{AtomicUsize, Ordering};
 
-use aws_config::BehaviorVersion;
 use aws_sdk_ec2::Client;
-use aws_sdk_ec2::types::{self, ResourceType, TagSpecification};
+use aws_sdk_ec2::types;
 use copy_snapshots::ec2::Ec2Store;
 use copy_snapshots::ids::{Region, SnapshotId};
 use copy_snapshots::request::Settings;
@@ -17,26 +18,10 @@ use copy_snapshots::store::{
 };
 use copy_snapshots::{CopySnapshotsError, handle};
 use serde_json::{Value, json};
+use support::moto::{ec2_in, make_snapshot, sdk_config};
 
 const SOURCE: &str = "us-east-1";
 const TARGET: &str = "eu-west-1";
-
-/// Loads the SDK configuration exactly as the function does: endpoint and credentials come
-/// from the environment `make test` sets (AWS_ENDPOINT_URL), nothing is hard-wired here.
-async fn sdk_config() -> aws_config::SdkConfig {
-    assert!(
-        std::env::var("MOTO_ENDPOINT").is_ok(),
-        "these tests need the EC2 emulator: run them with `make test` (scripts/with-moto cargo test)"
-    );
-    aws_config::defaults(BehaviorVersion::latest()).load().await
-}
-
-async fn ec2_in(region: &str) -> Client {
-    let config = sdk_config().await;
-    Client::from_conf(
-        aws_sdk_ec2::config::Builder::from(&config).region(aws_sdk_ec2::config::Region::new(region.to_owned())).build(),
-    )
-}
 
 /// moto completes copies at once; a short poll keeps `wait_for_completion` tests quick.
 fn settings() -> Settings {
@@ -51,26 +36,6 @@ fn settings() -> Settings {
 fn unique(name: &str) -> String {
     static NEXT: AtomicUsize = AtomicUsize::new(0);
     format!("{name}-{}-{}", std::process::id(), NEXT.fetch_add(1, Ordering::Relaxed))
-}
-
-/// A completed snapshot of a new volume in the source region.
-async fn make_snapshot(ec2: &Client, size_gib: i32, tags: &[(&str, &str)]) -> String {
-    let volume = ec2.create_volume().availability_zone(format!("{SOURCE}a")).size(size_gib).send().await.unwrap();
-    // EC2 refuses an empty tag specification.
-    let mut spec = TagSpecification::builder()
-        .resource_type(ResourceType::Snapshot)
-        .tags(types::Tag::builder().key("created-by").value("copy-snapshots-tests").build());
-    for (key, value) in tags {
-        spec = spec.tags(types::Tag::builder().key(*key).value(*value).build());
-    }
-    let snapshot = ec2
-        .create_snapshot()
-        .volume_id(volume.volume_id().unwrap())
-        .tag_specifications(spec.build())
-        .send()
-        .await
-        .unwrap();
-    snapshot.snapshot_id().unwrap().to_owned()
 }
 
 async fn describe(ec2: &Client, id: &str) -> types::Snapshot {

@@ -6,10 +6,8 @@ mod support;
 
 use std::time::Duration;
 
-use aws_config::BehaviorVersion;
-use aws_sdk_ec2::Client;
-use aws_sdk_ec2::types::{self, ResourceType, TagSpecification};
 use serde_json::{Value, json};
+use support::moto::{ec2_in, make_snapshot};
 use support::runtime_api::LambdaHarness;
 
 const SOURCE: &str = "us-east-1";
@@ -19,31 +17,6 @@ const DEADLINE: Duration = Duration::from_secs(60);
 fn load_event(name: &str) -> Value {
     let path = format!("{}/events/{name}", env!("CARGO_MANIFEST_DIR"));
     serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap()
-}
-
-async fn ec2_in(region: &str) -> Client {
-    let config = aws_config::defaults(BehaviorVersion::latest()).load().await;
-    Client::from_conf(
-        aws_sdk_ec2::config::Builder::from(&config).region(aws_sdk_ec2::config::Region::new(region.to_owned())).build(),
-    )
-}
-
-async fn make_snapshot(ec2: &Client, size_gib: i32, tags: &[(&str, &str)]) -> String {
-    let volume = ec2.create_volume().availability_zone(format!("{SOURCE}a")).size(size_gib).send().await.unwrap();
-    let spec = tags.iter().fold(
-        TagSpecification::builder()
-            .resource_type(ResourceType::Snapshot)
-            .tags(types::Tag::builder().key("created-by").value("copy-snapshots-tests").build()),
-        |spec, (k, v)| spec.tags(types::Tag::builder().key(*k).value(*v).build()),
-    );
-    let snapshot = ec2
-        .create_snapshot()
-        .volume_id(volume.volume_id().unwrap())
-        .tag_specifications(spec.build())
-        .send()
-        .await
-        .unwrap();
-    snapshot.snapshot_id().unwrap().to_owned()
 }
 
 async fn harness() -> LambdaHarness {

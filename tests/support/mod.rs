@@ -3,4 +3,5 @@
 #![allow(dead_code)] // each test binary uses its own part of the support code
 
 pub mod fault_ec2;
+pub mod moto;
 pub mod runtime_api;
