@@ -151,7 +151,7 @@ async fn a_deadline_too_short_returns_in_time_and_repeated_invocations_finish() 
     let ids = emulator.sources(SOURCE, &sizes(&mut StdRng::seed_from_u64(20), 20));
     let payload = request(&ids, json!({"pending_limit": 4, "wait_for_completion": true}));
     let mut lambda = function(&emulator).await;
-    let deadline = Duration::from_secs(4);
+    let deadline = Duration::from_secs(6);
     let mut invocations = 0;
     let response = loop {
         invocations += 1;
@@ -166,7 +166,7 @@ async fn a_deadline_too_short_returns_in_time_and_repeated_invocations_finish() 
         tokio::time::sleep(Duration::from_millis(500)).await;
     };
     let record = emulator.record();
-    report("deadline_4s", &record, &format!("invocations={invocations}"));
+    report("deadline_6s", &record, &format!("invocations={invocations}"));
     assert!(invocations > 1, "the job fit in one invocation; the scenario tests nothing");
     assert_eq!(copied_sources(&response), ids);
     assert_each_copied_once(&record, &ids);
@@ -281,4 +281,34 @@ async fn hostile_payloads_get_clear_errors_and_memory_stays_bounded() {
     report("hostile_payloads", &record, &format!("peak_rss_mib={peak:.1} seconds_10000_ids={seconds:.1}"));
     assert!(peak < 64.0, "peak RSS {peak:.1} MiB; the function is deployed with 128 MB");
     assert_eq!(record.calls("CopySnapshot"), 1);
+}
+
+#[tokio::test]
+async fn copies_are_encrypted_as_asked_and_an_unusable_key_fails_the_copy() {
+    let emulator = FaultEc2::start();
+    emulator.configure(json!({"time_scale": TIME_SCALE}));
+    let endpoint = emulator.endpoint();
+    let config = aws_config::defaults(aws_config::BehaviorVersion::latest()).endpoint_url(&endpoint).load().await;
+    let kms = aws_sdk_kms::Client::from_conf(
+        aws_sdk_kms::config::Builder::from(&config).region(aws_sdk_kms::config::Region::new(TARGET)).build(),
+    );
+    let key = kms.create_key().send().await.unwrap().key_metadata().unwrap().arn().unwrap().to_owned();
+    let ids = emulator.sources(SOURCE, &[8, 16]);
+    let mut lambda = function(&emulator).await;
+
+    let payload = request(&ids[..1], json!({"encrypt": true, "kms_key_id": key, "wait_for_completion": true}));
+    let response = lambda.invoke(&payload, LONG).await.response();
+    assert_eq!(response["complete"], true);
+    let unknown_key = format!("arn:aws:kms:{TARGET}:123456789012:key/1234abcd-12ab-34cd-56ef-1234567890ab");
+    let payload = request(&ids[1..], json!({"encrypt": true, "kms_key_id": unknown_key, "wait_for_completion": true}));
+    let (error_type, message) = lambda.invoke(&payload, LONG).await.error();
+    let record = emulator.record();
+    report("encryption", &record, "");
+
+    let copies: Vec<&Value> = record.copies().collect();
+    assert_eq!(copies.len(), 2);
+    assert_eq!(copies[0]["encrypted"], true);
+    assert_eq!(copies[0]["kms_key_id"], key.as_str());
+    assert_eq!(error_type, "CopyFailed");
+    assert!(message.contains(&ids[1]) && message.contains("Given key ID is not accessible"), "{message}");
 }
