@@ -5,6 +5,7 @@
 use std::time::{Duration, SystemTime};
 
 use lambda_runtime::LambdaEvent;
+use serde::{Deserialize, Deserializer};
 use serde_json::Value;
 use tokio::time::Instant;
 use tracing::{debug, error, info, warn};
@@ -17,6 +18,24 @@ use crate::reconcile::{RunLimits, reconcile};
 use crate::request::Settings;
 use crate::response::Response;
 use crate::store::SnapshotStore;
+
+/// An invocation's payload as the runtime hands it over: JSON, or why it is not. Taking
+/// unreadable input here, instead of letting the runtime's deserializer fail, turns garbage
+/// and too-deep nesting into an `InvalidRequest` like any other bad input.
+#[derive(Debug)]
+pub enum Payload {
+    Json(Value),
+    Unreadable(String),
+}
+
+impl<'de> Deserialize<'de> for Payload {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        Ok(match Value::deserialize(deserializer) {
+            Ok(value) => Self::Json(value),
+            Err(e) => Self::Unreadable(e.to_string()),
+        })
+    }
+}
 
 /// The longest a Lambda invocation can run.
 const LAMBDA_MAX_DURATION: Duration = Duration::from_secs(900);
@@ -34,7 +53,7 @@ pub async fn handle<S: SnapshotStore>(
 /// Handles one Lambda invocation: the deadline comes from the context, `debug: true` raises
 /// this invocation's logs, and a failure is logged with its errorType before it is returned.
 pub async fn handle_lambda_event<S: SnapshotStore>(
-    event: LambdaEvent<Value>,
+    event: LambdaEvent<Payload>,
     settings: &Settings,
     store: &S,
     log_level: &LogLevel,
@@ -48,7 +67,15 @@ pub async fn handle_lambda_event<S: SnapshotStore>(
     let deadline = Instant::now() + remaining;
     let mut target_region = None;
     let result = async {
-        let invocation = parse_payload(event.payload, settings)?;
+        let payload = match event.payload {
+            Payload::Json(value) => value,
+            Payload::Unreadable(reason) => {
+                return Err(CopySnapshotsError::InvalidRequest(format!(
+                    "the payload is not readable JSON ({reason}); valid: a JSON object, a copy request or an EventBridge event"
+                )));
+            }
+        };
+        let invocation = parse_payload(payload, settings)?;
         if let Invocation::Copy(request) = &invocation {
             target_region = Some(request.target_region.to_string());
         }

@@ -7,10 +7,9 @@ use aws_config::BehaviorVersion;
 use aws_config::retry::RetryConfig;
 use aws_config::timeout::TimeoutConfig;
 use copy_snapshots::ec2::Ec2Store;
-use copy_snapshots::handler::handle_lambda_event;
+use copy_snapshots::handler::{Payload, handle_lambda_event};
 use copy_snapshots::{Settings, logging};
 use lambda_runtime::{Error, LambdaEvent, service_fn};
-use serde_json::Value;
 
 #[tokio::main]
 async fn main() -> Result<(), Error> {
@@ -31,7 +30,7 @@ async fn main() -> Result<(), Error> {
         .await;
     let store = Ec2Store::new(&sdk_config);
     let (settings, store, log_level) = (&settings, &store, &log_level);
-    lambda_runtime::run(service_fn(move |event: LambdaEvent<Value>| {
+    lambda_runtime::run(service_fn(move |event: LambdaEvent<Payload>| {
         handle_lambda_event(event, settings, store, log_level)
     }))
     .await
