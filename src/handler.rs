@@ -1,6 +1,6 @@
 //! One invocation, end to end: payload → request → reconcile → response. `handle` is the
 //! runtime-free core the tests call; `handle_lambda_event` adds what Lambda hands over (the
-//! deadline) and the per-invocation debug switch.
+//! deadline), the per-invocation debug switch and the metrics line.
 
 use std::time::{Duration, SystemTime};
 
