@@ -696,3 +696,58 @@ fn copy_failed_message(response: &Response, target_region: &str) -> String {
 fn plural(n: usize, noun: &str) -> String {
     if n == 1 { format!("1 {noun}") } else { format!("{n} {noun}s") }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A copy that really takes `total` seconds, progressing steadily, observed as EC2 reports
+    /// it (whole percent, rounded down).
+    fn observed(total: f64, at: &[f64]) -> (Instant, CompletionEstimate) {
+        let start = Instant::now();
+        let mut estimate = CompletionEstimate::started_at(start);
+        for t in at {
+            let percent = (t / total * 100.0).floor() as u8;
+            estimate.observe(start + Duration::from_secs_f64(*t), percent);
+        }
+        (start, estimate)
+    }
+
+    #[test]
+    fn the_completion_window_always_holds_the_true_completion() {
+        for total in [280.0, 1_400.0, 41_080.0] {
+            for fraction in [0.02, 0.1, 0.5, 0.9, 0.99] {
+                let (start, estimate) = observed(total, &[total * fraction]);
+                let truth = start + Duration::from_secs_f64(total);
+                let (earliest, latest) = estimate.window().expect("a window after one observation");
+                assert!(earliest <= truth, "total {total}, at {fraction}: earliest after the truth");
+                if let Some(latest) = latest {
+                    assert!(
+                        truth <= latest + Duration::from_millis(1),
+                        "total {total}, at {fraction}: latest before the truth"
+                    );
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn the_window_narrows_as_progress_grows() {
+        let width = |at: f64| {
+            let (_, estimate) = observed(1_400.0, &[at]);
+            let (earliest, latest) = estimate.window().unwrap();
+            latest.unwrap().duration_since(earliest)
+        };
+        assert!(width(1_260.0) < width(140.0));
+    }
+
+    #[test]
+    fn nothing_is_known_before_a_first_observation_or_at_zero_percent() {
+        let (_, estimate) = observed(1_400.0, &[]);
+        assert!(estimate.window().is_none());
+        let (start, estimate) = observed(1_400.0, &[10.0]);
+        let (earliest, latest) = estimate.window().unwrap();
+        assert!(latest.is_none(), "0% gives no upper bound");
+        assert!(earliest >= start + Duration::from_secs(990), "at 0% after 10 s, at least 99 × 10 s remain");
+    }
+}
