@@ -18,7 +18,7 @@ use tracing::{debug, warn};
 use crate::ids::{Region, SnapshotId};
 use crate::store::{
     CopySpec, CopyStatus, SOURCE_REGION_TAG, SOURCE_SNAPSHOT_TAG, SnapshotState, SnapshotStore, SourceSelector,
-    SourceSnapshot, StoreError, Tag, find_tag,
+    SourceSnapshot, StoreError, Tag, find_tag, is_copy_from,
 };
 
 /// EC2 accepts at most 200 values in one filter.
@@ -136,9 +136,10 @@ impl SnapshotStore for Ec2Store {
         let wanted: HashSet<&str> = source_ids.iter().map(SnapshotId::as_str).collect();
         Ok(snapshots
             .iter()
-            .filter(|s| tag_value(s, SOURCE_REGION_TAG) == Some(source_region.as_str()))
-            .filter(|s| tag_value(s, SOURCE_SNAPSHOT_TAG).is_some_and(|id| wanted.contains(id)))
-            .filter_map(to_copy)
+            .filter_map(|s| {
+                let tags = tags_of(s);
+                is_copy_from(&tags, source_region, &wanted).then(|| copy_status(s, &tags)).flatten()
+            })
             .collect())
     }
 
@@ -250,10 +251,6 @@ fn ec2_filter<'a>(name: &str, values: impl IntoIterator<Item = &'a str>) -> type
     types::Filter::builder().name(name).set_values(Some(values.into_iter().map(str::to_owned).collect())).build()
 }
 
-fn tag_value<'a>(snapshot: &'a types::Snapshot, key: &str) -> Option<&'a str> {
-    snapshot.tags().iter().find(|t| t.key() == Some(key)).and_then(types::Tag::value)
-}
-
 fn tags_of(snapshot: &types::Snapshot) -> Vec<Tag> {
     snapshot.tags().iter().filter_map(|t| Some(Tag::new(t.key()?, t.value().unwrap_or_default()))).collect()
 }
@@ -279,8 +276,11 @@ fn to_source(snapshot: &types::Snapshot) -> Option<SourceSnapshot> {
 }
 
 fn to_copy(snapshot: &types::Snapshot) -> Option<CopyStatus> {
-    let tags = tags_of(snapshot);
-    let source_id = SnapshotId::parse(find_tag(&tags, SOURCE_SNAPSHOT_TAG)?).ok()?;
+    copy_status(snapshot, &tags_of(snapshot))
+}
+
+fn copy_status(snapshot: &types::Snapshot, tags: &[Tag]) -> Option<CopyStatus> {
+    let source_id = SnapshotId::parse(find_tag(tags, SOURCE_SNAPSHOT_TAG)?).ok()?;
     Some(CopyStatus {
         id: snapshot_id(snapshot)?,
         source_id,

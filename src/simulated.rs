@@ -14,8 +14,8 @@ use tokio::time::Instant;
 
 use crate::ids::{Region, SnapshotId};
 use crate::store::{
-    CopySpec, CopyStatus, SOURCE_REGION_TAG, SOURCE_SNAPSHOT_TAG, SnapshotState, SnapshotStore, SourceSelector,
-    SourceSnapshot, StoreError, Tag, find_tag,
+    CopySpec, CopyStatus, SOURCE_SNAPSHOT_TAG, SnapshotState, SnapshotStore, SourceSelector, SourceSnapshot,
+    StoreError, Tag, find_tag, is_copy_from,
 };
 
 /// AWS's default quota of concurrent copies per destination region.
@@ -498,8 +498,7 @@ impl SnapshotStore for SimulatedEc2 {
             .order
             .iter()
             .filter_map(|id| state.snapshots.get(id))
-            .filter(|s| find_tag(&s.tags, SOURCE_REGION_TAG) == Some(source_region.as_str()))
-            .filter(|s| find_tag(&s.tags, SOURCE_SNAPSHOT_TAG).is_some_and(|src| wanted.contains(src)))
+            .filter(|s| is_copy_from(&s.tags, source_region, &wanted))
             .filter_map(|s| s.copy_status(now))
             .collect())
     }

@@ -2,6 +2,7 @@
 //! domain types it speaks. No SDK type appears here; `ec2.rs` translates, and the in-memory
 //! simulator implements the same trait for tests and the benchmark.
 
+use std::collections::HashSet;
 use std::future::Future;
 
 use crate::ids::{Region, SnapshotId};
@@ -175,6 +176,13 @@ pub trait SnapshotStore: Sync {
         target_region: &Region,
         copy_ids: &[SnapshotId],
     ) -> impl Future<Output = Result<Vec<CopyStatus>, StoreError>> + Send;
+}
+
+/// Whether a snapshot carrying `tags` is this function's copy, from `source_region`, of one of
+/// the `wanted` source ids: the rule every store applies when it looks for earlier copies.
+pub fn is_copy_from(tags: &[Tag], source_region: &Region, wanted: &HashSet<&str>) -> bool {
+    find_tag(tags, SOURCE_REGION_TAG) == Some(source_region.as_str())
+        && find_tag(tags, SOURCE_SNAPSHOT_TAG).is_some_and(|id| wanted.contains(id))
 }
 
 /// The value of tag `key`, if present.
