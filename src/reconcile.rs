@@ -456,18 +456,22 @@ impl<'a, S: SnapshotStore> Run<'a, S> {
         })
     }
 
+    fn any_unsure(&self) -> bool {
+        self.entries.iter().any(|e| matches!(e.progress, Progress::Unsure))
+    }
+
     /// Whether this invocation still has something to start, resolve or wait for.
     fn work_left(&self) -> bool {
-        let unsure = self.entries.iter().any(|e| matches!(e.progress, Progress::Unsure));
-        !self.queue.is_empty() || unsure || (self.request.wait_for_completion && self.pending_copies().next().is_some())
+        !self.queue.is_empty()
+            || self.any_unsure()
+            || (self.request.wait_for_completion && self.pending_copies().next().is_some())
     }
 
     /// How long to wait before the next poll: until the soonest copy is likely done, at least
     /// `poll_interval`, at most [`MAX_POLL_INTERVAL`].
     fn next_wait(&self, now: Instant) -> Duration {
         let floor = self.limits.poll_interval;
-        let unsure = self.entries.iter().any(|e| matches!(e.progress, Progress::Unsure));
-        if unsure {
+        if self.any_unsure() {
             return floor;
         }
         let mut wake: Option<Instant> = None;
