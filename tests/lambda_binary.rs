@@ -7,17 +7,13 @@ mod support;
 use std::time::Duration;
 
 use serde_json::{Value, json};
+use support::events::load_event;
 use support::moto::{ec2_in, make_snapshot};
 use support::runtime_api::LambdaHarness;
 
 const SOURCE: &str = "us-east-1";
 const TARGET: &str = "eu-west-1";
 const DEADLINE: Duration = Duration::from_secs(60);
-
-fn load_event(name: &str) -> Value {
-    let path = format!("{}/events/{name}", env!("CARGO_MANIFEST_DIR"));
-    serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap()
-}
 
 async fn harness() -> LambdaHarness {
     LambdaHarness::start(&[("AWS_REGION", SOURCE), ("TARGET_REGION", TARGET), ("POLL_INTERVAL_SECONDS", "0.2")]).await

@@ -2,6 +2,8 @@
 //! the environment's defaults apply only where the payload is silent, and every sample payload
 //! under events/ parses as what it claims to be.
 
+mod support;
+
 use std::collections::HashMap;
 
 use copy_snapshots::event::{Invocation, parse_payload};
@@ -11,6 +13,7 @@ use copy_snapshots::simulated::SimulatedEc2;
 use copy_snapshots::store::SourceSelector;
 use copy_snapshots::{CopySnapshotsError, handle};
 use serde_json::{Value, json};
+use support::events::load_event;
 
 const ID_A: &str = "snap-0123456789abcdef0";
 const ID_B: &str = "snap-0fedcba9876543210";
@@ -200,12 +203,6 @@ fn bad_environment_names_the_variable() {
     // CloudFormation passes an unset optional parameter as "".
     let settings = Settings::from_lookup(|k| (k == "KMS_KEY_ID" || k == "PENDING_LIMIT").then(String::new)).unwrap();
     assert_eq!(settings, Settings::default());
-}
-
-fn load_event(name: &str) -> Value {
-    let path = format!("{}/events/{name}", env!("CARGO_MANIFEST_DIR"));
-    let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{path}: {e}"));
-    serde_json::from_str(&text).unwrap_or_else(|e| panic!("{path}: {e}"))
 }
 
 fn ids_of(invocation: &Invocation) -> Vec<String> {

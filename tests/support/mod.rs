@@ -2,6 +2,7 @@
 
 #![allow(dead_code)] // each test binary uses its own part of the support code
 
+pub mod events;
 pub mod fault_ec2;
 pub mod moto;
 pub mod runtime_api;
