@@ -84,7 +84,7 @@ async fn skewed_job(seed: u64) -> SkewedRun {
     let request = request(ids, SKEWED_PENDING_LIMIT as u32, true);
     let settings = Settings::default();
     let started = tokio::time::Instant::now();
-    let limits = RunLimits { deadline: None, poll_interval: settings.poll_interval };
+    let limits = RunLimits { deadline: None, poll_interval: settings.poll_interval, call_timeout: settings.call_timeout };
     let response = reconcile(&ec2, &request, limits).await.expect("the skewed job succeeds");
     assert!(response.complete, "the skewed job completes");
     let makespan = started.elapsed().as_secs_f64();
@@ -95,7 +95,7 @@ async fn many_sources(count: usize) -> usize {
     let ec2 = SimulatedEc2::new().with_copy_time(CopyTimeModel::INSTANT);
     let ids: Vec<String> = (0..count).map(|i| ec2.add_source(SOURCE, 8 + (i % 100) as u64, &[]).to_string()).collect();
     let request = request(ids, 20, false);
-    let limits = RunLimits { deadline: None, poll_interval: Settings::default().poll_interval };
+    let limits = RunLimits { deadline: None, poll_interval: Settings::default().poll_interval, call_timeout: Settings::default().call_timeout };
     let response = reconcile(&ec2, &request, limits).await.expect("the large job succeeds");
     assert!(response.complete, "the large job completes");
     response.copies.len()

@@ -5,6 +5,7 @@
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Mutex;
+use std::time::SystemTime;
 
 use aws_sdk_ec2::Client;
 use aws_sdk_ec2::config::interceptors::InterceptorContext;
@@ -16,13 +17,12 @@ use aws_sdk_ec2::types::{self, ResourceType, StorageTier, TagSpecification};
 use tracing::{debug, warn};
 
 use crate::ids::{Region, SnapshotId};
+use crate::request::MAX_FILTER_VALUES;
 use crate::store::{
     CopySpec, CopyStatus, SOURCE_REGION_TAG, SOURCE_SNAPSHOT_TAG, SnapshotState, SnapshotStore, SourceSelector,
     SourceSnapshot, StoreError, Tag, find_tag, is_copy_from,
 };
 
-/// EC2 accepts at most 200 values in one filter.
-const MAX_FILTER_VALUES: usize = 200;
 /// The largest page DescribeSnapshots returns.
 const PAGE_SIZE: i32 = 1000;
 
@@ -156,7 +156,8 @@ impl SnapshotStore for Ec2Store {
             .source_region(spec.source_region.as_str())
             .source_snapshot_id(spec.source_id.as_str())
             .description(&spec.description)
-            .encrypted(spec.encrypted)
+            // The API reference: "You cannot set this parameter to false"; omit it unless true.
+            .set_encrypted(spec.encrypted.then_some(true))
             .set_kms_key_id(spec.kms_key_id.clone())
             .set_completion_duration_minutes(spec.completion_duration_minutes.and_then(|m| i32::try_from(m).ok()))
             .tag_specifications(tags)
@@ -183,6 +184,18 @@ impl SnapshotStore for Ec2Store {
         let ids: Vec<&str> = copy_ids.iter().map(SnapshotId::as_str).collect();
         let snapshots = self.describe_by(target_region, "snapshot-id", &ids, true, &[]).await?;
         Ok(snapshots.iter().filter_map(to_copy).collect())
+    }
+
+    async fn delete_copy(&self, target_region: &Region, copy_id: &SnapshotId) -> Result<(), StoreError> {
+        // DeleteSnapshot is idempotent in effect: the SDK may retry it, and a second attempt
+        // that finds the snapshot gone means the first one worked.
+        match self.client(target_region).delete_snapshot().snapshot_id(copy_id.as_str()).send().await {
+            Ok(_) => Ok(()),
+            Err(e) => match store_error(e) {
+                StoreError::NotFound(_) => Ok(()),
+                other => Err(other),
+            },
+        }
     }
 }
 
@@ -289,5 +302,6 @@ fn copy_status(snapshot: &types::Snapshot, tags: &[Tag]) -> Option<CopyStatus> {
         encrypted: snapshot.encrypted().unwrap_or(false),
         kms_key_id: snapshot.kms_key_id().map(str::to_owned),
         state_message: snapshot.state_message().map(str::to_owned),
+        start_time: snapshot.start_time().and_then(|t| SystemTime::try_from(*t).ok()),
     })
 }

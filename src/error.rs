@@ -18,6 +18,12 @@ pub enum CopySnapshotsError {
     /// Some copies failed after all other work was done. `response` holds everything else.
     #[error("{message}")]
     CopyFailed { message: String, response: Box<Response> },
+    /// An EventBridge event's snapshot could not be started before the deadline (the region's
+    /// copy quota stayed full). The invocation fails so that Lambda retries the event and
+    /// finally sends it to the on-failure destination: an event is never acknowledged while
+    /// its snapshot has no copy. `response` holds what was done.
+    #[error("{message}")]
+    SourcesPending { message: String, response: Box<Response> },
     /// EC2 or KMS said no; the message says how far the invocation got.
     #[error("{0}")]
     AccessDenied(String),
@@ -37,6 +43,7 @@ impl CopySnapshotsError {
             Self::SourceNotFound(_) => "SourceNotFound",
             Self::SourceNotReady(_) => "SourceNotReady",
             Self::CopyFailed { .. } => "CopyFailed",
+            Self::SourcesPending { .. } => "SourcesPending",
             Self::AccessDenied(_) => "AccessDenied",
             Self::Throttled(_) => "Throttled",
             Self::Ec2Error(_) => "Ec2Error",

@@ -105,5 +105,7 @@ fn request_for(arns: Vec<SnapshotArn>, settings: &Settings) -> Result<Invocation
     }
     let payload =
         RequestPayload { snapshot_ids: Some(ids), region: Some(region.as_str().to_owned()), ..Default::default() };
-    CopyRequest::check(payload, settings).map(|r| Invocation::Copy(Box::new(r)))
+    let mut request = CopyRequest::check(payload, settings)?;
+    request.from_event = true;
+    Ok(Invocation::Copy(Box::new(request)))
 }

@@ -22,8 +22,8 @@ async fn main() -> Result<(), Error> {
         .timeout_config(
             TimeoutConfig::builder()
                 .connect_timeout(Duration::from_secs(5))
-                .operation_attempt_timeout(Duration::from_secs(15))
-                .operation_timeout(Duration::from_secs(25))
+                .operation_attempt_timeout(settings.call_timeout.min(Duration::from_secs(15)))
+                .operation_timeout(settings.call_timeout)
                 .build(),
         )
         .load()

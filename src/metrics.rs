@@ -16,7 +16,9 @@ pub struct InvocationCounts {
     pub copies_reused: usize,
     pub copies_failed: usize,
     pub pending_sources: usize,
-    /// 1 when the invocation ended in an error other than `CopyFailed`.
+    pub duplicates_removed: usize,
+    /// 1 when the invocation ended in an error other than `CopyFailed` or `SourcesPending`
+    /// (both report their work; the second is retried by Lambda).
     pub errors: usize,
 }
 
@@ -24,7 +26,9 @@ impl InvocationCounts {
     pub fn of(result: &Result<Response, CopySnapshotsError>) -> Self {
         let response = match result {
             Ok(response) => response,
-            Err(CopySnapshotsError::CopyFailed { response, .. }) => response,
+            Err(
+                CopySnapshotsError::CopyFailed { response, .. } | CopySnapshotsError::SourcesPending { response, .. },
+            ) => response,
             Err(_) => return Self { errors: 1, ..Self::default() },
         };
         let reused = response.copies.iter().filter(|c| c.reused).count();
@@ -33,6 +37,7 @@ impl InvocationCounts {
             copies_reused: reused,
             copies_failed: response.failed.len(),
             pending_sources: response.pending_sources.len(),
+            duplicates_removed: response.duplicates_removed.len(),
             errors: 0,
         }
     }
@@ -46,6 +51,7 @@ pub fn emf(target_region: Option<&str>, counts: InvocationCounts, timestamp_ms: 
         ("CopiesReused", counts.copies_reused),
         ("CopiesFailed", counts.copies_failed),
         ("PendingSources", counts.pending_sources),
+        ("DuplicatesRemoved", counts.duplicates_removed),
         ("InvocationErrors", counts.errors),
     ];
     let mut document = json!({
@@ -88,6 +94,7 @@ mod tests {
             failed: vec![FailureReport {
                 source_snapshot_id: "snap-0000aaaa".into(),
                 snapshot_id: None,
+                error_snapshot_ids: Vec::new(),
                 error: "x".into(),
             }],
             ..Response::default()
@@ -95,7 +102,14 @@ mod tests {
         let counts = InvocationCounts::of(&Ok(response.clone()));
         assert_eq!(
             counts,
-            InvocationCounts { copies_started: 2, copies_reused: 1, copies_failed: 1, pending_sources: 1, errors: 0 }
+            InvocationCounts {
+                copies_started: 2,
+                copies_reused: 1,
+                copies_failed: 1,
+                pending_sources: 1,
+                duplicates_removed: 0,
+                errors: 0
+            }
         );
         let failed = Err(CopySnapshotsError::CopyFailed { message: "m".into(), response: Box::new(response) });
         assert_eq!(InvocationCounts::of(&failed), counts, "CopyFailed still reports its work");

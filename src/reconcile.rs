@@ -6,15 +6,15 @@
 
 use std::cmp::Reverse;
 use std::collections::{BTreeMap, BinaryHeap, HashMap};
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use tokio::time::Instant;
 use tracing::{debug, info, warn};
 
 use crate::error::CopySnapshotsError;
-use crate::ids::SnapshotId;
+use crate::ids::{SnapshotId, shorten};
 use crate::request::CopyRequest;
-use crate::response::{CopyReport, FailureReport, Response};
+use crate::response::{CopyReport, FailureReport, RemovedCopy, Response};
 use crate::store::{
     CopySpec, CopyStatus, RESERVED_TAG_PREFIX, SOURCE_REGION_TAG, SOURCE_SNAPSHOT_TAG, SnapshotState, SnapshotStore,
     SourceSelector, SourceSnapshot, StoreError, Tag,
@@ -30,6 +30,16 @@ pub const DEADLINE_MARGIN: Duration = Duration::from_secs(30);
 pub const MAX_POLL_INTERVAL: Duration = Duration::from_secs(900);
 /// EC2's tag limit per snapshot.
 const MAX_TAGS_PER_SNAPSHOT: usize = 50;
+/// The most copies of one source that may end in `error` before the source is failed. Counted
+/// from EC2 (the error copies stay), so the bound holds across invocations: a cause that
+/// persists (a key policy, a deleted key) costs three copies, not one per round forever.
+pub const MAX_ATTEMPTS: usize = 3;
+/// How often an unsure start is looked up (backing off from the poll interval: 1, 2, 4, 8
+/// intervals, 225 s at the default 15 s) before the source is started again. AWS advises
+/// backing off for up to minutes before trusting a DescribeSnapshots that lacks a new copy.
+pub const UNSURE_LOOKS: u32 = 4;
+/// Time kept after the last call for building and returning the answer.
+pub const RESPONSE_RESERVE: Duration = Duration::from_secs(2);
 
 /// Time limits of one invocation.
 #[derive(Debug, Clone, Copy)]
@@ -38,6 +48,9 @@ pub struct RunLimits {
     pub deadline: Option<Instant>,
     /// The shortest wait between two polls (`POLL_INTERVAL_SECONDS`).
     pub poll_interval: Duration,
+    /// The longest one store call may take (the SDK's operation timeout): no call starts
+    /// unless it fits before the deadline.
+    pub call_timeout: Duration,
 }
 
 /// Runs one invocation of `request` against `store`.
@@ -47,21 +60,23 @@ pub async fn reconcile<S: SnapshotStore>(
     limits: RunLimits,
 ) -> Result<Response, CopySnapshotsError> {
     let started = Instant::now();
-    let mut run = Run::look(store, request, limits).await?;
+    // A call may start only while its longest duration, and the answer after it, still fit
+    // before the deadline.
+    let last_call = limits.deadline.map(|deadline| {
+        deadline.checked_sub(limits.call_timeout + RESPONSE_RESERVE).unwrap_or(started).max(started)
+    });
+    let mut run = Run::look(store, request, limits, last_call).await?;
     // Starting copies may go on until the margin before the deadline; waiting also ends at
     // `max_wait_seconds`.
     let work_until = limits.deadline.map(|deadline| {
         let margin = DEADLINE_MARGIN.min(deadline.saturating_duration_since(started) / 4);
         deadline.checked_sub(margin).unwrap_or(started)
     });
-    let wait_until = match (work_until, request.max_wait) {
-        (Some(w), Some(max)) => Some(w.min(started + max)),
-        (Some(w), None) => Some(w),
-        (None, Some(max)) => Some(started + max),
-        (None, None) => None,
-    };
+    let wait_until = [work_until, request.max_wait.map(|max| started + max), last_call].into_iter().flatten().min();
     loop {
+        run.remove_duplicates().await;
         run.resolve_unsure().await?;
+        run.remove_duplicates().await;
         run.start_what_fits(work_until).await?;
         if !run.work_left() {
             break;
@@ -73,6 +88,9 @@ pub async fn reconcile<S: SnapshotStore>(
         let wake = now + run.next_wait(now);
         let wake = wait_until.map_or(wake, |until| wake.min(until));
         tokio::time::sleep_until(wake).await;
+        if !run.may_call() {
+            break;
+        }
         run.poll().await?;
     }
     run.finish()
@@ -80,28 +98,34 @@ pub async fn reconcile<S: SnapshotStore>(
 
 /// Where one source stands.
 #[derive(Debug)]
-enum Progress {
+enum Stage {
     /// No copy yet; in the start queue.
     Waiting,
     /// A filter matched it but it is not `completed` yet; a later invocation copies it.
     NotReady,
-    /// A CopySnapshot call failed without a definite answer: a copy may exist. It is looked
-    /// up by its tags before any new attempt, and holds a slot meanwhile.
-    Unsure,
-    Copying {
-        copy: TrackedCopy,
-        reused: bool,
-    },
-    Failed {
-        copy_id: Option<SnapshotId>,
-        reason: String,
-    },
+    /// A CopySnapshot call failed without a definite answer, or a copy being watched vanished:
+    /// a copy may exist that EC2 does not list yet (it is eventually consistent). It is looked
+    /// up by its tags, with backoff, [`UNSURE_LOOKS`] times before a new attempt, and holds a
+    /// slot meanwhile.
+    Unsure { misses: u32, next_look: Instant },
+    Copying { copy: TrackedCopy, reused: bool },
+    Failed { copy_id: Option<SnapshotId>, reason: String },
 }
 
 #[derive(Debug)]
 struct Entry {
     source: SourceSnapshot,
-    progress: Progress,
+    stage: Stage,
+    /// This project's copies of the source that ended in `error`, found by their tags or seen
+    /// failing: the source's attempts so far, kept in EC2 itself.
+    error_copies: Vec<ErrorCopy>,
+}
+
+/// A copy that ended in `error`, with EC2's `StateMessage`.
+#[derive(Debug)]
+struct ErrorCopy {
+    id: SnapshotId,
+    message: String,
 }
 
 /// A copy being watched, with what is known of its speed.
@@ -173,11 +197,11 @@ struct Run<'a, S> {
     store: &'a S,
     request: &'a CopyRequest,
     limits: RunLimits,
+    /// The last moment a store call may start (`None`: no deadline).
+    last_call: Option<Instant>,
     entries: Vec<Entry>,
     /// Sources without a copy, largest first; ties in request order.
     queue: BinaryHeap<(u64, Reverse<usize>)>,
-    /// Copies of this request pending, plus unsure starts: what counts against `pending_limit`.
-    slots_held: usize,
     /// EC2 answered ResourceLimitExceeded since the last poll: no start until then.
     region_full: bool,
     /// Consecutive rounds the region was full with none of our copies pending: backs off.
@@ -186,16 +210,24 @@ struct Run<'a, S> {
     /// The fastest copy speed measured in this run, GiB per second: a prior for copies not
     /// observed yet.
     fastest_gib_per_second: Option<f64>,
+    /// Second live copies found (entry, copy id), to delete.
+    duplicates: Vec<(usize, SnapshotId)>,
+    duplicates_removed: Vec<RemovedCopy>,
 }
 
 impl<'a, S: SnapshotStore> Run<'a, S> {
-    /// Resolves the sources and finds the copies earlier invocations made.
-    async fn look(store: &'a S, request: &'a CopyRequest, limits: RunLimits) -> Result<Self, CopySnapshotsError> {
+    /// Resolves the sources and finds the copies earlier invocations made, live and failed.
+    async fn look(
+        store: &'a S,
+        request: &'a CopyRequest,
+        limits: RunLimits,
+        last_call: Option<Instant>,
+    ) -> Result<Self, CopySnapshotsError> {
         let region = &request.source_region;
         let found = store
             .describe_sources(region, &request.sources)
             .await
-            .map_err(|e| fatal(e, &format!("looking up the sources in {region}"), 0))?;
+            .map_err(|e| fatal(e, &format!("looking up {} in {region}", describe_selector(&request.sources)), 0))?;
         let entries = match &request.sources {
             SourceSelector::Ids(ids) => entries_for_ids(ids, found, request)?,
             SourceSelector::Filters(_) => entries_for_filters(found, request),
@@ -206,18 +238,20 @@ impl<'a, S: SnapshotStore> Run<'a, S> {
             store,
             request,
             limits,
+            last_call,
             entries,
             queue: BinaryHeap::new(),
-            slots_held: 0,
             region_full: false,
             full_rounds: 0,
             copies_started: 0,
             fastest_gib_per_second: None,
+            duplicates: Vec::new(),
+            duplicates_removed: Vec::new(),
         };
         let wanted: Vec<SnapshotId> = run
             .entries
             .iter()
-            .filter(|e| matches!(e.progress, Progress::Waiting))
+            .filter(|e| matches!(e.stage, Stage::Waiting))
             .map(|e| e.source.id.clone())
             .collect();
         if !wanted.is_empty() {
@@ -227,90 +261,140 @@ impl<'a, S: SnapshotStore> Run<'a, S> {
                 .map_err(|e| fatal(e, &format!("looking for earlier copies in {}", request.target_region), 0))?;
             run.adopt(existing, true);
         }
-        for (i, entry) in run.entries.iter().enumerate() {
-            if matches!(entry.progress, Progress::Waiting) {
-                run.queue.push((entry.source.size_gib, Reverse(i)));
+        for i in 0..run.entries.len() {
+            if matches!(run.entries[i].stage, Stage::Waiting) {
+                run.queue_or_fail(i);
             }
         }
         info!(
             sources = run.entries.len(),
-            reused = run.entries.iter().filter(|e| matches!(e.progress, Progress::Copying { .. })).count(),
+            reused = run.entries.iter().filter(|e| matches!(e.stage, Stage::Copying { .. })).count(),
             to_copy = run.queue.len(),
+            failed_before = run.entries.iter().filter(|e| !e.error_copies.is_empty()).count(),
             "looked"
         );
         Ok(run)
     }
 
-    /// Takes over copies found by their tags, for sources that have none yet. Among several
-    /// copies of one source, the most advanced counts.
+    /// Takes over copies found by their tags: an `error` copy counts as an attempt; of the
+    /// live copies that satisfy the request, one is tracked (completed over pending, then the
+    /// oldest) and any other is queued for deletion, so duplicates heal.
     fn adopt(&mut self, copies: Vec<CopyStatus>, reused: bool) {
-        let index: HashMap<&SnapshotId, usize> =
-            self.entries.iter().enumerate().map(|(i, e)| (&e.source.id, i)).collect();
-        let mut best: BTreeMap<usize, CopyStatus> = BTreeMap::new();
+        let index: HashMap<SnapshotId, usize> =
+            self.entries.iter().enumerate().map(|(i, e)| (e.source.id.clone(), i)).collect();
+        let mut live: BTreeMap<usize, Vec<CopyStatus>> = BTreeMap::new();
         for copy in copies {
             let Some(&i) = index.get(&copy.source_id) else { continue };
-            if !copy_counts(&copy, self.request) {
+            if copy.state == SnapshotState::Error {
+                let errors = &mut self.entries[i].error_copies;
+                if !errors.iter().any(|e| e.id == copy.id) {
+                    let message = copy.state_message.unwrap_or_else(|| "EC2 gave no reason".to_owned());
+                    errors.push(ErrorCopy { id: copy.id, message });
+                }
+            } else if copy_counts(&copy, self.request) {
+                live.entry(i).or_default().push(copy);
+            } else {
                 debug!(copy = %copy.id, source = %copy.source_id, state = copy.state.as_str(), "earlier copy does not count");
-                continue;
-            }
-            match best.get(&i) {
-                Some(current) if rank(current) >= rank(&copy) => {
-                    warn!(source = %copy.source_id, kept = %current.id, also = %copy.id, "source has more than one copy");
-                }
-                Some(current) => {
-                    warn!(source = %copy.source_id, kept = %copy.id, also = %current.id, "source has more than one copy");
-                    best.insert(i, copy);
-                }
-                None => {
-                    best.insert(i, copy);
-                }
             }
         }
         let now = Instant::now();
-        for (i, copy) in best {
+        for (i, mut copies) in live {
+            copies.sort_by_key(|c| Reverse(keep_rank(c)));
+            let mut copies = copies.into_iter();
+            let Some(kept) = copies.next() else { continue };
+            for extra in copies {
+                warn!(source = %kept.source_id, kept = %kept.id, duplicate = %extra.id, "source has a second live copy; removing it");
+                self.duplicates.push((i, extra.id));
+            }
             let mut estimate = CompletionEstimate::unknown();
-            if let Some(percent) = copy.progress {
+            if let Some(percent) = kept.progress {
                 estimate.observe(now, percent);
             }
-            if copy.state == SnapshotState::Pending {
-                self.slots_held += 1;
-            }
-            self.entries[i].progress = Progress::Copying {
-                copy: TrackedCopy { id: copy.id, state: copy.state, progress: copy.progress, estimate, seen: true },
+            self.entries[i].stage = Stage::Copying {
+                copy: TrackedCopy { id: kept.id, state: kept.state, progress: kept.progress, estimate, seen: true },
                 reused,
             };
         }
     }
 
-    /// Looks up, by their tags, the copies whose start had no definite answer: adopts those
-    /// that exist and queues the others again. Never calls CopySnapshot twice blindly.
+    /// Queues a source with no copy for a new attempt, or fails it once [`MAX_ATTEMPTS`] of its
+    /// copies have ended in `error`.
+    fn queue_or_fail(&mut self, i: usize) {
+        let entry = &mut self.entries[i];
+        if entry.error_copies.len() >= MAX_ATTEMPTS {
+            let attempts: Vec<String> = entry.error_copies.iter().map(|e| format!("{} ({})", e.id, e.message)).collect();
+            let reason = format!(
+                "{} of its copies ended in error, the most this function makes of one source: {}; \
+                 fix the cause, then delete those copies to try again",
+                entry.error_copies.len(),
+                attempts.join(", ")
+            );
+            warn!(source = %entry.source.id, %reason, "source failed");
+            let copy_id = entry.error_copies.last().map(|e| e.id.clone());
+            entry.stage = Stage::Failed { copy_id, reason };
+        } else {
+            entry.stage = Stage::Waiting;
+            self.queue.push((entry.source.size_gib, Reverse(i)));
+        }
+    }
+
+    /// Whether a store call started now would end before the deadline.
+    fn may_call(&self) -> bool {
+        self.last_call.is_none_or(|last| Instant::now() <= last)
+    }
+
+    /// Deletes the second live copies [`adopt`](Self::adopt) found. A failure only leaves the
+    /// duplicate for a later invocation; it never fails this one.
+    async fn remove_duplicates(&mut self) {
+        for (i, copy_id) in std::mem::take(&mut self.duplicates) {
+            let source = &self.entries[i].source.id;
+            if !self.may_call() {
+                warn!(%source, copy = %copy_id, "no time left to remove a duplicate copy; a later invocation will");
+                continue;
+            }
+            match self.store.delete_copy(&self.request.target_region, &copy_id).await {
+                Ok(()) => {
+                    info!(%source, copy = %copy_id, "duplicate copy removed");
+                    self.duplicates_removed
+                        .push(RemovedCopy { source_snapshot_id: source.to_string(), snapshot_id: copy_id.to_string() });
+                }
+                Err(error) => warn!(%source, copy = %copy_id, %error, "could not remove a duplicate copy; a later invocation will try again"),
+            }
+        }
+    }
+
+    /// Looks up, by their tags, the copies of unsure starts that are due for a look: adopts
+    /// those that exist; a source whose copy is still missing after [`UNSURE_LOOKS`] looks,
+    /// backed off, is queued again. Never calls CopySnapshot twice on one look.
     async fn resolve_unsure(&mut self) -> Result<(), CopySnapshotsError> {
-        let unsure: Vec<SnapshotId> = self
-            .entries
-            .iter()
-            .filter(|e| matches!(e.progress, Progress::Unsure))
-            .map(|e| e.source.id.clone())
+        let now = Instant::now();
+        let due: Vec<usize> = (0..self.entries.len())
+            .filter(|&i| matches!(self.entries[i].stage, Stage::Unsure { next_look, .. } if next_look <= now))
             .collect();
-        if unsure.is_empty() {
+        if due.is_empty() || !self.may_call() {
             return Ok(());
         }
-        let found =
-            match self.store.find_copies(&self.request.target_region, &self.request.source_region, &unsure).await {
-                Ok(found) => found,
-                Err(StoreError::Unknown(message)) => {
-                    warn!(%message, "could not look for copies of unsure starts; trying again next round");
-                    return Ok(());
-                }
-                Err(e) => return Err(fatal(e, "looking for copies of unsure starts", self.copies_started)),
-            };
-        // Those slots are re-counted below from what was found.
-        self.slots_held -= unsure.len();
+        let ids: Vec<SnapshotId> = due.iter().map(|&i| self.entries[i].source.id.clone()).collect();
+        let found = match self.store.find_copies(&self.request.target_region, &self.request.source_region, &ids).await
+        {
+            Ok(found) => found,
+            Err(StoreError::Unknown(message)) => {
+                warn!(%message, "could not look for copies of unsure starts; trying again next round");
+                return Ok(());
+            }
+            Err(e) => return Err(fatal(e, "looking for copies of unsure starts", self.copies_started)),
+        };
         self.adopt(found, false);
-        for (i, entry) in self.entries.iter_mut().enumerate() {
-            if matches!(entry.progress, Progress::Unsure) {
-                info!(source = %entry.source.id, "no copy found after an unsure start; queued again");
-                entry.progress = Progress::Waiting;
-                self.queue.push((entry.source.size_gib, Reverse(i)));
+        let now = Instant::now();
+        for i in due {
+            let entry = &mut self.entries[i];
+            let Stage::Unsure { misses, next_look } = &mut entry.stage else { continue };
+            *misses += 1;
+            if *misses >= UNSURE_LOOKS {
+                info!(source = %entry.source.id, looks = *misses, "no copy found after an unsure start; queued again");
+                self.queue_or_fail(i);
+            } else {
+                *next_look = now + self.limits.poll_interval * 2u32.pow(*misses);
             }
         }
         Ok(())
@@ -319,15 +403,16 @@ impl<'a, S: SnapshotStore> Run<'a, S> {
     /// Starts copies, largest first, while this request holds fewer than `pending_limit`
     /// slots and the region has room.
     async fn start_what_fits(&mut self, work_until: Option<Instant>) -> Result<(), CopySnapshotsError> {
-        while self.slots_held < self.request.pending_limit && !self.region_full {
-            if work_until.is_some_and(|until| Instant::now() >= until) {
+        let mut slots_held = self.slots_held();
+        while slots_held < self.request.pending_limit && !self.region_full {
+            if work_until.is_some_and(|until| Instant::now() >= until) || !self.may_call() {
                 break;
             }
             let Some((_, Reverse(i))) = self.queue.pop() else { break };
             let spec = match copy_spec(&self.entries[i].source, self.request) {
                 Ok(spec) => spec,
                 Err(reason) => {
-                    self.entries[i].progress = Progress::Failed { copy_id: None, reason };
+                    self.entries[i].stage = Stage::Failed { copy_id: None, reason };
                     continue;
                 }
             };
@@ -336,10 +421,10 @@ impl<'a, S: SnapshotStore> Run<'a, S> {
             match result {
                 Ok(copy_id) => {
                     info!(source = %source.id, copy = %copy_id, size_gib = source.size_gib, "copy started");
-                    self.slots_held += 1;
+                    slots_held += 1;
                     self.copies_started += 1;
                     self.full_rounds = 0;
-                    self.entries[i].progress = Progress::Copying {
+                    self.entries[i].stage = Stage::Copying {
                         copy: TrackedCopy {
                             id: copy_id,
                             state: SnapshotState::Pending,
@@ -360,26 +445,44 @@ impl<'a, S: SnapshotStore> Run<'a, S> {
                 }
                 Err(StoreError::Unknown(message)) => {
                     warn!(source = %source.id, %message, "copy start had no definite answer; will look for the copy");
-                    self.slots_held += 1;
-                    self.entries[i].progress = Progress::Unsure;
+                    slots_held += 1;
+                    self.entries[i].stage = self.unsure();
                 }
                 Err(StoreError::Refused { code, message }) => {
                     warn!(source = %source.id, %code, %message, "EC2 refused the copy");
                     let reason = format!("EC2 refused the copy: {code}: {message}");
-                    self.entries[i].progress = Progress::Failed { copy_id: None, reason };
+                    self.entries[i].stage = Stage::Failed { copy_id: None, reason };
                 }
                 Err(StoreError::NotFound(message) | StoreError::NotReady(message)) => {
                     warn!(source = %source.id, %message, "EC2 refused the copy");
                     let reason = format!("EC2 refused the copy: {message}");
-                    self.entries[i].progress = Progress::Failed { copy_id: None, reason };
+                    self.entries[i].stage = Stage::Failed { copy_id: None, reason };
                 }
                 Err(e @ (StoreError::AccessDenied(_) | StoreError::Throttled(_))) => {
                     let doing = format!("starting the copy of {}", source.id);
                     return Err(fatal(e, &doing, self.copies_started));
                 }
             }
+            debug_assert_eq!(slots_held, self.slots_held(), "slot count drifted");
         }
         Ok(())
+    }
+
+    /// A fresh unsure stage: first look one poll interval from now.
+    fn unsure(&self) -> Stage {
+        Stage::Unsure { misses: 0, next_look: Instant::now() + self.limits.poll_interval }
+    }
+
+    /// What counts against `pending_limit`: this request's pending copies and unsure starts.
+    fn slots_held(&self) -> usize {
+        self.entries
+            .iter()
+            .filter(|e| match &e.stage {
+                Stage::Copying { copy, .. } => copy.state == SnapshotState::Pending,
+                Stage::Unsure { .. } => true,
+                _ => false,
+            })
+            .count()
     }
 
     /// Polls every pending copy of this request in one call and records what changed.
@@ -396,18 +499,19 @@ impl<'a, S: SnapshotStore> Run<'a, S> {
             .map_err(|e| fatal(e, "polling the copies", self.copies_started))?;
         let by_id: HashMap<SnapshotId, CopyStatus> = answer.into_iter().map(|c| (c.id.clone(), c)).collect();
         let now = Instant::now();
-        let mut freed = 0;
-        for entry in &mut self.entries {
-            let Progress::Copying { copy, .. } = &mut entry.progress else { continue };
+        let next_look = now + self.limits.poll_interval;
+        let mut requeue = Vec::new();
+        for (i, entry) in self.entries.iter_mut().enumerate() {
+            let Stage::Copying { copy, .. } = &mut entry.stage else { continue };
             if copy.state != SnapshotState::Pending {
                 continue;
             }
             let Some(status) = by_id.get(&copy.id) else {
                 if copy.seen {
-                    warn!(source = %entry.source.id, copy = %copy.id, "copy vanished before completing");
-                    let reason = format!("copy {} disappeared before completing (deleted?)", copy.id);
-                    entry.progress = Progress::Failed { copy_id: Some(copy.id.clone()), reason };
-                    freed += 1;
+                    // Deleted: by someone, or as a duplicate by an overlapping invocation that
+                    // kept another copy. Look by the tags before copying again.
+                    warn!(source = %entry.source.id, copy = %copy.id, "copy vanished before completing; looking for another");
+                    entry.stage = Stage::Unsure { misses: 0, next_look };
                 }
                 // Never seen: EC2's eventual consistency; it shows up in a later round.
                 continue;
@@ -428,20 +532,24 @@ impl<'a, S: SnapshotStore> Run<'a, S> {
             }
             match &status.state {
                 SnapshotState::Pending => {}
-                SnapshotState::Completed => {
-                    info!(source = %entry.source.id, copy = %copy.id, "copy completed");
-                    freed += 1;
+                SnapshotState::Completed => info!(source = %entry.source.id, copy = %copy.id, "copy completed"),
+                SnapshotState::Error => {
+                    let message = status.state_message.clone().unwrap_or_else(|| "EC2 gave no reason".to_owned());
+                    warn!(source = %entry.source.id, copy = %copy.id, %message, "copy ended in error");
+                    entry.error_copies.push(ErrorCopy { id: copy.id.clone(), message });
+                    requeue.push(i);
                 }
-                SnapshotState::Error | SnapshotState::Other(_) => {
+                SnapshotState::Other(state) => {
                     let message = status.state_message.as_deref().unwrap_or("EC2 gave no reason");
-                    warn!(source = %entry.source.id, copy = %copy.id, state = status.state.as_str(), %message, "copy failed");
-                    let reason = format!("copy {} ended in {}: {message}", copy.id, status.state.as_str());
-                    entry.progress = Progress::Failed { copy_id: Some(copy.id.clone()), reason };
-                    freed += 1;
+                    warn!(source = %entry.source.id, copy = %copy.id, %state, %message, "copy failed");
+                    let reason = format!("copy {} ended in {state}: {message}", copy.id);
+                    entry.stage = Stage::Failed { copy_id: Some(copy.id.clone()), reason };
                 }
             }
         }
-        self.slots_held -= freed;
+        for i in requeue {
+            self.queue_or_fail(i);
+        }
         Ok(())
     }
 
@@ -450,31 +558,35 @@ impl<'a, S: SnapshotStore> Run<'a, S> {
     }
 
     fn pending_copies_with_size(&self) -> impl Iterator<Item = (u64, &TrackedCopy)> {
-        self.entries.iter().filter_map(|e| match &e.progress {
-            Progress::Copying { copy, .. } if copy.state == SnapshotState::Pending => Some((e.source.size_gib, copy)),
+        self.entries.iter().filter_map(|e| match &e.stage {
+            Stage::Copying { copy, .. } if copy.state == SnapshotState::Pending => Some((e.source.size_gib, copy)),
             _ => None,
         })
     }
 
-    fn any_unsure(&self) -> bool {
-        self.entries.iter().any(|e| matches!(e.progress, Progress::Unsure))
+    /// When the earliest unsure start is due for a look, if there is one.
+    fn next_unsure_look(&self) -> Option<Instant> {
+        self.entries
+            .iter()
+            .filter_map(|e| match e.stage {
+                Stage::Unsure { next_look, .. } => Some(next_look),
+                _ => None,
+            })
+            .min()
     }
 
     /// Whether this invocation still has something to start, resolve or wait for.
     fn work_left(&self) -> bool {
         !self.queue.is_empty()
-            || self.any_unsure()
+            || self.next_unsure_look().is_some()
             || (self.request.wait_for_completion && self.pending_copies().next().is_some())
     }
 
-    /// How long to wait before the next poll: until the soonest copy is likely done, at least
-    /// `poll_interval`, at most [`MAX_POLL_INTERVAL`].
+    /// How long to wait before the next poll: until the soonest copy is likely done or an
+    /// unsure start is due for a look, at least `poll_interval`, at most [`MAX_POLL_INTERVAL`].
     fn next_wait(&self, now: Instant) -> Duration {
         let floor = self.limits.poll_interval;
-        if self.any_unsure() {
-            return floor;
-        }
-        let mut wake: Option<Instant> = None;
+        let mut wake: Option<Instant> = self.next_unsure_look();
         for (size_gib, copy) in self.pending_copies_with_size() {
             let candidate = match copy.estimate.window() {
                 // When the bounds are close (within 2% of the copy's age, or four poll
@@ -507,13 +619,14 @@ impl<'a, S: SnapshotStore> Run<'a, S> {
         wait.clamp(floor, MAX_POLL_INTERVAL)
     }
 
-    /// The response, or `CopyFailed` when failures remain and nothing else is left to do.
+    /// The response; `CopyFailed` when failures remain and nothing else is left to do;
+    /// `SourcesPending` for an event whose sources are not all started.
     fn finish(self) -> Result<Response, CopySnapshotsError> {
         let mut response = Response::default();
         for entry in &self.entries {
             let source_id = entry.source.id.to_string();
-            match &entry.progress {
-                Progress::Copying { copy, reused } => {
+            match &entry.stage {
+                Stage::Copying { copy, reused } => {
                     response.snapshot_ids.push(copy.id.to_string());
                     response.copies.push(CopyReport {
                         source_snapshot_id: source_id,
@@ -523,26 +636,34 @@ impl<'a, S: SnapshotStore> Run<'a, S> {
                         reused: *reused,
                     });
                 }
-                Progress::Failed { copy_id, reason } => response.failed.push(FailureReport {
+                Stage::Failed { copy_id, reason } => response.failed.push(FailureReport {
                     source_snapshot_id: source_id,
                     snapshot_id: copy_id.as_ref().map(ToString::to_string),
+                    error_snapshot_ids: entry.error_copies.iter().map(|e| e.id.to_string()).collect(),
                     error: reason.clone(),
                 }),
-                Progress::Waiting | Progress::NotReady | Progress::Unsure => response.pending_sources.push(source_id),
+                Stage::Waiting | Stage::NotReady | Stage::Unsure { .. } => response.pending_sources.push(source_id),
             }
         }
         let all_done = !self.request.wait_for_completion || self.pending_copies().next().is_none();
+        response.duplicates_removed = self.duplicates_removed;
         response.complete = response.pending_sources.is_empty() && response.failed.is_empty() && all_done;
         info!(
             copies = response.copies.len(),
             started = self.copies_started,
             pending_sources = response.pending_sources.len(),
             failed = response.failed.len(),
+            duplicates_removed = response.duplicates_removed.len(),
             complete = response.complete,
             "done"
         );
+        let target_region = self.request.target_region.to_string();
+        if self.request.from_event && !response.pending_sources.is_empty() {
+            let message = sources_pending_message(&response, &target_region);
+            return Err(CopySnapshotsError::SourcesPending { message, response: Box::new(response) });
+        }
         if !response.failed.is_empty() && response.pending_sources.is_empty() && all_done {
-            let message = copy_failed_message(&response, &self.request.target_region.to_string());
+            let message = copy_failed_message(&response, &target_region);
             return Err(CopySnapshotsError::CopyFailed { message, response: Box::new(response) });
         }
         Ok(response)
@@ -580,7 +701,7 @@ fn entries_for_ids(
     Ok(ids
         .iter()
         .filter_map(|id| by_id.remove(id))
-        .map(|source| Entry { source, progress: Progress::Waiting })
+        .map(|source| Entry { source, stage: Stage::Waiting, error_copies: Vec::new() })
         .collect())
 }
 
@@ -599,8 +720,8 @@ fn entries_for_filters(mut found: Vec<SourceSnapshot>, request: &CopyRequest) ->
                 return None;
             }
             match (&source.state, source.archived) {
-                (SnapshotState::Completed, false) => Some(Entry { source, progress: Progress::Waiting }),
-                (SnapshotState::Pending, _) => Some(Entry { source, progress: Progress::NotReady }),
+                (SnapshotState::Completed, false) => Some(Entry { source, stage: Stage::Waiting, error_copies: Vec::new() }),
+                (SnapshotState::Pending, _) => Some(Entry { source, stage: Stage::NotReady, error_copies: Vec::new() }),
                 _ => {
                     warn!(snapshot = %source.id, state = source.state.as_str(), archived = source.archived, "skipping a snapshot that cannot be copied");
                     None
@@ -625,9 +746,12 @@ fn copy_counts(copy: &CopyStatus, request: &CopyRequest) -> bool {
     alive && encryption_ok && key_ok
 }
 
-/// Orders copies of one source: completed first, then by progress, then by id for stability.
-fn rank(copy: &CopyStatus) -> (bool, u8, Reverse<SnapshotId>) {
-    (copy.state == SnapshotState::Completed, copy.progress.unwrap_or(0), Reverse(copy.id.clone()))
+/// Which of two live copies of one source to keep (the greater): completed over pending, then
+/// the oldest, then the lower id, so overlapping invocations all keep the same one.
+fn keep_rank(copy: &CopyStatus) -> (bool, Reverse<SystemTime>, Reverse<SnapshotId>) {
+    // A copy without a start time sorts as the newest.
+    let started = copy.start_time.unwrap_or(SystemTime::UNIX_EPOCH + Duration::from_secs(u32::MAX.into()));
+    (copy.state == SnapshotState::Completed, Reverse(started), Reverse(copy.id.clone()))
 }
 
 /// The CopySnapshot call for one source: description, encryption, and the tags, tracking tags
@@ -679,8 +803,37 @@ fn fatal(error: StoreError, doing: &str, copies_started: usize) -> CopySnapshots
         }
         StoreError::NotFound(message) => CopySnapshotsError::SourceNotFound(format!("{doing}: {message}; {so_far}")),
         StoreError::NotReady(message) => CopySnapshotsError::SourceNotReady(format!("{doing}: {message}; {so_far}")),
+        // A definite refusal of a look-up or poll (a misspelled filter name, a bad value) fails
+        // the same way on every retry: the request must change.
+        StoreError::Refused { code, message } => CopySnapshotsError::InvalidRequest(format!(
+            "EC2 refused {doing}: {code}: {message}; valid: DescribeSnapshots filter names and values \
+             (see the EC2 API reference); {so_far}"
+        )),
         other => CopySnapshotsError::Ec2Error(format!("EC2 failed {doing}: {other}; {so_far}")),
     }
+}
+
+/// Names the request's sources for messages: its filters, or how many ids.
+fn describe_selector(selector: &SourceSelector) -> String {
+    match selector {
+        SourceSelector::Ids(ids) => format!("the {}", plural(ids.len(), "requested snapshot")),
+        SourceSelector::Filters(filters) => {
+            let shown: Vec<String> =
+                filters.iter().map(|f| format!("{}={}", shorten(&f.name), shorten(&f.values.join(",")))).collect();
+            format!("the snapshots matching filters {}", shown.join(" "))
+        }
+    }
+}
+
+fn sources_pending_message(response: &Response, target_region: &str) -> String {
+    format!(
+        "{} of this event not started in {target_region} before the deadline (the region's copy quota stayed full, \
+         or EC2 did not answer): {}; failing so that Lambda retries the event and, after its retries, sends it to \
+         the on-failure destination. Copies already started: {}",
+        plural(response.pending_sources.len(), "snapshot"),
+        response.pending_sources.join(", "),
+        response.copies.len()
+    )
 }
 
 fn copy_failed_message(response: &Response, target_region: &str) -> String {

@@ -18,6 +18,11 @@ pub const DEFAULT_PENDING_LIMIT: u32 = 20;
 pub const DEFAULT_POLL_INTERVAL: Duration = Duration::from_secs(15);
 /// EC2 allows 50 tags per snapshot; two are the tracking tags.
 pub const MAX_USER_TAGS: usize = 48;
+/// EC2 accepts at most 200 values in one DescribeSnapshots filter.
+pub const MAX_FILTER_VALUES: usize = 200;
+/// Default for `EC2_CALL_TIMEOUT_SECONDS`: the longest one EC2 call (with the SDK's retries)
+/// may take.
+pub const DEFAULT_CALL_TIMEOUT: Duration = Duration::from_secs(25);
 
 /// The request as it arrives (manual invoke, Step Functions, schedule Input).
 #[derive(Debug, Default, Deserialize)]
@@ -82,6 +87,9 @@ pub struct Settings {
     pub copy_tags: bool,
     /// `POLL_INTERVAL_SECONDS`: the shortest wait between two polls.
     pub poll_interval: Duration,
+    /// `EC2_CALL_TIMEOUT_SECONDS`: the SDK's operation timeout, which the engine also uses to
+    /// start no call that could end after the invocation's deadline.
+    pub call_timeout: Duration,
 }
 
 impl Default for Settings {
@@ -94,6 +102,7 @@ impl Default for Settings {
             kms_key: None,
             copy_tags: false,
             poll_interval: DEFAULT_POLL_INTERVAL,
+            call_timeout: DEFAULT_CALL_TIMEOUT,
         }
     }
 }
@@ -144,6 +153,17 @@ impl Settings {
                     invalid("POLL_INTERVAL_SECONDS", &v, "a number of seconds, more than 0 and at most 900")
                 })?,
         };
+        let call_timeout = match get("EC2_CALL_TIMEOUT_SECONDS") {
+            None => DEFAULT_CALL_TIMEOUT,
+            Some(v) => v
+                .parse::<f64>()
+                .ok()
+                .filter(|s| s.is_finite() && *s >= 0.5 && *s <= 120.0)
+                .map(Duration::from_secs_f64)
+                .ok_or_else(|| {
+                    invalid("EC2_CALL_TIMEOUT_SECONDS", &v, "a number of seconds from 0.5 to 120")
+                })?,
+        };
         let kms_key = get("KMS_KEY_ID")
             .map(|v| KmsKeyRef::parse(&v).map_err(|_| invalid("KMS_KEY_ID", &v, crate::ids::KMS_KEY_FORMAT)))
             .transpose()?;
@@ -155,6 +175,7 @@ impl Settings {
             kms_key,
             copy_tags: flag("COPY_TAGS")?,
             poll_interval,
+            call_timeout,
         })
     }
 }
@@ -177,6 +198,9 @@ pub struct CopyRequest {
     /// `None`: wait until the invocation's deadline.
     pub max_wait: Option<Duration>,
     pub debug: bool,
+    /// Made from an EventBridge event: the invocation fails (`SourcesPending`) while a source
+    /// has no copy started, so the event is retried rather than acknowledged.
+    pub from_event: bool,
 }
 
 fn invalid(message: String) -> CopySnapshotsError {
@@ -294,6 +318,7 @@ impl CopyRequest {
             wait_for_completion: payload.wait_for_completion.unwrap_or(false),
             max_wait: payload.max_wait_seconds.map(Duration::from_secs),
             debug: payload.debug.unwrap_or(false),
+            from_event: false,
         })
     }
 }
@@ -329,6 +354,13 @@ fn check_filters(filters: Vec<FilterPayload>) -> Result<Vec<Filter>, CopySnapsho
             if f.values.is_empty() {
                 return Err(invalid(format!(
                     "filters[{i}].values: empty, which matches nothing; valid: one or more values for `{}`",
+                    shorten(&f.name)
+                )));
+            }
+            if f.values.len() > MAX_FILTER_VALUES {
+                return Err(invalid(format!(
+                    "filters[{i}].values: {} values for `{}`; valid: at most {MAX_FILTER_VALUES} (EC2's limit per filter)",
+                    f.values.len(),
                     shorten(&f.name)
                 )));
             }

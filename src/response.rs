@@ -16,6 +16,10 @@ pub struct Response {
     pub failed: Vec<FailureReport>,
     /// Every source has a copy started (and, with `wait_for_completion`, completed).
     pub complete: bool,
+    /// Second live copies of a source (left by overlapping invocations or by a start EC2
+    /// answered late) that this invocation deleted, keeping the other.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub duplicates_removed: Vec<RemovedCopy>,
 }
 
 impl Response {
@@ -42,8 +46,18 @@ pub struct CopyReport {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct FailureReport {
     pub source_snapshot_id: String,
-    /// The copy that ended in `error`, if EC2 got as far as making one.
+    /// The copy that ended in `error`, if EC2 got as far as making one (the latest).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub snapshot_id: Option<String>,
+    /// Every copy of this source that ended in `error`: its attempts, kept in EC2.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub error_snapshot_ids: Vec<String>,
     pub error: String,
+}
+
+/// A duplicate copy that was deleted.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RemovedCopy {
+    pub source_snapshot_id: String,
+    pub snapshot_id: String,
 }

@@ -3,12 +3,14 @@
 //! copies take time (120 s + 20 s per GiB by default) and report whole-percent progress, each
 //! region allows a limited number of pending copies (foreign copies included) and answers
 //! ResourceLimitExceeded beyond it, and chosen copies end in `error`. Faults the real service
-//! shows rarely (refusals, unanswered calls, throttling, access denied) can be injected, and
-//! every call is counted.
+//! shows rarely (refusals, unanswered calls, throttling, access denied, a listing that lags
+//! behind new copies, copies that stall or whose speed does not follow their size) can be
+//! injected, and every call is counted. Like the deployed role, it deletes only snapshots
+//! carrying the tracking tags.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::{Mutex, MutexGuard};
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use tokio::time::Instant;
 
@@ -44,12 +46,30 @@ pub struct CallCounts {
     pub find_copies: usize,
     pub start_copy: usize,
     pub describe_copies: usize,
+    pub delete_copy: usize,
 }
 
 impl CallCounts {
     pub fn total(&self) -> usize {
-        self.describe_sources + self.find_copies + self.start_copy + self.describe_copies
+        self.describe_sources + self.find_copies + self.start_copy + self.describe_copies + self.delete_copy
     }
+}
+
+/// Copies that do not progress as the copy-time model says: each stalls at 0% for up to
+/// `max_stall`, then runs at its own speed, `slowest`..`fastest` times the model's.
+#[derive(Debug, Clone, Copy)]
+pub struct Irregularity {
+    pub max_stall: Duration,
+    pub slowest: f64,
+    pub fastest: f64,
+}
+
+/// splitmix64: a deterministic spread of per-copy draws without a random-number dependency.
+fn spread(seed: u64) -> f64 {
+    let mut z = seed.wrapping_add(0x9E37_79B9_7F4A_7C15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    (z ^ (z >> 31)) as f64 / u64::MAX as f64
 }
 
 /// A snapshot in the simulated world, source or copy.
@@ -64,6 +84,8 @@ struct Snapshot {
     fixed_state: Option<SnapshotState>,
     archived: bool,
     started: Instant,
+    /// Stuck at 0% this long after `started`, then `duration` to complete.
+    stall: Duration,
     duration: Duration,
     /// Ends in `error` with this message halfway through.
     fails_with: Option<String>,
@@ -75,7 +97,7 @@ impl Snapshot {
             let progress = if *state == SnapshotState::Completed { 100 } else { 0 };
             return (state.clone(), Some(progress), None);
         }
-        let elapsed = now.saturating_duration_since(self.started);
+        let elapsed = now.saturating_duration_since(self.started + self.stall);
         if let Some(message) = &self.fails_with {
             if elapsed >= self.duration / 2 {
                 return (SnapshotState::Error, Some(0), Some(message.clone()));
@@ -93,7 +115,7 @@ impl Snapshot {
         self.state_at(now).0 == SnapshotState::Pending
     }
 
-    fn copy_status(&self, now: Instant) -> Option<CopyStatus> {
+    fn copy_status(&self, now: Instant, epoch: (Instant, SystemTime)) -> Option<CopyStatus> {
         let source_id = SnapshotId::parse(find_tag(&self.tags, SOURCE_SNAPSHOT_TAG)?).ok()?;
         let (state, progress, state_message) = self.state_at(now);
         Some(CopyStatus {
@@ -104,7 +126,13 @@ impl Snapshot {
             encrypted: self.encrypted,
             kms_key_id: self.kms_key_id.clone(),
             state_message,
+            start_time: Some(epoch.1 + self.started.saturating_duration_since(epoch.0)),
         })
+    }
+
+    /// Listed by DescribeSnapshots at `now`, given how far the listing lags behind new copies.
+    fn listed_at(&self, now: Instant, lag: Duration) -> bool {
+        self.fixed_state.is_some() || now.saturating_duration_since(self.started) >= lag
     }
 }
 
@@ -160,6 +188,15 @@ struct World {
     /// Highest number of tracked (this function's) copies pending at once, per target region.
     max_tracked_pending: HashMap<String, usize>,
     no_slot_answers: usize,
+    /// The next this many find_copies calls get no definite answer.
+    unanswered_finds: usize,
+    /// New copies are missing from listings this long (EC2's eventual consistency).
+    visibility_lag: Duration,
+    irregularity: Option<Irregularity>,
+    /// CopySnapshot calls that made a copy but whose caller went away before the answer.
+    orphaned_starts: usize,
+    /// Maps simulated instants to wall-clock start times.
+    epoch: (Instant, SystemTime),
 }
 
 /// The simulated EC2. Cheap to share by reference; all state sits behind one mutex that is
@@ -191,6 +228,11 @@ impl SimulatedEc2 {
                 deny_starts: false,
                 max_tracked_pending: HashMap::new(),
                 no_slot_answers: 0,
+                unanswered_finds: 0,
+                visibility_lag: Duration::ZERO,
+                irregularity: None,
+                orphaned_starts: 0,
+                epoch: (Instant::now(), SystemTime::now()),
             }),
             latency: Duration::ZERO,
         }
@@ -210,6 +252,45 @@ impl SimulatedEc2 {
     pub fn with_copy_time(self, model: CopyTimeModel) -> Self {
         self.lock().model = model;
         self
+    }
+
+    /// Copies stall and run at speeds that do not follow their size.
+    pub fn with_irregular_copies(self, irregularity: Irregularity) -> Self {
+        self.lock().irregularity = Some(irregularity);
+        self
+    }
+
+    /// New copies are left out of DescribeSnapshots answers for `lag`.
+    pub fn with_visibility_lag(self, lag: Duration) -> Self {
+        self.lock().visibility_lag = lag;
+        self
+    }
+
+    /// The next `count` looks for copies by tag get no definite answer.
+    pub fn lose_next_finds(&self, count: usize) {
+        self.lock().unanswered_finds = count;
+    }
+
+    /// CopySnapshot calls that made a copy whose caller was cut off before hearing of it.
+    pub fn orphaned_starts(&self) -> usize {
+        self.lock().orphaned_starts
+    }
+
+    /// Starts a copy made by this function (tracking tags) as an earlier invocation would
+    /// have, bypassing the engine: for duplicates and error copies found at the look.
+    pub fn add_tracked_copy(&self, spec: &CopySpec, fails_with: Option<&str>) -> SnapshotId {
+        let mut world = self.lock();
+        if let Some(message) = fails_with {
+            world.failing_sources.insert(spec.source_id.clone(), message.to_owned());
+        }
+        drop(world);
+        let id = self.start_copy_now(spec).unwrap_or_else(|e| panic!("simulator could not add a copy: {e}"));
+        let mut world = self.lock();
+        world.calls.start_copy -= 1;
+        if fails_with.is_some() {
+            world.failing_sources.remove(&spec.source_id);
+        }
+        id
     }
 
     fn lock(&self) -> MutexGuard<'_, World> {
@@ -250,6 +331,7 @@ impl SimulatedEc2 {
             fixed_state: Some(state),
             archived: false,
             started: Instant::now(),
+            stall: Duration::ZERO,
             duration: Duration::ZERO,
             fails_with: None,
         };
@@ -278,6 +360,7 @@ impl SimulatedEc2 {
                 fixed_state: None,
                 archived: false,
                 started: Instant::now(),
+                stall: Duration::ZERO,
                 duration,
                 fails_with: None,
             };
@@ -332,7 +415,12 @@ impl SimulatedEc2 {
         let now = Instant::now();
         let world = self.lock();
         let Some(state) = world.regions.get(region) else { return Vec::new() };
-        state.order.iter().filter_map(|id| state.snapshots.get(id)).filter_map(|s| s.copy_status(now)).collect()
+        state
+            .order
+            .iter()
+            .filter_map(|id| state.snapshots.get(id))
+            .filter_map(|s| s.copy_status(now, world.epoch))
+            .collect()
     }
 
     /// The tags on snapshot `id` in `region`.
@@ -383,6 +471,14 @@ impl SimulatedEc2 {
             return Err(StoreError::Unknown("timeout waiting for CopySnapshot's answer".to_owned()));
         }
         let id = Self::new_id(world);
+        let (stall, speed) = match world.irregularity {
+            Some(irregular) => {
+                let draw = world.next_id.wrapping_mul(2);
+                let stall = irregular.max_stall.mul_f64(spread(draw));
+                (stall, irregular.slowest + (irregular.fastest - irregular.slowest) * spread(draw + 1))
+            }
+            None => (Duration::ZERO, 1.0),
+        };
         let encrypted = spec.encrypted || source.encrypted;
         let kms_key_id = encrypted.then(|| {
             let key = spec.kms_key_id.as_deref().unwrap_or("aws-managed-ebs-key");
@@ -401,7 +497,8 @@ impl SimulatedEc2 {
             fixed_state: None,
             archived: false,
             started: now,
-            duration: world.model.duration(source.size_gib),
+            stall,
+            duration: world.model.duration(source.size_gib).div_f64(speed),
             fails_with: world.failing_sources.get(&spec.source_id).cloned(),
         };
         let target_name = spec.target_region.as_str().to_owned();
@@ -492,14 +589,18 @@ impl SnapshotStore for SimulatedEc2 {
         let now = Instant::now();
         let mut world = self.lock();
         world.calls.find_copies += 1;
+        if world.unanswered_finds > 0 {
+            world.unanswered_finds -= 1;
+            return Err(StoreError::Unknown("timeout waiting for DescribeSnapshots' answer".to_owned()));
+        }
         let wanted: HashSet<&str> = source_ids.iter().map(SnapshotId::as_str).collect();
         let Some(state) = world.regions.get(target_region.as_str()) else { return Ok(Vec::new()) };
         Ok(state
             .order
             .iter()
             .filter_map(|id| state.snapshots.get(id))
-            .filter(|s| is_copy_from(&s.tags, source_region, &wanted))
-            .filter_map(|s| s.copy_status(now))
+            .filter(|s| s.listed_at(now, world.visibility_lag) && is_copy_from(&s.tags, source_region, &wanted))
+            .filter_map(|s| s.copy_status(now, world.epoch))
             .collect())
     }
 
@@ -507,7 +608,9 @@ impl SnapshotStore for SimulatedEc2 {
         // The copy is made when the call arrives; the answer takes the latency to come back,
         // so an invocation cut off meanwhile leaves a copy it never heard of, as in AWS.
         let answer = self.start_copy_now(spec);
+        let mut orphan = OrphanGuard { ec2: self, armed: answer.is_ok() };
         self.call_latency().await;
+        orphan.armed = false;
         answer
     }
 
@@ -521,6 +624,44 @@ impl SnapshotStore for SimulatedEc2 {
         let mut world = self.lock();
         world.calls.describe_copies += 1;
         let Some(state) = world.regions.get(target_region.as_str()) else { return Ok(Vec::new()) };
-        Ok(copy_ids.iter().filter_map(|id| state.snapshots.get(id)).filter_map(|s| s.copy_status(now)).collect())
+        Ok(copy_ids
+            .iter()
+            .filter_map(|id| state.snapshots.get(id))
+            .filter(|s| s.listed_at(now, world.visibility_lag))
+            .filter_map(|s| s.copy_status(now, world.epoch))
+            .collect())
+    }
+
+    async fn delete_copy(&self, target_region: &Region, copy_id: &SnapshotId) -> Result<(), StoreError> {
+        self.call_latency().await;
+        let mut world = self.lock();
+        world.calls.delete_copy += 1;
+        let Some(state) = world.regions.get_mut(target_region.as_str()) else { return Ok(()) };
+        let Some(snapshot) = state.snapshots.get(copy_id) else { return Ok(()) };
+        // The deployed role may delete only snapshots carrying the tracking tags.
+        if find_tag(&snapshot.tags, SOURCE_SNAPSHOT_TAG).is_none() {
+            return Err(StoreError::AccessDenied(format!(
+                "UnauthorizedOperation: not authorized to delete {copy_id}, which lacks the tracking tags"
+            )));
+        }
+        state.snapshots.remove(copy_id);
+        state.order.retain(|id| id != copy_id);
+        state.maybe_pending.retain(|id| id != copy_id);
+        Ok(())
+    }
+}
+
+/// Counts a CopySnapshot whose caller was cut off after EC2 made the copy, before the answer
+/// arrived: the copy exists, and the engine never heard of it.
+struct OrphanGuard<'a> {
+    ec2: &'a SimulatedEc2,
+    armed: bool,
+}
+
+impl Drop for OrphanGuard<'_> {
+    fn drop(&mut self) {
+        if self.armed {
+            self.ec2.lock().orphaned_starts += 1;
+        }
     }
 }

@@ -4,6 +4,7 @@
 
 use std::collections::HashSet;
 use std::future::Future;
+use std::time::SystemTime;
 
 use crate::ids::{Region, SnapshotId};
 
@@ -89,6 +90,8 @@ pub struct CopyStatus {
     pub kms_key_id: Option<String>,
     /// EC2's explanation of an `error` state, e.g. "Given key ID is not accessible".
     pub state_message: Option<String>,
+    /// When EC2 started the copy: of two live copies of one source, the older is kept.
+    pub start_time: Option<SystemTime>,
 }
 
 /// Which snapshots a request is about.
@@ -176,6 +179,16 @@ pub trait SnapshotStore: Sync {
         target_region: &Region,
         copy_ids: &[SnapshotId],
     ) -> impl Future<Output = Result<Vec<CopyStatus>, StoreError>> + Send;
+
+    /// Deletes one copy this function made (the engine passes only ids that [`find_copies`]
+    /// returned, i.e. snapshots carrying the tracking tags). A copy already gone is success.
+    ///
+    /// [`find_copies`]: SnapshotStore::find_copies
+    fn delete_copy(
+        &self,
+        target_region: &Region,
+        copy_id: &SnapshotId,
+    ) -> impl Future<Output = Result<(), StoreError>> + Send;
 }
 
 /// Whether a snapshot carrying `tags` is this function's copy, from `source_region`, of one of

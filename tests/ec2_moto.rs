@@ -88,6 +88,9 @@ impl SnapshotStore for CountingStore {
     async fn describe_copies(&self, target: &Region, ids: &[SnapshotId]) -> Result<Vec<CopyStatus>, StoreError> {
         self.inner.describe_copies(target, ids).await
     }
+    async fn delete_copy(&self, target: &Region, id: &SnapshotId) -> Result<(), StoreError> {
+        self.inner.delete_copy(target, id).await
+    }
 }
 
 #[tokio::test]

@@ -19,6 +19,8 @@ use tokio::time::Instant;
 const SOURCE: &str = "us-east-1";
 const TARGET: &str = "eu-west-1";
 const POLL: Duration = Duration::from_secs(15);
+/// The in-memory EC2 answers within its latency; tests with latency set it lower than this.
+const CALL_TIMEOUT: Duration = Duration::from_secs(1);
 
 fn request(ids: &[SnapshotId], extra: Value) -> CopyRequest {
     let mut payload = json!({"snapshot_ids": ids, "region": SOURCE, "target_region": TARGET});
@@ -29,11 +31,11 @@ fn request(ids: &[SnapshotId], extra: Value) -> CopyRequest {
 }
 
 fn no_deadline() -> RunLimits {
-    RunLimits { deadline: None, poll_interval: POLL }
+    RunLimits { deadline: None, poll_interval: POLL, call_timeout: CALL_TIMEOUT }
 }
 
 fn deadline_in(after: Duration) -> RunLimits {
-    RunLimits { deadline: Some(Instant::now() + after), poll_interval: POLL }
+    RunLimits { deadline: Some(Instant::now() + after), poll_interval: POLL, call_timeout: CALL_TIMEOUT }
 }
 
 /// Sources of sizes `sizes` in the source region.

@@ -10,12 +10,21 @@ What it adds to moto:
 - a share of EC2 calls answered RequestLimitExceeded;
 - chosen sources whose copies end in `error` ("Given key ID is not accessible");
 - CopySnapshot honouring Encrypted/KmsKeyId as EC2 does (and a key moto's KMS does not know
-  ends the copy in `error`);
+  ends the copy in `error`); an explicit `Encrypted=false`, which the API reference says cannot
+  be set, is recorded;
+- a share of CopySnapshot calls that make the copy but lose the answer (a 500 after the copy
+  exists), and a visibility lag during which new copies are missing from DescribeSnapshots;
+- copies that stall at 0% and run at speeds that do not follow their size;
+- DescribeSnapshots as EC2 pages it (fewer results than MaxResults, with a NextToken), and
+  EC2's answer to an unknown filter name or more than 200 values in a filter;
+- DeleteSnapshot only on snapshots carrying the tracking tags (the deployed role's condition);
 - a record of every EC2 call and every copy, with the most copies pending at once.
 
 Control API (JSON), next to the EC2 API on the same port:
   POST /_fault/config   {"throttle_rate": 0.3, "time_scale": 0.001, "region_limit": 20,
-                         "failing_sources": {"snap-…": "message"}}
+                         "failing_sources": {"snap-…": "message"}, "lost_answer_rate": 0.3,
+                         "visibility_lag_seconds": 2, "page_size": 3, "stall_seconds": 1,
+                         "speed_spread": [0.5, 2.0]}
   POST /_fault/foreign  {"region": "eu-west-1", "count": 20, "seconds": 3}
   POST /_fault/sources  {"region": "us-east-1", "sizes": [8, 64], "tags": {"k": "v"}, "state": "completed"}
   GET  /_fault/record   {"calls": [...], "copies": [...], "max_pending": {...}, "no_slot_answers": n}
@@ -33,7 +42,7 @@ from urllib.parse import parse_qs
 
 os.environ.setdefault("MOTO_EC2_LOAD_DEFAULT_AMIS", "false")
 
-from moto.core.responses import ActionResult  # noqa: E402
+from moto.core.responses import ActionResult, EmptyResult  # noqa: E402
 from moto.ec2.exceptions import EC2ClientError  # noqa: E402
 from moto.ec2.models import ec2_backends  # noqa: E402
 from moto.ec2.models import elastic_block_store as ebs  # noqa: E402
@@ -48,8 +57,31 @@ ACCOUNT = "123456789012"
 KEY_NOT_ACCESSIBLE = "Given key ID is not accessible"
 
 LOCK = threading.RLock()
-CONFIG = {"throttle_rate": 0.0, "time_scale": 0.001, "region_limit": 20, "failing_sources": {}}
-RECORD = {"calls": [], "copies": [], "max_pending": {}, "no_slot_answers": 0}
+CONFIG = {
+    "throttle_rate": 0.0,
+    "time_scale": 0.001,
+    "region_limit": 20,
+    "failing_sources": {},
+    "lost_answer_rate": 0.0,
+    "visibility_lag_seconds": 0.0,
+    "page_size": None,
+    "stall_seconds": 0.0,
+    "speed_spread": [1.0, 1.0],
+}
+RECORD = {
+    "calls": [],
+    "copies": [],
+    "max_pending": {},
+    "no_slot_answers": 0,
+    "explicit_encrypted_false": 0,
+    "lost_answers": 0,
+}
+# DescribeSnapshots' filter names (EC2 API reference), besides tag:<key>.
+SNAPSHOT_FILTERS = {
+    "description", "encrypted", "owner-alias", "owner-id", "progress", "snapshot-id", "start-time", "status",
+    "storage-tier", "tag-key", "transfer-type", "volume-id", "volume-size",
+}
+MAX_FILTER_VALUES = 200
 RANDOM = random.Random(int(os.environ.get("FAULT_SEED", "1")))
 
 
@@ -61,8 +93,8 @@ def _timing(snapshot):
 
 def _state(snapshot):
     """(status, percent, message) now, for a snapshot with fault timing."""
-    start, duration, error = snapshot._fault_timing
-    elapsed = time.monotonic() - start
+    start, duration, error, stall = snapshot._fault_timing
+    elapsed = max(0.0, time.monotonic() - start - stall)
     if error is not None and elapsed >= duration / 2:
         return "error", 0, error
     if elapsed >= duration:
@@ -116,8 +148,12 @@ def copy_snapshot(self):
     description = self._get_param("Description")
     snapshot_tags = self._parse_tag_specification().get("snapshot", {})
     kms_key_id = self._get_param("KmsKeyId")
-    encrypted = str(self._get_param("Encrypted", "false")).lower() == "true"
+    encrypted_param = self._get_param("Encrypted")
+    encrypted = str(encrypted_param).lower() == "true"
     self.error_on_dryrun()
+    if encrypted_param is not None and not encrypted:
+        with LOCK:
+            RECORD["explicit_encrypted_false"] += 1
 
     source = ec2_backends[self.current_account][source_region].describe_snapshots(snapshot_ids=[source_snapshot_id])[0]
     if source.status != "completed":
@@ -144,8 +180,11 @@ def copy_snapshot(self):
         error = CONFIG["failing_sources"].get(source_snapshot_id)
         if error is None and kms_key_id and not _key_known(region, kms_key_id):
             error = KEY_NOT_ACCESSIBLE
-        duration = (120 + 20 * source.volume.size) * CONFIG["time_scale"]
-        snapshot._fault_timing = (time.monotonic(), duration, error)
+        slowest, fastest = CONFIG["speed_spread"]
+        speed = RANDOM.uniform(slowest, fastest)
+        stall = RANDOM.uniform(0.0, CONFIG["stall_seconds"])
+        duration = (120 + 20 * source.volume.size) * CONFIG["time_scale"] / speed
+        snapshot._fault_timing = (time.monotonic(), duration, error, stall)
         tracked = [s for s in _pending_in(self.ec2_backend) if s.get_tags() and TRACKING_TAG in _tag_dict(s)]
         RECORD["max_pending"][region] = max(RECORD["max_pending"].get(region, 0), len(tracked))
         RECORD["copies"].append({
@@ -157,8 +196,48 @@ def copy_snapshot(self):
             "kms_key_id": key,
             "size_gib": source.volume.size,
             "fails_with": error,
+            "deleted": False,
         })
     return ActionResult({"SnapshotId": snapshot.id, "Tags": snapshot.tag_set})
+
+
+def describe_snapshots(self):
+    """ElasticBlockStore.describe_snapshots, with EC2's filter checks, paging and listing lag."""
+    filters = self._filters_from_querystring()
+    for name, values in filters.items():
+        if name not in SNAPSHOT_FILTERS and not name.startswith("tag:"):
+            raise EC2ClientError("InvalidParameterValue", f"The filter '{name}' is invalid")
+        if len(values) > MAX_FILTER_VALUES:
+            raise EC2ClientError(
+                "FilterLimitExceeded", f"The maximum number of filter values specified on a single call is {MAX_FILTER_VALUES}"
+            )
+    snapshot_ids = self._get_param("SnapshotIds", [])
+    snapshots = self.ec2_backend.describe_snapshots(snapshot_ids=snapshot_ids, filters=filters)
+    lag = CONFIG["visibility_lag_seconds"]
+    now = time.monotonic()
+    snapshots = [s for s in snapshots if _timing(s) is None or now - _timing(s)[0] >= lag]
+    max_results = self._get_int_param("MaxResults") or len(snapshots) or 1
+    page = min(max_results, CONFIG["page_size"] or max_results)
+    first = int(self._get_param("NextToken") or 0)
+    answer = {"Snapshots": snapshots[first:first + page]}
+    if first + page < len(snapshots):
+        answer["NextToken"] = str(first + page)
+    return ActionResult(answer)
+
+
+def delete_snapshot(self):
+    """ElasticBlockStore.delete_snapshot, as the deployed role allows it: only this project's copies."""
+    snapshot_id = self._get_param("SnapshotId")
+    self.error_on_dryrun()
+    snapshot = self.ec2_backend.snapshots.get(snapshot_id)
+    if snapshot is not None and TRACKING_TAG not in _tag_dict(snapshot):
+        raise EC2ClientError("UnauthorizedOperation", f"You are not authorized to delete {snapshot_id}")
+    self.ec2_backend.delete_snapshot(snapshot_id)
+    with LOCK:
+        for copy in RECORD["copies"]:
+            if copy["snapshot_id"] == snapshot_id:
+                copy["deleted"] = True
+    return EmptyResult()
 
 
 def _tag_dict(snapshot):
@@ -166,6 +245,8 @@ def _tag_dict(snapshot):
 
 
 ElasticBlockStore.copy_snapshot = copy_snapshot
+ElasticBlockStore.describe_snapshots = describe_snapshots
+ElasticBlockStore.delete_snapshot = delete_snapshot
 
 
 # --- control API -----------------------------------------------------------------------------
@@ -190,7 +271,7 @@ def control(request):
             return dict(CONFIG)
         if path == "/_fault/foreign":
             for _ in range(int(body["count"])):
-                _new_snapshot(body["region"], 100, {}, timing=(time.monotonic(), float(body["seconds"]), None))
+                _new_snapshot(body["region"], 100, {}, timing=(time.monotonic(), float(body["seconds"]), None, 0.0))
             return {"pending": len(_pending_in(ec2_backends[ACCOUNT][body["region"]]))}
         if path == "/_fault/sources":
             made = [
@@ -205,6 +286,8 @@ def control(request):
             RECORD["copies"].clear()
             RECORD["max_pending"].clear()
             RECORD["no_slot_answers"] = 0
+            RECORD["explicit_encrypted_false"] = 0
+            RECORD["lost_answers"] = 0
             return {}
     return None
 
@@ -212,6 +295,12 @@ def control(request):
 THROTTLED = (
     '<?xml version="1.0" encoding="UTF-8"?>\n<Response><Errors><Error><Code>RequestLimitExceeded</Code>'
     "<Message>Request limit exceeded.</Message></Error></Errors><RequestID>fault-ec2</RequestID></Response>"
+)
+
+
+INTERNAL_ERROR = (
+    '<?xml version="1.0" encoding="UTF-8"?>\n<Response><Errors><Error><Code>InternalError</Code>'
+    "<Message>An internal error has occurred.</Message></Error></Errors><RequestID>fault-ec2</RequestID></Response>"
 )
 
 
@@ -240,7 +329,17 @@ class FaultMiddleware:
                 return Response(THROTTLED, status=503, mimetype="text/xml")(environ, start_response)
         environ["wsgi.input"] = __import__("io").BytesIO(body)
         environ["CONTENT_LENGTH"] = str(len(body))
-        return self.app(environ, start_response)
+        if action != "CopySnapshot":
+            return self.app(environ, start_response)
+        answer = Response.from_app(self.app, environ)
+        with LOCK:
+            lose = answer.status_code == 200 and RANDOM.random() < CONFIG["lost_answer_rate"]
+            if lose:
+                RECORD["lost_answers"] += 1
+        if lose:
+            # The copy exists; the caller hears only a server error.
+            return Response(INTERNAL_ERROR, status=500, mimetype="text/xml")(environ, start_response)
+        return answer(environ, start_response)
 
 
 def main():
