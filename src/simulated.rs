@@ -188,7 +188,8 @@ struct World {
     /// Highest number of tracked (this function's) copies pending at once, per target region.
     max_tracked_pending: HashMap<String, usize>,
     no_slot_answers: usize,
-    /// The next this many find_copies calls get no definite answer.
+    /// After `finds_before_loss` more find_copies calls, this many get no definite answer.
+    finds_before_loss: usize,
     unanswered_finds: usize,
     /// New copies are missing from listings this long (EC2's eventual consistency).
     visibility_lag: Duration,
@@ -228,6 +229,7 @@ impl SimulatedEc2 {
                 deny_starts: false,
                 max_tracked_pending: HashMap::new(),
                 no_slot_answers: 0,
+                finds_before_loss: 0,
                 unanswered_finds: 0,
                 visibility_lag: Duration::ZERO,
                 irregularity: None,
@@ -266,9 +268,11 @@ impl SimulatedEc2 {
         self
     }
 
-    /// The next `count` looks for copies by tag get no definite answer.
-    pub fn lose_next_finds(&self, count: usize) {
-        self.lock().unanswered_finds = count;
+    /// After `skip` more looks for copies by tag, the next `count` get no definite answer.
+    pub fn lose_finds(&self, skip: usize, count: usize) {
+        let mut world = self.lock();
+        world.finds_before_loss = skip;
+        world.unanswered_finds = count;
     }
 
     /// CopySnapshot calls that made a copy whose caller was cut off before hearing of it.
@@ -589,7 +593,9 @@ impl SnapshotStore for SimulatedEc2 {
         let now = Instant::now();
         let mut world = self.lock();
         world.calls.find_copies += 1;
-        if world.unanswered_finds > 0 {
+        if world.finds_before_loss > 0 {
+            world.finds_before_loss -= 1;
+        } else if world.unanswered_finds > 0 {
             world.unanswered_finds -= 1;
             return Err(StoreError::Unknown("timeout waiting for DescribeSnapshots' answer".to_owned()));
         }

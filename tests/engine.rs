@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use copy_snapshots::CopySnapshotsError;
 use copy_snapshots::ids::SnapshotId;
-use copy_snapshots::reconcile::{RunLimits, reconcile};
+use copy_snapshots::reconcile::{MAX_ATTEMPTS, RunLimits, reconcile};
 use copy_snapshots::request::{CopyRequest, Settings};
 use copy_snapshots::response::Response;
 use copy_snapshots::simulated::{CopyTimeModel, SimulatedEc2};
@@ -116,6 +116,7 @@ async fn a_second_run_reuses_every_copy() {
 #[tokio::test(start_paused = true)]
 async fn interrupted_anywhere_then_run_again_makes_no_duplicate() {
     let mut rng = StdRng::seed_from_u64(7);
+    let mut orphaned = 0;
     for round in 0..40 {
         let ec2 = SimulatedEc2::new().with_latency(Duration::from_millis(300));
         let sizes: Vec<u64> = (0..12).map(|_| rng.random_range(8..200)).collect();
@@ -125,7 +126,13 @@ async fn interrupted_anywhere_then_run_again_makes_no_duplicate() {
         // that the invocation never heard of.
         let mut cuts = 0;
         loop {
-            let cut = Duration::from_millis(rng.random_range(0..4_000_000));
+            // Half the cuts fall in the first seconds, where the starts are; the others
+            // anywhere in the job.
+            let cut = if rng.random_bool(0.5) {
+                Duration::from_millis(rng.random_range(0..3_000))
+            } else {
+                Duration::from_millis(rng.random_range(0..4_000_000))
+            };
             match tokio::time::timeout(cut, reconcile(&ec2, &req, no_deadline())).await {
                 Ok(result) => {
                     let response = result.unwrap();
@@ -139,7 +146,11 @@ async fn interrupted_anywhere_then_run_again_makes_no_duplicate() {
         }
         assert_each_copied_once(&ec2, &ids);
         assert!(ec2.max_tracked_pending(TARGET) <= 3, "round {round}");
+        orphaned += ec2.orphaned_starts();
     }
+    // Otherwise the scenario never cut inside a CopySnapshot and proves nothing about them.
+    assert!(orphaned > 0, "no cut fell between a copy's creation and its answer");
+    println!("orphaned_starts={orphaned}");
 }
 
 #[tokio::test(start_paused = true)]
@@ -207,7 +218,11 @@ async fn foreign_copies_filling_the_region_delay_but_never_fail() {
     let response = reconcile(&ec2, &request(&ids, json!({})), no_deadline()).await.unwrap();
     assert!(response.complete);
     assert!(ec2.no_slot_answers() > 0, "the region was full");
-    assert!(started.elapsed() >= Duration::from_secs(1200), "copies started only once slots freed");
+    let waited = started.elapsed();
+    assert!(waited >= Duration::from_secs(1200), "copies started only once slots freed");
+    // The engine's part: it backs off to at most 16 poll intervals while the region is full,
+    // so it starts within that of the slots freeing.
+    assert!(waited <= Duration::from_secs(1200) + POLL * 17, "slow to notice free slots: {waited:?}");
     assert!(ec2.calls().start_copy < 40, "backs off while waiting: {} CopySnapshot calls", ec2.calls().start_copy);
     assert_each_copied_once(&ec2, &ids);
 }
@@ -219,7 +234,11 @@ async fn the_region_quota_shared_with_foreign_copies_is_respected() {
     let ids = sources(&ec2, &[8; 10]);
     let response = reconcile(&ec2, &request(&ids, json!({"wait_for_completion": true})), no_deadline()).await.unwrap();
     assert!(response.complete);
-    assert!(ec2.max_tracked_pending(TARGET) <= 3, "only 3 slots were free");
+    // The simulator refuses a fourth start; what the engine controls is that after one
+    // ResourceLimitExceeded it tries no other start until the next poll.
+    let refused = ec2.no_slot_answers();
+    assert!(refused > 0, "the region was never full");
+    assert!(refused <= ec2.calls().describe_copies + 1, "{refused} refusals in {} rounds", ec2.calls().describe_copies);
     assert_each_copied_once(&ec2, &ids);
 }
 
@@ -251,13 +270,17 @@ async fn a_copy_in_error_or_with_other_encryption_is_not_reused() {
     let ids = sources(&ec2, &[8, 8]);
     ec2.fail_copies_of(&ids[0], "Given key ID is not accessible");
     let plain = request(&ids, json!({"wait_for_completion": true}));
-    assert!(reconcile(&ec2, &plain, no_deadline()).await.is_err());
+    let first = reconcile(&ec2, &plain, no_deadline()).await;
+    assert!(matches!(first, Err(CopySnapshotsError::CopyFailed { .. })), "{first:?}");
+    let errors_of_first = ec2.tracked_copies(TARGET).iter().filter(|c| c.source_id == ids[0]).count();
+    assert_eq!(errors_of_first, MAX_ATTEMPTS, "an error copy is tried again, up to the bound");
 
-    // Same request again: the errored copy does not count, so it is tried again.
+    // Same request again: the error copies are found and counted, so nothing new is tried.
     let again = reconcile(&ec2, &plain, no_deadline()).await;
-    assert!(again.is_err());
+    let Err(CopySnapshotsError::CopyFailed { response, .. }) = again else { panic!("{again:?}") };
+    assert_eq!(response.failed[0].error_snapshot_ids.len(), MAX_ATTEMPTS, "{response:?}");
     let copies = ec2.tracked_copies(TARGET);
-    assert_eq!(copies.iter().filter(|c| c.source_id == ids[0]).count(), 2);
+    assert_eq!(copies.iter().filter(|c| c.source_id == ids[0]).count(), MAX_ATTEMPTS);
     assert_eq!(copies.iter().filter(|c| c.source_id == ids[1]).count(), 1, "the good copy is reused");
 
     // Encrypted with a key: the unencrypted copy of ids[1] does not count.
@@ -376,4 +399,234 @@ async fn ten_thousand_sources_in_one_request() {
     assert!(response.complete);
     assert_eq!(response.snapshot_ids.len(), 10_000);
     assert_each_copied_once(&ec2, &ids);
+}
+
+/// A source whose copies always end in `error`, run as the state machine runs it: the same
+/// request with `max_wait_seconds: 0` every round, so no poll ever sees a copy fail.
+#[tokio::test(start_paused = true)]
+async fn the_state_machine_loop_ends_in_copy_failed_after_a_bounded_number_of_error_copies() {
+    let ec2 = SimulatedEc2::new();
+    let ids = sources(&ec2, &[8, 16, 24, 32, 40, 48]);
+    ec2.fail_copies_of(&ids[2], "Given key ID is not accessible");
+    let req = request(&ids, json!({"wait_for_completion": true, "max_wait_seconds": 0}));
+    let mut rounds = 0;
+    let (message, response) = loop {
+        rounds += 1;
+        match reconcile(&ec2, &req, deadline_in(Duration::from_secs(900))).await {
+            Ok(response) => assert!(!response.complete, "round {rounds}: complete with a failing source"),
+            Err(CopySnapshotsError::CopyFailed { message, response }) => break (message, response),
+            Err(other) => panic!("round {rounds}: {other:?}"),
+        }
+        assert!(rounds < 40, "the loop never ended");
+        // The state machine's Wait state.
+        tokio::time::sleep(Duration::from_secs(300)).await;
+    };
+    let errors: Vec<_> = ec2.tracked_copies(TARGET).into_iter().filter(|c| c.source_id == ids[2]).collect();
+    assert_eq!(errors.len(), MAX_ATTEMPTS, "{errors:?}");
+    assert!(errors.iter().all(|c| c.state == SnapshotState::Error));
+    assert!(message.contains(ids[2].as_str()) && message.contains("Given key ID is not accessible"), "{message}");
+    for copy in &errors {
+        assert!(message.contains(copy.id.as_str()), "the message names error copy {}: {message}", copy.id);
+    }
+    assert_eq!(response.copies.len(), 5);
+    let others: Vec<SnapshotId> = ids.iter().filter(|id| **id != ids[2]).cloned().collect();
+    let live = live_copies_per_source(&ec2);
+    for id in &others {
+        assert_eq!(live.get(id), Some(&1), "{id}");
+    }
+    println!("rounds_to_copy_failed={rounds}");
+}
+
+/// The same request as a daily schedule sends it: no waiting for completion.
+#[tokio::test(start_paused = true)]
+async fn six_scheduled_runs_with_a_failing_source_report_it_and_stop_trying() {
+    let ec2 = SimulatedEc2::new();
+    let ids = sources(&ec2, &[8, 16, 24, 32, 40, 48]);
+    ec2.fail_copies_of(&ids[0], "Given key ID is not accessible");
+    let req = request(&ids, json!({}));
+    let mut reported = 0;
+    for _ in 0..6 {
+        match reconcile(&ec2, &req, deadline_in(Duration::from_secs(900))).await {
+            Ok(response) => assert!(response.failed.is_empty()),
+            Err(CopySnapshotsError::CopyFailed { message, .. }) => {
+                assert!(message.contains(ids[0].as_str()), "{message}");
+                reported += 1;
+            }
+            Err(other) => panic!("{other:?}"),
+        }
+        tokio::time::sleep(Duration::from_secs(86_400)).await;
+    }
+    assert!(reported > 0, "no run reported the failing source");
+    let errors = ec2.tracked_copies(TARGET).into_iter().filter(|c| c.source_id == ids[0]).count();
+    assert!(errors <= MAX_ATTEMPTS, "{errors} error copies");
+    assert_each_copied_once(&ec2, &ids[1..]);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_second_live_copy_is_deleted_keeping_the_completed_then_the_oldest() {
+    let ec2 = SimulatedEc2::new();
+    let ids = sources(&ec2, &[8, 8]);
+    let req = request(&ids, json!({}));
+    let spec = |id: &SnapshotId| copy_snapshots::store::CopySpec {
+        source_id: id.clone(),
+        source_region: req.source_region.clone(),
+        target_region: req.target_region.clone(),
+        description: "an earlier invocation's copy".into(),
+        encrypted: false,
+        kms_key_id: None,
+        tags: vec![
+            copy_snapshots::store::Tag::new(SOURCE_SNAPSHOT_TAG, id.as_str()),
+            copy_snapshots::store::Tag::new(SOURCE_REGION_TAG, SOURCE),
+        ],
+        completion_duration_minutes: None,
+    };
+    // ids[0]: an old completed copy and a newer pending one. ids[1]: two pending, the older
+    // first.
+    let completed = ec2.add_tracked_copy(&spec(&ids[0]), None);
+    let older = ec2.add_tracked_copy(&spec(&ids[1]), None);
+    tokio::time::sleep(Duration::from_secs(400)).await;
+    let newer_of_0 = ec2.add_tracked_copy(&spec(&ids[0]), None);
+    tokio::time::sleep(Duration::from_secs(10)).await;
+    let newer_of_1 = ec2.add_tracked_copy(&spec(&ids[1]), None);
+
+    let response = reconcile(&ec2, &req, no_deadline()).await.unwrap();
+    assert_eq!(response.snapshot_ids, [completed.to_string(), older.to_string()]);
+    let removed: Vec<&str> = response.duplicates_removed.iter().map(|r| r.snapshot_id.as_str()).collect();
+    assert_eq!(removed, [newer_of_0.as_str(), newer_of_1.as_str()]);
+    assert_eq!(ec2.calls().delete_copy, 2);
+    assert_eq!(ec2.calls().start_copy, 0);
+    assert_each_copied_once(&ec2, &ids);
+    // Nothing left to heal: a second run deletes nothing.
+    let again = reconcile(&ec2, &req, no_deadline()).await.unwrap();
+    assert!(again.duplicates_removed.is_empty());
+    assert_eq!(ec2.calls().delete_copy, 2);
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_unsure_start_is_not_retried_on_one_look_while_the_listing_lags() {
+    // The copy EC2 made shows up 100 s late: within the backed-off looks, so no second start.
+    let ec2 = SimulatedEc2::new().with_visibility_lag(Duration::from_secs(100));
+    let ids = sources(&ec2, &[8, 16, 24]);
+    ec2.lose_answer_to_next_copy_of(&ids[1], true);
+    let response = reconcile(&ec2, &request(&ids, json!({"wait_for_completion": true})), no_deadline()).await.unwrap();
+    assert!(response.complete);
+    assert_eq!(ec2.calls().start_copy, 3, "a start was repeated before the lag passed");
+    assert_each_copied_once(&ec2, &ids);
+    assert!(ec2.calls().find_copies >= 3, "looked up {} times", ec2.calls().find_copies);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_duplicate_made_while_the_listing_lagged_heals_on_the_next_run() {
+    // Longer than every look: the engine starts the source again, and the next run finds two.
+    let ec2 = SimulatedEc2::new().with_visibility_lag(Duration::from_secs(600));
+    let ids = sources(&ec2, &[8, 16]);
+    ec2.lose_answer_to_next_copy_of(&ids[0], true);
+    let req = request(&ids, json!({"wait_for_completion": true}));
+    let first = reconcile(&ec2, &req, no_deadline()).await.unwrap();
+    assert!(first.complete);
+    assert_eq!(ec2.calls().start_copy, 3);
+    tokio::time::sleep(Duration::from_secs(600)).await;
+    let second = reconcile(&ec2, &req, no_deadline()).await.unwrap();
+    assert_eq!(second.duplicates_removed.len(), 1, "{second:?}");
+    assert_each_copied_once(&ec2, &ids);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_look_for_copies_without_an_answer_is_an_ec2_error_at_first_and_retried_later() {
+    let ec2 = SimulatedEc2::new();
+    let ids = sources(&ec2, &[8, 16]);
+    ec2.lose_finds(0, 1);
+    let result = reconcile(&ec2, &request(&ids, json!({})), no_deadline()).await;
+    let Err(err @ CopySnapshotsError::Ec2Error(_)) = result else { panic!("{result:?}") };
+    assert!(err.to_string().contains("no copy was started"), "{err}");
+    assert_eq!(ec2.calls().start_copy, 0);
+
+    // Later, while resolving an unsure start: the look is tried again next round.
+    let ec2 = SimulatedEc2::new();
+    let ids = sources(&ec2, &[8, 16]);
+    ec2.lose_answer_to_next_copy_of(&ids[1], true);
+    ec2.lose_finds(1, 2);
+    let response = reconcile(&ec2, &request(&ids, json!({})), no_deadline()).await.unwrap();
+    assert!(response.complete);
+    assert_eq!(ec2.calls().start_copy, 2);
+    assert_each_copied_once(&ec2, &ids);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_copy_that_would_carry_more_than_50_tags_fails_alone() {
+    let ec2 = SimulatedEc2::new();
+    let many: Vec<(String, String)> = (0..45).map(|i| (format!("k{i}"), "v".to_owned())).collect();
+    let many: Vec<(&str, &str)> = many.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+    let crowded = ec2.add_source(SOURCE, 8, &many);
+    let plain = ec2.add_source(SOURCE, 8, &[]);
+    let extra: serde_json::Map<String, Value> = (0..5).map(|i| (format!("x{i}"), json!("y"))).collect();
+    let req = request(&[crowded.clone(), plain.clone()], json!({"copy_tags": true, "tags": extra}));
+    let result = reconcile(&ec2, &req, no_deadline()).await;
+    let Err(CopySnapshotsError::CopyFailed { message, response }) = result else { panic!("{result:?}") };
+    assert!(message.contains(crowded.as_str()) && message.contains("52 tags") && message.contains("50"), "{message}");
+    assert_eq!(response.copies.len(), 1);
+    assert_eq!(response.copies[0].source_snapshot_id, plain.as_str());
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_slow_store_and_an_unsure_start_near_the_deadline_still_answer_in_time() {
+    // Every call takes 20 s; the SDK's operation timeout is 25 s.
+    let ec2 = SimulatedEc2::new().with_latency(Duration::from_secs(20));
+    let ids = sources(&ec2, &[8, 16, 24, 32, 40]);
+    ec2.lose_answer_to_next_copy_of(&ids[0], true);
+    for total in [100, 130, 160, 200] {
+        let limits = RunLimits {
+            deadline: Some(Instant::now() + Duration::from_secs(total)),
+            poll_interval: POLL,
+            call_timeout: Duration::from_secs(25),
+        };
+        let deadline = limits.deadline.unwrap();
+        let result = reconcile(&ec2, &request(&ids, json!({"pending_limit": 2})), limits).await;
+        assert!(result.is_ok(), "{total} s: {result:?}");
+        assert!(Instant::now() <= deadline, "a {total} s invocation answered {:?} late", Instant::now() - deadline);
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_event_whose_snapshot_cannot_start_fails_so_lambda_retries_it() {
+    let ec2 = SimulatedEc2::new();
+    ec2.add_foreign_pending(TARGET, 20, Duration::from_secs(3600));
+    let id = ec2.add_source(SOURCE, 8, &[]);
+    let settings = Settings { target_region: Some(copy_snapshots::ids::Region::parse(TARGET).unwrap()), ..Settings::default() };
+    let event = json!({
+        "version": "0", "id": "e", "detail-type": "EBS Snapshot Notification", "source": "aws.ec2",
+        "account": "111122223333", "time": "2026-11-25T10:00:00Z", "region": SOURCE, "resources": [],
+        "detail": {"event": "createSnapshot", "result": "succeeded",
+                   "snapshot_id": format!("arn:aws:ec2::{SOURCE}:snapshot/{id}")}
+    });
+    let result =
+        copy_snapshots::handle(event.clone(), &settings, &ec2, Some(Instant::now() + Duration::from_secs(900))).await;
+    let Err(err @ CopySnapshotsError::SourcesPending { .. }) = result else { panic!("{result:?}") };
+    assert_eq!(err.error_type(), "SourcesPending");
+    assert!(err.to_string().contains(id.as_str()), "{err}");
+    // The same snapshot asked for directly is an ordinary incomplete answer.
+    let direct = json!({"snapshot_ids": [id], "region": SOURCE, "target_region": TARGET});
+    let response =
+        copy_snapshots::handle(direct, &settings, &ec2, Some(Instant::now() + Duration::from_secs(900))).await.unwrap();
+    assert_eq!(response.pending_sources, [id.as_str()]);
+    // Lambda's retry, once the quota has room: copied once.
+    tokio::time::sleep(Duration::from_secs(3600)).await;
+    let response = copy_snapshots::handle(event, &settings, &ec2, Some(Instant::now() + Duration::from_secs(900)))
+        .await
+        .unwrap();
+    assert!(response.complete);
+    assert_each_copied_once(&ec2, &[id]);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_filter_ec2_refuses_is_an_invalid_request_naming_it() {
+    let ec2 = SimulatedEc2::new();
+    sources(&ec2, &[8]);
+    let payload = json!({"filters": [{"name": "tags:Backup", "values": ["daily"]}], "region": SOURCE,
+                         "target_region": TARGET});
+    let req = CopyRequest::from_json(payload, &Settings::default()).unwrap();
+    let result = reconcile(&ec2, &req, no_deadline()).await;
+    let Err(err @ CopySnapshotsError::InvalidRequest(_)) = result else { panic!("{result:?}") };
+    assert!(err.to_string().contains("tags:Backup"), "{err}");
+    assert_eq!(ec2.calls().start_copy, 0);
 }
