@@ -12,7 +12,7 @@ use rand::rngs::StdRng;
 use rand::{RngExt, SeedableRng};
 use serde_json::{Value, json};
 use support::fault_ec2::{FaultEc2, Record};
-use support::runtime_api::LambdaHarness;
+use support::runtime_api::{Answer, LambdaHarness};
 
 const SOURCE: &str = "us-east-1";
 const TARGET: &str = "eu-west-1";
@@ -27,6 +27,9 @@ async fn function(emulator: &FaultEc2) -> LambdaHarness {
         ("AWS_REGION", SOURCE),
         ("TARGET_REGION", TARGET),
         ("POLL_INTERVAL_SECONDS", "0.05"),
+        // The emulator answers in milliseconds; the engine starts no call that could end
+        // past the deadline, so a 25 s timeout would leave a short invocation idle.
+        ("EC2_CALL_TIMEOUT_SECONDS", "2"),
     ])
     .await
 }
@@ -45,16 +48,22 @@ fn sizes(rng: &mut StdRng, count: usize) -> Vec<u64> {
         .collect()
 }
 
+/// Prints the scenario's figures, and checks what every scenario must hold: no CopySnapshot
+/// sent `Encrypted=false` (the API reference: omit it unless true).
 fn report(scenario: &str, record: &Record, extra: &str) {
     println!(
-        "scenario={scenario} copies={} duplicates={} max_pending={} ec2_calls={} copy_calls={} throttled={} {extra}",
+        "scenario={scenario} copies={} duplicates={} deleted={} max_pending={} ec2_calls={} copy_calls={} throttled={} \
+         lost_answers={} {extra}",
         record.copies().count(),
         record.duplicates(),
+        record.deleted(),
         record.max_pending(TARGET),
         record.all_calls(),
         record.calls("CopySnapshot"),
         record.throttled(),
+        record.lost_answers(),
     );
+    assert_eq!(record.explicit_encrypted_false(), 0, "{scenario}: a CopySnapshot sent Encrypted=false");
 }
 
 fn assert_each_copied_once(record: &Record, ids: &[String]) {
@@ -110,6 +119,9 @@ async fn a_region_full_of_foreign_copies_makes_the_function_wait_not_fail() {
     assert_eq!(response["complete"], true);
     assert!(record.no_slot_answers() > 0, "the region was never full");
     assert!(waited >= Duration::from_secs(3), "copies started before the foreign ones finished");
+    // 3 s of foreign copies, at most 2.8 s for the largest copy, backoff of at most 16 polls
+    // (0.8 s): anything much longer means the function was slow to notice free slots.
+    assert!(waited <= Duration::from_secs(12), "took {waited:?} after the slots freed at 3 s");
     assert_each_copied_once(&record, &ids);
 }
 
@@ -152,7 +164,8 @@ async fn a_deadline_too_short_returns_in_time_and_repeated_invocations_finish() 
     let ids = emulator.sources(SOURCE, &sizes(&mut StdRng::seed_from_u64(20), 20));
     let payload = request(&ids, json!({"pending_limit": 4, "wait_for_completion": true}));
     let mut lambda = function(&emulator).await;
-    let deadline = Duration::from_secs(6);
+    // Its margin is a quarter, 3 s: roomy enough for a busy machine.
+    let deadline = Duration::from_secs(12);
     let mut invocations = 0;
     let response = loop {
         invocations += 1;
@@ -167,7 +180,7 @@ async fn a_deadline_too_short_returns_in_time_and_repeated_invocations_finish() 
         tokio::time::sleep(Duration::from_millis(500)).await;
     };
     let record = emulator.record();
-    report("deadline_6s", &record, &format!("invocations={invocations}"));
+    report("deadline_12s", &record, &format!("invocations={invocations}"));
     assert!(invocations > 1, "the job fit in one invocation; the scenario tests nothing");
     assert_eq!(copied_sources(&response), ids);
     assert_each_copied_once(&record, &ids);
@@ -225,12 +238,29 @@ async fn bad_input_through_the_binary_copies_nothing() {
         ("bad duration", json!({"snapshot_ids": [id], "completion_duration_minutes": 7}), "InvalidRequest"),
         ("missing source", json!({"snapshot_ids": [id, "snap-0123456789abcdef0"]}), "SourceNotFound"),
         ("source not ready", json!({"snapshot_ids": [id, pending[0]]}), "SourceNotReady"),
+        (
+            "a filter name EC2 does not know",
+            json!({"filters": [{"name": "tags:Backup", "values": ["daily"]}]}),
+            "InvalidRequest",
+        ),
+        (
+            "201 values in one filter",
+            json!({"filters": [{"name": "volume-id", "values": (0..201).map(|i| format!("vol-{i:08x}")).collect::<Vec<_>>()}]}),
+            "InvalidRequest",
+        ),
     ];
     let mut lambda = function(&emulator).await;
     for (case, payload, expected) in &cases {
         let (error_type, message) = lambda.invoke(payload, LONG).await.error();
         assert_eq!(&error_type, expected, "{case}: {message}");
         assert!(!message.is_empty(), "{case}");
+        // The message names what to change.
+        let names = match *case {
+            "a filter name EC2 does not know" => "tags:Backup",
+            "201 values in one filter" => "201 values",
+            _ => "",
+        };
+        assert!(message.contains(names), "{case}: {message}");
     }
     let record = emulator.record();
     report("bad_input_matrix", &record, &format!("cases={}", cases.len()));
@@ -305,9 +335,164 @@ async fn copies_are_encrypted_as_asked_and_an_unusable_key_fails_the_copy() {
     report("encryption", &record, "");
 
     let copies: Vec<&Value> = record.copies().collect();
-    assert_eq!(copies.len(), 2);
+    assert_eq!(copies.len(), 4, "one good copy, three attempts with the unknown key");
     assert_eq!(copies[0]["encrypted"], true);
     assert_eq!(copies[0]["kms_key_id"], key.as_str());
     assert_eq!(error_type, "CopyFailed");
     assert!(message.contains(&ids[1]) && message.contains("Given key ID is not accessible"), "{message}");
+}
+
+/// The state machine's loop: the same request every round with `max_wait_seconds: 0`, a short
+/// Wait between rounds. One source's copies always end in `error`.
+#[tokio::test]
+async fn the_state_machine_loop_with_a_failing_source_ends_in_copy_failed() {
+    let emulator = FaultEc2::start();
+    let ids = emulator.sources(SOURCE, &[8, 16, 24, 32, 40, 48]);
+    let failing = json!({ids[3].clone(): "Given key ID is not accessible"});
+    emulator.configure(json!({"time_scale": TIME_SCALE, "failing_sources": failing}));
+    let mut lambda = function(&emulator).await;
+    let payload = request(&ids, json!({"wait_for_completion": true, "max_wait_seconds": 0}));
+    let mut rounds = 0;
+    let message = loop {
+        rounds += 1;
+        match lambda.invoke(&payload, LONG).await {
+            Answer::Response(response) => assert_eq!(response["complete"], false, "round {rounds}"),
+            Answer::Error { error_type, message } => {
+                assert_eq!(error_type, "CopyFailed", "round {rounds}: {message}");
+                break message;
+            }
+        }
+        assert!(rounds < 60, "the loop never ended: {:?}", emulator.record().0["copies"]);
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    };
+    let record = emulator.record();
+    report("state_machine_loop_one_failing_source", &record, &format!("rounds={rounds}"));
+    assert!(message.contains(&ids[3]) && message.contains("Given key ID is not accessible"), "{message}");
+    assert_eq!(record.error_copies_of(&ids[3]), 3, "attempts are bounded");
+    for copy in record.copies().filter(|c| !c["fails_with"].is_null()) {
+        assert!(message.contains(copy["snapshot_id"].as_str().unwrap()), "names each error copy: {message}");
+    }
+    let others: Vec<String> = ids.iter().filter(|id| **id != ids[3]).cloned().collect();
+    assert_each_copied_once(&record, &others);
+}
+
+/// Six runs of a plain request, as a daily schedule sends it, one source failing.
+#[tokio::test]
+async fn scheduled_runs_with_a_failing_source_report_it_and_bound_the_error_copies() {
+    let emulator = FaultEc2::start();
+    let ids = emulator.sources(SOURCE, &[8, 16, 24, 32, 40, 48]);
+    let failing = json!({ids[0].clone(): "Given key ID is not accessible"});
+    emulator.configure(json!({"time_scale": TIME_SCALE, "failing_sources": failing}));
+    let mut lambda = function(&emulator).await;
+    let payload = request(&ids, json!({}));
+    let mut reports = 0;
+    for run in 0..6 {
+        match lambda.invoke(&payload, LONG).await {
+            Answer::Response(response) => assert_eq!(response["failed"], json!([]), "run {run}"),
+            Answer::Error { error_type, message } => {
+                assert_eq!(error_type, "CopyFailed", "run {run}: {message}");
+                assert!(message.contains(&ids[0]), "{message}");
+                reports += 1;
+            }
+        }
+        // A day, scaled: every copy of the run has ended by the next.
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+    let record = emulator.record();
+    report("six_scheduled_runs_one_failing_source", &record, &format!("runs_reporting_it={reports}"));
+    assert!(reports > 0, "no run reported the failing source");
+    assert!(record.error_copies_of(&ids[0]) <= 3, "{} error copies", record.error_copies_of(&ids[0]));
+    assert_each_copied_once(&record, &ids[1..]);
+}
+
+/// An `EBS Snapshot Notification` while the region's copy quota stays full for longer than
+/// one invocation: the invocation fails (Lambda retries it, then dead-letters it), and a
+/// retry after the quota frees copies the snapshot once.
+#[tokio::test]
+async fn an_event_is_never_acknowledged_before_its_snapshot_is_copied() {
+    let emulator = FaultEc2::start();
+    emulator.configure(json!({"time_scale": TIME_SCALE, "region_limit": 20}));
+    let id = emulator.sources(SOURCE, &[8]).remove(0);
+    emulator.foreign_copies(TARGET, 20, 14.0);
+    let event = json!({
+        "version": "0", "id": "e", "detail-type": "EBS Snapshot Notification", "source": "aws.ec2",
+        "account": "123456789012", "time": "2026-11-25T10:00:00Z", "region": SOURCE, "resources": [],
+        "detail": {"event": "createSnapshot", "result": "succeeded",
+                   "snapshot_id": format!("arn:aws:ec2::{SOURCE}:snapshot/{id}")}
+    });
+    let mut lambda = function(&emulator).await;
+    let mut attempts = 0;
+    let response = loop {
+        attempts += 1;
+        match lambda.invoke(&event, Duration::from_secs(8)).await {
+            Answer::Response(response) => break response,
+            Answer::Error { error_type, message } => {
+                assert_eq!(error_type, "SourcesPending", "attempt {attempts}: {message}");
+                assert!(message.contains(&id), "{message}");
+            }
+        }
+        assert!(attempts < 6, "never copied");
+        // Lambda's retry of an asynchronous invocation (a minute, scaled).
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    };
+    let record = emulator.record();
+    report("event_while_quota_full", &record, &format!("attempts={attempts}"));
+    assert!(attempts > 1, "the quota was free at once; the scenario tests nothing");
+    assert_eq!(response["complete"], true);
+    assert_eq!(copied_sources(&response), [id.clone()]);
+    assert_each_copied_once(&record, &[id]);
+}
+
+/// CopySnapshot answers lost after the copy exists (a 500), and new copies missing from
+/// DescribeSnapshots for a while: the function may start a source twice, and heals it.
+#[tokio::test]
+async fn lost_answers_and_a_lagging_listing_end_with_one_copy_per_source() {
+    let emulator = FaultEc2::start();
+    emulator.configure(json!({"time_scale": TIME_SCALE, "lost_answer_rate": 0.4, "visibility_lag_seconds": 1.5}));
+    let ids = emulator.sources(SOURCE, &sizes(&mut StdRng::seed_from_u64(3), 12));
+    let mut lambda = function(&emulator).await;
+    let payload = request(&ids, json!({"pending_limit": 6, "wait_for_completion": true}));
+    let mut invocations = 0;
+    let mut removed = 0;
+    loop {
+        invocations += 1;
+        let response = lambda.invoke(&payload, LONG).await.response();
+        removed += response["duplicates_removed"].as_array().map_or(0, Vec::len);
+        // Done when a run finds every copy in place and starts none: nothing left to heal.
+        let all_reused = response["copies"].as_array().is_some_and(|c| c.iter().all(|c| c["reused"] == true));
+        if response["complete"] == true && all_reused {
+            break;
+        }
+        assert!(invocations < 10, "never finished");
+        // The listing's lag passes before the next look, as it would between schedule runs.
+        tokio::time::sleep(Duration::from_secs(2)).await;
+    }
+    let record = emulator.record();
+    report(
+        "lost_answers_and_listing_lag",
+        &record,
+        &format!("invocations={invocations} duplicates_removed={removed}"),
+    );
+    assert!(record.lost_answers() > 0, "no answer was lost");
+    assert_eq!(record.deleted(), removed, "every deletion is reported");
+    assert_each_copied_once(&record, &ids);
+}
+
+/// DescribeSnapshots pages its answers (EC2 may return fewer than MaxResults, with a token):
+/// every page is read, for the sources and for the earlier copies.
+#[tokio::test]
+async fn paged_answers_are_read_to_the_end() {
+    let emulator = FaultEc2::start();
+    emulator.configure(json!({"time_scale": TIME_SCALE, "page_size": 2}));
+    let mut lambda = function(&emulator).await;
+    let ids = emulator.sources(SOURCE, &[8, 8, 8, 8, 8, 8, 8]);
+    let payload = request(&ids, json!({"wait_for_completion": true}));
+    let first = lambda.invoke(&payload, LONG).await.response();
+    assert_eq!(copied_sources(&first), ids);
+    let second = lambda.invoke(&payload, LONG).await.response();
+    let record = emulator.record();
+    report("paged_describe_snapshots", &record, "");
+    assert_eq!(second["copies"].as_array().unwrap().iter().filter(|c| c["reused"] == true).count(), 7);
+    assert_each_copied_once(&record, &ids);
+    assert!(record.calls("DescribeSnapshots") >= 4 * 3, "pages were not fetched");
 }

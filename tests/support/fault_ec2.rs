@@ -4,6 +4,7 @@
 
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
+use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -12,6 +13,8 @@ use serde_json::{Value, json};
 pub struct FaultEc2 {
     child: Child,
     port: u16,
+    /// The emulator's stderr, kept for the failure message of a test that panics.
+    log: PathBuf,
 }
 
 impl FaultEc2 {
@@ -23,21 +26,33 @@ impl FaultEc2 {
             "the fault emulator needs moto in .venv: run the tests with `make test`"
         );
         let port = TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).expect("a free port").port();
+        let log = std::env::temp_dir().join(format!("fault_ec2-{}-{port}.log", std::process::id()));
+        let stderr = std::fs::File::create(&log).expect("a log file for the emulator");
         let child = Command::new(python)
             .arg(format!("{root}/tests/fault_ec2.py"))
             .arg(port.to_string())
             .stdin(Stdio::null())
             .stdout(Stdio::null())
-            .stderr(Stdio::null())
+            .stderr(stderr)
             .spawn()
             .expect("the fault emulator starts");
-        let emulator = Self { child, port };
+        let mut emulator = Self { child, port, log };
         let started = Instant::now();
         while TcpStream::connect(("127.0.0.1", port)).is_err() {
-            assert!(started.elapsed() < Duration::from_secs(60), "the fault emulator did not start");
+            if let Ok(Some(status)) = emulator.child.try_wait() {
+                panic!("the fault emulator exited ({status}):\n{}", emulator.log_tail());
+            }
+            assert!(started.elapsed() < Duration::from_secs(60), "the fault emulator did not start:\n{}", emulator.log_tail());
             std::thread::sleep(Duration::from_millis(100));
         }
         emulator
+    }
+
+    /// The end of the emulator's stderr (Python tracebacks land there).
+    pub fn log_tail(&self) -> String {
+        let text = std::fs::read_to_string(&self.log).unwrap_or_default();
+        let lines: Vec<&str> = text.lines().collect();
+        lines[lines.len().saturating_sub(40)..].join("\n")
     }
 
     pub fn endpoint(&self) -> String {
@@ -84,8 +99,12 @@ impl FaultEc2 {
 
 impl Drop for FaultEc2 {
     fn drop(&mut self) {
+        if std::thread::panicking() {
+            eprintln!("--- fault emulator stderr (last lines) ---\n{}", self.log_tail());
+        }
         let _ = self.child.kill();
         let _ = self.child.wait();
+        let _ = std::fs::remove_file(&self.log);
     }
 }
 
@@ -113,19 +132,43 @@ impl Record {
         self.0["no_slot_answers"].as_u64().unwrap_or(0)
     }
 
-    /// Copies made of `source` that did not fail.
+    /// Copies of `source` that did not fail and were not deleted.
     pub fn good_copies_of(&self, source: &str) -> usize {
-        self.copies().filter(|c| c["source_snapshot_id"] == source && c["fails_with"].is_null()).count()
+        self.live_copies().filter(|c| c["source_snapshot_id"] == source).count()
+    }
+
+    /// Copies of `source` that ended in `error` (the emulator fails them on purpose).
+    pub fn error_copies_of(&self, source: &str) -> usize {
+        self.copies().filter(|c| c["source_snapshot_id"] == source && !c["fails_with"].is_null()).count()
+    }
+
+    fn live_copies(&self) -> impl Iterator<Item = &Value> {
+        self.copies().filter(|c| c["fails_with"].is_null() && c["deleted"] != true)
+    }
+
+    /// Copies deleted (only this function deletes, and only duplicates).
+    pub fn deleted(&self) -> usize {
+        self.copies().filter(|c| c["deleted"] == true).count()
+    }
+
+    /// CopySnapshot calls that sent `Encrypted=false`, which the API reference says cannot be set.
+    pub fn explicit_encrypted_false(&self) -> u64 {
+        self.0["explicit_encrypted_false"].as_u64().unwrap_or(0)
+    }
+
+    /// CopySnapshot calls that made a copy and answered with a 500.
+    pub fn lost_answers(&self) -> u64 {
+        self.0["lost_answers"].as_u64().unwrap_or(0)
     }
 
     pub fn copies(&self) -> impl Iterator<Item = &Value> {
         self.0["copies"].as_array().into_iter().flatten()
     }
 
-    /// Sources with more than one good copy.
+    /// Sources with more than one good copy left.
     pub fn duplicates(&self) -> usize {
         let mut counts = std::collections::HashMap::new();
-        for copy in self.copies().filter(|c| c["fails_with"].is_null()) {
+        for copy in self.live_copies() {
             *counts.entry(copy["source_snapshot_id"].as_str().unwrap_or_default().to_owned()).or_insert(0) += 1;
         }
         counts.values().filter(|n| **n > 1).count()
