@@ -8,7 +8,7 @@
 
 use std::collections::{HashMap, HashSet};
 use std::sync::{Mutex, MutexGuard};
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use tokio::time::Instant;
 
@@ -64,6 +64,8 @@ struct Snapshot {
     fixed_state: Option<SnapshotState>,
     archived: bool,
     started: Instant,
+    /// EC2's StartTime, on the wall clock (tokio's paused clock has no calendar).
+    start_time: SystemTime,
     duration: Duration,
     /// Ends in `error` with this message halfway through.
     fails_with: Option<String>,
@@ -250,11 +252,19 @@ impl SimulatedEc2 {
             fixed_state: Some(state),
             archived: false,
             started: Instant::now(),
+            start_time: SystemTime::now(),
             duration: Duration::ZERO,
             fails_with: None,
         };
         world.regions.entry(region.to_owned()).or_default().insert(snapshot);
         id
+    }
+
+    /// Sets a snapshot's StartTime (by default, the wall-clock moment it was added).
+    pub fn set_start_time(&self, region: &str, id: &SnapshotId, start_time: SystemTime) {
+        if let Some(s) = self.lock().regions.get_mut(region).and_then(|r| r.snapshots.get_mut(id)) {
+            s.start_time = start_time;
+        }
     }
 
     /// Marks a source as moved to the archive tier.
@@ -278,6 +288,7 @@ impl SimulatedEc2 {
                 fixed_state: None,
                 archived: false,
                 started: Instant::now(),
+            start_time: SystemTime::now(),
                 duration,
                 fails_with: None,
             };
@@ -401,6 +412,7 @@ impl SimulatedEc2 {
             fixed_state: None,
             archived: false,
             started: now,
+            start_time: SystemTime::now(),
             duration: world.model.duration(source.size_gib),
             fails_with: world.failing_sources.get(&spec.source_id).cloned(),
         };
@@ -464,6 +476,7 @@ impl SnapshotStore for SimulatedEc2 {
             encrypted: s.encrypted,
             archived: s.archived,
             tags: s.tags.clone(),
+            start_time: Some(s.start_time),
         };
         match selector {
             SourceSelector::Ids(ids) => {
