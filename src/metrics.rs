@@ -45,9 +45,11 @@ impl InvocationCounts {
             pending_sources: response.pending_sources.len(),
             errors: 0,
             // A start time in the future (clock skew) counts as age 0.
-            oldest_uncopied_seconds: Some(response.oldest_uncopied_start.map_or(0, |start| {
-                now.duration_since(start).unwrap_or_default().as_secs()
-            })),
+            oldest_uncopied_seconds: Some(
+                response
+                    .oldest_uncopied_start
+                    .map_or(0, |start| now.duration_since(start).unwrap_or_default().as_secs()),
+            ),
         }
     }
 }
@@ -160,7 +162,11 @@ mod tests {
         assert_eq!(doc["OldestUncopiedSourceSeconds"], 90_000);
         let declared = &doc["_aws"]["CloudWatchMetrics"][0]["Metrics"];
         assert!(
-            declared.as_array().unwrap().iter().any(|m| m["Name"] == "OldestUncopiedSourceSeconds" && m["Unit"] == "Seconds"),
+            declared
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|m| m["Name"] == "OldestUncopiedSourceSeconds" && m["Unit"] == "Seconds"),
             "{declared}"
         );
     }

@@ -163,7 +163,11 @@ impl Settings {
                         .filter(|r| !r.is_empty())
                         .map(|r| {
                             Region::parse(r).map_err(|_| {
-                                invalid(name, &v, &format!("comma-separated regions, each {}", crate::ids::REGION_FORMAT))
+                                invalid(
+                                    name,
+                                    &v,
+                                    &format!("comma-separated regions, each {}", crate::ids::REGION_FORMAT),
+                                )
                             })
                         })
                         .collect::<Result<Vec<_>, _>>()

@@ -150,7 +150,8 @@ impl Summary {
 
     /// A `CopyFailed` message of bounded size: the counts and the listed failures.
     pub fn failure_message(&self, target_region: &str) -> String {
-        let listed: Vec<String> = self.failures.iter().map(|f| format!("{}: {}", f.source_snapshot_id, f.error)).collect();
+        let listed: Vec<String> =
+            self.failures.iter().map(|f| format!("{}: {}", f.source_snapshot_id, f.error)).collect();
         let more = self.failed - self.failures.len();
         format!(
             "{} of {} sources failed to copy to {target_region}: {}{}. {} copies made ({} completed); the \

@@ -288,7 +288,7 @@ impl SimulatedEc2 {
                 fixed_state: None,
                 archived: false,
                 started: Instant::now(),
-            start_time: SystemTime::now(),
+                start_time: SystemTime::now(),
                 duration,
                 fails_with: None,
             };

@@ -160,5 +160,8 @@ fn the_alarms_watch_metrics_the_function_emits() {
         assert!(block.split("\n\n").next().is_some_and(|b| b.contains(expected)), "{alarm} lacks {expected}");
     }
     assert!(template.contains("    Condition: HasDeadLetterAlarm\n"), "the queue's alarm only where the queue exists");
-    assert!(template.contains("Dimensions: [{Name: TargetRegion, Value: !Ref TargetRegion}]"), "alarms per TargetRegion");
+    assert!(
+        template.contains("Dimensions: [{Name: TargetRegion, Value: !Ref TargetRegion}]"),
+        "alarms per TargetRegion"
+    );
 }

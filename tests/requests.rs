@@ -206,7 +206,9 @@ fn bad_environment_names_the_variable() {
     }
     // CloudFormation passes an unset optional parameter as "".
     let settings = Settings::from_lookup(|k| {
-        ["KMS_KEY_ID", "PENDING_LIMIT", "ALLOWED_SOURCE_REGIONS", "ALLOWED_TARGET_REGIONS"].contains(&k).then(String::new)
+        ["KMS_KEY_ID", "PENDING_LIMIT", "ALLOWED_SOURCE_REGIONS", "ALLOWED_TARGET_REGIONS"]
+            .contains(&k)
+            .then(String::new)
     })
     .unwrap();
     assert_eq!(settings, Settings::default());
@@ -233,8 +235,18 @@ async fn regions_the_deployment_cannot_reach_are_refused_before_any_call() {
         })
     };
     let cases = [
-        ("another target", json!({"snapshot_ids": [ID_A], "target_region": "eu-central-1"}), "target_region: eu-central-1", "valid: eu-west-1"),
-        ("another source", json!({"snapshot_ids": [ID_A], "region": "ap-south-1"}), "region: ap-south-1", "us-east-1 or eu-west-1"),
+        (
+            "another target",
+            json!({"snapshot_ids": [ID_A], "target_region": "eu-central-1"}),
+            "target_region: eu-central-1",
+            "valid: eu-west-1",
+        ),
+        (
+            "another source",
+            json!({"snapshot_ids": [ID_A], "region": "ap-south-1"}),
+            "region: ap-south-1",
+            "us-east-1 or eu-west-1",
+        ),
         ("an event from another region", arn_event("ap-south-1"), "region: ap-south-1", "ALLOWED_SOURCE_REGIONS"),
     ];
     for (case, payload, field, valid) in cases {

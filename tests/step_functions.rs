@@ -60,7 +60,10 @@ impl Record {
 #[derive(Debug)]
 enum Outcome {
     Succeeded(Value),
-    Failed { error: String, cause: String },
+    Failed {
+        error: String,
+        cause: String,
+    },
     /// Still looping after the allowed number of invocations; the state before the next Wait.
     Running(Value),
 }
@@ -119,7 +122,8 @@ fn evaluate(expression: &str, input: &Value) -> Value {
     }
     if let Some(args) = expression.strip_prefix("States.JsonMerge(").and_then(|e| e.strip_suffix(", false)")) {
         let (first, second) = args.split_once(", ").unwrap_or_else(|| panic!("unsupported {expression}"));
-        let (Value::Object(mut merged), Value::Object(other)) = (evaluate(first, input), evaluate(second, input)) else {
+        let (Value::Object(mut merged), Value::Object(other)) = (evaluate(first, input), evaluate(second, input))
+        else {
             panic!("States.JsonMerge needs two objects: {expression}");
         };
         // Shallow merge (deep = false): the second object's fields win.
@@ -234,7 +238,10 @@ async fn execute(ec2: &SimulatedEc2, settings: &Settings, input: Value, max_invo
                         };
                         let placed =
                             place(&data, state.get("ResultPath").and_then(Value::as_str).unwrap_or("$"), selected);
-                        state.get("OutputPath").and_then(Value::as_str).map_or(placed.clone(), |p| read_path(&placed, p))
+                        state
+                            .get("OutputPath")
+                            .and_then(Value::as_str)
+                            .map_or(placed.clone(), |p| read_path(&placed, p))
                     }
                     Err(error) => {
                         // A Lambda function error: Error is the errorType, Cause the error
@@ -284,7 +291,11 @@ async fn execute(ec2: &SimulatedEc2, settings: &Settings, input: Value, max_invo
                 let error = read_path(&data, state["ErrorPath"].as_str().expect("ErrorPath"));
                 let cause = read_path(&data, state["CausePath"].as_str().expect("CausePath"));
                 let (error, cause) = (error.as_str().unwrap_or("").to_owned(), cause.as_str().unwrap_or("").to_owned());
-                assert!(cause.len() <= CAUSE_QUOTA, "the execution's cause is {} bytes, over {CAUSE_QUOTA}", cause.len());
+                assert!(
+                    cause.len() <= CAUSE_QUOTA,
+                    "the execution's cause is {} bytes, over {CAUSE_QUOTA}",
+                    cause.len()
+                );
                 return (Outcome::Failed { error, cause }, record);
             }
             other => panic!("{name}: state type {other} is not interpreted here"),
@@ -351,7 +362,10 @@ async fn ten_thousand_sources_stay_within_the_payload_quota() {
     assert_eq!(summary["failed"], 0);
     assert!(record.invocations >= 2, "the loop went round: {record:?}");
     assert!(record.largest < 16 * 1024, "largest: {} bytes ({})", record.largest, record.largest_what);
-    println!("ten_thousand_sources largest={} ({}) invocations={}", record.largest, record.largest_what, record.invocations);
+    println!(
+        "ten_thousand_sources largest={} ({}) invocations={}",
+        record.largest, record.largest_what, record.invocations
+    );
 }
 
 /// EC2 refuses every copy with a long message: the failures in state, and in the error that
