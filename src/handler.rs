@@ -1,6 +1,7 @@
 //! One invocation, end to end: payload → request → reconcile → response. `handle` is the
-//! runtime-free core the tests call; `handle_lambda_event` adds what Lambda hands over (the
-//! deadline), the per-invocation debug switch and the metrics line.
+//! runtime-free core the tests call; `handle_answer` also shapes the answer as the request's
+//! `response_format` asks; `handle_lambda_event` adds what Lambda hands over (the deadline), the
+//! per-invocation debug switch and the metrics line, which always counts the full response.
 
 use std::time::{Duration, SystemTime};
 
