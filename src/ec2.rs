@@ -285,6 +285,7 @@ fn to_source(snapshot: &types::Snapshot) -> Option<SourceSnapshot> {
         encrypted: snapshot.encrypted().unwrap_or(false),
         archived: snapshot.storage_tier() == Some(&StorageTier::Archive),
         tags: tags_of(snapshot),
+        start_time: snapshot.start_time().and_then(|t| std::time::SystemTime::try_from(*t).ok()),
     })
 }
 

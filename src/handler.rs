@@ -1,6 +1,7 @@
 //! One invocation, end to end: payload → request → reconcile → response. `handle` is the
-//! runtime-free core the tests call; `handle_lambda_event` adds what Lambda hands over (the
-//! deadline), the per-invocation debug switch and the metrics line.
+//! runtime-free core the tests call; `handle_answer` also shapes the answer as the request's
+//! `response_format` asks; `handle_lambda_event` adds what Lambda hands over (the deadline), the
+//! per-invocation debug switch and the metrics line, which always counts the full response.
 
 use std::time::{Duration, SystemTime};
 
@@ -16,7 +17,7 @@ use crate::logging::LogLevel;
 use crate::metrics::{self, InvocationCounts};
 use crate::reconcile::{RunLimits, reconcile};
 use crate::request::Settings;
-use crate::response::Response;
+use crate::response::{Answer, Response, ResponseFormat, respond};
 use crate::store::SnapshotStore;
 
 /// An invocation's payload as the runtime hands it over: JSON, or why it is not. Taking
@@ -50,14 +51,36 @@ pub async fn handle<S: SnapshotStore>(
     run(parse_payload(payload, settings)?, settings, store, deadline).await
 }
 
+/// Handles one payload and answers in the request's `response_format`, as the function does
+/// in Lambda (without the logging and metrics of [`handle_lambda_event`]).
+pub async fn handle_answer<S: SnapshotStore>(
+    payload: Value,
+    settings: &Settings,
+    store: &S,
+    deadline: Option<Instant>,
+) -> Result<Answer, CopySnapshotsError> {
+    let invocation = parse_payload(payload, settings)?;
+    let (format, target_region) = answer_shape(&invocation);
+    respond(run(invocation, settings, store, deadline).await, format, &target_region)
+}
+
+/// How the invocation wants its answer, and the target region its messages name.
+fn answer_shape(invocation: &Invocation) -> (ResponseFormat, String) {
+    match invocation {
+        Invocation::Copy(request) => (request.response_format, request.target_region.to_string()),
+        Invocation::Ignore { .. } => (ResponseFormat::Full, String::new()),
+    }
+}
+
 /// Handles one Lambda invocation: the deadline comes from the context, `debug: true` raises
 /// this invocation's logs, and a failure is logged with its errorType before it is returned.
+/// The metrics line counts the full response, whatever format the answer takes.
 pub async fn handle_lambda_event<S: SnapshotStore>(
     event: LambdaEvent<Payload>,
     settings: &Settings,
     store: &S,
     log_level: &LogLevel,
-) -> Result<Response, CopySnapshotsError> {
+) -> Result<Answer, CopySnapshotsError> {
     let mut remaining = event.context.deadline().duration_since(SystemTime::now()).unwrap_or_default();
     if remaining.is_zero() {
         // Lambda always hands over a future deadline; some local emulators send none.
@@ -66,6 +89,7 @@ pub async fn handle_lambda_event<S: SnapshotStore>(
     }
     let deadline = Instant::now() + remaining;
     let mut target_region = None;
+    let mut format = ResponseFormat::Full;
     let result = async {
         let payload = match event.payload {
             Payload::Json(value) => value,
@@ -79,6 +103,7 @@ pub async fn handle_lambda_event<S: SnapshotStore>(
         if let Invocation::Copy(request) = &invocation {
             target_region = Some(request.target_region.to_string());
         }
+        format = answer_shape(&invocation).0;
         let _debug = match &invocation {
             Invocation::Copy(request) => log_level.debug_for_invocation(request.debug),
             Invocation::Ignore { .. } => None,
@@ -90,11 +115,15 @@ pub async fn handle_lambda_event<S: SnapshotStore>(
     if let Err(e) = &result {
         error!(error_type = e.error_type(), error_message = %e, "invocation failed");
     }
-    let now_ms = SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).unwrap_or_default().as_millis();
+    // A request rejected before its target region was known is still counted under the
+    // deployment's default, where the alarms look.
+    let target_region = target_region.or_else(|| settings.target_region.as_ref().map(ToString::to_string));
+    let now = SystemTime::now();
+    let now_ms = now.duration_since(SystemTime::UNIX_EPOCH).unwrap_or_default().as_millis();
     // Straight to stdout, not through tracing: CloudWatch extracts metrics only from a line
     // that is the EMF document itself.
-    println!("{}", metrics::emf(target_region.as_deref(), InvocationCounts::of(&result), now_ms));
-    result
+    println!("{}", metrics::emf(target_region.as_deref(), InvocationCounts::of(&result, now), now_ms));
+    respond(result, format, target_region.as_deref().unwrap_or("the target region"))
 }
 
 async fn run<S: SnapshotStore>(

@@ -1,6 +1,13 @@
 //! One CloudWatch Embedded Metric Format line per invocation: what the invocation did, as
 //! metrics in the `CopySnapshots` namespace with the target region as dimension. Lambda sends
 //! stdout to CloudWatch Logs, which extracts the metrics; no API call, no extra permission.
+//!
+//! `OldestUncopiedSourceSeconds` is the recovery point a disaster-recovery owner watches: the
+//! age of the oldest source of the request with no completed copy yet, 0 when every source has
+//! one (an alarm needs a value to clear). It is left out when the invocation failed before it
+//! knew its sources: an unknown age is not a zero one.
+
+use std::time::SystemTime;
 
 use serde_json::{Value, json};
 
@@ -20,10 +27,13 @@ pub struct InvocationCounts {
     /// 1 when the invocation ended in an error other than `CopyFailed` or `SourcesPending`
     /// (both report their work; the second is retried by Lambda).
     pub errors: usize,
+    /// Seconds since the start of the oldest source without a completed copy, at `now`; 0 when
+    /// all are copied; `None` when the sources are unknown.
+    pub oldest_uncopied_seconds: Option<u64>,
 }
 
 impl InvocationCounts {
-    pub fn of(result: &Result<Response, CopySnapshotsError>) -> Self {
+    pub fn of(result: &Result<Response, CopySnapshotsError>, now: SystemTime) -> Self {
         let response = match result {
             Ok(response) => response,
             Err(
@@ -39,6 +49,12 @@ impl InvocationCounts {
             pending_sources: response.pending_sources.len(),
             duplicates_removed: response.duplicates_removed.len(),
             errors: 0,
+            // A start time in the future (clock skew) counts as age 0.
+            oldest_uncopied_seconds: Some(
+                response
+                    .oldest_uncopied_start
+                    .map_or(0, |start| now.duration_since(start).unwrap_or_default().as_secs()),
+            ),
         }
     }
 }
@@ -46,26 +62,29 @@ impl InvocationCounts {
 /// The EMF document for one invocation. `target_region` is `None` when the request was
 /// rejected before one was known.
 pub fn emf(target_region: Option<&str>, counts: InvocationCounts, timestamp_ms: u128) -> Value {
-    let metrics = [
-        ("CopiesStarted", counts.copies_started),
-        ("CopiesReused", counts.copies_reused),
-        ("CopiesFailed", counts.copies_failed),
-        ("PendingSources", counts.pending_sources),
-        ("DuplicatesRemoved", counts.duplicates_removed),
-        ("InvocationErrors", counts.errors),
+    let mut metrics = vec![
+        ("CopiesStarted", "Count", counts.copies_started as u64),
+        ("CopiesReused", "Count", counts.copies_reused as u64),
+        ("CopiesFailed", "Count", counts.copies_failed as u64),
+        ("PendingSources", "Count", counts.pending_sources as u64),
+        ("DuplicatesRemoved", "Count", counts.duplicates_removed as u64),
+        ("InvocationErrors", "Count", counts.errors as u64),
     ];
+    if let Some(seconds) = counts.oldest_uncopied_seconds {
+        metrics.push(("OldestUncopiedSourceSeconds", "Seconds", seconds));
+    }
     let mut document = json!({
         "_aws": {
             "Timestamp": timestamp_ms,
             "CloudWatchMetrics": [{
                 "Namespace": NAMESPACE,
                 "Dimensions": [["TargetRegion"]],
-                "Metrics": metrics.iter().map(|(name, _)| json!({"Name": name, "Unit": "Count"})).collect::<Vec<_>>(),
+                "Metrics": metrics.iter().map(|(name, unit, _)| json!({"Name": name, "Unit": unit})).collect::<Vec<_>>(),
             }],
         },
         "TargetRegion": target_region.unwrap_or("unknown"),
     });
-    for (name, value) in metrics {
+    for (name, _, value) in metrics {
         document[name] = json!(value);
     }
     document
@@ -99,7 +118,8 @@ mod tests {
             }],
             ..Response::default()
         };
-        let counts = InvocationCounts::of(&Ok(response.clone()));
+        let now = SystemTime::now();
+        let counts = InvocationCounts::of(&Ok(response.clone()), now);
         assert_eq!(
             counts,
             InvocationCounts {
@@ -108,13 +128,18 @@ mod tests {
                 copies_failed: 1,
                 pending_sources: 1,
                 duplicates_removed: 0,
-                errors: 0
+                errors: 0,
+                oldest_uncopied_seconds: Some(0),
             }
         );
         let failed = Err(CopySnapshotsError::CopyFailed { message: "m".into(), response: Box::new(response) });
-        assert_eq!(InvocationCounts::of(&failed), counts, "CopyFailed still reports its work");
-        let throttled = InvocationCounts::of(&Err(CopySnapshotsError::Throttled("t".into())));
+        assert_eq!(InvocationCounts::of(&failed, now), counts, "CopyFailed still reports its work");
+        let throttled = InvocationCounts::of(&Err(CopySnapshotsError::Throttled("t".into())), now);
         assert_eq!(throttled.errors, 1);
+        assert_eq!(throttled.oldest_uncopied_seconds, None, "unknown, not zero");
+        let throttled_doc = emf(Some("eu-west-1"), throttled, 0);
+        assert!(throttled_doc.get("OldestUncopiedSourceSeconds").is_none());
+        assert!(!throttled_doc.to_string().contains("OldestUncopiedSourceSeconds"), "not declared either");
 
         let doc = emf(Some("eu-west-1"), counts, 1_700_000_000_000);
         assert_eq!(doc["TargetRegion"], "eu-west-1");
@@ -130,5 +155,27 @@ mod tests {
             assert!(doc[*name].is_number(), "{name} has a value");
         }
         assert_eq!(emf(None, counts, 0)["TargetRegion"], "unknown");
+    }
+
+    #[test]
+    fn the_recovery_point_is_the_age_of_the_oldest_uncopied_source() {
+        let now = SystemTime::UNIX_EPOCH + std::time::Duration::from_secs(1_800_000_000);
+        let response = Response {
+            oldest_uncopied_start: Some(now - std::time::Duration::from_secs(90_000)),
+            ..Response::default()
+        };
+        let counts = InvocationCounts::of(&Ok(response), now);
+        assert_eq!(counts.oldest_uncopied_seconds, Some(90_000));
+        let doc = emf(Some("eu-west-1"), counts, 0);
+        assert_eq!(doc["OldestUncopiedSourceSeconds"], 90_000);
+        let declared = &doc["_aws"]["CloudWatchMetrics"][0]["Metrics"];
+        assert!(
+            declared
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|m| m["Name"] == "OldestUncopiedSourceSeconds" && m["Unit"] == "Seconds"),
+            "{declared}"
+        );
     }
 }

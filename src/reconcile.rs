@@ -645,6 +645,13 @@ impl<'a, S: SnapshotStore> Run<'a, S> {
                 Stage::Waiting | Stage::NotReady | Stage::Unsure { .. } => response.pending_sources.push(source_id),
             }
         }
+        // For the recovery-point metric: a source counts as copied once its copy is completed.
+        response.oldest_uncopied_start = crate::response::oldest_uncopied(self.entries.iter().map(|e| {
+            (
+                e.source.start_time,
+                matches!(&e.stage, Stage::Copying { copy, .. } if copy.state == SnapshotState::Completed),
+            )
+        }));
         let all_done = !self.request.wait_for_completion || self.pending_copies().next().is_none();
         response.duplicates_removed = self.duplicates_removed;
         response.complete = response.pending_sources.is_empty() && response.failed.is_empty() && all_done;

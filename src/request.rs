@@ -10,6 +10,7 @@ use serde_json::Value;
 
 use crate::error::CopySnapshotsError;
 use crate::ids::{KmsKeyRef, Region, SnapshotId, shorten};
+use crate::response::ResponseFormat;
 use crate::store::{Filter, RESERVED_TAG_PREFIX, SourceSelector, Tag};
 
 /// Default for `pending_limit`: AWS's concurrent-copy quota per destination region.
@@ -41,6 +42,7 @@ pub struct RequestPayload {
     pub wait_for_completion: Option<bool>,
     pub max_wait_seconds: Option<u64>,
     pub debug: Option<bool>,
+    pub response_format: Option<ResponseFormat>,
 }
 
 /// One `filters` entry.
@@ -65,6 +67,7 @@ fn valid_values(field: &str) -> &'static str {
         "tags" => "an object of string keys to string values",
         "completion_duration_minutes" => "an integer from 15 to 2880, a multiple of 15",
         "max_wait_seconds" => "an integer ≥ 0",
+        "response_format" => "\"full\" (every copy listed) or \"summary\" (counts and the first failures)",
         _ => "see the request table in the README",
     }
 }
@@ -90,6 +93,12 @@ pub struct Settings {
     /// `EC2_CALL_TIMEOUT_SECONDS`: the SDK's operation timeout, which the engine also uses to
     /// start no call that could end after the invocation's deadline.
     pub call_timeout: Duration,
+    /// `ALLOWED_SOURCE_REGIONS` (comma-separated): the only source regions a request may name,
+    /// because the deployment's role may copy only from them. `None`: any.
+    pub allowed_source_regions: Option<Vec<Region>>,
+    /// `ALLOWED_TARGET_REGIONS` (comma-separated): the only target regions a request may name.
+    /// `None`: any.
+    pub allowed_target_regions: Option<Vec<Region>>,
 }
 
 impl Default for Settings {
@@ -103,6 +112,8 @@ impl Default for Settings {
             copy_tags: false,
             poll_interval: DEFAULT_POLL_INTERVAL,
             call_timeout: DEFAULT_CALL_TIMEOUT,
+            allowed_source_regions: None,
+            allowed_target_regions: None,
         }
     }
 }
@@ -164,6 +175,25 @@ impl Settings {
                     invalid("EC2_CALL_TIMEOUT_SECONDS", &v, "a number of seconds from 0.5 to 120")
                 })?,
         };
+        let regions = |name: &str| {
+            get(name)
+                .map(|v| {
+                    v.split(',')
+                        .map(str::trim)
+                        .filter(|r| !r.is_empty())
+                        .map(|r| {
+                            Region::parse(r).map_err(|_| {
+                                invalid(
+                                    name,
+                                    &v,
+                                    &format!("comma-separated regions, each {}", crate::ids::REGION_FORMAT),
+                                )
+                            })
+                        })
+                        .collect::<Result<Vec<_>, _>>()
+                })
+                .transpose()
+        };
         let kms_key = get("KMS_KEY_ID")
             .map(|v| KmsKeyRef::parse(&v).map_err(|_| invalid("KMS_KEY_ID", &v, crate::ids::KMS_KEY_FORMAT)))
             .transpose()?;
@@ -176,6 +206,8 @@ impl Settings {
             copy_tags: flag("COPY_TAGS")?,
             poll_interval,
             call_timeout,
+            allowed_source_regions: regions("ALLOWED_SOURCE_REGIONS")?,
+            allowed_target_regions: regions("ALLOWED_TARGET_REGIONS")?,
         })
     }
 }
@@ -201,6 +233,7 @@ pub struct CopyRequest {
     /// Made from an EventBridge event: the invocation fails (`SourcesPending`) while a source
     /// has no copy started, so the event is retried rather than acknowledged.
     pub from_event: bool,
+    pub response_format: ResponseFormat,
 }
 
 fn invalid(message: String) -> CopySnapshotsError {
@@ -268,6 +301,16 @@ impl CopyRequest {
             })?,
         };
 
+        // Before any call: the deployment's role could not copy elsewhere, and a late
+        // AccessDenied would come after other work.
+        check_allowed("region", &source_region, settings.allowed_source_regions.as_deref(), "ALLOWED_SOURCE_REGIONS")?;
+        check_allowed(
+            "target_region",
+            &target_region,
+            settings.allowed_target_regions.as_deref(),
+            "ALLOWED_TARGET_REGIONS",
+        )?;
+
         let pending_limit = payload.pending_limit.unwrap_or(settings.pending_limit);
         if pending_limit == 0 {
             return Err(invalid("pending_limit: 0 would never start a copy; valid: an integer ≥ 1".to_owned()));
@@ -319,8 +362,28 @@ impl CopyRequest {
             max_wait: payload.max_wait_seconds.map(Duration::from_secs),
             debug: payload.debug.unwrap_or(false),
             from_event: false,
+            response_format: payload.response_format.unwrap_or_default(),
         })
     }
+}
+
+/// `region` must be one of `allowed`, when the deployment restricts it.
+fn check_allowed(
+    field: &str,
+    region: &Region,
+    allowed: Option<&[Region]>,
+    variable: &str,
+) -> Result<(), CopySnapshotsError> {
+    let Some(allowed) = allowed else { return Ok(()) };
+    if allowed.contains(region) {
+        return Ok(());
+    }
+    let names: Vec<&str> = allowed.iter().map(Region::as_str).collect();
+    Err(invalid(format!(
+        "{field}: {region} is not allowed by this deployment (its role copies only from the stack's region to its \
+         TargetRegion); valid: {} (environment variable {variable})",
+        names.join(" or ")
+    )))
 }
 
 fn check_snapshot_ids(ids: &[String]) -> Result<Vec<SnapshotId>, CopySnapshotsError> {

@@ -1,7 +1,23 @@
 //! What an invocation answers: where every source stands. Field names are the contract of
 //! DESIGN.md; `snapshot_ids` is avtomat-aws's output, kept for its users.
+//!
+//! A full answer grows with the sources (about 160 bytes each). Step Functions fails an
+//! execution whose task result passes 256 KiB (`States.DataLimitExceeded`, which no Catch
+//! catches), and the limit applies to the Lambda task's raw result, before any ResultSelector.
+//! So a caller that keeps the answer in state asks for `response_format: "summary"` and gets an
+//! [`Answer::Summary`]: counts and a bounded list of failures, whatever the number of sources.
+//! The full list stays in the function's log line "done" and in a full answer.
+
+use std::time::SystemTime;
 
 use serde::{Deserialize, Serialize};
+
+use crate::error::CopySnapshotsError;
+
+/// Most failures a summary lists; the count says how many there are in all.
+pub const SUMMARY_MAX_FAILURES: usize = 20;
+/// Longest error text (in characters) a summary keeps per failure.
+pub const SUMMARY_MAX_ERROR_CHARS: usize = 300;
 
 /// The answer to one invocation.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -20,6 +36,10 @@ pub struct Response {
     /// answered late) that this invocation deleted, keeping the other.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub duplicates_removed: Vec<RemovedCopy>,
+    /// The start time of the oldest source with no `completed` copy yet; `None` when every
+    /// source has one. For the recovery-point metric only, not part of the answer.
+    #[serde(skip)]
+    pub oldest_uncopied_start: Option<SystemTime>,
 }
 
 impl Response {
@@ -60,4 +80,155 @@ pub struct FailureReport {
 pub struct RemovedCopy {
     pub source_snapshot_id: String,
     pub snapshot_id: String,
+}
+
+/// The request's `response_format`: how much the answer lists.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ResponseFormat {
+    /// Every copy, pending source and failure ([`Response`]).
+    #[default]
+    Full,
+    /// Counts and at most [`SUMMARY_MAX_FAILURES`] failures ([`SummaryAnswer`]), a few KiB
+    /// whatever the number of sources: for Step Functions.
+    Summary,
+}
+
+/// What the function returns: the full response, or its summary.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(untagged)]
+pub enum Answer {
+    Full(Response),
+    Summary(SummaryAnswer),
+}
+
+impl Answer {
+    pub fn new(response: Response, format: ResponseFormat) -> Self {
+        match format {
+            ResponseFormat::Full => Self::Full(response),
+            ResponseFormat::Summary => {
+                Self::Summary(SummaryAnswer { complete: response.complete, summary: Summary::of(&response) })
+            }
+        }
+    }
+}
+
+/// The compact answer: `complete` as in the full one, and the counts.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SummaryAnswer {
+    pub complete: bool,
+    pub summary: Summary,
+}
+
+/// Counts of a response, and its first failures.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Summary {
+    /// Sources the request resolved to (copies + pending_sources + failed).
+    pub sources: usize,
+    /// Copies started or reused.
+    pub copies: usize,
+    /// Of those, made by an earlier invocation.
+    pub reused: usize,
+    /// Of those, seen `completed`.
+    pub completed: usize,
+    /// Of those, not `completed` yet.
+    pub pending: usize,
+    /// Sources with no copy started yet.
+    pub pending_sources: usize,
+    /// Sources that could not be copied.
+    pub failed: usize,
+    /// The first [`SUMMARY_MAX_FAILURES`] failures, each error cut to
+    /// [`SUMMARY_MAX_ERROR_CHARS`] characters.
+    pub failures: Vec<FailureReport>,
+}
+
+impl Summary {
+    pub fn of(response: &Response) -> Self {
+        let completed = response.copies.iter().filter(|c| c.state == "completed").count();
+        Self {
+            sources: response.copies.len() + response.pending_sources.len() + response.failed.len(),
+            copies: response.copies.len(),
+            reused: response.copies.iter().filter(|c| c.reused).count(),
+            completed,
+            pending: response.copies.len() - completed,
+            pending_sources: response.pending_sources.len(),
+            failed: response.failed.len(),
+            failures: response
+                .failed
+                .iter()
+                .take(SUMMARY_MAX_FAILURES)
+                .map(|f| FailureReport { error: cut(&f.error, SUMMARY_MAX_ERROR_CHARS), ..f.clone() })
+                .collect(),
+        }
+    }
+
+    /// A `CopyFailed` message of bounded size: the counts and the listed failures.
+    pub fn failure_message(&self, target_region: &str) -> String {
+        let listed: Vec<String> =
+            self.failures.iter().map(|f| format!("{}: {}", f.source_snapshot_id, f.error)).collect();
+        let more = self.failed - self.failures.len();
+        format!(
+            "{} of {} sources failed to copy to {target_region}: {}{}. {} copies made ({} completed); the \
+             function's log lists every failure and copy",
+            self.failed,
+            self.sources,
+            listed.join("; "),
+            if more > 0 { format!("; and {more} more") } else { String::new() },
+            self.copies,
+            self.completed,
+        )
+    }
+}
+
+/// The result as the caller asked for it. A summary caller keeps errors in state too (a
+/// Catch's ResultPath), so a `CopyFailed` message, which names every failure and copy, is
+/// replaced by the summary's bounded one.
+pub fn respond(
+    result: Result<Response, CopySnapshotsError>,
+    format: ResponseFormat,
+    target_region: &str,
+) -> Result<Answer, CopySnapshotsError> {
+    match (result, format) {
+        (Ok(response), format) => Ok(Answer::new(response, format)),
+        (Err(CopySnapshotsError::CopyFailed { response, .. }), ResponseFormat::Summary) => {
+            let message = Summary::of(&response).failure_message(target_region);
+            Err(CopySnapshotsError::CopyFailed { message, response })
+        }
+        (Err(error), _) => Err(error),
+    }
+}
+
+/// The start time of the oldest source without a completed copy, from each source's start
+/// time and whether its copy is completed. Sources of unknown age are left out.
+pub fn oldest_uncopied(sources: impl IntoIterator<Item = (Option<SystemTime>, bool)>) -> Option<SystemTime> {
+    sources.into_iter().filter(|(_, copied)| !copied).filter_map(|(start, _)| start).min()
+}
+
+/// `text` cut to `max` characters, marked with `…` when cut.
+fn cut(text: &str, max: usize) -> String {
+    match text.char_indices().nth(max) {
+        Some((end, _)) => format!("{}…", &text[..end]),
+        None => text.to_owned(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+
+    #[test]
+    fn the_oldest_source_without_a_completed_copy() {
+        let t = |s: u64| Some(SystemTime::UNIX_EPOCH + Duration::from_secs(s));
+        assert_eq!(oldest_uncopied([(t(10), true), (t(30), false), (t(20), false), (None, false)]), t(20));
+        assert_eq!(oldest_uncopied([(t(10), true)]), None, "all copied");
+        assert_eq!(oldest_uncopied([]), None);
+    }
+
+    #[test]
+    fn cut_keeps_whole_characters() {
+        assert_eq!(cut("ééé", 2), "éé…");
+        assert_eq!(cut("abc", 3), "abc");
+    }
 }

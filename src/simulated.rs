@@ -86,6 +86,8 @@ struct Snapshot {
     started: Instant,
     /// Stuck at 0% this long after `started`, then `duration` to complete.
     stall: Duration,
+    /// EC2's StartTime, on the wall clock (tokio's paused clock has no calendar).
+    start_time: SystemTime,
     duration: Duration,
     /// Ends in `error` with this message halfway through.
     fails_with: Option<String>,
@@ -336,11 +338,19 @@ impl SimulatedEc2 {
             archived: false,
             started: Instant::now(),
             stall: Duration::ZERO,
+            start_time: SystemTime::now(),
             duration: Duration::ZERO,
             fails_with: None,
         };
         world.regions.entry(region.to_owned()).or_default().insert(snapshot);
         id
+    }
+
+    /// Sets a snapshot's StartTime (by default, the wall-clock moment it was added).
+    pub fn set_start_time(&self, region: &str, id: &SnapshotId, start_time: SystemTime) {
+        if let Some(s) = self.lock().regions.get_mut(region).and_then(|r| r.snapshots.get_mut(id)) {
+            s.start_time = start_time;
+        }
     }
 
     /// Marks a source as moved to the archive tier.
@@ -365,6 +375,7 @@ impl SimulatedEc2 {
                 archived: false,
                 started: Instant::now(),
                 stall: Duration::ZERO,
+                start_time: SystemTime::now(),
                 duration,
                 fails_with: None,
             };
@@ -502,6 +513,7 @@ impl SimulatedEc2 {
             archived: false,
             started: now,
             stall,
+            start_time: SystemTime::now(),
             duration: world.model.duration(source.size_gib).div_f64(speed),
             fails_with: world.failing_sources.get(&spec.source_id).cloned(),
         };
@@ -565,6 +577,7 @@ impl SnapshotStore for SimulatedEc2 {
             encrypted: s.encrypted,
             archived: s.archived,
             tags: s.tags.clone(),
+            start_time: Some(s.start_time),
         };
         match selector {
             SourceSelector::Ids(ids) => {

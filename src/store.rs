@@ -68,6 +68,8 @@ pub struct SourceSnapshot {
     /// In the archive storage tier: must be restored before it can be copied.
     pub archived: bool,
     pub tags: Vec<Tag>,
+    /// When the snapshot was taken (EC2's StartTime): how old the data a copy would protect is.
+    pub start_time: Option<SystemTime>,
 }
 
 impl SourceSnapshot {

@@ -1,7 +1,9 @@
 //! The deployment files agree with the code: the state machine's transitions all lead
 //! somewhere, it retries exactly the errorTypes the function raises for transient trouble, and
-//! the template sets the environment variables the function reads. (cfn-lint checks the
-//! template and the definition's schema in `make test`.)
+//! the template sets the environment variables the function reads, and its alarms watch metrics
+//! the function emits. (cfn-lint checks the template and the definition's schema, and
+//! scripts/check-iam.py what the role grants, in `make test`; tests/step_functions.rs runs the
+//! loop's paths on real answers.)
 
 use std::collections::HashSet;
 
@@ -42,9 +44,12 @@ fn every_transition_leads_to_a_state_and_every_state_is_reached() {
 fn the_loop_invokes_without_waiting_inside_lambda_and_stops_on_complete() {
     let asl = state_machine();
     let prepare = &asl["States"]["Prepare"]["Parameters"]["request.$"];
-    assert!(prepare.as_str().unwrap().contains(r#"{"max_wait_seconds": 0}"#), "{prepare}");
+    assert!(
+        prepare.as_str().unwrap().contains(r#"{"max_wait_seconds": 0, "response_format": "summary"}"#),
+        "{prepare}"
+    );
     let choice = &asl["States"]["Complete?"]["Choices"][0];
-    assert_eq!(choice["Variable"], "$.result.response.complete");
+    assert_eq!(choice["Variable"], "$.result.complete");
     assert_eq!(choice["BooleanEquals"], true);
     assert_eq!(asl["States"]["Wait"]["Next"], "Copy");
 }
@@ -91,10 +96,72 @@ fn the_template_sets_what_the_function_reads() {
     for variable in ["TARGET_REGION", "ENCRYPT", "KMS_KEY_ID", "PENDING_LIMIT", "COPY_TAGS"] {
         assert!(template.contains(&format!("{variable}: !Ref")), "template.yaml does not set {variable}");
     }
+    // The role copies only from the stack's region (or within TargetRegion) to TargetRegion;
+    // the function refuses other regions up front when these are set.
+    assert!(template.contains("ALLOWED_SOURCE_REGIONS: !Sub ${AWS::Region},${TargetRegion}\n"));
+    assert!(template.contains("ALLOWED_TARGET_REGIONS: !Ref TargetRegion\n"));
+    let deployed = copy_snapshots::Settings::from_lookup(|name| match name {
+        "AWS_REGION" => Some("us-east-1".into()),
+        "ALLOWED_SOURCE_REGIONS" => Some("us-east-1,eu-west-1".into()),
+        "ALLOWED_TARGET_REGIONS" => Some("eu-west-1".into()),
+        _ => None,
+    })
+    .expect("the values the template produces are valid settings");
+    assert_eq!(deployed.allowed_target_regions.map(|r| r.len()), Some(1));
+    // No reserved concurrency unless asked for: it fails to deploy in accounts with a
+    // concurrency quota of 10.
+    assert!(
+        template.contains(
+            "ReservedConcurrentExecutions: !If [HasReservedConcurrency, !Ref ReservedConcurrency, !Ref AWS::NoValue]"
+        ),
+        "ReservedConcurrentExecutions must be optional"
+    );
+    assert!(template.contains("  ReservedConcurrency:\n    Type: Number"));
+    assert!(template.contains("    MinValue: 0\n    Default: 0\n"), "ReservedConcurrency defaults to none");
     for required in
         ["provided.al2023", "BuildMethod: rust-cargolambda", "Timeout: 900", "MemorySize: 128", "LogFormat: JSON"]
     {
         assert!(template.contains(required), "template.yaml lacks {required}");
     }
     assert!(!template.contains("Action: \"*\"") && !template.contains("- \"*\"\n"), "no wildcard action");
+}
+
+#[test]
+fn the_alarms_watch_metrics_the_function_emits() {
+    let template = read("template.yaml");
+    let counts = copy_snapshots::metrics::InvocationCounts { oldest_uncopied_seconds: Some(0), ..Default::default() };
+    let emitted = copy_snapshots::metrics::emf(Some("eu-west-1"), counts, 0);
+    let declared: Vec<&str> = emitted["_aws"]["CloudWatchMetrics"][0]["Metrics"]
+        .as_array()
+        .expect("Metrics")
+        .iter()
+        .filter_map(|m| m["Name"].as_str())
+        .collect();
+    let mut namespace = "";
+    let mut watched = Vec::new();
+    for line in template.lines().map(str::trim) {
+        if let Some(ns) = line.strip_prefix("Namespace: ") {
+            namespace = ns;
+        } else if let Some(name) = line.strip_prefix("MetricName: ") {
+            if namespace == copy_snapshots::metrics::NAMESPACE {
+                assert!(declared.contains(&name), "alarm on {name}, which the function does not emit: {declared:?}");
+                watched.push(name);
+            }
+        }
+    }
+    for required in ["CopiesFailed", "InvocationErrors", "OldestUncopiedSourceSeconds"] {
+        assert!(watched.contains(&required), "no alarm on {required}");
+    }
+    for (alarm, expected) in [
+        ("FunctionErrorsAlarm", "MetricName: Errors"),
+        ("DeadLetterQueueAlarm", "MetricName: ApproximateNumberOfMessagesVisible"),
+    ] {
+        let block = template.split(&format!("  {alarm}:\n")).nth(1).unwrap_or_else(|| panic!("no {alarm}"));
+        assert!(block.split("\n\n").next().is_some_and(|b| b.contains(expected)), "{alarm} lacks {expected}");
+    }
+    assert!(template.contains("    Condition: HasDeadLetterAlarm\n"), "the queue's alarm only where the queue exists");
+    assert!(
+        template.contains("Dimensions: [{Name: TargetRegion, Value: !Ref TargetRegion}]"),
+        "alarms per TargetRegion"
+    );
 }

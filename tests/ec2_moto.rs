@@ -219,3 +219,16 @@ async fn many_sources_are_looked_up_in_chunks_and_found_again() {
     assert!(second.copies.iter().all(|c| c.reused), "copies past the first 200 are found too");
     assert_eq!(store.copies.load(Ordering::Relaxed), 210);
 }
+
+#[tokio::test]
+async fn sources_carry_their_start_time_for_the_recovery_point() {
+    let source_ec2 = ec2_in(SOURCE).await;
+    let before = std::time::SystemTime::now() - std::time::Duration::from_secs(120);
+    let id = make_snapshot(&source_ec2, 8, &[]).await;
+    let store = Ec2Store::new(&sdk_config().await);
+    let selector = SourceSelector::Ids(vec![SnapshotId::parse(&id).unwrap()]);
+    let found: Vec<SourceSnapshot> = store.describe_sources(&Region::parse(SOURCE).unwrap(), &selector).await.unwrap();
+    let start = found[0].start_time.expect("EC2's StartTime is read");
+    let after = std::time::SystemTime::now() + std::time::Duration::from_secs(120);
+    assert!(before <= start && start <= after, "{start:?} is not the creation time");
+}

@@ -137,3 +137,48 @@ async fn errors_come_back_with_their_error_type() {
     lambda.invoke(&json!({"snapshot_ids": [present]}), DEADLINE).await.response();
     assert_eq!(debug_lines(&lambda.log(), before), 0);
 }
+
+#[tokio::test]
+async fn deployed_settings_summary_answers_and_the_recovery_point_metric() {
+    let source = ec2_in(SOURCE).await;
+    // What template.yaml sets for a stack in us-east-1 with TargetRegion eu-west-1.
+    let mut lambda = LambdaHarness::start(&[
+        ("AWS_REGION", SOURCE),
+        ("TARGET_REGION", TARGET),
+        ("POLL_INTERVAL_SECONDS", "0.2"),
+        ("ALLOWED_SOURCE_REGIONS", &format!("{SOURCE},{TARGET}")),
+        ("ALLOWED_TARGET_REGIONS", TARGET),
+    ])
+    .await;
+
+    // The state machine's request: a summary, not the list.
+    let marker = format!("summary-{}", std::process::id());
+    let tagged = make_snapshot(&source, 8, &[("Backup", &marker)]).await;
+    let request = json!({"filters": [{"name": "tag:Backup", "values": [marker]}],
+                         "max_wait_seconds": 0, "response_format": "summary"});
+    let answer = lambda.invoke(&request, DEADLINE).await.response();
+    let keys: Vec<&String> = answer.as_object().unwrap().keys().collect();
+    assert_eq!(keys, ["complete", "summary"], "{answer}");
+    assert_eq!(answer["summary"]["copies"], 1, "{answer}");
+    assert!(!answer.to_string().contains(&tagged), "a summary lists no sources: {answer}");
+
+    // A region the role cannot reach is refused, naming the allowed one.
+    let (error_type, message) =
+        lambda.invoke(&json!({"snapshot_ids": [tagged], "target_region": "eu-central-1"}), DEADLINE).await.error();
+    assert_eq!(error_type, "InvalidRequest");
+    assert!(message.contains("target_region: eu-central-1") && message.contains(TARGET), "{message}");
+
+    // The metrics line carries the recovery point; the refused request is counted under the
+    // stack's target region, where the alarms look.
+    let log = lambda.log();
+    let metrics: Vec<Value> = log
+        .lines()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .filter(|l| l["_aws"]["CloudWatchMetrics"].is_array())
+        .collect();
+    assert_eq!(metrics.len(), 2, "{log}");
+    assert!(metrics[0]["OldestUncopiedSourceSeconds"].is_u64(), "{}", metrics[0]);
+    assert_eq!(metrics[1]["InvocationErrors"], 1);
+    assert_eq!(metrics[1]["TargetRegion"], TARGET);
+    assert!(metrics[1].get("OldestUncopiedSourceSeconds").is_none(), "unknown, not reported: {}", metrics[1]);
+}

@@ -108,6 +108,8 @@ fn bad_inputs() -> Vec<(&'static str, Value, &'static str)> {
         ("duration not a multiple of 15", with("completion_duration_minutes", json!(20)), "multiple of 15"),
         ("duration too long", with("completion_duration_minutes", json!(2895)), "completion_duration_minutes"),
         ("negative max wait", with("max_wait_seconds", json!(-1)), "max_wait_seconds"),
+        ("unknown response format", with("response_format", json!("brief")), "\"full\""),
+        ("response format not a string", with("response_format", json!(true)), "response_format"),
         ("payload is a list", json!([ID_A]), "must be a JSON object"),
         ("payload is a string", json!("copy everything"), "must be a JSON object"),
         (
@@ -196,13 +198,90 @@ fn bad_environment_names_the_variable() {
         ("TARGET_REGION", "europe"),
         ("KMS_KEY_ID", "my key"),
         ("POLL_INTERVAL_SECONDS", "-1"),
+        ("ALLOWED_SOURCE_REGIONS", "us-east-1,Europe"),
+        ("ALLOWED_TARGET_REGIONS", "eu-west-1;us-east-1"),
     ] {
         let err = Settings::from_lookup(|k| (k == name).then(|| value.to_owned())).unwrap_err();
         assert!(err.to_string().contains(name), "{err}");
     }
     // CloudFormation passes an unset optional parameter as "".
-    let settings = Settings::from_lookup(|k| (k == "KMS_KEY_ID" || k == "PENDING_LIMIT").then(String::new)).unwrap();
+    let settings = Settings::from_lookup(|k| {
+        ["KMS_KEY_ID", "PENDING_LIMIT", "ALLOWED_SOURCE_REGIONS", "ALLOWED_TARGET_REGIONS"]
+            .contains(&k)
+            .then(String::new)
+    })
+    .unwrap();
     assert_eq!(settings, Settings::default());
+}
+
+/// The settings a deployed stack in us-east-1 with TargetRegion eu-west-1 gives the function.
+fn deployed() -> Settings {
+    let env: HashMap<&str, &str> = HashMap::from([
+        ("AWS_REGION", "us-east-1"),
+        ("TARGET_REGION", "eu-west-1"),
+        ("ALLOWED_SOURCE_REGIONS", "us-east-1,eu-west-1"),
+        ("ALLOWED_TARGET_REGIONS", "eu-west-1"),
+    ]);
+    Settings::from_lookup(|k| env.get(k).map(|v| v.to_string())).unwrap()
+}
+
+#[tokio::test(start_paused = true)]
+async fn regions_the_deployment_cannot_reach_are_refused_before_any_call() {
+    let arn_event = |region: &str| {
+        json!({
+            "detail-type": "EBS Snapshot Notification", "source": "aws.ec2",
+            "detail": {"event": "createSnapshot", "result": "succeeded",
+                       "snapshot_id": format!("arn:aws:ec2::{region}:snapshot/{ID_A}")}
+        })
+    };
+    let cases = [
+        (
+            "another target",
+            json!({"snapshot_ids": [ID_A], "target_region": "eu-central-1"}),
+            "target_region: eu-central-1",
+            "valid: eu-west-1",
+        ),
+        (
+            "another source",
+            json!({"snapshot_ids": [ID_A], "region": "ap-south-1"}),
+            "region: ap-south-1",
+            "us-east-1 or eu-west-1",
+        ),
+        ("an event from another region", arn_event("ap-south-1"), "region: ap-south-1", "ALLOWED_SOURCE_REGIONS"),
+    ];
+    for (case, payload, field, valid) in cases {
+        let ec2 = SimulatedEc2::new();
+        match handle(payload, &deployed(), &ec2, None).await {
+            Err(CopySnapshotsError::InvalidRequest(message)) => {
+                assert!(message.contains(field) && message.contains(valid), "{case}: {message}");
+            }
+            other => panic!("{case}: expected InvalidRequest, got {other:?}"),
+        }
+        assert_eq!(ec2.calls().total(), 0, "{case}: EC2 was called");
+    }
+    // The pair the role allows, and a copy within the target region, pass.
+    for payload in [
+        json!({"snapshot_ids": [ID_A]}),
+        json!({"snapshot_ids": [ID_A], "region": "eu-west-1", "target_region": "eu-west-1"}),
+    ] {
+        assert!(parse_payload(payload.clone(), &deployed()).is_ok(), "{payload}");
+    }
+    assert!(parse_payload(arn_event("us-east-1"), &deployed()).is_ok());
+    // Outside Lambda (no ALLOWED_* variables) nothing is restricted.
+    let anywhere = json!({"snapshot_ids": [ID_A], "region": "ap-south-1", "target_region": "eu-central-1"});
+    assert!(parse_payload(anywhere, &settings()).is_ok());
+}
+
+#[test]
+fn response_format_defaults_to_full() {
+    use copy_snapshots::response::ResponseFormat;
+    let format = |payload: Value| match parse_payload(payload, &settings_with_target()).unwrap() {
+        Invocation::Copy(request) => request.response_format,
+        other => panic!("{other:?}"),
+    };
+    assert_eq!(format(json!({"snapshot_ids": [ID_A]})), ResponseFormat::Full);
+    assert_eq!(format(json!({"snapshot_ids": [ID_A], "response_format": "summary"})), ResponseFormat::Summary);
+    assert_eq!(format(json!({"snapshot_ids": [ID_A], "response_format": "full"})), ResponseFormat::Full);
 }
 
 fn ids_of(invocation: &Invocation) -> Vec<String> {
