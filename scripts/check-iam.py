@@ -12,6 +12,10 @@ IAM statements:
   ReEncryptTo), only through EC2 in the stack's region and TargetRegion (kms:ViaService), and
   CreateGrant only for AWS resources (kms:GrantIsForAWSResource);
 - with KmsKeyArns set, those keys and no others;
+- ec2:DeleteSnapshot only on target-region snapshots that carry this project's tracking tags
+  for the stack's region or TargetRegion (aws:ResourceTag conditions);
+- with a trigger on, a failed asynchronous invocation (SourcesPending, ...) is retried and then
+  sent to the dead-letter queue, never dropped;
 - service names and ARNs follow the partition: evaluated for aws and for aws-cn, the
   kms:ViaService values end in that partition's URL suffix, and the template hard-codes no
   `amazonaws.com` except in service principals (which are `<service>.amazonaws.com` in every
@@ -178,6 +182,41 @@ def check_kms(name, evaluator, expected_resources, errors):
             errors.append(f"{name}: statement {s.get('Sid', '?')} allows kms:CreateGrant through a wildcard")
 
 
+def check_delete(name, evaluator, errors):
+    region, target, partition = (
+        evaluator.values["AWS::Region"],
+        evaluator.values["TargetRegion"],
+        evaluator.values["AWS::Partition"],
+    )
+    granting = [s for s in role_statements(evaluator) if allows(s, "ec2:DeleteSnapshot")]
+    if not granting:
+        errors.append(f"{name}: the role does not allow ec2:DeleteSnapshot (duplicates cannot heal)")
+    for s in granting:
+        where = f"{name}: ec2:DeleteSnapshot (statement {s.get('Sid', '?')})"
+        resources = set(as_list(s.get("Resource", [])))
+        if resources != {f"arn:{partition}:ec2:{target}::snapshot/*"}:
+            errors.append(f"{where}: resources {sorted(resources)}, expected the target region's snapshots")
+        condition = s.get("Condition", {})
+        regions = set(as_list(condition.get("StringEquals", {}).get("aws:ResourceTag/copy-snapshots:source-region", [])))
+        if not regions or not regions <= {region, target}:
+            errors.append(f"{where}: source-region tag condition {sorted(regions)}, expected within {region}, {target}")
+        source = condition.get("StringLike", {}).get("aws:ResourceTag/copy-snapshots:source-snapshot-id")
+        if source != "snap-*":
+            errors.append(f"{where}: not limited to snapshots tagged copy-snapshots:source-snapshot-id = snap-*")
+
+
+def check_async_failures(name, evaluator, errors):
+    resource = evaluator.template["Resources"].get("AsyncInvokeConfig")
+    if resource is None:
+        errors.append(f"{name}: no AWS::Lambda::EventInvokeConfig for the triggers")
+        return
+    config = evaluator.eval(resource)["Properties"]
+    if int(config.get("MaximumRetryAttempts", 0)) < 1:
+        errors.append(f"{name}: failed event invocations are not retried")
+    if not config.get("DestinationConfig", {}).get("OnFailure", {}).get("Destination"):
+        errors.append(f"{name}: failed event invocations have no on-failure destination")
+
+
 def check_no_hard_coded_suffix(text, errors):
     """`amazonaws.com` may appear only as a service principal (`Service: x.amazonaws.com` in a policy,
     `Principal: x.amazonaws.com` in an AWS::Lambda::Permission)."""
@@ -205,6 +244,9 @@ def main():
         ]
         narrowed = Evaluator(template, {"TargetRegion": TARGET[partition], "KmsKeyArns": ",".join(keys)}, pseudo)
         check_kms(f"{partition}, KmsKeyArns set", narrowed, keys, errors)
+        check_delete(f"{partition}, default parameters", defaults, errors)
+        triggers = Evaluator(template, {"TargetRegion": TARGET[partition], "CopyNewSnapshots": "true"}, pseudo)
+        check_async_failures(f"{partition}, CopyNewSnapshots", triggers, errors)
     check_no_hard_coded_suffix(text, errors)
     for error in errors:
         print(error)

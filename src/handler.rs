@@ -145,7 +145,8 @@ async fn run<S: SnapshotStore>(
                 encrypt = request.encrypt,
                 "copy request"
             );
-            let limits = RunLimits { deadline, poll_interval: settings.poll_interval, call_timeout: settings.call_timeout };
+            let limits =
+                RunLimits { deadline, poll_interval: settings.poll_interval, call_timeout: settings.call_timeout };
             reconcile(store, &request, limits).await
         }
     }

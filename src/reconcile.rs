@@ -62,9 +62,9 @@ pub async fn reconcile<S: SnapshotStore>(
     let started = Instant::now();
     // A call may start only while its longest duration, and the answer after it, still fit
     // before the deadline.
-    let last_call = limits.deadline.map(|deadline| {
-        deadline.checked_sub(limits.call_timeout + RESPONSE_RESERVE).unwrap_or(started).max(started)
-    });
+    let last_call = limits
+        .deadline
+        .map(|deadline| deadline.checked_sub(limits.call_timeout + RESPONSE_RESERVE).unwrap_or(started).max(started));
     let mut run = Run::look(store, request, limits, last_call).await?;
     // Starting copies may go on until the margin before the deadline; waiting also ends at
     // `max_wait_seconds`.
@@ -107,9 +107,18 @@ enum Stage {
     /// a copy may exist that EC2 does not list yet (it is eventually consistent). It is looked
     /// up by its tags, with backoff, [`UNSURE_LOOKS`] times before a new attempt, and holds a
     /// slot meanwhile.
-    Unsure { misses: u32, next_look: Instant },
-    Copying { copy: TrackedCopy, reused: bool },
-    Failed { copy_id: Option<SnapshotId>, reason: String },
+    Unsure {
+        misses: u32,
+        next_look: Instant,
+    },
+    Copying {
+        copy: TrackedCopy,
+        reused: bool,
+    },
+    Failed {
+        copy_id: Option<SnapshotId>,
+        reason: String,
+    },
 }
 
 #[derive(Debug)]
@@ -248,12 +257,8 @@ impl<'a, S: SnapshotStore> Run<'a, S> {
             duplicates: Vec::new(),
             duplicates_removed: Vec::new(),
         };
-        let wanted: Vec<SnapshotId> = run
-            .entries
-            .iter()
-            .filter(|e| matches!(e.stage, Stage::Waiting))
-            .map(|e| e.source.id.clone())
-            .collect();
+        let wanted: Vec<SnapshotId> =
+            run.entries.iter().filter(|e| matches!(e.stage, Stage::Waiting)).map(|e| e.source.id.clone()).collect();
         if !wanted.is_empty() {
             let existing = store
                 .find_copies(&request.target_region, region, &wanted)
@@ -322,7 +327,8 @@ impl<'a, S: SnapshotStore> Run<'a, S> {
     fn queue_or_fail(&mut self, i: usize) {
         let entry = &mut self.entries[i];
         if entry.error_copies.len() >= MAX_ATTEMPTS {
-            let attempts: Vec<String> = entry.error_copies.iter().map(|e| format!("{} ({})", e.id, e.message)).collect();
+            let attempts: Vec<String> =
+                entry.error_copies.iter().map(|e| format!("{} ({})", e.id, e.message)).collect();
             let reason = format!(
                 "{} of its copies ended in error, the most this function makes of one source: {}; \
                  fix the cause, then delete those copies to try again",
@@ -358,7 +364,9 @@ impl<'a, S: SnapshotStore> Run<'a, S> {
                     self.duplicates_removed
                         .push(RemovedCopy { source_snapshot_id: source.to_string(), snapshot_id: copy_id.to_string() });
                 }
-                Err(error) => warn!(%source, copy = %copy_id, %error, "could not remove a duplicate copy; a later invocation will try again"),
+                Err(error) => {
+                    warn!(%source, copy = %copy_id, %error, "could not remove a duplicate copy; a later invocation will try again")
+                }
             }
         }
     }
@@ -375,8 +383,7 @@ impl<'a, S: SnapshotStore> Run<'a, S> {
             return Ok(());
         }
         let ids: Vec<SnapshotId> = due.iter().map(|&i| self.entries[i].source.id.clone()).collect();
-        let found = match self.store.find_copies(&self.request.target_region, &self.request.source_region, &ids).await
-        {
+        let found = match self.store.find_copies(&self.request.target_region, &self.request.source_region, &ids).await {
             Ok(found) => found,
             Err(StoreError::Unknown(message)) => {
                 warn!(%message, "could not look for copies of unsure starts; trying again next round");

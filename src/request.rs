@@ -171,9 +171,7 @@ impl Settings {
                 .ok()
                 .filter(|s| s.is_finite() && *s >= 0.5 && *s <= 120.0)
                 .map(Duration::from_secs_f64)
-                .ok_or_else(|| {
-                    invalid("EC2_CALL_TIMEOUT_SECONDS", &v, "a number of seconds from 0.5 to 120")
-                })?,
+                .ok_or_else(|| invalid("EC2_CALL_TIMEOUT_SECONDS", &v, "a number of seconds from 0.5 to 120"))?,
         };
         let regions = |name: &str| {
             get(name)

@@ -438,6 +438,20 @@ impl SimulatedEc2 {
             .collect()
     }
 
+    /// How long each copy this function made in `region` takes from its start to completion
+    /// (stall included), in creation order: what a schedule's lower bound is computed from.
+    pub fn copy_durations(&self, region: &str) -> Vec<Duration> {
+        let world = self.lock();
+        let Some(state) = world.regions.get(region) else { return Vec::new() };
+        state
+            .order
+            .iter()
+            .filter_map(|id| state.snapshots.get(id))
+            .filter(|s| s.fixed_state.is_none() && find_tag(&s.tags, SOURCE_SNAPSHOT_TAG).is_some())
+            .map(|s| s.stall + s.duration)
+            .collect()
+    }
+
     /// The tags on snapshot `id` in `region`.
     pub fn tags_of(&self, region: &str, id: &SnapshotId) -> Vec<Tag> {
         let world = self.lock();

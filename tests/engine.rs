@@ -593,7 +593,8 @@ async fn an_event_whose_snapshot_cannot_start_fails_so_lambda_retries_it() {
     let ec2 = SimulatedEc2::new();
     ec2.add_foreign_pending(TARGET, 20, Duration::from_secs(3600));
     let id = ec2.add_source(SOURCE, 8, &[]);
-    let settings = Settings { target_region: Some(copy_snapshots::ids::Region::parse(TARGET).unwrap()), ..Settings::default() };
+    let settings =
+        Settings { target_region: Some(copy_snapshots::ids::Region::parse(TARGET).unwrap()), ..Settings::default() };
     let event = json!({
         "version": "0", "id": "e", "detail-type": "EBS Snapshot Notification", "source": "aws.ec2",
         "account": "111122223333", "time": "2026-11-25T10:00:00Z", "region": SOURCE, "resources": [],
@@ -612,9 +613,8 @@ async fn an_event_whose_snapshot_cannot_start_fails_so_lambda_retries_it() {
     assert_eq!(response.pending_sources, [id.as_str()]);
     // Lambda's retry, once the quota has room: copied once.
     tokio::time::sleep(Duration::from_secs(3600)).await;
-    let response = copy_snapshots::handle(event, &settings, &ec2, Some(Instant::now() + Duration::from_secs(900)))
-        .await
-        .unwrap();
+    let response =
+        copy_snapshots::handle(event, &settings, &ec2, Some(Instant::now() + Duration::from_secs(900))).await.unwrap();
     assert!(response.complete);
     assert_each_copied_once(&ec2, &[id]);
 }

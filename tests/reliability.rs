@@ -439,7 +439,7 @@ async fn an_event_is_never_acknowledged_before_its_snapshot_is_copied() {
     report("event_while_quota_full", &record, &format!("attempts={attempts}"));
     assert!(attempts > 1, "the quota was free at once; the scenario tests nothing");
     assert_eq!(response["complete"], true);
-    assert_eq!(copied_sources(&response), [id.clone()]);
+    assert_eq!(copied_sources(&response), std::slice::from_ref(&id));
     assert_each_copied_once(&record, &[id]);
 }
 
@@ -468,11 +468,7 @@ async fn lost_answers_and_a_lagging_listing_end_with_one_copy_per_source() {
         tokio::time::sleep(Duration::from_secs(2)).await;
     }
     let record = emulator.record();
-    report(
-        "lost_answers_and_listing_lag",
-        &record,
-        &format!("invocations={invocations} duplicates_removed={removed}"),
-    );
+    report("lost_answers_and_listing_lag", &record, &format!("invocations={invocations} duplicates_removed={removed}"));
     assert!(record.lost_answers() > 0, "no answer was lost");
     assert_eq!(record.deleted(), removed, "every deletion is reported");
     assert_each_copied_once(&record, &ids);

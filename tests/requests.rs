@@ -60,9 +60,9 @@ fn bad_inputs() -> Vec<(&'static str, Value, &'static str)> {
             json!({"filters": [{"Name": "tag:Backup", "values": ["x"]}], "target_region": "eu-west-1"}),
             "unknown field `Name`",
         ),
-        ("bad target region", with("target_region", json!("eu-west")), "target_region"),
-        ("bad source region", with("region", json!("US-EAST-1")), "region"),
-        ("region not a string", with("region", json!(1)), "region"),
+        ("bad target region", with("target_region", json!("eu-west")), "target_region: `eu-west` is not a region name"),
+        ("bad source region", with("region", json!("US-EAST-1")), "region: `US-EAST-1` is not a region name"),
+        ("region not a string", with("region", json!(1)), "region: invalid type: integer `1`"),
         ("pending_limit 0", with("pending_limit", json!(0)), "pending_limit"),
         ("pending_limit negative", with("pending_limit", json!(-3)), "pending_limit"),
         ("pending_limit fraction", with("pending_limit", json!(2.5)), "pending_limit"),
@@ -75,7 +75,7 @@ fn bad_inputs() -> Vec<(&'static str, Value, &'static str)> {
                 p["encrypt"] = json!(false);
                 p
             },
-            "kms_key_id",
+            "kms_key_id: given without `encrypt: true`",
         ),
         (
             "malformed key",
@@ -95,7 +95,11 @@ fn bad_inputs() -> Vec<(&'static str, Value, &'static str)> {
             },
             "target region eu-west-1",
         ),
-        ("encrypt as string", with("encrypt", json!("yes")), "encrypt"),
+        (
+            "encrypt as string",
+            with("encrypt", json!("yes")),
+            "encrypt: invalid type: string \"yes\", expected a boolean",
+        ),
         ("unknown field", with("snapshot_id", json!(ID_A)), "unknown field `snapshot_id`"),
         ("aws: tag", with("tags", json!({"aws:backup": "x"})), "aws:"),
         ("reserved tag", with("tags", json!({"copy-snapshots:source-region": "x"})), "copy-snapshots:"),
@@ -108,6 +112,12 @@ fn bad_inputs() -> Vec<(&'static str, Value, &'static str)> {
         ("duration not a multiple of 15", with("completion_duration_minutes", json!(20)), "multiple of 15"),
         ("duration too long", with("completion_duration_minutes", json!(2895)), "completion_duration_minutes"),
         ("negative max wait", with("max_wait_seconds", json!(-1)), "max_wait_seconds"),
+        (
+            "201 values in one filter",
+            json!({"filters": [{"name": "volume-id", "values": (0..201).map(|i| format!("vol-{i:08x}")).collect::<Vec<_>>()}],
+                   "target_region": "eu-west-1"}),
+            "filters[0].values: 201 values for `volume-id`; valid: at most 200",
+        ),
         ("unknown response format", with("response_format", json!("brief")), "\"full\""),
         ("response format not a string", with("response_format", json!(true)), "response_format"),
         ("payload is a list", json!([ID_A]), "must be a JSON object"),

@@ -42,7 +42,11 @@ impl FaultEc2 {
             if let Ok(Some(status)) = emulator.child.try_wait() {
                 panic!("the fault emulator exited ({status}):\n{}", emulator.log_tail());
             }
-            assert!(started.elapsed() < Duration::from_secs(60), "the fault emulator did not start:\n{}", emulator.log_tail());
+            assert!(
+                started.elapsed() < Duration::from_secs(60),
+                "the fault emulator did not start:\n{}",
+                emulator.log_tail()
+            );
             std::thread::sleep(Duration::from_millis(100));
         }
         emulator
