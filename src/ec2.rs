@@ -8,6 +8,7 @@ use std::sync::Mutex;
 use std::time::SystemTime;
 
 use aws_sdk_ec2::Client;
+use aws_sdk_ec2::config::http::HttpResponse;
 use aws_sdk_ec2::config::interceptors::InterceptorContext;
 use aws_sdk_ec2::config::retry::{ClassifyRetry, RetryAction};
 use aws_sdk_ec2::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
@@ -222,10 +223,9 @@ impl ClassifyRetry for RetryOnlyThrottling {
 }
 
 /// Sorts an SDK error by what the engine should do about it.
-fn store_error<E, R>(error: SdkError<E, R>) -> StoreError
+fn store_error<E>(error: SdkError<E, HttpResponse>) -> StoreError
 where
     E: ProvideErrorMetadata + std::error::Error + 'static,
-    R: std::fmt::Debug,
 {
     let text = DisplayErrorContext(&error).to_string();
     let code = error.code().unwrap_or_default().to_owned();
@@ -256,6 +256,8 @@ where
             StoreError::AccessDenied(described)
         }
         "InternalError" | "InternalFailure" | "ServiceUnavailable" | "Unavailable" => StoreError::Unknown(described),
+        // Any other server-side failure may have taken effect; a 4xx is a definite refusal.
+        _ if error.raw_response().is_some_and(|raw| raw.status().is_server_error()) => StoreError::Unknown(described),
         _ => StoreError::Refused { code, message },
     }
 }

@@ -74,8 +74,8 @@ pub async fn reconcile<S: SnapshotStore>(
     });
     let wait_until = [work_until, request.max_wait.map(|max| started + max), last_call].into_iter().flatten().min();
     loop {
-        run.remove_duplicates().await;
         run.resolve_unsure().await?;
+        // Second live copies found by the look, or by a look for an unsure start.
         run.remove_duplicates().await;
         run.start_what_fits(work_until).await?;
         if !run.work_left() {
@@ -233,10 +233,17 @@ impl<'a, S: SnapshotStore> Run<'a, S> {
         last_call: Option<Instant>,
     ) -> Result<Self, CopySnapshotsError> {
         let region = &request.source_region;
-        let found = store
-            .describe_sources(region, &request.sources)
-            .await
-            .map_err(|e| fatal(e, &format!("looking up {} in {region}", describe_selector(&request.sources)), 0))?;
+        let doing = format!("looking up {} in {region}", describe_selector(&request.sources));
+        let found = store.describe_sources(region, &request.sources).await.map_err(|e| match e {
+            // A definite refusal of the request's own filters or ids (a misspelled filter
+            // name, a bad value) fails the same way on every retry: the request must change.
+            StoreError::Refused { code, message } => CopySnapshotsError::InvalidRequest(format!(
+                "EC2 refused {doing}: {code}: {message}; valid: DescribeSnapshots filter names (`tag:<key>`, \
+                 `tag-key`, `volume-id`, `status`, … as the EC2 API reference lists them), at most 200 values each; \
+                 nothing was copied"
+            )),
+            other => fatal(other, &doing, 0),
+        })?;
         let entries = match &request.sources {
             SourceSelector::Ids(ids) => entries_for_ids(ids, found, request)?,
             SourceSelector::Filters(_) => entries_for_filters(found, request),
@@ -281,22 +288,25 @@ impl<'a, S: SnapshotStore> Run<'a, S> {
         Ok(run)
     }
 
-    /// Takes over copies found by their tags: an `error` copy counts as an attempt; of the
-    /// live copies that satisfy the request, one is tracked (completed over pending, then the
-    /// oldest) and any other is queued for deletion, so duplicates heal.
+    /// Takes over copies found by their tags: an `error` copy encrypted as asked counts as an
+    /// attempt; of the live copies that satisfy the request, the oldest is tracked, and any
+    /// other encrypted alike is queued for deletion, so duplicates heal.
     fn adopt(&mut self, copies: Vec<CopyStatus>, reused: bool) {
         let index: HashMap<SnapshotId, usize> =
             self.entries.iter().enumerate().map(|(i, e)| (e.source.id.clone(), i)).collect();
         let mut live: BTreeMap<usize, Vec<CopyStatus>> = BTreeMap::new();
         for copy in copies {
             let Some(&i) = index.get(&copy.source_id) else { continue };
-            if copy.state == SnapshotState::Error {
+            let alive = matches!(copy.state, SnapshotState::Pending | SnapshotState::Completed);
+            if !encrypted_as_asked(&copy, self.request) {
+                debug!(copy = %copy.id, source = %copy.source_id, "earlier copy is not encrypted as asked");
+            } else if copy.state == SnapshotState::Error {
                 let errors = &mut self.entries[i].error_copies;
                 if !errors.iter().any(|e| e.id == copy.id) {
                     let message = copy.state_message.unwrap_or_else(|| "EC2 gave no reason".to_owned());
                     errors.push(ErrorCopy { id: copy.id, message });
                 }
-            } else if copy_counts(&copy, self.request) {
+            } else if alive {
                 live.entry(i).or_default().push(copy);
             } else {
                 debug!(copy = %copy.id, source = %copy.source_id, state = copy.state.as_str(), "earlier copy does not count");
@@ -307,7 +317,7 @@ impl<'a, S: SnapshotStore> Run<'a, S> {
             copies.sort_by_key(|c| Reverse(keep_rank(c)));
             let mut copies = copies.into_iter();
             let Some(kept) = copies.next() else { continue };
-            for extra in copies {
+            for extra in copies.filter(|c| same_encryption(c, &kept)) {
                 warn!(source = %kept.source_id, kept = %kept.id, duplicate = %extra.id, "source has a second live copy; removing it");
                 self.duplicates.push((i, extra.id));
             }
@@ -507,6 +517,7 @@ impl<'a, S: SnapshotStore> Run<'a, S> {
         let by_id: HashMap<SnapshotId, CopyStatus> = answer.into_iter().map(|c| (c.id.clone(), c)).collect();
         let now = Instant::now();
         let next_look = now + self.limits.poll_interval;
+        let unlisted_limit = unsure_window(self.limits.poll_interval) * 2;
         let mut requeue = Vec::new();
         for (i, entry) in self.entries.iter_mut().enumerate() {
             let Stage::Copying { copy, .. } = &mut entry.stage else { continue };
@@ -514,7 +525,10 @@ impl<'a, S: SnapshotStore> Run<'a, S> {
                 continue;
             }
             let Some(status) = by_id.get(&copy.id) else {
-                if copy.seen {
+                // Seen before, or still unlisted long after EC2 confirmed it (twice the span an
+                // unsure start is looked for, since here EC2 said it exists): deleted.
+                let unlisted_too_long = now.saturating_duration_since(copy.estimate.started()) >= unlisted_limit;
+                if copy.seen || unlisted_too_long {
                     // Deleted: by someone, or as a duplicate by an overlapping invocation that
                     // kept another copy. Look by the tags before copying again.
                     warn!(source = %entry.source.id, copy = %copy.id, "copy vanished before completing; looking for another");
@@ -752,20 +766,36 @@ fn not_ready_reason(source: &SourceSnapshot) -> Option<String> {
     (source.state != SnapshotState::Completed).then(|| format!("is {}", source.state.as_str()))
 }
 
-/// Whether an earlier copy satisfies the request: not failed, and encrypted as asked.
-fn copy_counts(copy: &CopyStatus, request: &CopyRequest) -> bool {
-    let alive = matches!(copy.state, SnapshotState::Pending | SnapshotState::Completed);
+/// Whether an earlier copy, live or failed, is encrypted as the request asks: only those are
+/// this request's copies and attempts.
+fn encrypted_as_asked(copy: &CopyStatus, request: &CopyRequest) -> bool {
     let encryption_ok = !request.encrypt || copy.encrypted;
     let key_ok = request.kms_key.as_ref().is_none_or(|key| key.matches(copy.kms_key_id.as_deref()));
-    alive && encryption_ok && key_ok
+    encryption_ok && key_ok
 }
 
-/// Which of two live copies of one source to keep (the greater): completed over pending, then
-/// the oldest, then the lower id, so overlapping invocations all keep the same one.
-fn keep_rank(copy: &CopyStatus) -> (bool, Reverse<SystemTime>, Reverse<SnapshotId>) {
+/// How long the looks for an unsure start span: 1 + 2 + 4 + 8 poll intervals. A new copy
+/// still missing from every listing after that is taken as gone.
+fn unsure_window(poll_interval: Duration) -> Duration {
+    poll_interval * (2u32.pow(UNSURE_LOOKS) - 1)
+}
+
+/// Which of two live copies of one source to keep (the greater): the oldest, then the lower
+/// id. Only what never changes counts, so overlapping invocations, looking at different
+/// moments, all keep the same one: a rule on the state ("completed over pending") would let one
+/// invocation keep a newer completed copy while another, a moment later, sees the older one
+/// completed too and keeps that, and together they would delete both.
+fn keep_rank(copy: &CopyStatus) -> (Reverse<SystemTime>, Reverse<SnapshotId>) {
     // A copy without a start time sorts as the newest.
     let started = copy.start_time.unwrap_or(SystemTime::UNIX_EPOCH + Duration::from_secs(u32::MAX.into()));
-    (copy.state == SnapshotState::Completed, Reverse(started), Reverse(copy.id.clone()))
+    (Reverse(started), Reverse(copy.id.clone()))
+}
+
+/// Two live copies of one source are duplicates only when they are encrypted alike: a plain
+/// copy and one under a key serve different requests (a plain request accepts either), and
+/// deleting one would make the other request copy it again, forever.
+fn same_encryption(a: &CopyStatus, b: &CopyStatus) -> bool {
+    a.encrypted == b.encrypted && a.kms_key_id == b.kms_key_id
 }
 
 /// The CopySnapshot call for one source: description, encryption, and the tags, tracking tags
@@ -817,12 +847,6 @@ fn fatal(error: StoreError, doing: &str, copies_started: usize) -> CopySnapshots
         }
         StoreError::NotFound(message) => CopySnapshotsError::SourceNotFound(format!("{doing}: {message}; {so_far}")),
         StoreError::NotReady(message) => CopySnapshotsError::SourceNotReady(format!("{doing}: {message}; {so_far}")),
-        // A definite refusal of a look-up or poll (a misspelled filter name, a bad value) fails
-        // the same way on every retry: the request must change.
-        StoreError::Refused { code, message } => CopySnapshotsError::InvalidRequest(format!(
-            "EC2 refused {doing}: {code}: {message}; valid: DescribeSnapshots filter names and values \
-             (see the EC2 API reference); {so_far}"
-        )),
         other => CopySnapshotsError::Ec2Error(format!("EC2 failed {doing}: {other}; {so_far}")),
     }
 }

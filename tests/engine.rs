@@ -10,7 +10,7 @@ use copy_snapshots::reconcile::{MAX_ATTEMPTS, RunLimits, reconcile};
 use copy_snapshots::request::{CopyRequest, Settings};
 use copy_snapshots::response::Response;
 use copy_snapshots::simulated::{CopyTimeModel, SimulatedEc2};
-use copy_snapshots::store::{SOURCE_REGION_TAG, SOURCE_SNAPSHOT_TAG, SnapshotState, find_tag};
+use copy_snapshots::store::{CopySpec, SOURCE_REGION_TAG, SOURCE_SNAPSHOT_TAG, SnapshotState, Tag, find_tag};
 use rand::rngs::StdRng;
 use rand::{RngExt, SeedableRng};
 use serde_json::{Value, json};
@@ -462,44 +462,74 @@ async fn six_scheduled_runs_with_a_failing_source_report_it_and_stop_trying() {
     assert_each_copied_once(&ec2, &ids[1..]);
 }
 
-#[tokio::test(start_paused = true)]
-async fn a_second_live_copy_is_deleted_keeping_the_completed_then_the_oldest() {
-    let ec2 = SimulatedEc2::new();
-    let ids = sources(&ec2, &[8, 8]);
-    let req = request(&ids, json!({}));
-    let spec = |id: &SnapshotId| copy_snapshots::store::CopySpec {
-        source_id: id.clone(),
-        source_region: req.source_region.clone(),
-        target_region: req.target_region.clone(),
+fn earlier_copy_spec(request: &CopyRequest, source: &SnapshotId, kms_key_id: Option<&str>) -> CopySpec {
+    CopySpec {
+        source_id: source.clone(),
+        source_region: request.source_region.clone(),
+        target_region: request.target_region.clone(),
         description: "an earlier invocation's copy".into(),
-        encrypted: false,
-        kms_key_id: None,
-        tags: vec![
-            copy_snapshots::store::Tag::new(SOURCE_SNAPSHOT_TAG, id.as_str()),
-            copy_snapshots::store::Tag::new(SOURCE_REGION_TAG, SOURCE),
-        ],
+        encrypted: kms_key_id.is_some(),
+        kms_key_id: kms_key_id.map(str::to_owned),
+        tags: vec![Tag::new(SOURCE_SNAPSHOT_TAG, source.as_str()), Tag::new(SOURCE_REGION_TAG, SOURCE)],
         completion_duration_minutes: None,
-    };
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_second_live_copy_is_deleted_keeping_the_oldest() {
+    let ec2 = SimulatedEc2::new();
+    let ids = sources(&ec2, &[8, 8, 400]);
+    let req = request(&ids, json!({}));
     // ids[0]: an old completed copy and a newer pending one. ids[1]: two pending, the older
-    // first.
-    let completed = ec2.add_tracked_copy(&spec(&ids[0]), None);
-    let older = ec2.add_tracked_copy(&spec(&ids[1]), None);
+    // first. ids[2]: an older copy still pending (400 GiB) and a newer one already completed:
+    // the older is kept all the same, because state changes while start times do not.
+    let completed = ec2.add_tracked_copy(&earlier_copy_spec(&req, &ids[0], None), None);
+    let older = ec2.add_tracked_copy(&earlier_copy_spec(&req, &ids[1], None), None);
+    let older_pending = ec2.add_tracked_copy(&earlier_copy_spec(&req, &ids[2], None), None);
     tokio::time::sleep(Duration::from_secs(400)).await;
-    let newer_of_0 = ec2.add_tracked_copy(&spec(&ids[0]), None);
+    let newer_of_0 = ec2.add_tracked_copy(&earlier_copy_spec(&req, &ids[0], None), None);
+    let newer_completed = ec2.add_tracked_copy(&earlier_copy_spec(&req, &ids[2], None), None);
+    ec2.complete_now(TARGET, &newer_completed);
     tokio::time::sleep(Duration::from_secs(10)).await;
-    let newer_of_1 = ec2.add_tracked_copy(&spec(&ids[1]), None);
+    let newer_of_1 = ec2.add_tracked_copy(&earlier_copy_spec(&req, &ids[1], None), None);
 
     let response = reconcile(&ec2, &req, no_deadline()).await.unwrap();
-    assert_eq!(response.snapshot_ids, [completed.to_string(), older.to_string()]);
-    let removed: Vec<&str> = response.duplicates_removed.iter().map(|r| r.snapshot_id.as_str()).collect();
-    assert_eq!(removed, [newer_of_0.as_str(), newer_of_1.as_str()]);
-    assert_eq!(ec2.calls().delete_copy, 2);
+    assert_eq!(response.snapshot_ids, [completed.to_string(), older.to_string(), older_pending.to_string()]);
+    let mut removed: Vec<&str> = response.duplicates_removed.iter().map(|r| r.snapshot_id.as_str()).collect();
+    removed.sort_unstable();
+    let mut expected = [newer_of_0.as_str(), newer_of_1.as_str(), newer_completed.as_str()];
+    expected.sort_unstable();
+    assert_eq!(removed, expected);
+    assert_eq!(ec2.calls().delete_copy, 3);
     assert_eq!(ec2.calls().start_copy, 0);
     assert_each_copied_once(&ec2, &ids);
     // Nothing left to heal: a second run deletes nothing.
     let again = reconcile(&ec2, &req, no_deadline()).await.unwrap();
     assert!(again.duplicates_removed.is_empty());
-    assert_eq!(ec2.calls().delete_copy, 2);
+    assert_eq!(ec2.calls().delete_copy, 3);
+}
+
+#[tokio::test(start_paused = true)]
+async fn copies_encrypted_differently_serve_different_requests_and_are_never_duplicates() {
+    let ec2 = SimulatedEc2::new();
+    let ids = sources(&ec2, &[8]);
+    let key = "arn:aws:kms:eu-west-1:111122223333:key/1234abcd-12ab-34cd-56ef-1234567890ab";
+    let plain = request(&ids, json!({"wait_for_completion": true}));
+    let encrypted = request(&ids, json!({"encrypt": true, "kms_key_id": key, "wait_for_completion": true}));
+    // The schedule's plain copy, then a check with a key (the README's recipe), then both
+    // again, as the schedule and the check would run on.
+    let first_plain = reconcile(&ec2, &plain, no_deadline()).await.unwrap();
+    let first_encrypted = reconcile(&ec2, &encrypted, no_deadline()).await.unwrap();
+    for _ in 0..2 {
+        let again = reconcile(&ec2, &plain, no_deadline()).await.unwrap();
+        assert!(again.duplicates_removed.is_empty(), "{again:?}");
+        assert_eq!(again.snapshot_ids, first_plain.snapshot_ids);
+        let again = reconcile(&ec2, &encrypted, no_deadline()).await.unwrap();
+        assert!(again.duplicates_removed.is_empty(), "{again:?}");
+        assert_eq!(again.snapshot_ids, first_encrypted.snapshot_ids);
+    }
+    assert_eq!(ec2.calls().start_copy, 2);
+    assert_eq!(ec2.calls().delete_copy, 0);
 }
 
 #[tokio::test(start_paused = true)]
@@ -517,8 +547,9 @@ async fn an_unsure_start_is_not_retried_on_one_look_while_the_listing_lags() {
 
 #[tokio::test(start_paused = true)]
 async fn a_duplicate_made_while_the_listing_lagged_heals_on_the_next_run() {
-    // Longer than every look: the engine starts the source again, and the next run finds two.
-    let ec2 = SimulatedEc2::new().with_visibility_lag(Duration::from_secs(600));
+    // Longer than the looks for an unsure start (225 s): the engine starts the source again,
+    // and the next run finds two. (Shorter than a confirmed copy may stay unlisted, 450 s.)
+    let ec2 = SimulatedEc2::new().with_visibility_lag(Duration::from_secs(300));
     let ids = sources(&ec2, &[8, 16]);
     ec2.lose_answer_to_next_copy_of(&ids[0], true);
     let req = request(&ids, json!({"wait_for_completion": true}));
@@ -630,4 +661,26 @@ async fn a_filter_ec2_refuses_is_an_invalid_request_naming_it() {
     let Err(err @ CopySnapshotsError::InvalidRequest(_)) = result else { panic!("{result:?}") };
     assert!(err.to_string().contains("tags:Backup"), "{err}");
     assert_eq!(ec2.calls().start_copy, 0);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_copy_deleted_before_this_run_ever_saw_it_gives_way_to_the_surviving_one() {
+    // Another invocation made c1 (not listed yet, so this run's look misses it and starts
+    // c2), then heals the duplicate by deleting c2 before this run's polls ever list it.
+    let ec2 = SimulatedEc2::new().with_visibility_lag(Duration::from_secs(100));
+    let ids = sources(&ec2, &[8]);
+    let req = request(&ids, json!({"wait_for_completion": true}));
+    let c1 = ec2.add_tracked_copy(&earlier_copy_spec(&req, &ids[0], None), None);
+    let target = req.target_region.clone();
+    let other_invocation = async {
+        tokio::time::sleep(Duration::from_secs(60)).await;
+        let c2 = ec2.tracked_copies(TARGET).into_iter().map(|c| c.id).find(|id| *id != c1).expect("this run's copy");
+        copy_snapshots::store::SnapshotStore::delete_copy(&ec2, &target, &c2).await.unwrap();
+    };
+    let (result, ()) = tokio::join!(reconcile(&ec2, &req, deadline_in(Duration::from_secs(900))), other_invocation);
+    let response = result.unwrap();
+    assert!(response.complete, "{response:?}");
+    assert_eq!(response.snapshot_ids, [c1.to_string()]);
+    assert_eq!(ec2.calls().start_copy, 1);
+    assert_each_copied_once(&ec2, &ids);
 }

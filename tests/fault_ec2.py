@@ -53,6 +53,7 @@ from werkzeug.serving import make_server  # noqa: E402
 from werkzeug.wrappers import Request, Response  # noqa: E402
 
 TRACKING_TAG = "copy-snapshots:source-snapshot-id"
+SOURCE_REGION_TAG = "copy-snapshots:source-region"
 ACCOUNT = "123456789012"
 KEY_NOT_ACCESSIBLE = "Given key ID is not accessible"
 
@@ -230,7 +231,8 @@ def delete_snapshot(self):
     snapshot_id = self._get_param("SnapshotId")
     self.error_on_dryrun()
     snapshot = self.ec2_backend.snapshots.get(snapshot_id)
-    if snapshot is not None and TRACKING_TAG not in _tag_dict(snapshot):
+    tags = _tag_dict(snapshot) if snapshot is not None else {}
+    if snapshot is not None and (TRACKING_TAG not in tags or SOURCE_REGION_TAG not in tags):
         raise EC2ClientError("UnauthorizedOperation", f"You are not authorized to delete {snapshot_id}")
     self.ec2_backend.delete_snapshot(snapshot_id)
     with LOCK:

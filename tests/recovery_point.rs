@@ -4,6 +4,7 @@
 
 use std::time::{Duration, SystemTime};
 
+use copy_snapshots::CopySnapshotsError;
 use copy_snapshots::metrics::InvocationCounts;
 use copy_snapshots::reconcile::{RunLimits, reconcile};
 use copy_snapshots::request::{CopyRequest, Settings};
@@ -71,6 +72,6 @@ async fn a_failing_source_keeps_the_recovery_point_old() {
 
     let result = reconcile(&ec2, &request(json!({"wait_for_completion": true})), limits()).await;
     let counts = InvocationCounts::of(&result, now);
-    assert!(result.is_err(), "CopyFailed: {result:?}");
+    assert!(matches!(result, Err(CopySnapshotsError::CopyFailed { .. })), "{result:?}");
     assert_eq!(counts.oldest_uncopied_seconds, Some(5 * 86_400), "the failed source is not copied");
 }

@@ -160,7 +160,9 @@ async fn killed_mid_run_then_invoked_again_duplicates_nothing() {
 #[tokio::test]
 async fn a_deadline_too_short_returns_in_time_and_repeated_invocations_finish() {
     let emulator = FaultEc2::start();
-    emulator.configure(json!({"time_scale": TIME_SCALE}));
+    // Copies that stall at 0% for up to a second and run at half to twice the size-based
+    // speed: the poll timing must not trust progress to follow size.
+    emulator.configure(json!({"time_scale": TIME_SCALE, "stall_seconds": 1.0, "speed_spread": [0.5, 2.0]}));
     let ids = emulator.sources(SOURCE, &sizes(&mut StdRng::seed_from_u64(20), 20));
     let payload = request(&ids, json!({"pending_limit": 4, "wait_for_completion": true}));
     let mut lambda = function(&emulator).await;
@@ -405,42 +407,73 @@ async fn scheduled_runs_with_a_failing_source_report_it_and_bound_the_error_copi
     assert_each_copied_once(&record, &ids[1..]);
 }
 
-/// An `EBS Snapshot Notification` while the region's copy quota stays full for longer than
-/// one invocation: the invocation fails (Lambda retries it, then dead-letters it), and a
-/// retry after the quota frees copies the snapshot once.
-#[tokio::test]
-async fn an_event_is_never_acknowledged_before_its_snapshot_is_copied() {
-    let emulator = FaultEc2::start();
-    emulator.configure(json!({"time_scale": TIME_SCALE, "region_limit": 20}));
-    let id = emulator.sources(SOURCE, &[8]).remove(0);
-    emulator.foreign_copies(TARGET, 20, 14.0);
-    let event = json!({
+/// Lambda's handling of a failed asynchronous invocation, scaled: the first attempt, then two
+/// retries, a minute (here 1 s) and two minutes (2 s) later; after the third failure the event
+/// goes to the on-failure destination (the template's dead-letter queue).
+async fn deliver_as_lambda_does(lambda: &mut LambdaHarness, event: &Value, deadline: Duration) -> Vec<Answer> {
+    let mut answers = Vec::new();
+    for wait_before in [0, 1, 2] {
+        tokio::time::sleep(Duration::from_secs(wait_before)).await;
+        let answer = lambda.invoke(event, deadline).await;
+        let done = matches!(answer, Answer::Response(_));
+        answers.push(answer);
+        if done {
+            break;
+        }
+    }
+    answers
+}
+
+fn snapshot_notification(id: &str) -> Value {
+    json!({
         "version": "0", "id": "e", "detail-type": "EBS Snapshot Notification", "source": "aws.ec2",
         "account": "123456789012", "time": "2026-11-25T10:00:00Z", "region": SOURCE, "resources": [],
         "detail": {"event": "createSnapshot", "result": "succeeded",
                    "snapshot_id": format!("arn:aws:ec2::{SOURCE}:snapshot/{id}")}
-    });
+    })
+}
+
+/// An `EBS Snapshot Notification` while the region's copy quota stays full for longer than
+/// one invocation: each invocation that cannot start the copy fails (`SourcesPending`), so
+/// Lambda retries the event; once the quota frees, a retry copies it once. And when the quota
+/// stays full through all three attempts, every one fails: the event is dead-lettered, never
+/// acknowledged.
+#[tokio::test]
+async fn an_event_is_never_acknowledged_before_its_snapshot_is_copied() {
+    let emulator = FaultEc2::start();
+    emulator.configure(json!({"time_scale": TIME_SCALE, "region_limit": 20}));
+    let ids = emulator.sources(SOURCE, &[8, 8]);
     let mut lambda = function(&emulator).await;
-    let mut attempts = 0;
-    let response = loop {
-        attempts += 1;
-        match lambda.invoke(&event, Duration::from_secs(8)).await {
-            Answer::Response(response) => break response,
-            Answer::Error { error_type, message } => {
-                assert_eq!(error_type, "SourcesPending", "attempt {attempts}: {message}");
-                assert!(message.contains(&id), "{message}");
-            }
-        }
-        assert!(attempts < 6, "never copied");
-        // Lambda's retry of an asynchronous invocation (a minute, scaled).
-        tokio::time::sleep(Duration::from_millis(500)).await;
-    };
-    let record = emulator.record();
-    report("event_while_quota_full", &record, &format!("attempts={attempts}"));
+
+    emulator.foreign_copies(TARGET, 20, 11.0);
+    let answers = deliver_as_lambda_does(&mut lambda, &snapshot_notification(&ids[0]), Duration::from_secs(8)).await;
+    let attempts = answers.len();
+    let Some(Answer::Response(response)) = answers.last() else { panic!("never copied: {answers:?}") };
+    for answer in &answers[..attempts - 1] {
+        let Answer::Error { error_type, message } = answer else { unreachable!() };
+        assert_eq!(error_type, "SourcesPending", "{message}");
+        assert!(message.contains(&ids[0]), "{message}");
+    }
     assert!(attempts > 1, "the quota was free at once; the scenario tests nothing");
     assert_eq!(response["complete"], true);
-    assert_eq!(copied_sources(&response), std::slice::from_ref(&id));
-    assert_each_copied_once(&record, &[id]);
+    assert_eq!(copied_sources(response), std::slice::from_ref(&ids[0]));
+
+    // A quota full for longer than Lambda's three attempts: all three fail.
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    emulator.foreign_copies(TARGET, 20, 40.0);
+    let answers = deliver_as_lambda_does(&mut lambda, &snapshot_notification(&ids[1]), Duration::from_secs(6)).await;
+    assert_eq!(answers.len(), 3, "{answers:?}");
+    for answer in &answers {
+        assert!(matches!(answer, Answer::Error { error_type, .. } if error_type == "SourcesPending"), "{answer:?}");
+    }
+    let record = emulator.record();
+    report(
+        "event_while_quota_full",
+        &record,
+        &format!("attempts_when_it_frees={attempts} attempts_when_it_stays_full=3"),
+    );
+    assert_each_copied_once(&record, &ids[..1]);
+    assert_eq!(record.good_copies_of(&ids[1]), 0);
 }
 
 /// CopySnapshot answers lost after the copy exists (a 500), and new copies missing from
@@ -470,6 +503,7 @@ async fn lost_answers_and_a_lagging_listing_end_with_one_copy_per_source() {
     let record = emulator.record();
     report("lost_answers_and_listing_lag", &record, &format!("invocations={invocations} duplicates_removed={removed}"));
     assert!(record.lost_answers() > 0, "no answer was lost");
+    assert!(removed > 0, "no duplicate was made and healed; the scenario tests nothing");
     assert_eq!(record.deleted(), removed, "every deletion is reported");
     assert_each_copied_once(&record, &ids);
 }
