@@ -21,15 +21,19 @@ const TIME_SCALE: f64 = 0.002;
 const LONG: Duration = Duration::from_secs(600);
 
 async fn function(emulator: &FaultEc2) -> LambdaHarness {
+    // The emulator answers in milliseconds; the engine starts no call that could end past the
+    // deadline, so a 25 s timeout would leave a short invocation idle.
+    function_with_call_timeout(emulator, "2").await
+}
+
+async fn function_with_call_timeout(emulator: &FaultEc2, seconds: &str) -> LambdaHarness {
     let endpoint = emulator.endpoint();
     LambdaHarness::start(&[
         ("AWS_ENDPOINT_URL", endpoint.as_str()),
         ("AWS_REGION", SOURCE),
         ("TARGET_REGION", TARGET),
         ("POLL_INTERVAL_SECONDS", "0.05"),
-        // The emulator answers in milliseconds; the engine starts no call that could end
-        // past the deadline, so a 25 s timeout would leave a short invocation idle.
-        ("EC2_CALL_TIMEOUT_SECONDS", "2"),
+        ("EC2_CALL_TIMEOUT_SECONDS", seconds),
     ])
     .await
 }
@@ -83,7 +87,9 @@ async fn throttled_calls_still_copy_everything_once_within_the_limit() {
     let emulator = FaultEc2::start();
     emulator.configure(json!({"time_scale": TIME_SCALE, "throttle_rate": 0.3}));
     let ids = emulator.sources(SOURCE, &sizes(&mut StdRng::seed_from_u64(45), 45));
-    let mut lambda = function(&emulator).await;
+    // The SDK's retries back off for seconds when a third of the calls are throttled: give
+    // them the room they have in Lambda.
+    let mut lambda = function_with_call_timeout(&emulator, "25").await;
     let started = Instant::now();
     let response =
         lambda.invoke(&request(&ids, json!({"pending_limit": 10, "wait_for_completion": true})), LONG).await.response();
@@ -445,7 +451,9 @@ async fn an_event_is_never_acknowledged_before_its_snapshot_is_copied() {
     let ids = emulator.sources(SOURCE, &[8, 8]);
     let mut lambda = function(&emulator).await;
 
-    emulator.foreign_copies(TARGET, 20, 11.0);
+    // Each 8 s invocation works 4 s (2 s margin, 2 s call timeout + 2 s for the answer): the
+    // first attempt runs out, the second, from about 5 s, sees the slots free at 7 s.
+    emulator.foreign_copies(TARGET, 20, 7.0);
     let answers = deliver_as_lambda_does(&mut lambda, &snapshot_notification(&ids[0]), Duration::from_secs(8)).await;
     let attempts = answers.len();
     let Some(Answer::Response(response)) = answers.last() else { panic!("never copied: {answers:?}") };
