@@ -153,6 +153,11 @@ impl RegionState {
         self.snapshots.insert(snapshot.id.clone(), snapshot);
     }
 
+    /// Every snapshot, in creation order.
+    fn in_order(&self) -> impl Iterator<Item = &Snapshot> {
+        self.order.iter().filter_map(|id| self.snapshots.get(id))
+    }
+
     fn pending_now(&mut self, now: Instant) -> Vec<&Snapshot> {
         let snapshots = &self.snapshots;
         self.maybe_pending.retain(|id| snapshots.get(id).is_some_and(|s| s.is_pending_at(now)));
@@ -438,12 +443,7 @@ impl SimulatedEc2 {
         let now = Instant::now();
         let world = self.lock();
         let Some(state) = world.regions.get(region) else { return Vec::new() };
-        state
-            .order
-            .iter()
-            .filter_map(|id| state.snapshots.get(id))
-            .filter_map(|s| s.copy_status(now, world.epoch))
-            .collect()
+        state.in_order().filter_map(|s| s.copy_status(now, world.epoch)).collect()
     }
 
     /// How long each copy this function made in `region` takes from its start to completion
@@ -452,9 +452,7 @@ impl SimulatedEc2 {
         let world = self.lock();
         let Some(state) = world.regions.get(region) else { return Vec::new() };
         state
-            .order
-            .iter()
-            .filter_map(|id| state.snapshots.get(id))
+            .in_order()
             .filter(|s| s.fixed_state.is_none() && find_tag(&s.tags, SOURCE_SNAPSHOT_TAG).is_some())
             .map(|s| s.stall + s.duration)
             .collect()
@@ -607,8 +605,7 @@ impl SnapshotStore for SimulatedEc2 {
             }
             SourceSelector::Filters(filters) => {
                 let mut found = Vec::new();
-                for id in &state.order {
-                    let Some(snapshot) = state.snapshots.get(id) else { continue };
+                for snapshot in state.in_order() {
                     if matches_filters(snapshot, filters)? {
                         found.push(to_source(snapshot));
                     }
@@ -637,9 +634,7 @@ impl SnapshotStore for SimulatedEc2 {
         let wanted: HashSet<&str> = source_ids.iter().map(SnapshotId::as_str).collect();
         let Some(state) = world.regions.get(target_region.as_str()) else { return Ok(Vec::new()) };
         Ok(state
-            .order
-            .iter()
-            .filter_map(|id| state.snapshots.get(id))
+            .in_order()
             .filter(|s| s.listed_at(now, world.visibility_lag) && is_copy_from(&s.tags, source_region, &wanted))
             .filter_map(|s| s.copy_status(now, world.epoch))
             .collect())
