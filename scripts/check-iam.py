@@ -31,6 +31,7 @@ from pathlib import Path
 from cfnlint.decode import decode
 
 TEMPLATE = Path(__file__).resolve().parent.parent / "template.yaml"
+ASL = Path(__file__).resolve().parent.parent / "statemachine" / "copy-snapshots.asl.json"
 
 # What EBS needs of a KMS key to copy encrypted snapshots, or to encrypt copies.
 KMS_ACTIONS = [
@@ -248,6 +249,10 @@ def main():
         triggers = Evaluator(template, {"TargetRegion": TARGET[partition], "CopyNewSnapshots": "true"}, pseudo)
         check_async_failures(f"{partition}, CopyNewSnapshots", triggers, errors)
     check_no_hard_coded_suffix(text, errors)
+    # The state machine's ARNs too: its definition is deployed as it is, in any partition.
+    for number, line in enumerate(ASL.read_text().splitlines(), 1):
+        if "arn:aws:" in line or "amazonaws.com" in line:
+            errors.append(f"{ASL.name}:{number}: hard-coded partition (use ${{Partition}}): {line.strip()}")
     for error in errors:
         print(error)
     if errors:

@@ -1,8 +1,8 @@
 #!/usr/bin/env python3
 """Checks the state machine definition with cfn-lint's Step Functions rules.
 
-cfn-lint does not open a SAM DefinitionUri file, so the definition is placed inline in a
-throwaway AWS::StepFunctions::StateMachine, with the substitutions SAM would make, and that
+cfn-lint does not open a SAM DefinitionUri file, so the definition, with the substitutions SAM
+would make applied, is placed inline in a throwaway AWS::StepFunctions::StateMachine, and that
 template is linted.
 """
 import json
@@ -13,7 +13,20 @@ from pathlib import Path
 
 ASL = Path(__file__).resolve().parent.parent / "statemachine" / "copy-snapshots.asl.json"
 
-definition = json.loads(ASL.read_text())
+# What SAM substitutes at deploy time (DefinitionSubstitutions), for a deploy in the aws
+# partition; cfn-lint checks ARNs in the definition only once they are substituted.
+SUBSTITUTIONS = {
+    "CopySnapshotsFunctionArn": "arn:aws:lambda:us-east-1:111122223333:function:copy-snapshots",
+    "WaitSeconds": "300",
+    "Partition": "aws",
+}
+text = ASL.read_text()
+for name, value in SUBSTITUTIONS.items():
+    text = text.replace("${" + name + "}", value)
+leftover = [part.split("}")[0] for part in text.split("${")[1:]]
+if leftover:
+    sys.exit(f"{ASL.name}: substitutions the template does not make: {leftover}")
+definition = json.loads(text)
 template = {
     "AWSTemplateFormatVersion": "2010-09-09",
     "Resources": {
@@ -22,10 +35,6 @@ template = {
             "Properties": {
                 "RoleArn": "arn:aws:iam::111122223333:role/copy-snapshots-states",
                 "Definition": definition,
-                "DefinitionSubstitutions": {
-                    "CopySnapshotsFunctionArn": "arn:aws:lambda:us-east-1:111122223333:function:copy-snapshots",
-                    "WaitSeconds": "300",
-                },
             },
         }
     },

@@ -12,7 +12,7 @@ use std::time::SystemTime;
 use serde_json::{Value, json};
 
 use crate::error::CopySnapshotsError;
-use crate::response::Response;
+use crate::response::{RecoveryPoint, Response};
 
 pub const NAMESPACE: &str = "CopySnapshots";
 
@@ -49,12 +49,12 @@ impl InvocationCounts {
             pending_sources: response.pending_sources.len(),
             duplicates_removed: response.duplicates_removed.len(),
             errors: 0,
-            // A start time in the future (clock skew) counts as age 0.
-            oldest_uncopied_seconds: Some(
-                response
-                    .oldest_uncopied_start
-                    .map_or(0, |start| now.duration_since(start).unwrap_or_default().as_secs()),
-            ),
+            oldest_uncopied_seconds: match response.recovery_point {
+                RecoveryPoint::NotMeasured => None,
+                RecoveryPoint::AllCopied => Some(0),
+                // A start time in the future (clock skew) counts as age 0.
+                RecoveryPoint::OldestUncopied(start) => Some(now.duration_since(start).unwrap_or_default().as_secs()),
+            },
         }
     }
 }
@@ -129,7 +129,7 @@ mod tests {
                 pending_sources: 1,
                 duplicates_removed: 0,
                 errors: 0,
-                oldest_uncopied_seconds: Some(0),
+                oldest_uncopied_seconds: None,
             }
         );
         let failed = Err(CopySnapshotsError::CopyFailed { message: "m".into(), response: Box::new(response) });
@@ -161,7 +161,7 @@ mod tests {
     fn the_recovery_point_is_the_age_of_the_oldest_uncopied_source() {
         let now = SystemTime::UNIX_EPOCH + std::time::Duration::from_secs(1_800_000_000);
         let response = Response {
-            oldest_uncopied_start: Some(now - std::time::Duration::from_secs(90_000)),
+            recovery_point: RecoveryPoint::OldestUncopied(now - std::time::Duration::from_secs(90_000)),
             ..Response::default()
         };
         let counts = InvocationCounts::of(&Ok(response), now);

@@ -14,7 +14,7 @@ use tracing::{debug, info, warn};
 use crate::error::CopySnapshotsError;
 use crate::ids::{SnapshotId, shorten};
 use crate::request::CopyRequest;
-use crate::response::{CopyReport, FailureReport, RemovedCopy, Response};
+use crate::response::{CopyReport, FailureReport, RecoveryPoint, RemovedCopy, Response};
 use crate::store::{
     CopySpec, CopyStatus, RESERVED_TAG_PREFIX, SOURCE_REGION_TAG, SOURCE_SNAPSHOT_TAG, SnapshotState, SnapshotStore,
     SourceSelector, SourceSnapshot, StoreError, Tag,
@@ -667,12 +667,16 @@ impl<'a, S: SnapshotStore> Run<'a, S> {
             }
         }
         // For the recovery-point metric: a source counts as copied once its copy is completed.
-        response.oldest_uncopied_start = crate::response::oldest_uncopied(self.entries.iter().map(|e| {
-            (
-                e.source.start_time,
-                matches!(&e.stage, Stage::Copying { copy, .. } if copy.state == SnapshotState::Completed),
-            )
-        }));
+        // Only a request by filters selects the whole set the metric is about.
+        if let SourceSelector::Filters(_) = self.request.sources {
+            let oldest = crate::response::oldest_uncopied(self.entries.iter().map(|e| {
+                (
+                    e.source.start_time,
+                    matches!(&e.stage, Stage::Copying { copy, .. } if copy.state == SnapshotState::Completed),
+                )
+            }));
+            response.recovery_point = oldest.map_or(RecoveryPoint::AllCopied, RecoveryPoint::OldestUncopied);
+        }
         let all_done = !self.request.wait_for_completion || self.pending_copies().next().is_none();
         response.duplicates_removed = self.duplicates_removed;
         response.complete = response.pending_sources.is_empty() && response.failed.is_empty() && all_done;

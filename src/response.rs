@@ -36,10 +36,24 @@ pub struct Response {
     /// answered late) that this invocation deleted, keeping the other.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub duplicates_removed: Vec<RemovedCopy>,
-    /// The start time of the oldest source with no `completed` copy yet; `None` when every
-    /// source has one. For the recovery-point metric only, not part of the answer.
+    /// For the recovery-point metric only, not part of the answer.
     #[serde(skip)]
-    pub oldest_uncopied_start: Option<SystemTime>,
+    pub recovery_point: RecoveryPoint,
+}
+
+/// What an invocation can say of the recovery point: the age of the oldest source without a
+/// completed copy.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum RecoveryPoint {
+    /// The request names some snapshots (ids, an event), not the set a disaster-recovery owner
+    /// watches: reporting its few would let an alarm on the whole set clear while a scheduled
+    /// source is still uncopied.
+    #[default]
+    NotMeasured,
+    /// Every source the filters select has a completed copy.
+    AllCopied,
+    /// The start time of the oldest selected source with no completed copy yet.
+    OldestUncopied(SystemTime),
 }
 
 impl Response {

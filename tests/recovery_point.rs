@@ -8,6 +8,7 @@ use copy_snapshots::CopySnapshotsError;
 use copy_snapshots::metrics::InvocationCounts;
 use copy_snapshots::reconcile::{RunLimits, reconcile};
 use copy_snapshots::request::{CopyRequest, Settings};
+use copy_snapshots::response::RecoveryPoint;
 use copy_snapshots::simulated::SimulatedEc2;
 use serde_json::json;
 
@@ -44,19 +45,19 @@ async fn the_oldest_source_without_a_completed_copy_sets_the_recovery_point() {
     // Started, none completed yet: the recovery point is the oldest source's.
     let response = reconcile(&ec2, &request(json!({"max_wait_seconds": 0})), limits()).await.unwrap();
     assert_eq!(response.copies.len(), 3);
-    assert_eq!(response.oldest_uncopied_start, Some(now - DAY * 3));
+    assert_eq!(response.recovery_point, RecoveryPoint::OldestUncopied(now - DAY * 3));
     let counts = InvocationCounts::of(&Ok(response), now);
     assert_eq!(counts.oldest_uncopied_seconds, Some(3 * 86_400));
 
     // Later the two small copies are completed, the 500 GiB one still runs.
     tokio::time::advance(Duration::from_secs(120 + 20 * 16 + 1)).await;
     let response = reconcile(&ec2, &request(json!({"max_wait_seconds": 0})), limits()).await.unwrap();
-    assert_eq!(response.oldest_uncopied_start, Some(now - DAY), "{:?}", response.copies);
+    assert_eq!(response.recovery_point, RecoveryPoint::OldestUncopied(now - DAY), "{:?}", response.copies);
 
     // All completed: nothing uncopied, and the metric says 0 (so an alarm can clear).
     let response = reconcile(&ec2, &request(json!({"wait_for_completion": true})), limits()).await.unwrap();
     assert!(response.complete);
-    assert_eq!(response.oldest_uncopied_start, None);
+    assert_eq!(response.recovery_point, RecoveryPoint::AllCopied);
     assert_eq!(InvocationCounts::of(&Ok(response), now).oldest_uncopied_seconds, Some(0));
 }
 
@@ -74,4 +75,26 @@ async fn a_failing_source_keeps_the_recovery_point_old() {
     let counts = InvocationCounts::of(&result, now);
     assert!(matches!(result, Err(CopySnapshotsError::CopyFailed { .. })), "{result:?}");
     assert_eq!(counts.oldest_uncopied_seconds, Some(5 * 86_400), "the failed source is not copied");
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_request_by_ids_does_not_speak_for_the_recovery_point() {
+    // One old snapshot the schedule has not copied, and a new one an event copies: the event's
+    // invocation must not report 0 and clear an alarm on the whole set.
+    let ec2 = SimulatedEc2::new();
+    let now = SystemTime::now();
+    let old = ec2.add_source(SOURCE, 8, &[("Backup", "daily")]);
+    ec2.set_start_time(SOURCE, &old, now - DAY * 4);
+    let new = ec2.add_source(SOURCE, 8, &[("Backup", "daily")]);
+    let by_ids = CopyRequest::from_json(
+        json!({"snapshot_ids": [new], "region": SOURCE, "target_region": TARGET, "wait_for_completion": true}),
+        &Settings::default(),
+    )
+    .unwrap();
+    let response = reconcile(&ec2, &by_ids, limits()).await.unwrap();
+    assert!(response.complete);
+    assert_eq!(response.recovery_point, RecoveryPoint::NotMeasured);
+    assert_eq!(InvocationCounts::of(&Ok(response), now).oldest_uncopied_seconds, None);
+    let by_filter = reconcile(&ec2, &request(json!({"max_wait_seconds": 0})), limits()).await.unwrap();
+    assert_eq!(InvocationCounts::of(&Ok(by_filter), now).oldest_uncopied_seconds, Some(4 * 86_400));
 }

@@ -219,7 +219,7 @@ async fn execute(ec2: &SimulatedEc2, settings: &Settings, input: Value, max_invo
                 state.get("OutputPath").and_then(Value::as_str).map_or(placed.clone(), |p| read_path(&placed, p))
             }
             "Task" => {
-                assert_eq!(state["Resource"], "arn:aws:states:::lambda:invoke", "{name}");
+                assert_eq!(state["Resource"], "arn:${Partition}:states:::lambda:invoke", "{name}");
                 let parameters = apply_template(&state["Parameters"], &data);
                 assert_eq!(parameters["FunctionName"], FUNCTION_ARN);
                 let payload = parameters.get("Payload").cloned().expect("a Payload");
