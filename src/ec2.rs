@@ -20,8 +20,8 @@ use tracing::{debug, warn};
 use crate::ids::{Region, SnapshotId};
 use crate::request::MAX_FILTER_VALUES;
 use crate::store::{
-    CopySpec, CopyStatus, SOURCE_REGION_TAG, SOURCE_SNAPSHOT_TAG, SnapshotState, SnapshotStore, SourceSelector,
-    SourceSnapshot, StoreError, Tag, find_tag, is_copy_from,
+    CopySpec, CopyStatus, ENCRYPTION_TAG, SOURCE_REGION_TAG, SOURCE_SNAPSHOT_TAG, SnapshotState, SnapshotStore,
+    SourceSelector, SourceSnapshot, StoreError, Tag, find_tag, is_copy_from,
 };
 
 /// The largest page DescribeSnapshots returns.
@@ -306,5 +306,6 @@ fn copy_status(snapshot: &types::Snapshot, tags: &[Tag]) -> Option<CopyStatus> {
         kms_key_id: snapshot.kms_key_id().map(str::to_owned),
         state_message: snapshot.state_message().map(str::to_owned),
         start_time: snapshot.start_time().and_then(|t| SystemTime::try_from(*t).ok()),
+        requested_encryption: find_tag(tags, ENCRYPTION_TAG).map(str::to_owned),
     })
 }

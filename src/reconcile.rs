@@ -16,8 +16,8 @@ use crate::ids::{SnapshotId, shorten};
 use crate::request::CopyRequest;
 use crate::response::{CopyReport, FailureReport, RecoveryPoint, RemovedCopy, Response};
 use crate::store::{
-    CopySpec, CopyStatus, RESERVED_TAG_PREFIX, SOURCE_REGION_TAG, SOURCE_SNAPSHOT_TAG, SnapshotState, SnapshotStore,
-    SourceSelector, SourceSnapshot, StoreError, Tag,
+    CopySpec, CopyStatus, ENCRYPTION_TAG, RESERVED_TAG_PREFIX, SOURCE_REGION_TAG, SOURCE_SNAPSHOT_TAG, SnapshotState,
+    SnapshotStore, SourceSelector, SourceSnapshot, StoreError, Tag,
 };
 
 /// How long before the invocation's deadline the engine stops, so its last calls (each bounded
@@ -48,8 +48,8 @@ pub struct RunLimits {
     pub deadline: Option<Instant>,
     /// The shortest wait between two polls (`POLL_INTERVAL_SECONDS`).
     pub poll_interval: Duration,
-    /// The longest one store call may take (the SDK's operation timeout): no call starts
-    /// unless it fits before the deadline.
+    /// The longest one store call may take (the SDK's operation timeout): after the look, no
+    /// call starts unless it fits before the deadline.
     pub call_timeout: Duration,
 }
 
@@ -298,14 +298,24 @@ impl<'a, S: SnapshotStore> Run<'a, S> {
         for copy in copies {
             let Some(&i) = index.get(&copy.source_id) else { continue };
             let alive = matches!(copy.state, SnapshotState::Pending | SnapshotState::Completed);
-            if !encrypted_as_asked(&copy, self.request) {
-                debug!(copy = %copy.id, source = %copy.source_id, "earlier copy is not encrypted as asked");
-            } else if copy.state == SnapshotState::Error {
+            if copy.state == SnapshotState::Error {
+                // An attempt of this request only if it asked for encryption alike (copies made
+                // before the encryption tag: if EC2 reports them encrypted as asked).
+                let same_ask = match &copy.requested_encryption {
+                    Some(asked) => *asked == encryption_asked(self.request),
+                    None => encrypted_as_asked(&copy, self.request),
+                };
+                if !same_ask {
+                    debug!(copy = %copy.id, source = %copy.source_id, "error copy of a request asking for other encryption");
+                    continue;
+                }
                 let errors = &mut self.entries[i].error_copies;
                 if !errors.iter().any(|e| e.id == copy.id) {
                     let message = copy.state_message.unwrap_or_else(|| "EC2 gave no reason".to_owned());
                     errors.push(ErrorCopy { id: copy.id, message });
                 }
+            } else if !encrypted_as_asked(&copy, self.request) {
+                debug!(copy = %copy.id, source = %copy.source_id, "earlier copy is not encrypted as asked");
             } else if alive {
                 live.entry(i).or_default().push(copy);
             } else {
@@ -393,6 +403,7 @@ impl<'a, S: SnapshotStore> Run<'a, S> {
             return Ok(());
         }
         let ids: Vec<SnapshotId> = due.iter().map(|&i| self.entries[i].source.id.clone()).collect();
+        let attempts_before: Vec<usize> = due.iter().map(|&i| self.entries[i].error_copies.len()).collect();
         let found = match self.store.find_copies(&self.request.target_region, &self.request.source_region, &ids).await {
             Ok(found) => found,
             Err(StoreError::Unknown(message)) => {
@@ -403,9 +414,14 @@ impl<'a, S: SnapshotStore> Run<'a, S> {
         };
         self.adopt(found, false);
         let now = Instant::now();
-        for i in due {
+        for (i, attempts_before) in due.into_iter().zip(attempts_before) {
             let entry = &mut self.entries[i];
             let Stage::Unsure { misses, next_look } = &mut entry.stage else { continue };
+            if entry.error_copies.len() > attempts_before {
+                // The unsure start made a copy, and it has already ended in `error`.
+                self.queue_or_fail(i);
+                continue;
+            }
             *misses += 1;
             if *misses >= UNSURE_LOOKS {
                 info!(source = %entry.source.id, looks = *misses, "no copy found after an unsure start; queued again");
@@ -770,16 +786,24 @@ fn not_ready_reason(source: &SourceSnapshot) -> Option<String> {
     (source.state != SnapshotState::Completed).then(|| format!("is {}", source.state.as_str()))
 }
 
-/// Whether an earlier copy, live or failed, is encrypted as the request asks: only those are
-/// this request's copies and attempts.
+/// The request's [`ENCRYPTION_TAG`] value.
+fn encryption_asked(request: &CopyRequest) -> String {
+    match (&request.kms_key, request.encrypt) {
+        (_, false) => "none".to_owned(),
+        (None, true) => "default".to_owned(),
+        (Some(key), true) => key.as_str().to_owned(),
+    }
+}
+
+/// Whether an earlier copy is encrypted as the request asks: only those serve it.
 fn encrypted_as_asked(copy: &CopyStatus, request: &CopyRequest) -> bool {
     let encryption_ok = !request.encrypt || copy.encrypted;
     let key_ok = request.kms_key.as_ref().is_none_or(|key| key.matches(copy.kms_key_id.as_deref()));
     encryption_ok && key_ok
 }
 
-/// How long the looks for an unsure start span: 1 + 2 + 4 + 8 poll intervals. A new copy
-/// still missing from every listing after that is taken as gone.
+/// How long the looks for an unsure start span: 1 + 2 + 4 + 8 poll intervals. A copy EC2
+/// confirmed but that is missing from every listing for twice that is taken as gone.
 fn unsure_window(poll_interval: Duration) -> Duration {
     poll_interval * (2u32.pow(UNSURE_LOOKS) - 1)
 }
@@ -816,11 +840,13 @@ fn copy_spec(source: &SourceSnapshot, request: &CopyRequest) -> Result<CopySpec,
     for tag in &request.tags {
         tags.insert(&tag.key, &tag.value);
     }
+    let encryption = encryption_asked(request);
     tags.insert(SOURCE_SNAPSHOT_TAG, source.id.as_str());
     tags.insert(SOURCE_REGION_TAG, request.source_region.as_str());
+    tags.insert(ENCRYPTION_TAG, &encryption);
     if tags.len() > MAX_TAGS_PER_SNAPSHOT {
         return Err(format!(
-            "the copy would carry {} tags (the source's, `tags` and 2 tracking tags); EC2 allows {MAX_TAGS_PER_SNAPSHOT}",
+            "the copy would carry {} tags (the source's, `tags` and 3 of this function's); EC2 allows {MAX_TAGS_PER_SNAPSHOT}",
             tags.len()
         ));
     }

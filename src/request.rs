@@ -17,8 +17,8 @@ use crate::store::{Filter, RESERVED_TAG_PREFIX, SourceSelector, Tag};
 pub const DEFAULT_PENDING_LIMIT: u32 = 20;
 /// Default for `POLL_INTERVAL_SECONDS`.
 pub const DEFAULT_POLL_INTERVAL: Duration = Duration::from_secs(15);
-/// EC2 allows 50 tags per snapshot; two are the tracking tags.
-pub const MAX_USER_TAGS: usize = 48;
+/// EC2 allows 50 tags per snapshot; three are this function's (`copy-snapshots:*`).
+pub const MAX_USER_TAGS: usize = 47;
 /// EC2 accepts at most 200 values in one DescribeSnapshots filter.
 pub const MAX_FILTER_VALUES: usize = 200;
 /// Default for `EC2_CALL_TIMEOUT_SECONDS`: the longest one EC2 call (with the SDK's retries)
@@ -433,7 +433,7 @@ fn check_filters(filters: Vec<FilterPayload>) -> Result<Vec<Filter>, CopySnapsho
 fn check_tags(tags: BTreeMap<String, String>) -> Result<Vec<Tag>, CopySnapshotsError> {
     if tags.len() > MAX_USER_TAGS {
         return Err(invalid(format!(
-            "tags: {} tags; valid: at most {MAX_USER_TAGS} (EC2 allows 50 per snapshot, 2 are the tracking tags)",
+            "tags: {} tags; valid: at most {MAX_USER_TAGS} (EC2 allows 50 per snapshot, 3 are this function's)",
             tags.len()
         )));
     }

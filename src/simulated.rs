@@ -16,8 +16,8 @@ use tokio::time::Instant;
 
 use crate::ids::{Region, SnapshotId};
 use crate::store::{
-    CopySpec, CopyStatus, SOURCE_SNAPSHOT_TAG, SnapshotState, SnapshotStore, SourceSelector, SourceSnapshot,
-    StoreError, Tag, find_tag, is_copy_from,
+    CopySpec, CopyStatus, ENCRYPTION_TAG, SOURCE_SNAPSHOT_TAG, SnapshotState, SnapshotStore, SourceSelector,
+    SourceSnapshot, StoreError, Tag, find_tag, is_copy_from,
 };
 
 /// AWS's default quota of concurrent copies per destination region.
@@ -129,6 +129,7 @@ impl Snapshot {
             kms_key_id: self.kms_key_id.clone(),
             state_message,
             start_time: Some(epoch.1 + self.started.saturating_duration_since(epoch.0)),
+            requested_encryption: find_tag(&self.tags, ENCRYPTION_TAG).map(str::to_owned),
         })
     }
 

@@ -12,6 +12,11 @@ use crate::ids::{Region, SnapshotId};
 pub const SOURCE_SNAPSHOT_TAG: &str = "copy-snapshots:source-snapshot-id";
 /// Tag on every copy naming the region it was copied from.
 pub const SOURCE_REGION_TAG: &str = "copy-snapshots:source-region";
+/// Tag on every copy saying how its request asked for encryption: `none`, `default` (the
+/// target region's default key) or the key as the request gave it. A source's attempts (its
+/// copies in `error`) are counted among those of requests that asked alike, so a check with an
+/// unusable key does not fail the plain schedule of the same source.
+pub const ENCRYPTION_TAG: &str = "copy-snapshots:encryption";
 /// Prefix of the tags this function owns; users may not set them.
 pub const RESERVED_TAG_PREFIX: &str = "copy-snapshots:";
 
@@ -94,6 +99,8 @@ pub struct CopyStatus {
     pub state_message: Option<String>,
     /// When EC2 started the copy: of two live copies of one source, the older is kept.
     pub start_time: Option<SystemTime>,
+    /// The copy's [`ENCRYPTION_TAG`]; absent on copies made before the tag existed.
+    pub requested_encryption: Option<String>,
 }
 
 /// Which snapshots a request is about.

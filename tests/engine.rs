@@ -10,7 +10,9 @@ use copy_snapshots::reconcile::{MAX_ATTEMPTS, RunLimits, reconcile};
 use copy_snapshots::request::{CopyRequest, Settings};
 use copy_snapshots::response::Response;
 use copy_snapshots::simulated::{CopyTimeModel, SimulatedEc2};
-use copy_snapshots::store::{CopySpec, SOURCE_REGION_TAG, SOURCE_SNAPSHOT_TAG, SnapshotState, Tag, find_tag};
+use copy_snapshots::store::{
+    CopySpec, ENCRYPTION_TAG, SOURCE_REGION_TAG, SOURCE_SNAPSHOT_TAG, SnapshotState, Tag, find_tag,
+};
 use rand::rngs::StdRng;
 use rand::{RngExt, SeedableRng};
 use serde_json::{Value, json};
@@ -146,6 +148,7 @@ async fn interrupted_anywhere_then_run_again_makes_no_duplicate() {
         }
         assert_each_copied_once(&ec2, &ids);
         assert!(ec2.max_tracked_pending(TARGET) <= 3, "round {round}");
+        assert_eq!(ec2.calls().delete_copy, 0, "round {round}: a duplicate was made (and deleted)");
         orphaned += ec2.orphaned_starts();
     }
     // Otherwise the scenario never cut inside a CopySnapshot and proves nothing about them.
@@ -470,7 +473,11 @@ fn earlier_copy_spec(request: &CopyRequest, source: &SnapshotId, kms_key_id: Opt
         description: "an earlier invocation's copy".into(),
         encrypted: kms_key_id.is_some(),
         kms_key_id: kms_key_id.map(str::to_owned),
-        tags: vec![Tag::new(SOURCE_SNAPSHOT_TAG, source.as_str()), Tag::new(SOURCE_REGION_TAG, SOURCE)],
+        tags: vec![
+            Tag::new(SOURCE_SNAPSHOT_TAG, source.as_str()),
+            Tag::new(SOURCE_REGION_TAG, SOURCE),
+            Tag::new(ENCRYPTION_TAG, kms_key_id.unwrap_or("none")),
+        ],
         completion_duration_minutes: None,
     }
 }
@@ -594,7 +601,7 @@ async fn a_copy_that_would_carry_more_than_50_tags_fails_alone() {
     let req = request(&[crowded.clone(), plain.clone()], json!({"copy_tags": true, "tags": extra}));
     let result = reconcile(&ec2, &req, no_deadline()).await;
     let Err(CopySnapshotsError::CopyFailed { message, response }) = result else { panic!("{result:?}") };
-    assert!(message.contains(crowded.as_str()) && message.contains("52 tags") && message.contains("50"), "{message}");
+    assert!(message.contains(crowded.as_str()) && message.contains("53 tags") && message.contains("50"), "{message}");
     assert_eq!(response.copies.len(), 1);
     assert_eq!(response.copies[0].source_snapshot_id, plain.as_str());
 }
@@ -683,4 +690,25 @@ async fn a_copy_deleted_before_this_run_ever_saw_it_gives_way_to_the_surviving_o
     assert_eq!(response.snapshot_ids, [c1.to_string()]);
     assert_eq!(ec2.calls().start_copy, 1);
     assert_each_copied_once(&ec2, &ids);
+}
+
+#[tokio::test(start_paused = true)]
+async fn error_copies_of_a_request_with_another_key_are_not_this_requests_attempts() {
+    // The README's encrypted-copy check, run with a key EC2 may not use, on a source the plain
+    // schedule has not copied yet: three error copies under that key.
+    let ec2 = SimulatedEc2::new();
+    let ids = sources(&ec2, &[8]);
+    let key = "arn:aws:kms:eu-west-1:111122223333:key/1234abcd-12ab-34cd-56ef-1234567890ab";
+    let keyed = request(&ids, json!({"encrypt": true, "kms_key_id": key, "wait_for_completion": true}));
+    for _ in 0..MAX_ATTEMPTS {
+        ec2.add_tracked_copy(&earlier_copy_spec(&keyed, &ids[0], Some(key)), Some("Given key ID is not accessible"));
+    }
+    tokio::time::sleep(Duration::from_secs(3600)).await;
+    let again = reconcile(&ec2, &keyed, no_deadline()).await;
+    assert!(matches!(again, Err(CopySnapshotsError::CopyFailed { .. })), "the keyed request is out of attempts");
+
+    // The plain schedule copies it all the same.
+    let plain = reconcile(&ec2, &request(&ids, json!({"wait_for_completion": true})), no_deadline()).await.unwrap();
+    assert!(plain.complete, "{plain:?}");
+    assert_eq!(plain.copies.len(), 1);
 }

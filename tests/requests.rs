@@ -106,8 +106,8 @@ fn bad_inputs() -> Vec<(&'static str, Value, &'static str)> {
         ("tag value not a string", with("tags", json!({"team": 7})), "tags"),
         (
             "too many tags",
-            with("tags", Value::Object((0..49).map(|i| (format!("k{i}"), json!("v"))).collect())),
-            "at most 48",
+            with("tags", Value::Object((0..48).map(|i| (format!("k{i}"), json!("v"))).collect())),
+            "at most 47",
         ),
         ("duration not a multiple of 15", with("completion_duration_minutes", json!(20)), "multiple of 15"),
         ("duration too long", with("completion_duration_minutes", json!(2895)), "completion_duration_minutes"),
