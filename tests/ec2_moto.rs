@@ -13,8 +13,8 @@ use copy_snapshots::ec2::Ec2Store;
 use copy_snapshots::ids::{Region, SnapshotId};
 use copy_snapshots::request::Settings;
 use copy_snapshots::store::{
-    CopySpec, CopyStatus, SOURCE_REGION_TAG, SOURCE_SNAPSHOT_TAG, SnapshotStore, SourceSelector, SourceSnapshot,
-    StoreError,
+    CopySpec, CopyStatus, ENCRYPTION_TAG, SOURCE_REGION_TAG, SOURCE_SNAPSHOT_TAG, SnapshotStore, SourceSelector,
+    SourceSnapshot, StoreError,
 };
 use copy_snapshots::{CopySnapshotsError, handle};
 use serde_json::{Value, json};
@@ -184,8 +184,13 @@ async fn without_copy_tags_only_tracking_and_request_tags_are_set() {
     let made = describe(&ec2_in(TARGET).await, &response.copies[0].snapshot_id).await;
     assert_eq!(tag(&made, "team"), None);
     assert_eq!(tag(&made, "purpose"), Some("dr"));
-    let keys: Vec<&str> = made.tags().iter().filter_map(|t| t.key()).collect();
-    assert_eq!(keys.len(), 3, "{keys:?}");
+    let mut keys: Vec<&str> = made.tags().iter().filter_map(|t| t.key()).collect();
+    keys.sort_unstable();
+    assert_eq!(
+        keys,
+        ["copy-snapshots:encryption", "copy-snapshots:source-region", "copy-snapshots:source-snapshot-id", "purpose"]
+    );
+    assert_eq!(tag(&made, ENCRYPTION_TAG), Some("none"), "a plain request's copy says so");
 }
 
 #[tokio::test]
