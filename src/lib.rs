@@ -12,7 +12,8 @@
 //! - [`ec2`]: the store on aws-sdk-ec2 (the only module that uses the SDK).
 //! - [`handler`]: one invocation end to end; [`logging`]: the Lambda log setup;
 //!   [`metrics`]: the per-invocation CloudWatch EMF line.
-//! - [`simulated`]: an in-memory EC2 on tokio's clock, for tests and the benchmark.
+//! - `simulated` (feature `simulated`): an in-memory EC2 on tokio's clock, for the tests and
+//!   the benchmark; not built into the Lambda.
 
 pub mod ec2;
 pub mod error;
@@ -24,6 +25,7 @@ pub mod metrics;
 pub mod reconcile;
 pub mod request;
 pub mod response;
+#[cfg(feature = "simulated")]
 pub mod simulated;
 pub mod store;
 
