@@ -7,7 +7,7 @@
 //! - [`request`]: the request, the environment's defaults, validation.
 //! - [`event`]: payload → request (direct request or EventBridge event).
 //! - [`store`]: the trait the engine asks EC2 through, in domain types.
-//! - [`reconcile`]: the engine.
+//! - [`reconcile`]: the engine; [`poll_timing`]: when it polls next.
 //! - [`response`], [`error`]: what an invocation answers.
 //! - [`ec2`]: the store on aws-sdk-ec2 (the only module that uses the SDK).
 //! - [`handler`]: one invocation end to end; [`logging`]: the Lambda log setup;
@@ -22,6 +22,7 @@ pub mod handler;
 pub mod ids;
 pub mod logging;
 pub mod metrics;
+pub mod poll_timing;
 pub mod reconcile;
 pub mod request;
 pub mod response;

@@ -13,8 +13,9 @@ use tracing::{debug, info, warn};
 
 use crate::error::CopySnapshotsError;
 use crate::ids::{SnapshotId, shorten};
+use crate::poll_timing::{self, CompletionEstimate, WaitContext};
 use crate::request::CopyRequest;
-use crate::response::{CopyReport, FailureReport, RecoveryPoint, RemovedCopy, Response};
+use crate::response::{CopyReport, FailureReport, RecoveryPoint, RemovedCopy, Response, plural};
 use crate::store::{
     CopySpec, CopyStatus, ENCRYPTION_TAG, RESERVED_TAG_PREFIX, SOURCE_REGION_TAG, SOURCE_SNAPSHOT_TAG, SnapshotState,
     SnapshotStore, SourceSelector, SourceSnapshot, StoreError, Tag,
@@ -24,10 +25,6 @@ use crate::store::{
 /// by the SDK's operation timeout) and the response fit in the time left. A short-lived
 /// invocation keeps a quarter of its time instead, so it still gets work done.
 pub const DEADLINE_MARGIN: Duration = Duration::from_secs(30);
-/// The longest wait between two polls, however far progress says the next completion is.
-/// EC2's progress is not quite linear, so estimates are re-checked at least this often; 15
-/// minutes is also the longest a Lambda invocation lives.
-pub const MAX_POLL_INTERVAL: Duration = Duration::from_secs(900);
 /// EC2's tag limit per snapshot.
 const MAX_TAGS_PER_SNAPSHOT: usize = 50;
 /// The most copies of one source that may end in `error` before the source is failed. Counted
@@ -146,60 +143,6 @@ struct TrackedCopy {
     estimate: CompletionEstimate,
     /// Seen in at least one answer; a seen copy that vanishes was deleted.
     seen: bool,
-}
-
-/// Brackets a copy's completion time from EC2's whole-percent progress, assuming a steady rate.
-#[derive(Debug, Clone, Copy)]
-struct CompletionEstimate {
-    /// First known point: (time, progress ≥ lo, progress < hi), in percent.
-    baseline: Option<(Instant, f64, f64)>,
-    /// Latest observation: (time, whole percent).
-    latest: Option<(Instant, u8)>,
-}
-
-impl CompletionEstimate {
-    fn started_at(at: Instant) -> Self {
-        Self { baseline: Some((at, 0.0, 0.0)), latest: None }
-    }
-
-    fn started(&self) -> Instant {
-        self.baseline.map_or_else(Instant::now, |(t0, _, _)| t0)
-    }
-
-    fn unknown() -> Self {
-        Self { baseline: None, latest: None }
-    }
-
-    fn observe(&mut self, at: Instant, percent: u8) {
-        if self.baseline.is_none() {
-            let p = f64::from(percent);
-            self.baseline = Some((at, p, p + 1.0));
-        }
-        self.latest = Some((at, percent));
-    }
-
-    /// Bounds on the copy's speed, in percent per second: (slowest, fastest).
-    fn speed(&self) -> Option<(f64, f64)> {
-        let (t0, lo0, hi0) = self.baseline?;
-        let (t1, percent) = self.latest?;
-        let elapsed = t1.checked_duration_since(t0)?.as_secs_f64();
-        if elapsed <= 0.0 {
-            return None;
-        }
-        let percent = f64::from(percent);
-        Some(((percent - hi0).max(0.0) / elapsed, (percent + 1.0 - lo0) / elapsed))
-    }
-
-    /// The earliest and latest moments the copy can complete (latest `None`: no bound yet).
-    fn window(&self) -> Option<(Instant, Option<Instant>)> {
-        let (slowest, fastest) = self.speed()?;
-        let (t1, percent) = self.latest?;
-        let percent = f64::from(percent);
-        let after = |remaining: f64, speed: f64| t1 + Duration::from_secs_f64((remaining.max(0.0) / speed).min(1e9));
-        let earliest = after(100.0 - (percent + 1.0), fastest);
-        let latest = (slowest > 0.0).then(|| after(100.0 - percent, slowest));
-        Some((earliest, latest))
-    }
 }
 
 struct Run<'a, S> {
@@ -619,41 +562,19 @@ impl<'a, S: SnapshotStore> Run<'a, S> {
             || (self.request.wait_for_completion && self.pending_copies().next().is_some())
     }
 
-    /// How long to wait before the next poll: until the soonest copy is likely done or an
-    /// unsure start is due for a look, at least `poll_interval`, at most [`MAX_POLL_INTERVAL`].
+    /// How long to wait before the next poll (see [`poll_timing::next_wait`]).
     fn next_wait(&self, now: Instant) -> Duration {
-        let floor = self.limits.poll_interval;
-        let mut wake: Option<Instant> = self.next_unsure_look();
-        for (size_gib, copy) in self.pending_copies_with_size() {
-            let candidate = match copy.estimate.window() {
-                // When the bounds are close (within 2% of the copy's age, or four poll
-                // intervals), wake at the later one: one poll then surely sees the completion,
-                // and the slot idles at most `gap`. When they are far apart, wake halfway to
-                // narrow them first.
-                Some((earliest, Some(latest))) => {
-                    let gap = latest.saturating_duration_since(earliest);
-                    let age = now.saturating_duration_since(copy.estimate.started());
-                    let tolerance = (floor * 4).max(age / 50);
-                    if gap <= tolerance { latest } else { earliest + (gap / 2).max(floor) }
-                }
-                Some((earliest, None)) => earliest,
-                // Not observed yet: the fastest speed seen in this run says how soon it could
-                // be done at best; with none seen, look soon to learn one.
-                None => match (self.fastest_gib_per_second, copy.estimate.baseline) {
-                    (Some(speed), Some((t0, _, _))) => t0 + Duration::from_secs_f64(size_gib as f64 / speed),
-                    _ => now + floor,
-                },
-            };
-            wake = Some(wake.map_or(candidate, |w| w.min(candidate)));
-        }
-        let mut wait = wake.map_or(MAX_POLL_INTERVAL, |w| w.saturating_duration_since(now));
-        if self.region_full {
-            // Another account's copies hold the region's slots: retry, backing off while
-            // none of ours is running to free one.
-            let backoff = floor * 2u32.saturating_pow(self.full_rounds.min(4));
-            wait = wait.min(backoff);
-        }
-        wait.clamp(floor, MAX_POLL_INTERVAL)
+        let context = WaitContext {
+            poll_interval: self.limits.poll_interval,
+            fastest_gib_per_second: self.fastest_gib_per_second,
+            next_unsure_look: self.next_unsure_look(),
+            region_full_rounds: self.region_full.then_some(self.full_rounds),
+        };
+        poll_timing::next_wait(
+            now,
+            &context,
+            self.pending_copies_with_size().map(|(size, copy)| (size, &copy.estimate)),
+        )
     }
 
     /// The response; `CopyFailed` when failures remain and nothing else is left to do;
@@ -707,11 +628,11 @@ impl<'a, S: SnapshotStore> Run<'a, S> {
         );
         let target_region = self.request.target_region.to_string();
         if self.request.from_event && !response.pending_sources.is_empty() {
-            let message = sources_pending_message(&response, &target_region);
+            let message = response.sources_pending_message(&target_region);
             return Err(CopySnapshotsError::SourcesPending { message, response: Box::new(response) });
         }
         if !response.failed.is_empty() && response.pending_sources.is_empty() && all_done {
-            let message = copy_failed_message(&response, &target_region);
+            let message = response.copy_failed_message(&target_region);
             return Err(CopySnapshotsError::CopyFailed { message, response: Box::new(response) });
         }
         Ok(response)
@@ -890,93 +811,5 @@ fn describe_selector(selector: &SourceSelector) -> String {
                 filters.iter().map(|f| format!("{}={}", shorten(&f.name), shorten(&f.values.join(",")))).collect();
             format!("the snapshots matching filters {}", shown.join(" "))
         }
-    }
-}
-
-fn sources_pending_message(response: &Response, target_region: &str) -> String {
-    format!(
-        "{} of this event not started in {target_region} before the deadline (the region's copy quota stayed full, \
-         or EC2 did not answer): {}; failing so that Lambda retries the event and, after its retries, sends it to \
-         the on-failure destination. Copies already started: {}",
-        plural(response.pending_sources.len(), "snapshot"),
-        response.pending_sources.join(", "),
-        response.copies.len()
-    )
-}
-
-fn copy_failed_message(response: &Response, target_region: &str) -> String {
-    let failures: Vec<String> =
-        response.failed.iter().map(|f| format!("{}: {}", f.source_snapshot_id, f.error)).collect();
-    let made: Vec<String> =
-        response.copies.iter().map(|c| format!("{} → {} ({})", c.source_snapshot_id, c.snapshot_id, c.state)).collect();
-    format!(
-        "{} of {} failed to copy to {target_region}: {}. Copies made: {}",
-        response.failed.len(),
-        plural(response.failed.len() + response.copies.len(), "source"),
-        failures.join("; "),
-        if made.is_empty() { "none".to_owned() } else { made.join(", ") }
-    )
-}
-
-fn plural(n: usize, noun: &str) -> String {
-    match (n, noun.strip_suffix('y')) {
-        (1, _) => format!("1 {noun}"),
-        (_, Some(stem)) => format!("{n} {stem}ies"),
-        (_, None) => format!("{n} {noun}s"),
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    /// A copy that really takes `total` seconds, progressing steadily, observed as EC2 reports
-    /// it (whole percent, rounded down).
-    fn observed(total: f64, at: &[f64]) -> (Instant, CompletionEstimate) {
-        let start = Instant::now();
-        let mut estimate = CompletionEstimate::started_at(start);
-        for t in at {
-            let percent = (t / total * 100.0).floor() as u8;
-            estimate.observe(start + Duration::from_secs_f64(*t), percent);
-        }
-        (start, estimate)
-    }
-
-    #[test]
-    fn the_completion_window_always_holds_the_true_completion() {
-        for total in [280.0, 1_400.0, 41_080.0] {
-            for fraction in [0.02, 0.1, 0.5, 0.9, 0.99] {
-                let (start, estimate) = observed(total, &[total * fraction]);
-                let truth = start + Duration::from_secs_f64(total);
-                let (earliest, latest) = estimate.window().expect("a window after one observation");
-                assert!(earliest <= truth, "total {total}, at {fraction}: earliest after the truth");
-                if let Some(latest) = latest {
-                    assert!(
-                        truth <= latest + Duration::from_millis(1),
-                        "total {total}, at {fraction}: latest before the truth"
-                    );
-                }
-            }
-        }
-    }
-
-    #[test]
-    fn the_window_narrows_as_progress_grows() {
-        let width = |at: f64| {
-            let (_, estimate) = observed(1_400.0, &[at]);
-            let (earliest, latest) = estimate.window().unwrap();
-            latest.unwrap().duration_since(earliest)
-        };
-        assert!(width(1_260.0) < width(140.0));
-    }
-
-    #[test]
-    fn nothing_is_known_before_a_first_observation_or_at_zero_percent() {
-        let (_, estimate) = observed(1_400.0, &[]);
-        assert!(estimate.window().is_none());
-        let (start, estimate) = observed(1_400.0, &[10.0]);
-        let (earliest, latest) = estimate.window().unwrap();
-        assert!(latest.is_none(), "0% gives no upper bound");
-        assert!(earliest >= start + Duration::from_secs(990), "at 0% after 10 s, at least 99 × 10 s remain");
     }
 }

@@ -61,6 +61,33 @@ impl Response {
     pub fn nothing_to_do() -> Self {
         Self { complete: true, ..Self::default() }
     }
+
+    /// The `SourcesPending` message: which of an event's snapshots have no copy started.
+    pub(crate) fn sources_pending_message(&self, target_region: &str) -> String {
+        format!(
+            "{} of this event not started in {target_region} before the deadline (the region's copy quota stayed full, \
+             or EC2 did not answer): {}; failing so that Lambda retries the event and, after its retries, sends it to \
+             the on-failure destination. Copies already started: {}",
+            plural(self.pending_sources.len(), "snapshot"),
+            self.pending_sources.join(", "),
+            self.copies.len()
+        )
+    }
+
+    /// The `CopyFailed` message: each failure, and every copy made.
+    pub(crate) fn copy_failed_message(&self, target_region: &str) -> String {
+        let failures: Vec<String> =
+            self.failed.iter().map(|f| format!("{}: {}", f.source_snapshot_id, f.error)).collect();
+        let made: Vec<String> =
+            self.copies.iter().map(|c| format!("{} → {} ({})", c.source_snapshot_id, c.snapshot_id, c.state)).collect();
+        format!(
+            "{} of {} failed to copy to {target_region}: {}. Copies made: {}",
+            self.failed.len(),
+            plural(self.failed.len() + self.copies.len(), "source"),
+            failures.join("; "),
+            if made.is_empty() { "none".to_owned() } else { made.join(", ") }
+        )
+    }
 }
 
 /// One copy and its state when the invocation returned.
@@ -216,6 +243,15 @@ pub fn respond(
 /// time and whether its copy is completed. Sources of unknown age are left out.
 pub fn oldest_uncopied(sources: impl IntoIterator<Item = (Option<SystemTime>, bool)>) -> Option<SystemTime> {
     sources.into_iter().filter(|(_, copied)| !copied).filter_map(|(start, _)| start).min()
+}
+
+/// `n noun` or `n nouns` (`copy` → `copies`).
+pub(crate) fn plural(n: usize, noun: &str) -> String {
+    match (n, noun.strip_suffix('y')) {
+        (1, _) => format!("1 {noun}"),
+        (_, Some(stem)) => format!("{n} {stem}ies"),
+        (_, None) => format!("{n} {noun}s"),
+    }
 }
 
 /// `text` cut to `max` characters, marked with `…` when cut.
