@@ -72,15 +72,29 @@ fn answer_shape(invocation: &Invocation) -> (ResponseFormat, String) {
     }
 }
 
-/// Handles one Lambda invocation: the deadline comes from the context, `debug: true` raises
-/// this invocation's logs, and a failure is logged with its errorType before it is returned.
-/// The metrics line counts the full response, whatever format the answer takes.
+/// Handles one Lambda invocation ([`answer_lambda_event`]) and prints its metrics line.
 pub async fn handle_lambda_event<S: SnapshotStore>(
     event: LambdaEvent<Payload>,
     settings: &Settings,
     store: &S,
     log_level: &LogLevel,
 ) -> Result<Answer, CopySnapshotsError> {
+    let (answer, metrics) = answer_lambda_event(event, settings, store, log_level).await;
+    // Straight to stdout, not through tracing: CloudWatch extracts metrics only from a line
+    // that is the EMF document itself.
+    println!("{metrics}");
+    answer
+}
+
+/// One Lambda invocation: the deadline comes from the context, `debug: true` raises this
+/// invocation's logs, and a failure is logged with its errorType. Returns the answer and the
+/// EMF document, which counts the full response whatever format the answer takes.
+pub async fn answer_lambda_event<S: SnapshotStore>(
+    event: LambdaEvent<Payload>,
+    settings: &Settings,
+    store: &S,
+    log_level: &LogLevel,
+) -> (Result<Answer, CopySnapshotsError>, Value) {
     let mut remaining = event.context.deadline().duration_since(SystemTime::now()).unwrap_or_default();
     if remaining.is_zero() {
         // Lambda always hands over a future deadline; some local emulators send none.
@@ -120,10 +134,8 @@ pub async fn handle_lambda_event<S: SnapshotStore>(
     let target_region = target_region.or_else(|| settings.target_region.as_ref().map(ToString::to_string));
     let now = SystemTime::now();
     let now_ms = now.duration_since(SystemTime::UNIX_EPOCH).unwrap_or_default().as_millis();
-    // Straight to stdout, not through tracing: CloudWatch extracts metrics only from a line
-    // that is the EMF document itself.
-    println!("{}", metrics::emf(target_region.as_deref(), InvocationCounts::of(&result, now), now_ms));
-    respond(result, format, target_region.as_deref().unwrap_or("the target region"))
+    let metrics = metrics::emf(target_region.as_deref(), InvocationCounts::of(&result, now), now_ms);
+    (respond(result, format, target_region.as_deref().unwrap_or("the target region")), metrics)
 }
 
 async fn run<S: SnapshotStore>(
