@@ -2,7 +2,6 @@
 //! the environment's defaults apply only where the payload is silent, and every sample payload
 //! under events/ parses as what it claims to be.
 
-mod support;
 
 use std::collections::HashMap;
 
@@ -13,7 +12,7 @@ use copy_snapshots::simulated::SimulatedEc2;
 use copy_snapshots::store::SourceSelector;
 use copy_snapshots::{CopySnapshotsError, handle};
 use serde_json::{Value, json};
-use support::events::load_event;
+use crate::support::events::load_event;
 
 const ID_A: &str = "snap-0123456789abcdef0";
 const ID_B: &str = "snap-0fedcba9876543210";

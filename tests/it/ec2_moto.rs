@@ -3,7 +3,6 @@
 //! tests assert what it records — the copies, their KmsKeyId, tags and description — and leave
 //! time, limits and faults to the engine tests.
 
-mod support;
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 
@@ -18,7 +17,7 @@ use copy_snapshots::store::{
 };
 use copy_snapshots::{CopySnapshotsError, handle};
 use serde_json::{Value, json};
-use support::moto::{ec2_in, make_snapshot, sdk_config};
+use crate::support::moto::{ec2_in, make_snapshot, sdk_config};
 
 const SOURCE: &str = "us-east-1";
 const TARGET: &str = "eu-west-1";
