@@ -1,6 +1,11 @@
 //! The Lambda bootstrap: logging, settings from the environment, one AWS configuration, and
 //! the runtime loop. Everything else lives in the library.
 
+// The runtime's future nests the whole invocation (handler → engine → SDK calls); computing
+// its layout can pass rustc's default query depth of 128, depending on evaluation order
+// (seen on a fresh incremental build, not on a warm one).
+#![recursion_limit = "256"]
+
 use std::time::Duration;
 
 use aws_config::BehaviorVersion;

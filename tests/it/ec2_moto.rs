@@ -3,9 +3,9 @@
 //! tests assert what it records — the copies, their KmsKeyId, tags and description — and leave
 //! time, limits and faults to the engine tests.
 
-
 use std::sync::atomic::{AtomicUsize, Ordering};
 
+use crate::support::moto::{ec2_in, make_snapshot, sdk_config};
 use aws_sdk_ec2::Client;
 use aws_sdk_ec2::types;
 use copy_snapshots::ec2::Ec2Store;
@@ -17,7 +17,6 @@ use copy_snapshots::store::{
 };
 use copy_snapshots::{CopySnapshotsError, handle};
 use serde_json::{Value, json};
-use crate::support::moto::{ec2_in, make_snapshot, sdk_config};
 
 const SOURCE: &str = "us-east-1";
 const TARGET: &str = "eu-west-1";

@@ -2,13 +2,12 @@
 //! runtime API in the test, handed the payloads under events/ (with ids of snapshots made in the
 //! emulator), answering through the runtime API against moto.
 
-
 use std::time::Duration;
 
-use serde_json::{Value, json};
 use crate::support::events::load_event;
 use crate::support::moto::{ec2_in, make_snapshot};
 use crate::support::runtime_api::LambdaHarness;
+use serde_json::{Value, json};
 
 const SOURCE: &str = "us-east-1";
 const TARGET: &str = "eu-west-1";

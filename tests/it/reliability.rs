@@ -4,14 +4,13 @@
 //! scenario prints its figures (copies, duplicates, most pending at once, EC2 calls); `make
 //! test` shows them.
 
-
 use std::time::{Duration, Instant};
 
+use crate::support::fault_ec2::{FaultEc2, Record};
+use crate::support::runtime_api::{Answer, LambdaHarness};
 use rand::rngs::StdRng;
 use rand::{RngExt, SeedableRng};
 use serde_json::{Value, json};
-use crate::support::fault_ec2::{FaultEc2, Record};
-use crate::support::runtime_api::{Answer, LambdaHarness};
 
 const SOURCE: &str = "us-east-1";
 const TARGET: &str = "eu-west-1";

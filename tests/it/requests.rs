@@ -2,9 +2,9 @@
 //! the environment's defaults apply only where the payload is silent, and every sample payload
 //! under events/ parses as what it claims to be.
 
-
 use std::collections::HashMap;
 
+use crate::support::events::load_event;
 use copy_snapshots::event::{Invocation, parse_payload};
 use copy_snapshots::ids::{KmsKeyRef, Region};
 use copy_snapshots::request::Settings;
@@ -12,7 +12,6 @@ use copy_snapshots::simulated::SimulatedEc2;
 use copy_snapshots::store::SourceSelector;
 use copy_snapshots::{CopySnapshotsError, handle};
 use serde_json::{Value, json};
-use crate::support::events::load_event;
 
 const ID_A: &str = "snap-0123456789abcdef0";
 const ID_B: &str = "snap-0fedcba9876543210";

@@ -1,6 +1,5 @@
 //! Test support shared by the tests that run the real function binary against an emulator.
 
-
 pub mod events;
 pub mod fault_ec2;
 pub mod moto;
