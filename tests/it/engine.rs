@@ -4,6 +4,7 @@
 use std::collections::HashMap;
 use std::time::Duration;
 
+use crate::support::events::snapshot_notification;
 use copy_snapshots::CopySnapshotsError;
 use copy_snapshots::ids::SnapshotId;
 use copy_snapshots::reconcile::{MAX_ATTEMPTS, RunLimits, reconcile};
@@ -633,12 +634,7 @@ async fn an_event_whose_snapshot_cannot_start_fails_so_lambda_retries_it() {
     let id = ec2.add_source(SOURCE, 8, &[]);
     let settings =
         Settings { target_region: Some(copy_snapshots::ids::Region::parse(TARGET).unwrap()), ..Settings::default() };
-    let event = json!({
-        "version": "0", "id": "e", "detail-type": "EBS Snapshot Notification", "source": "aws.ec2",
-        "account": "111122223333", "time": "2026-11-25T10:00:00Z", "region": SOURCE, "resources": [],
-        "detail": {"event": "createSnapshot", "result": "succeeded",
-                   "snapshot_id": format!("arn:aws:ec2::{SOURCE}:snapshot/{id}")}
-    });
+    let event = snapshot_notification(SOURCE, id.as_str());
     let result =
         copy_snapshots::handle(event.clone(), &settings, &ec2, Some(Instant::now() + Duration::from_secs(900))).await;
     let Err(err @ CopySnapshotsError::SourcesPending { .. }) = result else { panic!("{result:?}") };

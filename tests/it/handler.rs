@@ -6,6 +6,7 @@
 use std::sync::OnceLock;
 use std::time::{Duration, SystemTime};
 
+use crate::support::events::snapshot_notification;
 use copy_snapshots::handler::{Payload, answer_lambda_event};
 use copy_snapshots::ids::{Region, SnapshotId};
 use copy_snapshots::logging::{self, LogLevel};
@@ -172,12 +173,7 @@ async fn each_error_type_is_counted_as_documented() {
     let ec2 = SimulatedEc2::new();
     ec2.add_foreign_pending(TARGET, 20, Duration::from_secs(3600));
     let id = ec2.add_source(SOURCE, 8, &[]);
-    let event = json!({
-        "version": "0", "id": "e", "detail-type": "EBS Snapshot Notification", "source": "aws.ec2",
-        "account": "111122223333", "time": "2026-11-25T10:00:00Z", "region": SOURCE, "resources": [],
-        "detail": {"event": "createSnapshot", "result": "succeeded",
-                   "snapshot_id": format!("arn:aws:ec2::{SOURCE}:snapshot/{id}")}
-    });
+    let event = snapshot_notification(SOURCE, id.as_str());
     let (answer, metrics) = invoke(&ec2, event, Some(Duration::from_secs(120))).await;
     expect(&answer, "SourcesPending");
     assert_eq!(count(&metrics, "PendingSources"), 1);

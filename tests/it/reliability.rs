@@ -6,6 +6,7 @@
 
 use std::time::{Duration, Instant};
 
+use crate::support::events::snapshot_notification;
 use crate::support::fault_ec2::{FaultEc2, Record};
 use crate::support::runtime_api::{Answer, LambdaHarness};
 use rand::rngs::StdRng;
@@ -441,15 +442,6 @@ async fn deliver_as_lambda_does(lambda: &mut LambdaHarness, event: &Value, deadl
     answers
 }
 
-fn snapshot_notification(id: &str) -> Value {
-    json!({
-        "version": "0", "id": "e", "detail-type": "EBS Snapshot Notification", "source": "aws.ec2",
-        "account": "123456789012", "time": "2026-11-25T10:00:00Z", "region": SOURCE, "resources": [],
-        "detail": {"event": "createSnapshot", "result": "succeeded",
-                   "snapshot_id": format!("arn:aws:ec2::{SOURCE}:snapshot/{id}")}
-    })
-}
-
 /// An `EBS Snapshot Notification` while the region's copy quota stays full for longer than
 /// one invocation: each invocation that cannot start the copy fails (`SourcesPending`), so
 /// Lambda retries the event; once the quota frees, a retry copies it once. And when the quota
@@ -465,7 +457,8 @@ async fn an_event_is_never_acknowledged_before_its_snapshot_is_copied() {
     // Each 8 s invocation works 4 s (2 s margin, 2 s call timeout + 2 s for the answer): the
     // first attempt runs out, the second, from about 5 s, sees the slots free at 7 s.
     emulator.foreign_copies(TARGET, 20, 7.0);
-    let answers = deliver_as_lambda_does(&mut lambda, &snapshot_notification(&ids[0]), Duration::from_secs(8)).await;
+    let answers =
+        deliver_as_lambda_does(&mut lambda, &snapshot_notification(SOURCE, &ids[0]), Duration::from_secs(8)).await;
     let attempts = answers.len();
     let Some(Answer::Response(response)) = answers.last() else { panic!("never copied: {answers:?}") };
     for answer in &answers[..attempts - 1] {
@@ -480,7 +473,8 @@ async fn an_event_is_never_acknowledged_before_its_snapshot_is_copied() {
     // A quota full for longer than Lambda's three attempts: all three fail.
     tokio::time::sleep(Duration::from_secs(4)).await;
     emulator.foreign_copies(TARGET, 20, 40.0);
-    let answers = deliver_as_lambda_does(&mut lambda, &snapshot_notification(&ids[1]), Duration::from_secs(6)).await;
+    let answers =
+        deliver_as_lambda_does(&mut lambda, &snapshot_notification(SOURCE, &ids[1]), Duration::from_secs(6)).await;
     assert_eq!(answers.len(), 3, "{answers:?}");
     for answer in &answers {
         assert!(matches!(answer, Answer::Error { error_type, .. } if error_type == "SourcesPending"), "{answer:?}");
