@@ -422,7 +422,7 @@ impl<'a, S: SnapshotStore> Run<'a, S> {
                 Err(StoreError::Unknown(message)) => {
                     warn!(source = %source.id, %message, "copy start had no definite answer; will look for the copy");
                     slots_held += 1;
-                    self.entries[i].stage = self.unsure();
+                    self.entries[i].stage = self.unsure(Instant::now());
                 }
                 Err(StoreError::Refused { code, message }) => {
                     warn!(source = %source.id, %code, %message, "EC2 refused the copy");
@@ -444,9 +444,9 @@ impl<'a, S: SnapshotStore> Run<'a, S> {
         Ok(())
     }
 
-    /// A fresh unsure stage: first look one poll interval from now.
-    fn unsure(&self) -> Stage {
-        Stage::Unsure { misses: 0, next_look: Instant::now() + self.limits.poll_interval }
+    /// A fresh unsure stage: first look one poll interval after `now`.
+    fn unsure(&self, now: Instant) -> Stage {
+        Stage::Unsure { misses: 0, next_look: now + self.limits.poll_interval }
     }
 
     /// What counts against `pending_limit`: this request's pending copies and unsure starts.
@@ -475,9 +475,9 @@ impl<'a, S: SnapshotStore> Run<'a, S> {
             .map_err(|e| fatal(e, "polling the copies", self.copies_started))?;
         let by_id: HashMap<SnapshotId, CopyStatus> = answer.into_iter().map(|c| (c.id.clone(), c)).collect();
         let now = Instant::now();
-        let next_look = now + self.limits.poll_interval;
         let unlisted_limit = unsure_window(self.limits.poll_interval) * 2;
         let mut requeue = Vec::new();
+        let mut vanished = Vec::new();
         for (i, entry) in self.entries.iter_mut().enumerate() {
             let Stage::Copying { copy, .. } = &mut entry.stage else { continue };
             if copy.state != SnapshotState::Pending {
@@ -491,7 +491,7 @@ impl<'a, S: SnapshotStore> Run<'a, S> {
                     // Deleted: by someone, or as a duplicate by an overlapping invocation that
                     // kept another copy. Look by the tags before copying again.
                     warn!(source = %entry.source.id, copy = %copy.id, "copy vanished before completing; looking for another");
-                    entry.stage = Stage::Unsure { misses: 0, next_look };
+                    vanished.push(i);
                 }
                 // Never seen: EC2's eventual consistency; it shows up in a later round.
                 continue;
@@ -526,6 +526,9 @@ impl<'a, S: SnapshotStore> Run<'a, S> {
                     entry.stage = Stage::Failed { copy_id: Some(copy.id.clone()), reason };
                 }
             }
+        }
+        for i in vanished {
+            self.entries[i].stage = self.unsure(now);
         }
         for i in requeue {
             self.queue_or_fail(i);
