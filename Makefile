@@ -30,6 +30,7 @@ build: $(STAMP) ## release build for Lambda (arm64, provided.al2023)
 	cargo lambda build --release --arm64
 
 test: $(STAMP) check-templates ## every test: engine, requests, SDK and binary against moto, templates
+	scripts/check-shared-features
 	scripts/with-moto cargo test -- --show-output
 
 check-templates: $(STAMP) ## cfn-lint and sam validate the template, check its role, cfn-lint the state machine

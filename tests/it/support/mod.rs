@@ -4,3 +4,4 @@ pub mod events;
 pub mod fault_ec2;
 pub mod moto;
 pub mod runtime_api;
+pub mod scripted_ec2;

@@ -4,17 +4,12 @@
 use std::collections::HashMap;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, mpsc};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use axum::Router;
-use axum::body::Bytes;
-use axum::extract::{Path, State};
-use axum::http::{HeaderMap, HeaderValue, StatusCode};
-use axum::response::IntoResponse;
-use axum::routing::{get, post};
 use serde_json::Value;
-use tokio::sync::{Mutex, mpsc};
+use tiny_http::{Header, Method, Request, Response, Server};
+use tokio::sync::mpsc as async_mpsc;
 
 /// What the function answered.
 #[derive(Debug, Clone)]
@@ -45,16 +40,19 @@ struct Invocation {
     deadline_ms: u128,
 }
 
+/// What each request's thread needs: the queue of invocations the function has not fetched yet,
+/// and where its answers go.
 #[derive(Clone)]
 struct Shared {
     next: Arc<Mutex<mpsc::Receiver<Invocation>>>,
-    answers: mpsc::Sender<(String, Answer)>,
+    answers: async_mpsc::UnboundedSender<(String, Answer)>,
 }
 
 /// The runtime API server plus the function process it serves.
 pub struct LambdaHarness {
+    server: Arc<Server>,
     invocations: mpsc::Sender<Invocation>,
-    answers: mpsc::Receiver<(String, Answer)>,
+    answers: async_mpsc::UnboundedReceiver<(String, Answer)>,
     child: Option<Child>,
     log_path: PathBuf,
     counter: usize,
@@ -70,21 +68,23 @@ impl LambdaHarness {
             std::env::var("MOTO_ENDPOINT").is_ok(),
             "these tests need the EC2 emulator: run them with `make test` (scripts/with-moto cargo test)"
         );
-        let (invocations, next) = mpsc::channel(16);
-        let (answer_tx, answers) = mpsc::channel(16);
+        let (invocations, next) = mpsc::channel();
+        let (answer_tx, answers) = async_mpsc::unbounded_channel();
         let shared = Shared { next: Arc::new(Mutex::new(next)), answers: answer_tx };
-        let app = Router::new()
-            .route("/2018-06-01/runtime/invocation/next", get(next_invocation))
-            .route("/2018-06-01/runtime/invocation/{id}/response", post(response))
-            .route("/2018-06-01/runtime/invocation/{id}/error", post(error))
-            .route("/2018-06-01/runtime/init/error", post(init_error))
-            .with_state(shared);
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("a loopback port");
-        let address = listener.local_addr().expect("an address").to_string();
-        tokio::spawn(async move { axum::serve(listener, app).await });
+        let server = Arc::new(Server::http("127.0.0.1:0").expect("a loopback port"));
+        let address = server.server_addr().to_ip().expect("an IP address").to_string();
+        let accepting = Arc::clone(&server);
+        // A thread per request: `next` blocks until the test sends an invocation.
+        std::thread::spawn(move || {
+            for request in accepting.incoming_requests() {
+                let shared = shared.clone();
+                std::thread::spawn(move || serve(request, &shared));
+            }
+        });
 
         let env: HashMap<String, String> = env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
         let mut harness = Self {
+            server,
             invocations,
             answers,
             child: None,
@@ -136,7 +136,7 @@ impl LambdaHarness {
         let id = format!("request-{}", self.counter);
         let deadline = SystemTime::now() + timeout;
         let deadline_ms = deadline.duration_since(UNIX_EPOCH).expect("after 1970").as_millis();
-        self.invocations.send(Invocation { id: id.clone(), payload, deadline_ms }).await.expect("the API runs");
+        self.invocations.send(Invocation { id: id.clone(), payload, deadline_ms }).expect("the API runs");
         id
     }
 
@@ -183,46 +183,61 @@ impl LambdaHarness {
 impl Drop for LambdaHarness {
     fn drop(&mut self) {
         self.kill();
+        // Ends the accepting thread; a request thread still waiting for an invocation gets
+        // `410 Gone` once the invocation queue's sender goes with `self`.
+        self.server.unblock();
         let _ = std::fs::remove_file(&self.log_path);
     }
 }
 
-async fn next_invocation(State(shared): State<Shared>) -> impl IntoResponse {
-    let invocation = shared.next.lock().await.recv().await;
-    let Some(invocation) = invocation else {
-        return (StatusCode::GONE, HeaderMap::new(), Bytes::new());
+fn serve(mut request: Request, shared: &Shared) {
+    let mut body = Vec::new();
+    if request.as_reader().read_to_end(&mut body).is_err() {
+        let _ = request.respond(Response::empty(400));
+        return;
+    }
+    let path = request.url().trim_start_matches("/2018-06-01/runtime/").to_owned();
+    let parts: Vec<&str> = path.split('/').collect();
+    let reply = match (request.method(), parts.as_slice()) {
+        (Method::Get, ["invocation", "next"]) => next_invocation(shared),
+        (Method::Post, ["invocation", id, "response"]) => {
+            let value = serde_json::from_slice(&body).unwrap_or(Value::Null);
+            answered(shared, id, Answer::Response(value))
+        }
+        (Method::Post, ["invocation", id, "error"]) => {
+            let value: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
+            let answer = Answer::Error {
+                error_type: value["errorType"].as_str().unwrap_or_default().to_owned(),
+                message: value["errorMessage"].as_str().unwrap_or_default().to_owned(),
+            };
+            answered(shared, id, answer)
+        }
+        (Method::Post, ["init", "error"]) => {
+            let message = String::from_utf8_lossy(&body).into_owned();
+            answered(shared, "init", Answer::Error { error_type: "InitError".to_owned(), message })
+        }
+        _ => Response::from_data(Vec::new()).with_status_code(404),
     };
-    let mut headers = HeaderMap::new();
-    let header = |v: String| HeaderValue::from_str(&v).expect("a header value");
-    headers.insert("lambda-runtime-aws-request-id", header(invocation.id));
-    headers.insert("lambda-runtime-deadline-ms", header(invocation.deadline_ms.to_string()));
-    headers.insert(
-        "lambda-runtime-invoked-function-arn",
-        header("arn:aws:lambda:us-east-1:111122223333:function:copy-snapshots".to_owned()),
-    );
-    headers.insert("lambda-runtime-trace-id", header("Root=1-00000000-000000000000000000000000".to_owned()));
-    (StatusCode::OK, headers, Bytes::from(invocation.payload))
+    let _ = request.respond(reply);
 }
 
-async fn response(State(shared): State<Shared>, Path(id): Path<String>, body: Bytes) -> StatusCode {
-    let value = serde_json::from_slice(&body).unwrap_or(Value::Null);
-    let _ = shared.answers.send((id, Answer::Response(value))).await;
-    StatusCode::ACCEPTED
-}
-
-async fn error(State(shared): State<Shared>, Path(id): Path<String>, body: Bytes) -> StatusCode {
-    let value: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
-    let answer = Answer::Error {
-        error_type: value["errorType"].as_str().unwrap_or_default().to_owned(),
-        message: value["errorMessage"].as_str().unwrap_or_default().to_owned(),
+fn next_invocation(shared: &Shared) -> Response<std::io::Cursor<Vec<u8>>> {
+    let invocation = shared.next.lock().map_err(|_| ()).and_then(|next| next.recv().map_err(|_| ()));
+    let Ok(invocation) = invocation else {
+        return Response::from_data(Vec::new()).with_status_code(410);
     };
-    let _ = shared.answers.send((id, answer)).await;
-    StatusCode::ACCEPTED
+    let header = |name: &str, value: &str| Header::from_bytes(name, value).expect("a header");
+    Response::from_data(invocation.payload)
+        .with_header(header("lambda-runtime-aws-request-id", &invocation.id))
+        .with_header(header("lambda-runtime-deadline-ms", &invocation.deadline_ms.to_string()))
+        .with_header(header(
+            "lambda-runtime-invoked-function-arn",
+            "arn:aws:lambda:us-east-1:111122223333:function:copy-snapshots",
+        ))
+        .with_header(header("lambda-runtime-trace-id", "Root=1-00000000-000000000000000000000000"))
 }
 
-async fn init_error(State(shared): State<Shared>, body: Bytes) -> StatusCode {
-    let message = String::from_utf8_lossy(&body).into_owned();
-    let _ =
-        shared.answers.send(("init".to_owned(), Answer::Error { error_type: "InitError".to_owned(), message })).await;
-    StatusCode::ACCEPTED
+fn answered(shared: &Shared, id: &str, answer: Answer) -> Response<std::io::Cursor<Vec<u8>>> {
+    let _ = shared.answers.send((id.to_owned(), answer));
+    Response::from_data(Vec::new()).with_status_code(202)
 }
