@@ -12,7 +12,7 @@ STAMP := $(VENV)/.installed
 EVENT ?= events/manual.json
 ARM64_TARGET := aarch64-unknown-linux-gnu
 
-.PHONY: help venv build test lint check-templates watch invoke demo deploy simulate clean
+.PHONY: help venv build install test lint check-templates watch invoke demo deploy simulate clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-16s %s\n", $$1, $$2}'
@@ -24,6 +24,9 @@ $(STAMP): requirements-dev.txt
 	touch $@
 
 venv: $(STAMP) ## install the Python tools (moto, cargo-lambda, zig, cfn-lint, sam) into .venv/
+
+install: ## put the copy-snapshots command on your PATH (cargo install)
+	cargo install --locked --path .
 
 build: $(STAMP) ## release build for Lambda (arm64, provided.al2023)
 	rustup target add $(ARM64_TARGET)
@@ -62,8 +65,10 @@ deploy: $(STAMP) ## sam build + sam deploy --guided
 	sam build --beta-features
 	sam deploy --guided
 
-simulate: ## the engine benchmark on simulated time
+simulate: $(STAMP) ## the engine benchmark on simulated time, and the command line's start-up
 	cargo run --release --example simulate
+	cargo build --release --bin copy-snapshots
+	python scripts/cli-startup $(CARGO_TARGET_DIR)/release/copy-snapshots
 
 clean: ## remove build output, .aws-sam/ and .venv/
 	cargo clean

@@ -5,8 +5,11 @@
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Mutex;
-use std::time::SystemTime;
+use std::time::{Duration, SystemTime};
 
+use aws_config::retry::RetryConfig;
+use aws_config::timeout::TimeoutConfig;
+use aws_config::{BehaviorVersion, SdkConfig};
 use aws_sdk_ec2::Client;
 use aws_sdk_ec2::config::http::HttpResponse;
 use aws_sdk_ec2::config::interceptors::InterceptorContext;
@@ -18,7 +21,7 @@ use aws_sdk_ec2::types::{self, ResourceType, StorageTier, TagSpecification};
 use tracing::{debug, warn};
 
 use crate::ids::{Region, SnapshotId};
-use crate::request::MAX_FILTER_VALUES;
+use crate::request::{MAX_FILTER_VALUES, Settings};
 use crate::store::{
     CopySpec, CopyStatus, ENCRYPTION_TAG, SOURCE_REGION_TAG, SOURCE_SNAPSHOT_TAG, SnapshotState, SnapshotStore,
     SourceSelector, SourceSnapshot, StoreError, Tag, find_tag, is_copy_from,
@@ -30,6 +33,31 @@ const PAGE_SIZE: i32 = 1000;
 /// Error codes EC2 uses for throttling; the SDK retries them, and what is left is `Throttled`.
 const THROTTLING_CODES: &[&str] =
     &["RequestLimitExceeded", "Throttling", "ThrottlingException", "ThrottledException", "EC2ThrottledException"];
+
+/// The AWS configuration both the Lambda and the command line use: the default chain for
+/// credentials (`profile` picks a named profile), `region` when given (no look-up then), and
+/// retries and timeouts the engine's deadline arithmetic relies on.
+pub async fn load_sdk_config(settings: &Settings, profile: Option<&str>, region: Option<&str>) -> SdkConfig {
+    let mut loader = aws_config::defaults(BehaviorVersion::latest())
+        // EC2 throttles per account; generous retries keep a busy account from failing runs.
+        .retry_config(RetryConfig::standard().with_max_attempts(8))
+        // Bounded calls keep the engine's deadline margin honest.
+        .timeout_config(
+            TimeoutConfig::builder()
+                .connect_timeout(Duration::from_secs(5))
+                .operation_attempt_timeout(settings.call_timeout.min(Duration::from_secs(15)))
+                .operation_timeout(settings.call_timeout)
+                .build(),
+        );
+    if let Some(profile) = profile {
+        loader = loader.profile_name(profile);
+    }
+    if let Some(region) = region {
+        loader = loader.region(aws_config::Region::new(region.to_owned()));
+    }
+    loader.load().await
+}
+
 
 /// EC2 through aws-sdk-ec2, one client per region.
 #[derive(Debug)]

@@ -15,7 +15,8 @@ use crate::error::CopySnapshotsError;
 use crate::event::{Invocation, parse_payload};
 use crate::logging::LogLevel;
 use crate::metrics::{self, InvocationCounts};
-use crate::reconcile::{RunLimits, reconcile};
+use crate::progress::{LogObserver, Observer, StopSignal};
+use crate::reconcile::{RunLimits, reconcile_observed};
 use crate::request::Settings;
 use crate::response::{Answer, Response, ResponseFormat, respond};
 use crate::store::SnapshotStore;
@@ -48,7 +49,7 @@ pub async fn handle<S: SnapshotStore>(
     store: &S,
     deadline: Option<Instant>,
 ) -> Result<Response, CopySnapshotsError> {
-    run(parse_payload(payload, settings)?, settings, store, deadline).await
+    run(parse_payload(payload, settings)?, settings, store, deadline, &LogObserver, StopSignal::never()).await
 }
 
 /// Handles one payload and answers in the request's `response_format`, as the function does
@@ -61,7 +62,20 @@ pub async fn handle_answer<S: SnapshotStore>(
 ) -> Result<Answer, CopySnapshotsError> {
     let invocation = parse_payload(payload, settings)?;
     let (format, target_region) = answer_shape(&invocation);
-    respond(run(invocation, settings, store, deadline).await, format, &target_region)
+    respond(run(invocation, settings, store, deadline, &LogObserver, StopSignal::never()).await, format, &target_region)
+}
+
+/// Runs an invocation already parsed (the command line), telling `observer` what the engine
+/// does and stopping its waits once `stop` is set; answers in the request's `response_format`.
+pub async fn answer_observed<S: SnapshotStore>(
+    invocation: Invocation,
+    settings: &Settings,
+    store: &S,
+    observer: &dyn Observer,
+    stop: StopSignal,
+) -> Result<Answer, CopySnapshotsError> {
+    let (format, target_region) = answer_shape(&invocation);
+    respond(run(invocation, settings, store, None, observer, stop).await, format, &target_region)
 }
 
 /// How the invocation wants its answer, and the target region its messages name.
@@ -123,7 +137,7 @@ pub async fn answer_lambda_event<S: SnapshotStore>(
             Invocation::Ignore { .. } => None,
         };
         debug!(?invocation, remaining_ms = remaining.as_millis(), "request");
-        run(invocation, settings, store, Some(deadline)).await
+        run(invocation, settings, store, Some(deadline), &LogObserver, StopSignal::never()).await
     }
     .await;
     if let Err(e) = &result {
@@ -143,6 +157,8 @@ async fn run<S: SnapshotStore>(
     settings: &Settings,
     store: &S,
     deadline: Option<Instant>,
+    observer: &dyn Observer,
+    stop: StopSignal,
 ) -> Result<Response, CopySnapshotsError> {
     match invocation {
         Invocation::Ignore { reason } => {
@@ -159,7 +175,7 @@ async fn run<S: SnapshotStore>(
             );
             let limits =
                 RunLimits { deadline, poll_interval: settings.poll_interval, call_timeout: settings.call_timeout };
-            reconcile(store, &request, limits).await
+            reconcile_observed(store, &request, limits, observer, stop).await
         }
     }
 }

@@ -7,28 +7,36 @@
 //! - [`request`]: the request, the environment's defaults, validation.
 //! - [`event`]: payload → request (direct request or EventBridge event).
 //! - [`store`]: the trait the engine asks EC2 through, in domain types.
-//! - [`reconcile`]: the engine; [`poll_timing`]: when it polls next.
+//! - [`reconcile`]: the engine; [`poll_timing`]: when it polls next; [`progress`]: what it
+//!   reports as it works (and the signal that stops it); [`plan`]: what it would do.
 //! - [`response`], [`error`]: what an invocation answers.
 //! - [`ec2`]: the store on aws-sdk-ec2 (the only module that uses the SDK).
 //! - [`handler`]: one invocation end to end; [`logging`]: the Lambda log setup;
-//!   [`metrics`]: the per-invocation CloudWatch EMF line.
+//!   [`metrics`]: the per-invocation CloudWatch EMF line; [`lambda`]: the Lambda bootstrap.
+//! - [`cli`]: the command line (flags → the same request); [`terminal`]: its progress display
+//!   and tables.
 //! - `simulated` (feature `simulated`): an in-memory EC2 on tokio's clock, for the tests and
 //!   the benchmark; not built into the Lambda.
 
+pub mod cli;
 pub mod ec2;
 pub mod error;
 pub mod event;
 pub mod handler;
 pub mod ids;
+pub mod lambda;
 pub mod logging;
 pub mod metrics;
+pub mod plan;
 pub mod poll_timing;
+pub mod progress;
 pub mod reconcile;
 pub mod request;
 pub mod response;
 #[cfg(feature = "simulated")]
 pub mod simulated;
 pub mod store;
+pub mod terminal;
 
 pub use error::CopySnapshotsError;
 pub use handler::handle;

@@ -1,6 +1,7 @@
 //! Logging as Lambda expects it: tracing-subscriber, JSON when `AWS_LAMBDA_LOG_FORMAT=JSON`,
 //! the level from `AWS_LAMBDA_LOG_LEVEL` (Lambda's advanced logging controls) or else
 //! `RUST_LOG`, and a way to raise this crate's logs to debug for one invocation (`debug: true`).
+//! The command line logs plain text on stderr instead ([`init_cli`]).
 
 use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
@@ -57,4 +58,20 @@ pub fn init() -> LogLevel {
     let json = json.then(|| tracing_subscriber::fmt::layer().json().with_target(false).without_time());
     tracing_subscriber::registry().with(filter).with(text).with(json).init();
     LogLevel { handle, base }
+}
+
+/// The command line's logging: plain text on stderr, errors only (the progress display shows
+/// what the engine does), `RUST_LOG` if set, or this crate at debug with `--debug`.
+pub fn init_cli(debug: bool) {
+    let directives = match std::env::var("RUST_LOG").ok().filter(|v| !v.trim().is_empty()) {
+        Some(directives) => directives,
+        None if debug => "warn,copy_snapshots=debug".to_owned(),
+        None => "error".to_owned(),
+    };
+    tracing_subscriber::fmt()
+        .with_env_filter(EnvFilter::new(directives))
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .with_target(false)
+        .init();
 }

@@ -2,7 +2,8 @@
 //! things stand. Look (sources, and copies an earlier invocation made, found by their tags),
 //! start (largest first, within `pending_limit`), wait (one poll per round, as long as progress
 //! says is useful, never past the deadline), report. Generic over [`SnapshotStore`]; knows no
-//! SDK. Driven by tokio's clock, so tests run it on paused time.
+//! SDK. Driven by tokio's clock, so tests run it on paused time. What it does as it goes is
+//! told to an [`Observer`]; [`plan`] is the look alone, answered as a [`Plan`].
 
 use std::cmp::Reverse;
 use std::collections::{BTreeMap, BinaryHeap, HashMap};
@@ -13,7 +14,9 @@ use tracing::{debug, info, warn};
 
 use crate::error::CopySnapshotsError;
 use crate::ids::{SnapshotId, shorten};
+use crate::plan::{CopyTimeModel, Plan};
 use crate::poll_timing::{self, CompletionEstimate, WaitContext};
+use crate::progress::{LogObserver, LookedSource, Observer, RunEvent, SourceStatus, StopSignal};
 use crate::request::CopyRequest;
 use crate::response::{CopyReport, FailureReport, RecoveryPoint, RemovedCopy, Response, plural};
 use crate::store::{
@@ -50,11 +53,23 @@ pub struct RunLimits {
     pub call_timeout: Duration,
 }
 
-/// Runs one invocation of `request` against `store`.
+/// Runs one invocation of `request` against `store`, logging what it does.
 pub async fn reconcile<S: SnapshotStore>(
     store: &S,
     request: &CopyRequest,
     limits: RunLimits,
+) -> Result<Response, CopySnapshotsError> {
+    reconcile_observed(store, request, limits, &LogObserver, StopSignal::never()).await
+}
+
+/// Runs one invocation, telling `observer` what it does; once `stop` is set it makes no new
+/// call and answers with what it got to (copies already started go on in EC2).
+pub async fn reconcile_observed<S: SnapshotStore>(
+    store: &S,
+    request: &CopyRequest,
+    limits: RunLimits,
+    observer: &dyn Observer,
+    stop: StopSignal,
 ) -> Result<Response, CopySnapshotsError> {
     let started = Instant::now();
     // A call may start only while its longest duration, and the answer after it, still fit
@@ -62,7 +77,8 @@ pub async fn reconcile<S: SnapshotStore>(
     let last_call = limits
         .deadline
         .map(|deadline| deadline.checked_sub(limits.call_timeout + RESPONSE_RESERVE).unwrap_or(started).max(started));
-    let mut run = Run::look(store, request, limits, last_call).await?;
+    let mut run = Run::look(store, request, limits, last_call, observer, stop.clone()).await?;
+    let mut stop = stop;
     // Starting copies may go on until the margin before the deadline; waiting also ends at
     // `max_wait_seconds`.
     let work_until = limits.deadline.map(|deadline| {
@@ -71,6 +87,9 @@ pub async fn reconcile<S: SnapshotStore>(
     });
     let wait_until = [work_until, request.max_wait.map(|max| started + max), last_call].into_iter().flatten().min();
     loop {
+        if stop.is_set() {
+            break;
+        }
         run.resolve_unsure().await?;
         // Second live copies found by the look, or by a look for an unsure start.
         run.remove_duplicates().await;
@@ -84,13 +103,44 @@ pub async fn reconcile<S: SnapshotStore>(
         }
         let wake = now + run.next_wait(now);
         let wake = wait_until.map_or(wake, |until| wake.min(until));
-        tokio::time::sleep_until(wake).await;
-        if !run.may_call() {
+        tokio::select! {
+            () = tokio::time::sleep_until(wake) => {}
+            () = stop.wait() => {}
+        }
+        if stop.is_set() || !run.may_call() {
             break;
         }
         run.poll().await?;
     }
+    if stop.is_set() {
+        observer.observe(RunEvent::Stopped);
+    }
     run.finish()
+}
+
+/// What `request` would do now, without copying or deleting anything: the look alone (one
+/// DescribeSnapshots of the sources, one for their copies), with the start order the engine
+/// would use and the time it would take under `model`.
+pub async fn plan<S: SnapshotStore>(
+    store: &S,
+    request: &CopyRequest,
+    model: CopyTimeModel,
+) -> Result<Plan, CopySnapshotsError> {
+    let limits = RunLimits { deadline: None, poll_interval: Duration::ZERO, call_timeout: Duration::ZERO };
+    let run = Run::look(store, request, limits, None, &LogObserver, StopSignal::never()).await?;
+    let mut queue = run.queue.clone();
+    let mut start_order = Vec::with_capacity(queue.len());
+    while let Some((_, Reverse(i))) = queue.pop() {
+        start_order.push(i);
+    }
+    Ok(Plan::new(
+        request.source_region.to_string(),
+        request.target_region.to_string(),
+        request.pending_limit,
+        &run.looked_sources(),
+        &start_order,
+        model,
+    ))
 }
 
 /// Where one source stands.
@@ -125,6 +175,14 @@ struct Entry {
     /// This project's copies of the source that ended in `error`, found by their tags or seen
     /// failing: the source's attempts so far, kept in EC2 itself.
     error_copies: Vec<ErrorCopy>,
+    /// Earlier copies that do not serve the request (encrypted otherwise), for the plan.
+    unfit_copies: Vec<SnapshotId>,
+}
+
+impl Entry {
+    fn new(source: SourceSnapshot, stage: Stage) -> Self {
+        Self { source, stage, error_copies: Vec::new(), unfit_copies: Vec::new() }
+    }
 }
 
 /// A copy that ended in `error`, with EC2's `StateMessage`.
@@ -148,10 +206,14 @@ struct TrackedCopy {
 struct Run<'a, S> {
     store: &'a S,
     request: &'a CopyRequest,
+    observer: &'a dyn Observer,
+    stop: StopSignal,
     limits: RunLimits,
     /// The last moment a store call may start (`None`: no deadline).
     last_call: Option<Instant>,
     entries: Vec<Entry>,
+    /// Snapshots the filters matched that can never be copied, with why (for the look's report).
+    skipped: Vec<LookedSource>,
     /// Sources without a copy, largest first; ties in request order.
     queue: BinaryHeap<(u64, Reverse<usize>)>,
     /// EC2 answered ResourceLimitExceeded since the last poll: no start until then.
@@ -174,6 +236,8 @@ impl<'a, S: SnapshotStore> Run<'a, S> {
         request: &'a CopyRequest,
         limits: RunLimits,
         last_call: Option<Instant>,
+        observer: &'a dyn Observer,
+        stop: StopSignal,
     ) -> Result<Self, CopySnapshotsError> {
         let region = &request.source_region;
         let doing = format!("looking up {} in {region}", describe_selector(&request.sources));
@@ -187,8 +251,8 @@ impl<'a, S: SnapshotStore> Run<'a, S> {
             )),
             other => fatal(other, &doing, 0),
         })?;
-        let entries = match &request.sources {
-            SourceSelector::Ids(ids) => entries_for_ids(ids, found, request)?,
+        let (entries, skipped) = match &request.sources {
+            SourceSelector::Ids(ids) => (entries_for_ids(ids, found, request)?, Vec::new()),
             SourceSelector::Filters(_) => entries_for_filters(found, request),
         };
         debug!(sources = entries.len(), "sources resolved");
@@ -196,9 +260,12 @@ impl<'a, S: SnapshotStore> Run<'a, S> {
         let mut run = Self {
             store,
             request,
+            observer,
+            stop,
             limits,
             last_call,
             entries,
+            skipped,
             queue: BinaryHeap::new(),
             region_full: false,
             full_rounds: 0,
@@ -221,13 +288,7 @@ impl<'a, S: SnapshotStore> Run<'a, S> {
                 run.queue_or_fail(i);
             }
         }
-        info!(
-            sources = run.entries.len(),
-            reused = run.entries.iter().filter(|e| matches!(e.stage, Stage::Copying { .. })).count(),
-            to_copy = run.queue.len(),
-            failed_before = run.entries.iter().filter(|e| !e.error_copies.is_empty()).count(),
-            "looked"
-        );
+        run.observer.observe(RunEvent::Looked { sources: run.looked_sources() });
         Ok(run)
     }
 
@@ -259,6 +320,9 @@ impl<'a, S: SnapshotStore> Run<'a, S> {
                 }
             } else if !encrypted_as_asked(&copy, self.request) {
                 debug!(copy = %copy.id, source = %copy.source_id, "earlier copy is not encrypted as asked");
+                if alive {
+                    self.entries[i].unfit_copies.push(copy.id);
+                }
             } else if alive {
                 live.entry(i).or_default().push(copy);
             } else {
@@ -298,7 +362,7 @@ impl<'a, S: SnapshotStore> Run<'a, S> {
                 entry.error_copies.len(),
                 attempts.join(", ")
             );
-            warn!(source = %entry.source.id, %reason, "source failed");
+            self.observer.observe(RunEvent::SourceFailed { source: entry.source.id.clone(), reason: reason.clone() });
             let copy_id = entry.error_copies.last().map(|e| e.id.clone());
             entry.stage = Stage::Failed { copy_id, reason };
         } else {
@@ -323,7 +387,7 @@ impl<'a, S: SnapshotStore> Run<'a, S> {
             }
             match self.store.delete_copy(&self.request.target_region, &copy_id).await {
                 Ok(()) => {
-                    info!(%source, copy = %copy_id, "duplicate copy removed");
+                    self.observer.observe(RunEvent::DuplicateRemoved { source: source.clone(), copy: copy_id.clone() });
                     self.duplicates_removed
                         .push(RemovedCopy { source_snapshot_id: source.to_string(), snapshot_id: copy_id.to_string() });
                 }
@@ -381,14 +445,14 @@ impl<'a, S: SnapshotStore> Run<'a, S> {
     async fn start_what_fits(&mut self, work_until: Option<Instant>) -> Result<(), CopySnapshotsError> {
         let mut slots_held = self.slots_held();
         while slots_held < self.request.pending_limit && !self.region_full {
-            if work_until.is_some_and(|until| Instant::now() >= until) || !self.may_call() {
+            if work_until.is_some_and(|until| Instant::now() >= until) || !self.may_call() || self.stop.is_set() {
                 break;
             }
             let Some((_, Reverse(i))) = self.queue.pop() else { break };
             let spec = match copy_spec(&self.entries[i].source, self.request) {
                 Ok(spec) => spec,
                 Err(reason) => {
-                    self.entries[i].stage = Stage::Failed { copy_id: None, reason };
+                    self.fail(i, reason);
                     continue;
                 }
             };
@@ -396,7 +460,8 @@ impl<'a, S: SnapshotStore> Run<'a, S> {
             let source = &self.entries[i].source;
             match result {
                 Ok(copy_id) => {
-                    info!(source = %source.id, copy = %copy_id, size_gib = source.size_gib, "copy started");
+                    let (source, copy, size_gib) = (source.id.clone(), copy_id.clone(), source.size_gib);
+                    self.observer.observe(RunEvent::CopyStarted { source, copy, size_gib });
                     slots_held += 1;
                     self.copies_started += 1;
                     self.full_rounds = 0;
@@ -420,19 +485,15 @@ impl<'a, S: SnapshotStore> Run<'a, S> {
                     self.queue.push((source.size_gib, Reverse(i)));
                 }
                 Err(StoreError::Unknown(message)) => {
-                    warn!(source = %source.id, %message, "copy start had no definite answer; will look for the copy");
+                    self.observer.observe(RunEvent::StartUnsure { source: source.id.clone(), message });
                     slots_held += 1;
                     self.entries[i].stage = self.unsure(Instant::now());
                 }
                 Err(StoreError::Refused { code, message }) => {
-                    warn!(source = %source.id, %code, %message, "EC2 refused the copy");
-                    let reason = format!("EC2 refused the copy: {code}: {message}");
-                    self.entries[i].stage = Stage::Failed { copy_id: None, reason };
+                    self.fail(i, format!("EC2 refused the copy: {code}: {message}"));
                 }
                 Err(StoreError::NotFound(message) | StoreError::NotReady(message)) => {
-                    warn!(source = %source.id, %message, "EC2 refused the copy");
-                    let reason = format!("EC2 refused the copy: {message}");
-                    self.entries[i].stage = Stage::Failed { copy_id: None, reason };
+                    self.fail(i, format!("EC2 refused the copy: {message}"));
                 }
                 Err(e @ (StoreError::AccessDenied(_) | StoreError::Throttled(_))) => {
                     let doing = format!("starting the copy of {}", source.id);
@@ -442,6 +503,32 @@ impl<'a, S: SnapshotStore> Run<'a, S> {
             debug_assert_eq!(slots_held, self.slots_held(), "slot count drifted");
         }
         Ok(())
+    }
+
+    /// Fails a source this run will not copy (no copy of it was made).
+    fn fail(&mut self, i: usize, reason: String) {
+        self.observer.observe(RunEvent::SourceFailed { source: self.entries[i].source.id.clone(), reason: reason.clone() });
+        self.entries[i].stage = Stage::Failed { copy_id: None, reason };
+    }
+
+    /// Where each source stands, as the look's report and the plan show it.
+    fn looked_sources(&self) -> Vec<LookedSource> {
+        let looked = self.entries.iter().map(|entry| {
+            let status = match &entry.stage {
+                Stage::Copying { copy, .. } => SourceStatus::HasCopy {
+                    copy: copy.id.clone(),
+                    state: copy.state.as_str().to_owned(),
+                    progress: copy.progress,
+                },
+                Stage::Waiting | Stage::Unsure { .. } => SourceStatus::ToCopy { note: to_copy_note(entry) },
+                Stage::NotReady => SourceStatus::NotReady {
+                    reason: format!("is {}; a later run copies it once it is completed", entry.source.state.as_str()),
+                },
+                Stage::Failed { reason, .. } => SourceStatus::Failed { reason: reason.clone() },
+            };
+            LookedSource { source: entry.source.id.clone(), size_gib: entry.source.size_gib, status }
+        });
+        looked.chain(self.skipped.iter().cloned()).collect()
     }
 
     /// A fresh unsure stage: first look one poll interval after `now`.
@@ -490,13 +577,17 @@ impl<'a, S: SnapshotStore> Run<'a, S> {
                 if copy.seen || unlisted_too_long {
                     // Deleted: by someone, or as a duplicate by an overlapping invocation that
                     // kept another copy. Look by the tags before copying again.
-                    warn!(source = %entry.source.id, copy = %copy.id, "copy vanished before completing; looking for another");
+                    self.observer.observe(RunEvent::CopyVanished { source: entry.source.id.clone(), copy: copy.id.clone() });
                     vanished.push(i);
                 }
                 // Never seen: EC2's eventual consistency; it shows up in a later round.
                 continue;
             };
             copy.seen = true;
+            if status.state == SnapshotState::Pending && status.progress.is_some() && status.progress != copy.progress {
+                let (source, copy) = (entry.source.id.clone(), copy.id.clone());
+                self.observer.observe(RunEvent::CopyProgress { source, copy, percent: status.progress.unwrap_or(0) });
+            }
             copy.state = status.state.clone();
             copy.progress = status.progress;
             if let Some(percent) = status.progress {
@@ -512,17 +603,20 @@ impl<'a, S: SnapshotStore> Run<'a, S> {
             }
             match &status.state {
                 SnapshotState::Pending => {}
-                SnapshotState::Completed => info!(source = %entry.source.id, copy = %copy.id, "copy completed"),
+                SnapshotState::Completed => {
+                    self.observer.observe(RunEvent::CopyCompleted { source: entry.source.id.clone(), copy: copy.id.clone() });
+                }
                 SnapshotState::Error => {
                     let message = status.state_message.clone().unwrap_or_else(|| "EC2 gave no reason".to_owned());
-                    warn!(source = %entry.source.id, copy = %copy.id, %message, "copy ended in error");
+                    let (source, copy_id) = (entry.source.id.clone(), copy.id.clone());
+                    self.observer.observe(RunEvent::CopyErrored { source, copy: copy_id, message: message.clone() });
                     entry.error_copies.push(ErrorCopy { id: copy.id.clone(), message });
                     requeue.push(i);
                 }
                 SnapshotState::Other(state) => {
                     let message = status.state_message.as_deref().unwrap_or("EC2 gave no reason");
-                    warn!(source = %entry.source.id, copy = %copy.id, %state, %message, "copy failed");
                     let reason = format!("copy {} ended in {state}: {message}", copy.id);
+                    self.observer.observe(RunEvent::SourceFailed { source: entry.source.id.clone(), reason: reason.clone() });
                     entry.stage = Stage::Failed { copy_id: Some(copy.id.clone()), reason };
                 }
             }
@@ -673,34 +767,60 @@ fn entries_for_ids(
     Ok(ids
         .iter()
         .filter_map(|id| by_id.remove(id))
-        .map(|source| Entry { source, stage: Stage::Waiting, error_copies: Vec::new() })
+        .map(|source| Entry::new(source, Stage::Waiting))
         .collect())
 }
 
 /// Entries for what the filters matched, sorted by id for a stable order. Snapshots not yet
-/// completed wait for a later invocation; ones that never will be are left out.
-fn entries_for_filters(mut found: Vec<SourceSnapshot>, request: &CopyRequest) -> Vec<Entry> {
+/// completed wait for a later invocation; ones that never will be are left out, and returned
+/// with why.
+fn entries_for_filters(mut found: Vec<SourceSnapshot>, request: &CopyRequest) -> (Vec<Entry>, Vec<LookedSource>) {
     found.sort_by(|a, b| a.id.cmp(&b.id));
     found.dedup_by(|a, b| a.id == b.id);
-    found
-        .into_iter()
-        .filter_map(|source| {
-            // Copying within one region, this function's own copies match the same filters
-            // (with copy_tags): copying them again would never end.
-            if request.source_region == request.target_region && source.tag(SOURCE_SNAPSHOT_TAG).is_some() {
-                debug!(snapshot = %source.id, "skipping a copy this function made");
-                return None;
+    let mut skipped = Vec::new();
+    let mut skip = |source: &SourceSnapshot, reason: String| {
+        skipped.push(LookedSource {
+            source: source.id.clone(),
+            size_gib: source.size_gib,
+            status: SourceStatus::Skipped { reason },
+        });
+    };
+    let mut entries = Vec::new();
+    for source in found {
+        // Copying within one region, this function's own copies match the same filters
+        // (with copy_tags): copying them again would never end.
+        if request.source_region == request.target_region && source.tag(SOURCE_SNAPSHOT_TAG).is_some() {
+            debug!(snapshot = %source.id, "skipping a copy this function made");
+            skip(&source, "a copy this function made".to_owned());
+            continue;
+        }
+        match (&source.state, source.archived) {
+            (SnapshotState::Completed, false) => entries.push(Entry::new(source, Stage::Waiting)),
+            (SnapshotState::Pending, _) => entries.push(Entry::new(source, Stage::NotReady)),
+            _ => {
+                warn!(snapshot = %source.id, state = source.state.as_str(), archived = source.archived, "skipping a snapshot that cannot be copied");
+                let reason = not_ready_reason(&source).unwrap_or_else(|| "cannot be copied".to_owned());
+                skip(&source, reason);
             }
-            match (&source.state, source.archived) {
-                (SnapshotState::Completed, false) => Some(Entry { source, stage: Stage::Waiting, error_copies: Vec::new() }),
-                (SnapshotState::Pending, _) => Some(Entry { source, stage: Stage::NotReady, error_copies: Vec::new() }),
-                _ => {
-                    warn!(snapshot = %source.id, state = source.state.as_str(), archived = source.archived, "skipping a snapshot that cannot be copied");
-                    None
-                }
-            }
-        })
-        .collect()
+        }
+    }
+    (entries, skipped)
+}
+
+/// Why a source this run copies has no usable copy, when there is more to say than "none".
+fn to_copy_note(entry: &Entry) -> Option<String> {
+    let mut notes = Vec::new();
+    if !entry.unfit_copies.is_empty() {
+        let ids: Vec<&str> = entry.unfit_copies.iter().map(SnapshotId::as_str).collect();
+        notes.push(format!("{} not encrypted as asked: {}", plural(ids.len(), "earlier copy"), ids.join(", ")));
+    }
+    if !entry.error_copies.is_empty() {
+        notes.push(format!(
+            "{} of {MAX_ATTEMPTS} attempts ended in error before",
+            entry.error_copies.len()
+        ));
+    }
+    (!notes.is_empty()).then(|| notes.join("; "))
 }
 
 fn not_ready_reason(source: &SourceSnapshot) -> Option<String> {

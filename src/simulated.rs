@@ -23,21 +23,8 @@ use crate::store::{
 /// AWS's default quota of concurrent copies per destination region.
 pub const DEFAULT_REGION_COPY_LIMIT: usize = 20;
 
-/// How long a copy takes: `fixed + per_gib × size`.
-#[derive(Debug, Clone, Copy)]
-pub struct CopyTimeModel {
-    pub fixed: Duration,
-    pub per_gib: Duration,
-}
-
-impl CopyTimeModel {
-    pub const DEFAULT: Self = Self { fixed: Duration::from_secs(120), per_gib: Duration::from_secs(20) };
-    pub const INSTANT: Self = Self { fixed: Duration::ZERO, per_gib: Duration::ZERO };
-
-    pub fn duration(&self, size_gib: u64) -> Duration {
-        self.fixed + self.per_gib.saturating_mul(u32::try_from(size_gib).unwrap_or(u32::MAX))
-    }
-}
+/// How long a simulated copy takes: the plan's model (`fixed + per_gib × size`).
+pub use crate::plan::CopyTimeModel;
 
 /// Calls the engine made, by operation.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]

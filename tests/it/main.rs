@@ -3,14 +3,16 @@
 //! - [`engine`], [`recovery_point`]: the reconciler on the in-memory EC2 and tokio's paused clock;
 //! - [`handler`]: `answer_lambda_event` in-process; [`requests`]: requests and events parsed;
 //! - [`ec2_moto`], [`ec2_errors`]: the aws-sdk-ec2 store against moto, and against mocked
-//!   answers moto cannot give;
+//!   answers moto cannot give (a scripted endpoint);
 //! - [`lambda_binary`], [`reliability`]: the built binary under a Lambda Runtime API, against
 //!   moto and the fault-injecting emulator (tests/fault_ec2.py);
+//! - [`cli`]: the same binary as a command line, against the fault-injecting emulator;
 //! - [`deployment`], [`step_functions`]: the template and the state machine.
 
 mod support;
 
 mod deployment;
+mod cli;
 mod ec2_errors;
 mod ec2_moto;
 mod engine;

@@ -88,7 +88,13 @@ impl FaultEc2 {
     }
 
     pub fn snapshots(&self, region: &str, sizes: &[u64], state: &str) -> Vec<String> {
-        let made = self.call("POST", "/_fault/sources", &json!({"region": region, "sizes": sizes, "state": state}));
+        self.tagged_snapshots(region, sizes, state, &json!({}))
+    }
+
+    /// Snapshots in `state` carrying `tags` (an object of keys to values).
+    pub fn tagged_snapshots(&self, region: &str, sizes: &[u64], state: &str, tags: &Value) -> Vec<String> {
+        let body = json!({"region": region, "sizes": sizes, "state": state, "tags": tags});
+        let made = self.call("POST", "/_fault/sources", &body);
         made["snapshot_ids"].as_array().expect("ids").iter().map(|v| v.as_str().expect("an id").to_owned()).collect()
     }
 

@@ -1,0 +1,415 @@
+//! The command line: the same request as the Lambda's, as flags (kebab-case, with the
+//! reference's snake_case spellings as aliases), run by the same engine from a terminal with
+//! the caller's own credentials. `plan` (or `--dry-run`) looks without copying. Flags become
+//! the request's JSON, so validation and its messages are the Lambda's own.
+
+use std::collections::BTreeMap;
+use std::io::IsTerminal;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Instant;
+
+use clap::{Args, Parser, Subcommand};
+use serde_json::{Map, Value, json};
+
+use crate::ec2::{Ec2Store, load_sdk_config};
+use crate::error::CopySnapshotsError;
+use crate::event::{Invocation, parse_payload};
+use crate::handler::answer_observed;
+use crate::plan::{CopyTimeModel, Plan};
+use crate::progress::stop_signal;
+use crate::reconcile::plan;
+use crate::request::Settings;
+use crate::response::Answer;
+use crate::terminal::{Display, plan_table, result_table};
+
+/// Exit status for a run that left sources for a later run (not ready, or not started).
+pub const EXIT_INCOMPLETE: u8 = 3;
+/// Exit status after Ctrl-C (128 + SIGINT, as shells report it).
+pub const EXIT_INTERRUPTED: u8 = 130;
+/// Exit status for bad flags (clap's own) or an unreadable `--request` file.
+pub const EXIT_USAGE: u8 = 2;
+
+/// The exit status of each errorType.
+pub fn exit_code(error: &CopySnapshotsError) -> u8 {
+    match error {
+        CopySnapshotsError::InvalidRequest(_) => 10,
+        CopySnapshotsError::SourceNotFound(_) => 11,
+        CopySnapshotsError::SourceNotReady(_) => 12,
+        CopySnapshotsError::AccessDenied(_) => 13,
+        CopySnapshotsError::Throttled(_) => 14,
+        CopySnapshotsError::Ec2Error(_) => 15,
+        CopySnapshotsError::CopyFailed { .. } => 16,
+        CopySnapshotsError::SourcesPending { .. } => 17,
+    }
+}
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "copy-snapshots",
+    version,
+    about = "Copies EBS snapshots to another region, idempotently: running the same command again \
+             continues the work and never duplicates a copy.",
+    args_conflicts_with_subcommands = true,
+    after_help = "Exit status: 0 done; 3 sources left for a later run; 130 interrupted; 2 bad flags; \
+                  10 InvalidRequest, 11 SourceNotFound, 12 SourceNotReady, 13 AccessDenied, 14 Throttled, \
+                  15 Ec2Error, 16 CopyFailed, 17 SourcesPending."
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
+    #[command(flatten)]
+    run: RunArgs,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Copy (the default when no command is given).
+    Copy(RunArgs),
+    /// Show what a copy would do and how long it would take; copies nothing.
+    Plan(RunArgs),
+}
+
+/// Everything a run takes: the request and how to show it.
+#[derive(Debug, Args, Clone)]
+struct RunArgs {
+    #[command(flatten)]
+    request: RequestArgs,
+    /// Run this JSON payload (a request or an EventBridge event, as in events/) instead of the
+    /// request flags.
+    #[arg(long = "request", value_name = "FILE", conflicts_with = "request_flags")]
+    request_file: Option<PathBuf>,
+    /// The named profile for credentials (the reference's `session`).
+    #[arg(long, alias = "session")]
+    profile: Option<String>,
+    /// Print only the JSON answer on stdout (the Lambda's; the plan's with `plan`).
+    #[arg(long)]
+    json: bool,
+    /// Plan only, as `plan` does.
+    #[arg(long)]
+    dry_run: bool,
+    /// The copy speed the plan's estimate assumes, in GiB per hour per copy (plus 2 minutes of
+    /// start-up each). EC2 publishes none.
+    #[arg(long, value_name = "GIB_PER_HOUR", default_value_t = 180.0, value_parser = positive)]
+    assume_gib_per_hour: f64,
+}
+
+/// The request's fields as flags. Each is left out of the request when not given, so the
+/// environment's defaults (TARGET_REGION, PENDING_LIMIT, …) apply as in Lambda.
+#[derive(Debug, Args, Clone)]
+#[group(id = "request_flags", multiple = true)]
+struct RequestArgs {
+    /// Snapshots to copy.
+    #[arg(long, alias = "snapshot_ids", num_args = 1.., value_name = "SNAPSHOT_ID")]
+    snapshot_ids: Vec<String>,
+    /// Copy the snapshots a DescribeSnapshots filter selects: NAME=VALUE[,VALUE…]
+    /// (`tag:Backup=daily`, `volume-id=vol-1,vol-2`). Repeatable; all must match.
+    #[arg(long = "filter", alias = "filters", value_name = "NAME=VALUES", value_parser = parse_filter)]
+    filters: Vec<(String, Vec<String>)>,
+    /// The source region (default: the profile's or AWS_REGION).
+    #[arg(long)]
+    region: Option<String>,
+    /// The region to copy to (default: TARGET_REGION).
+    #[arg(long, alias = "target_region")]
+    target_region: Option<String>,
+    /// At most this many of this request's copies pending at once (default 20, AWS's quota).
+    #[arg(long, alias = "pending_limit")]
+    pending_limit: Option<u32>,
+    /// Encrypt the copies (with --kms-key-id, or the target region's AWS managed key).
+    #[arg(long)]
+    encrypt: bool,
+    /// The KMS key for encrypted copies: key id, key ARN, alias name or alias ARN.
+    #[arg(long, alias = "kms_key_id")]
+    kms_key_id: Option<String>,
+    /// Copy the source's tags onto its copy.
+    #[arg(long, alias = "copy_tags")]
+    copy_tags: bool,
+    /// A tag for every copy: KEY=VALUE. Repeatable.
+    #[arg(long = "tag", alias = "tags", value_name = "KEY=VALUE", value_parser = parse_tag)]
+    tags: Vec<(String, String)>,
+    /// Time-based copy: EC2 completes each copy within this many minutes (15–2880, by 15).
+    #[arg(long, alias = "completion_duration_minutes", value_name = "MINUTES")]
+    completion_duration_minutes: Option<u32>,
+    /// Wait until every copy is completed, not only started.
+    #[arg(long, alias = "wait_for_completion")]
+    wait: bool,
+    /// Debug logs on stderr.
+    #[arg(long)]
+    debug: bool,
+}
+
+fn parse_filter(text: &str) -> Result<(String, Vec<String>), String> {
+    let (name, values) = text
+        .split_once('=')
+        .filter(|(name, _)| !name.is_empty())
+        .ok_or_else(|| format!("`{text}` is not NAME=VALUE[,VALUE…], such as tag:Backup=daily"))?;
+    Ok((name.to_owned(), values.split(',').map(str::to_owned).collect()))
+}
+
+fn parse_tag(text: &str) -> Result<(String, String), String> {
+    let (key, value) = text
+        .split_once('=')
+        .filter(|(key, _)| !key.is_empty())
+        .ok_or_else(|| format!("`{text}` is not KEY=VALUE, such as Purpose=dr"))?;
+    Ok((key.to_owned(), value.to_owned()))
+}
+
+fn positive(text: &str) -> Result<f64, String> {
+    text.parse::<f64>()
+        .ok()
+        .filter(|v| v.is_finite() && *v > 0.0)
+        .ok_or_else(|| format!("`{text}` is not a positive number"))
+}
+
+impl RequestArgs {
+    /// The request's JSON, with only the fields given.
+    fn payload(&self) -> Value {
+        let mut payload = Map::new();
+        if !self.snapshot_ids.is_empty() {
+            payload.insert("snapshot_ids".into(), json!(self.snapshot_ids));
+        }
+        if !self.filters.is_empty() {
+            let filters: Vec<Value> =
+                self.filters.iter().map(|(name, values)| json!({"name": name, "values": values})).collect();
+            payload.insert("filters".into(), Value::Array(filters));
+        }
+        let mut set = |field: &str, value: Option<Value>| {
+            if let Some(value) = value {
+                payload.insert(field.into(), value);
+            }
+        };
+        set("region", self.region.as_ref().map(|r| json!(r)));
+        set("target_region", self.target_region.as_ref().map(|r| json!(r)));
+        set("pending_limit", self.pending_limit.map(|n| json!(n)));
+        set("encrypt", self.encrypt.then_some(json!(true)));
+        set("kms_key_id", self.kms_key_id.as_ref().map(|k| json!(k)));
+        set("copy_tags", self.copy_tags.then_some(json!(true)));
+        if !self.tags.is_empty() {
+            let tags: BTreeMap<&str, &str> = self.tags.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+            set("tags", Some(json!(tags)));
+        }
+        set("completion_duration_minutes", self.completion_duration_minutes.map(|m| json!(m)));
+        set("wait_for_completion", self.wait.then_some(json!(true)));
+        set("debug", self.debug.then_some(json!(true)));
+        Value::Object(payload)
+    }
+}
+
+/// Runs the command line; returns the process's exit status.
+pub async fn main() -> ExitCode {
+    let started = Instant::now();
+    let cli = Cli::parse();
+    let (args, planning) = match cli.command {
+        Some(Command::Plan(args)) => (args, true),
+        Some(Command::Copy(args)) => (args, false),
+        None => (cli.run, false),
+    };
+    let planning = planning || args.dry_run;
+    ExitCode::from(run(args, planning, started).await)
+}
+
+async fn run(args: RunArgs, planning: bool, started: Instant) -> u8 {
+    let payload = match &args.request_file {
+        Some(path) => match std::fs::read(path).map_err(|e| e.to_string()).and_then(|bytes| {
+            serde_json::from_slice::<Value>(&bytes).map_err(|e| format!("not JSON: {e}"))
+        }) {
+            Ok(payload) => payload,
+            Err(reason) => {
+                eprintln!("error: --request {}: {reason}", path.display());
+                return EXIT_USAGE;
+            }
+        },
+        None => args.request.payload(),
+    };
+    let debug = args.request.debug || payload.get("debug").and_then(Value::as_bool).unwrap_or(false);
+    crate::logging::init_cli(debug);
+
+    let mut settings = match Settings::from_env() {
+        Ok(settings) => settings,
+        Err(error) => return fail(&error, args.json),
+    };
+    let region = payload.get("region").and_then(Value::as_str).map(str::to_owned);
+    let sdk_config = load_sdk_config(&settings, args.profile.as_deref(), region.as_deref()).await;
+    // As the reference's `region`: the session's region when the request names none.
+    if settings.source_region.is_none() {
+        settings.source_region = sdk_config.region().and_then(|r| crate::ids::Region::parse(r.as_ref()).ok());
+    }
+    let invocation = match parse_payload(payload, &settings) {
+        Ok(invocation) => invocation,
+        Err(error) => return fail(&error, args.json),
+    };
+    let store = Ec2Store::new(&sdk_config);
+    tracing::debug!(elapsed_ms = started.elapsed().as_secs_f64() * 1000.0, "ready for the first EC2 call");
+
+    if planning {
+        return run_plan(invocation, &store, &args).await;
+    }
+    run_copy(invocation, &settings, &store, args.json).await
+}
+
+async fn run_plan(invocation: Invocation, store: &Ec2Store, args: &RunArgs) -> u8 {
+    let Invocation::Copy(request) = invocation else {
+        println!("{}", if args.json { "{}" } else { "This event asks for no copy." });
+        return 0;
+    };
+    let model = CopyTimeModel::at_gib_per_hour(args.assume_gib_per_hour);
+    match plan(store, &request, model).await {
+        Ok(plan) => {
+            print_plan(&plan, args.json);
+            0
+        }
+        Err(error) => fail(&error, args.json),
+    }
+}
+
+fn print_plan(plan: &Plan, json: bool) {
+    if json {
+        println!("{}", serde_json::to_string_pretty(plan).unwrap_or_default());
+    } else {
+        print!("{}", plan_table(plan));
+    }
+}
+
+async fn run_copy(invocation: Invocation, settings: &Settings, store: &Ec2Store, json: bool) -> u8 {
+    let display = Display::new(std::io::stderr().is_terminal());
+    let (stop_handle, stop) = stop_signal();
+    let interrupted = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let watcher = {
+        let interrupted = interrupted.clone();
+        let display = display.clone();
+        tokio::spawn(async move {
+            if tokio::signal::ctrl_c().await.is_err() {
+                return;
+            }
+            interrupted.store(true, std::sync::atomic::Ordering::SeqCst);
+            display.note("Stopping after the call in flight (Ctrl-C again to quit at once) …");
+            stop_handle.stop();
+            if tokio::signal::ctrl_c().await.is_ok() {
+                std::process::exit(i32::from(EXIT_INTERRUPTED));
+            }
+        })
+    };
+    let result = answer_observed(invocation, settings, store, &display, stop).await;
+    watcher.abort();
+    display.finish();
+    let interrupted = interrupted.load(std::sync::atomic::Ordering::SeqCst);
+    match result {
+        Ok(answer) => {
+            let complete = match &answer {
+                Answer::Full(response) => response.complete,
+                Answer::Summary(summary) => summary.complete,
+            };
+            if json {
+                println!("{}", serde_json::to_string_pretty(&answer).unwrap_or_default());
+            } else {
+                print!("{}", result_table(&answer, &display.sizes()));
+            }
+            if interrupted {
+                eprintln!(
+                    "Interrupted. Copies already started go on in EC2; running the same command again resumes \
+                     without duplicating any."
+                );
+                EXIT_INTERRUPTED
+            } else if complete {
+                0
+            } else {
+                EXIT_INCOMPLETE
+            }
+        }
+        Err(error) => fail(&error, json),
+    }
+}
+
+/// Reports an error as the Lambda would (`--json`: its error object on stdout) and returns the
+/// errorType's exit status.
+fn fail(error: &CopySnapshotsError, json: bool) -> u8 {
+    if json {
+        println!("{}", json!({"errorType": error.error_type(), "errorMessage": error.to_string()}));
+    } else {
+        eprintln!("error ({}): {error}", error.error_type());
+    }
+    exit_code(error)
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory;
+
+    use super::*;
+
+    #[test]
+    fn the_flags_are_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn flags_become_the_requests_fields() {
+        let cli = Cli::parse_from([
+            "copy-snapshots",
+            "--snapshot_ids",
+            "snap-1",
+            "snap-2",
+            "--region",
+            "eu-west-2",
+            "--target_region",
+            "us-east-1",
+            "--encrypt",
+            "--kms_key_id",
+            "alias/dr",
+            "--filter",
+            "tag:Backup=daily,weekly",
+            "--tag",
+            "Purpose=dr",
+            "--pending-limit",
+            "5",
+            "--wait",
+        ]);
+        assert_eq!(
+            cli.run.request.payload(),
+            json!({
+                "snapshot_ids": ["snap-1", "snap-2"],
+                "filters": [{"name": "tag:Backup", "values": ["daily", "weekly"]}],
+                "region": "eu-west-2",
+                "target_region": "us-east-1",
+                "pending_limit": 5,
+                "encrypt": true,
+                "kms_key_id": "alias/dr",
+                "tags": {"Purpose": "dr"},
+                "wait_for_completion": true,
+            })
+        );
+    }
+
+    #[test]
+    fn flags_not_given_are_left_to_the_environment() {
+        let cli = Cli::parse_from(["copy-snapshots", "plan", "--snapshot-ids", "snap-1"]);
+        let Some(Command::Plan(args)) = cli.command else { panic!("a plan") };
+        assert_eq!(args.request.payload(), json!({"snapshot_ids": ["snap-1"]}));
+    }
+
+    #[test]
+    fn a_request_file_excludes_the_request_flags() {
+        let both = Cli::try_parse_from(["copy-snapshots", "--request", "a.json", "--snapshot-ids", "snap-1"]);
+        assert!(both.is_err());
+    }
+
+    #[test]
+    fn every_error_type_has_its_own_exit_status() {
+        let errors = [
+            CopySnapshotsError::InvalidRequest(String::new()),
+            CopySnapshotsError::SourceNotFound(String::new()),
+            CopySnapshotsError::SourceNotReady(String::new()),
+            CopySnapshotsError::AccessDenied(String::new()),
+            CopySnapshotsError::Throttled(String::new()),
+            CopySnapshotsError::Ec2Error(String::new()),
+            CopySnapshotsError::CopyFailed { message: String::new(), response: Box::default() },
+            CopySnapshotsError::SourcesPending { message: String::new(), response: Box::default() },
+        ];
+        let mut codes: Vec<u8> = errors.iter().map(exit_code).collect();
+        codes.extend([0, EXIT_USAGE, EXIT_INCOMPLETE, EXIT_INTERRUPTED]);
+        let count = codes.len();
+        codes.sort_unstable();
+        codes.dedup();
+        assert_eq!(codes.len(), count, "exit statuses collide: {codes:?}");
+    }
+}

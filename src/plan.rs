@@ -1,0 +1,196 @@
+//! What a run would do, without doing it: each source with its copy or why it has none, the GiB
+//! to transfer, and how long the job would take, scheduled as the engine schedules (largest
+//! first, at most `pending_limit` at once) under a stated copy-time model. The command line's
+//! `plan` prints it; the engine builds it from its own look ([`crate::reconcile::plan`]).
+
+use std::cmp::Reverse;
+use std::collections::BinaryHeap;
+use std::time::Duration;
+
+use serde::Serialize;
+
+use crate::progress::{LookedSource, SourceStatus};
+
+/// How long a copy takes: a fixed start-up plus a time per GiB. EC2 publishes no copy speed
+/// (it varies with the region pair, the snapshot's history and load); the default is a
+/// middle-of-the-road figure, and a plan always states the model it used.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CopyTimeModel {
+    pub fixed: Duration,
+    pub per_gib: Duration,
+}
+
+impl CopyTimeModel {
+    /// 2 minutes plus 20 s per GiB (180 GiB an hour).
+    pub const DEFAULT: Self = Self { fixed: Duration::from_secs(120), per_gib: Duration::from_secs(20) };
+    pub const INSTANT: Self = Self { fixed: Duration::ZERO, per_gib: Duration::ZERO };
+
+    /// The model with the default start-up and `gib_per_hour`.
+    pub fn at_gib_per_hour(gib_per_hour: f64) -> Self {
+        Self { fixed: Self::DEFAULT.fixed, per_gib: Duration::from_secs_f64(3600.0 / gib_per_hour) }
+    }
+
+    pub fn duration(&self, size_gib: u64) -> Duration {
+        self.fixed + self.per_gib.saturating_mul(u32::try_from(size_gib).unwrap_or(u32::MAX))
+    }
+
+    /// What is left of a copy at `percent`.
+    pub fn remaining(&self, size_gib: u64, percent: u8) -> Duration {
+        self.duration(size_gib).mul_f64(f64::from(100 - percent.min(100)) / 100.0)
+    }
+
+    /// In words, for the plan's output.
+    pub fn describe(&self) -> String {
+        let gib_per_hour = if self.per_gib.is_zero() { f64::INFINITY } else { 3600.0 / self.per_gib.as_secs_f64() };
+        format!("{} s start-up + {gib_per_hour:.0} GiB per hour for each copy", self.fixed.as_secs())
+    }
+}
+
+/// The plan of one request.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Plan {
+    pub source_region: String,
+    pub target_region: String,
+    pub pending_limit: usize,
+    pub sources: Vec<PlannedSource>,
+    /// Sources this run would copy, and their total size.
+    pub copies_to_make: usize,
+    pub gib_to_copy: u64,
+    /// Until every copy (new, and earlier ones still pending) would be completed.
+    pub estimated_seconds: u64,
+    pub copy_time_model: String,
+}
+
+/// One source in a plan.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct PlannedSource {
+    pub source_snapshot_id: String,
+    pub size_gib: u64,
+    /// `copy`, `has_copy`, `not_ready`, `skip` or `failed`.
+    pub action: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub snapshot_id: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub state: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub progress: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+}
+
+impl PlannedSource {
+    fn of(looked: &LookedSource) -> Self {
+        let mut planned = Self {
+            source_snapshot_id: looked.source.to_string(),
+            size_gib: looked.size_gib,
+            action: "copy",
+            snapshot_id: None,
+            state: None,
+            progress: None,
+            reason: None,
+        };
+        match &looked.status {
+            SourceStatus::HasCopy { copy, state, progress } => {
+                planned.action = "has_copy";
+                planned.snapshot_id = Some(copy.to_string());
+                planned.state = Some(state.clone());
+                planned.progress = progress.map(|p| format!("{p}%"));
+            }
+            SourceStatus::ToCopy { note } => planned.reason.clone_from(note),
+            SourceStatus::NotReady { reason } => (planned.action, planned.reason) = ("not_ready", Some(reason.clone())),
+            SourceStatus::Skipped { reason } => (planned.action, planned.reason) = ("skip", Some(reason.clone())),
+            SourceStatus::Failed { reason } => (planned.action, planned.reason) = ("failed", Some(reason.clone())),
+        }
+        planned
+    }
+}
+
+impl Plan {
+    /// The plan for `sources` as the look found them; `start_order` is the engine's start
+    /// queue (largest first), as indexes into `sources`.
+    pub fn new(
+        source_region: String,
+        target_region: String,
+        pending_limit: usize,
+        sources: &[LookedSource],
+        start_order: &[usize],
+        model: CopyTimeModel,
+    ) -> Self {
+        let in_flight = sources.iter().filter_map(|s| match &s.status {
+            SourceStatus::HasCopy { state, progress, .. } if state == "pending" => {
+                Some(model.remaining(s.size_gib, progress.unwrap_or(0)))
+            }
+            _ => None,
+        });
+        let queued: Vec<Duration> = start_order.iter().map(|&i| model.duration(sources[i].size_gib)).collect();
+        let makespan = largest_first_makespan(in_flight, &queued, pending_limit);
+        Self {
+            source_region,
+            target_region,
+            pending_limit,
+            sources: sources.iter().map(PlannedSource::of).collect(),
+            copies_to_make: start_order.len(),
+            gib_to_copy: start_order.iter().map(|&i| sources[i].size_gib).sum(),
+            estimated_seconds: makespan.as_secs_f64().ceil() as u64,
+            copy_time_model: model.describe(),
+        }
+    }
+}
+
+/// When the last copy would end: copies already in flight run on (they hold slots); queued
+/// ones start in the given order, each as soon as fewer than `slots` run.
+fn largest_first_makespan(
+    in_flight: impl IntoIterator<Item = Duration>,
+    queued: &[Duration],
+    slots: usize,
+) -> Duration {
+    let mut running: BinaryHeap<Reverse<Duration>> = in_flight.into_iter().map(Reverse).collect();
+    let mut end = running.iter().map(|r| r.0).max().unwrap_or_default();
+    let mut now = Duration::ZERO;
+    for &duration in queued {
+        while running.len() >= slots.max(1) {
+            let Some(Reverse(free)) = running.pop() else { break };
+            now = now.max(free);
+        }
+        end = end.max(now + duration);
+        running.push(Reverse(now + duration));
+    }
+    end
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn mins(m: u64) -> Duration {
+        Duration::from_secs(m * 60)
+    }
+
+    #[test]
+    fn queued_copies_fill_free_slots_in_order() {
+        // Two slots: 10 and 8 start at once; 5 goes where 8 ends; 4 where 10 ends.
+        let end = largest_first_makespan([], &[mins(10), mins(8), mins(5), mins(4)], 2);
+        assert_eq!(end, mins(14));
+    }
+
+    #[test]
+    fn copies_in_flight_hold_slots_even_beyond_the_limit() {
+        // Three in flight with a limit of two: the queued copy starts when two remain, at 3.
+        let end = largest_first_makespan([mins(3), mins(6), mins(1)], &[mins(4)], 2);
+        assert_eq!(end, mins(7));
+    }
+
+    #[test]
+    fn nothing_to_do_takes_no_time() {
+        assert_eq!(largest_first_makespan([], &[], 5), Duration::ZERO);
+    }
+
+    #[test]
+    fn the_model_counts_what_is_left_of_a_copy() {
+        let model = CopyTimeModel::DEFAULT;
+        assert_eq!(model.duration(30), Duration::from_secs(120 + 600));
+        assert_eq!(model.remaining(30, 50), Duration::from_secs(360));
+        assert_eq!(CopyTimeModel::at_gib_per_hour(360.0).per_gib, Duration::from_secs(10));
+        assert_eq!(model.describe(), "120 s start-up + 180 GiB per hour for each copy");
+    }
+}
