@@ -24,7 +24,7 @@ use crate::ids::{Region, SnapshotId};
 use crate::request::{MAX_FILTER_VALUES, Settings};
 use crate::store::{
     CopySpec, CopyStatus, ENCRYPTION_TAG, SOURCE_REGION_TAG, SOURCE_SNAPSHOT_TAG, SnapshotState, SnapshotStore,
-    SourceSelector, SourceSnapshot, StoreError, Tag, find_tag, is_copy_from,
+    SourceSelector, SourceSnapshot, StoreError, Tag, find_tag, is_copy_from, real_volume, source_origin,
 };
 
 /// The largest page DescribeSnapshots returns.
@@ -57,7 +57,6 @@ pub async fn load_sdk_config(settings: &Settings, profile: Option<&str>, region:
     }
     loader.load().await
 }
-
 
 /// EC2 through aws-sdk-ec2, one client per region.
 #[derive(Debug)]
@@ -122,6 +121,16 @@ impl Ec2Store {
         }
         Ok(found)
     }
+
+    /// Every snapshot in `target_region` tagged as a copy from `source_region`, owner self.
+    async fn copies_from(
+        &self,
+        target_region: &Region,
+        source_region: &Region,
+    ) -> Result<Vec<types::Snapshot>, StoreError> {
+        let from_region = ec2_filter(&format!("tag:{SOURCE_REGION_TAG}"), [source_region.as_str()]);
+        self.describe(target_region, |r| r.owner_ids("self").filters(from_region)).await
+    }
 }
 
 impl SnapshotStore for Ec2Store {
@@ -160,7 +169,7 @@ impl SnapshotStore for Ec2Store {
         } else {
             // Many sources: one paginated call for every copy from that region beats many
             // chunked ones; keep the wanted ones here.
-            self.describe(target_region, |r| r.owner_ids("self").filters(from_region)).await?
+            self.copies_from(target_region, source_region).await?
         };
         let wanted: HashSet<&str> = source_ids.iter().map(SnapshotId::as_str).collect();
         Ok(snapshots
@@ -168,6 +177,21 @@ impl SnapshotStore for Ec2Store {
             .filter_map(|s| {
                 let tags = tags_of(s);
                 is_copy_from(&tags, source_region, &wanted).then(|| copy_status(s, &tags)).flatten()
+            })
+            .collect())
+    }
+
+    async fn list_copies(&self, target_region: &Region, source_region: &Region) -> Result<Vec<CopyStatus>, StoreError> {
+        let snapshots = self.copies_from(target_region, source_region).await?;
+        Ok(snapshots
+            .iter()
+            .filter_map(|s| {
+                let tags = tags_of(s);
+                // The region filter ran in EC2; the snapshot-id tag must be there too, as the
+                // role's DeleteSnapshot condition requires.
+                (find_tag(&tags, SOURCE_REGION_TAG) == Some(source_region.as_str()))
+                    .then(|| copy_status(s, &tags))
+                    .flatten()
             })
             .collect())
     }
@@ -316,6 +340,7 @@ fn to_source(snapshot: &types::Snapshot) -> Option<SourceSnapshot> {
         archived: snapshot.storage_tier() == Some(&StorageTier::Archive),
         tags: tags_of(snapshot),
         start_time: snapshot.start_time().and_then(|t| std::time::SystemTime::try_from(*t).ok()),
+        volume_id: real_volume(snapshot.volume_id()),
     })
 }
 
@@ -325,6 +350,7 @@ fn to_copy(snapshot: &types::Snapshot) -> Option<CopyStatus> {
 
 fn copy_status(snapshot: &types::Snapshot, tags: &[Tag]) -> Option<CopyStatus> {
     let source_id = SnapshotId::parse(find_tag(tags, SOURCE_SNAPSHOT_TAG)?).ok()?;
+    let (source_volume_id, source_start_time) = source_origin(tags);
     Some(CopyStatus {
         id: snapshot_id(snapshot)?,
         source_id,
@@ -335,5 +361,8 @@ fn copy_status(snapshot: &types::Snapshot, tags: &[Tag]) -> Option<CopyStatus> {
         state_message: snapshot.state_message().map(str::to_owned),
         start_time: snapshot.start_time().and_then(|t| SystemTime::try_from(*t).ok()),
         requested_encryption: find_tag(tags, ENCRYPTION_TAG).map(str::to_owned),
+        source_volume_id,
+        source_start_time,
+        size_gib: snapshot.volume_size().and_then(|s| u64::try_from(s).ok()).unwrap_or(0),
     })
 }

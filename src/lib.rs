@@ -8,7 +8,8 @@
 //! - [`event`]: payload → request (direct request or EventBridge event).
 //! - [`store`]: the trait the engine asks EC2 through, in domain types.
 //! - [`reconcile`]: the engine; [`poll_timing`]: when it polls next; [`progress`]: what it
-//!   reports as it works (and the signal that stops it); [`plan`]: what it would do.
+//!   reports as it works (and the signal that stops it); [`plan`]: what it would do;
+//!   [`retention`]: the one rule for which sources are copied and which copies are deleted.
 //! - [`response`], [`error`]: what an invocation answers.
 //! - [`ec2`]: the store on aws-sdk-ec2 (the only module that uses the SDK).
 //! - [`handler`]: one invocation end to end; [`logging`]: the Lambda log setup;
@@ -33,6 +34,7 @@ pub mod progress;
 pub mod reconcile;
 pub mod request;
 pub mod response;
+pub mod retention;
 #[cfg(feature = "simulated")]
 pub mod simulated;
 pub mod store;

@@ -24,6 +24,8 @@ pub struct InvocationCounts {
     pub copies_failed: usize,
     pub pending_sources: usize,
     pub duplicates_removed: usize,
+    /// Copies retention deleted (none in a dry run, which only says what it would delete).
+    pub copies_deleted: usize,
     /// 1 when the invocation ended in an error other than `CopyFailed` or `SourcesPending`
     /// (both report their work; the second is retried by Lambda).
     pub errors: usize,
@@ -48,6 +50,7 @@ impl InvocationCounts {
             copies_failed: response.failed.len(),
             pending_sources: response.pending_sources.len(),
             duplicates_removed: response.duplicates_removed.len(),
+            copies_deleted: if response.dry_run { 0 } else { response.deleted.len() },
             errors: 0,
             oldest_uncopied_seconds: match response.recovery_point {
                 RecoveryPoint::NotMeasured => None,
@@ -68,6 +71,7 @@ pub fn emf(target_region: Option<&str>, counts: InvocationCounts, timestamp_ms: 
         ("CopiesFailed", "Count", counts.copies_failed as u64),
         ("PendingSources", "Count", counts.pending_sources as u64),
         ("DuplicatesRemoved", "Count", counts.duplicates_removed as u64),
+        ("CopiesDeleted", "Count", counts.copies_deleted as u64),
         ("InvocationErrors", "Count", counts.errors as u64),
     ];
     if let Some(seconds) = counts.oldest_uncopied_seconds {
@@ -128,6 +132,7 @@ mod tests {
                 copies_failed: 1,
                 pending_sources: 1,
                 duplicates_removed: 0,
+                copies_deleted: 0,
                 errors: 0,
                 oldest_uncopied_seconds: None,
             }

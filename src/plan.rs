@@ -1,7 +1,8 @@
 //! What a run would do, without doing it: each source with its copy or why it has none, the GiB
 //! to transfer, and how long the job would take, scheduled as the engine schedules (largest
-//! first, at most `pending_limit` at once) under a stated copy-time model. The command line's
-//! `plan` prints it; the engine builds it from its own look ([`crate::reconcile::plan`]).
+//! first, at most `pending_limit` at once) under a stated copy-time model; with a retention, the
+//! copies it would delete. The command line's `plan` prints it, a `dry_run` request answers it;
+//! the engine builds it from its own look ([`crate::reconcile::plan`]).
 
 use std::cmp::Reverse;
 use std::collections::BinaryHeap;
@@ -59,6 +60,30 @@ pub struct Plan {
     /// Until every copy (new, and earlier ones still pending) would be completed.
     pub estimated_seconds: u64,
     pub copy_time_model: String,
+    /// Copies retention would delete now (`delete` rows), and their size.
+    #[serde(skip_serializing_if = "is_zero")]
+    pub copies_to_delete: usize,
+    #[serde(skip_serializing_if = "is_zero")]
+    pub gib_to_delete: u64,
+}
+
+fn is_zero<T: Default + PartialEq>(n: &T) -> bool {
+    *n == T::default()
+}
+
+/// A copy retention deletes, as the look found it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PlannedDeletion {
+    pub copy: crate::ids::SnapshotId,
+    pub source: crate::ids::SnapshotId,
+    pub size_gib: u64,
+    /// EC2's state of the copy (`completed`, `error`, or `pending`).
+    pub state: String,
+    /// Why it goes.
+    pub reason: String,
+    /// `Some(why)`: not now (the copy is still pending, or it is its volume's last completed
+    /// copy until a newer one completes).
+    pub later: Option<String>,
 }
 
 /// One source in a plan.
@@ -66,7 +91,8 @@ pub struct Plan {
 pub struct PlannedSource {
     pub source_snapshot_id: String,
     pub size_gib: u64,
-    /// `copy`, `has_copy`, `not_ready`, `skip` or `failed`.
+    /// `copy`, `has_copy`, `not_ready`, `skip` or `failed`; for a copy retention deletes,
+    /// `delete` (`snapshot_id` is the copy) or `delete_later`.
     pub action: &'static str,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub snapshot_id: Option<String>,
@@ -133,7 +159,33 @@ impl Plan {
             gib_to_copy: start_order.iter().map(|&i| sources[i].size_gib).sum(),
             estimated_seconds: makespan.as_secs_f64().ceil() as u64,
             copy_time_model: model.describe(),
+            copies_to_delete: 0,
+            gib_to_delete: 0,
         }
+    }
+
+    /// The plan with the copies retention would delete, one row each after the sources.
+    pub fn with_deletions(mut self, deletions: &[PlannedDeletion]) -> Self {
+        for deletion in deletions {
+            let (action, reason) = match &deletion.later {
+                None => ("delete", deletion.reason.clone()),
+                Some(why) => ("delete_later", format!("{}; {why}", deletion.reason)),
+            };
+            if deletion.later.is_none() {
+                self.copies_to_delete += 1;
+                self.gib_to_delete += deletion.size_gib;
+            }
+            self.sources.push(PlannedSource {
+                source_snapshot_id: deletion.source.to_string(),
+                size_gib: deletion.size_gib,
+                action,
+                snapshot_id: Some(deletion.copy.to_string()),
+                state: Some(deletion.state.clone()),
+                progress: None,
+                reason: Some(reason),
+            });
+        }
+        self
     }
 }
 

@@ -17,7 +17,8 @@ pub enum SourceStatus {
     ToCopy { note: Option<String> },
     /// Not ready yet (`pending`); a later run copies it.
     NotReady { reason: String },
-    /// Never copied by this request (archived, in error, a copy this function made).
+    /// Never copied by this request (out of retention, archived, in error, a copy this function
+    /// made).
     Skipped { reason: String },
     /// Failed: its attempts are used up.
     Failed { reason: String },
@@ -35,21 +36,63 @@ pub struct LookedSource {
 #[derive(Debug, Clone, PartialEq)]
 pub enum RunEvent {
     /// The look is done: every source the request selects, and where it stands.
-    Looked { sources: Vec<LookedSource> },
-    CopyStarted { source: SnapshotId, copy: SnapshotId, size_gib: u64 },
+    Looked {
+        sources: Vec<LookedSource>,
+    },
+    CopyStarted {
+        source: SnapshotId,
+        copy: SnapshotId,
+        size_gib: u64,
+    },
     /// A poll saw a pending copy's progress change.
-    CopyProgress { source: SnapshotId, copy: SnapshotId, percent: u8 },
-    CopyCompleted { source: SnapshotId, copy: SnapshotId },
+    CopyProgress {
+        source: SnapshotId,
+        copy: SnapshotId,
+        percent: u8,
+    },
+    CopyCompleted {
+        source: SnapshotId,
+        copy: SnapshotId,
+    },
     /// A copy ended in `error`: one attempt; the source may be tried again.
-    CopyErrored { source: SnapshotId, copy: SnapshotId, message: String },
+    CopyErrored {
+        source: SnapshotId,
+        copy: SnapshotId,
+        message: String,
+    },
     /// A CopySnapshot had no definite answer; the copy is looked for before any new attempt.
-    StartUnsure { source: SnapshotId, message: String },
+    StartUnsure {
+        source: SnapshotId,
+        message: String,
+    },
     /// A copy being watched vanished before completing; the source is looked for again.
-    CopyVanished { source: SnapshotId, copy: SnapshotId },
+    CopyVanished {
+        source: SnapshotId,
+        copy: SnapshotId,
+    },
     /// The source will not be copied by this run: its attempts are used up, or EC2 refused.
-    SourceFailed { source: SnapshotId, reason: String },
+    SourceFailed {
+        source: SnapshotId,
+        reason: String,
+    },
     /// A second live copy of a source was deleted (duplicates heal).
-    DuplicateRemoved { source: SnapshotId, copy: SnapshotId },
+    DuplicateRemoved {
+        source: SnapshotId,
+        copy: SnapshotId,
+    },
+    /// Retention deleted a copy (its source is out of retention, or gone past the orphan grace).
+    CopyDeleted {
+        source: SnapshotId,
+        copy: SnapshotId,
+        reason: String,
+    },
+    /// EC2 refused to delete a copy retention deletes (in use by an AMI, locked, …); it stays,
+    /// and the next run tries again.
+    DeleteRefused {
+        source: SnapshotId,
+        copy: SnapshotId,
+        error: String,
+    },
     /// The run stopped waiting because it was asked to ([`StopSignal`]).
     Stopped,
 }
@@ -73,6 +116,7 @@ impl Observer for LogObserver {
                     reused = count(|s| matches!(s, SourceStatus::HasCopy { .. })),
                     to_copy = count(|s| matches!(s, SourceStatus::ToCopy { .. })),
                     not_ready = count(|s| matches!(s, SourceStatus::NotReady { .. })),
+                    skipped = count(|s| matches!(s, SourceStatus::Skipped { .. })),
                     failed_before = count(|s| matches!(s, SourceStatus::Failed { .. })),
                     "looked"
                 );
@@ -91,6 +135,10 @@ impl Observer for LogObserver {
             }
             RunEvent::SourceFailed { source, reason } => warn!(%source, %reason, "source failed"),
             RunEvent::DuplicateRemoved { source, copy } => info!(%source, %copy, "duplicate copy removed"),
+            RunEvent::CopyDeleted { source, copy, reason } => info!(%source, %copy, %reason, "copy deleted"),
+            RunEvent::DeleteRefused { source, copy, error } => {
+                warn!(%source, %copy, %error, "EC2 refused to delete a copy; it stays, the next run tries again");
+            }
             RunEvent::Stopped => info!("asked to stop; copies already started go on in EC2"),
         }
     }

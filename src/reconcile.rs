@@ -4,9 +4,14 @@
 //! says is useful, never past the deadline), report. Generic over [`SnapshotStore`]; knows no
 //! SDK. Driven by tokio's clock, so tests run it on paused time. What it does as it goes is
 //! told to an [`Observer`]; [`plan`] is the look alone, answered as a [`Plan`].
+//!
+//! With a retention ([`crate::retention`]) the look also judges every copy this request made
+//! from the source region: sources out of retention are skipped, not copied, and their copies
+//! (and, opted in, copies whose source is gone past a grace) are deleted in the time the run
+//! would otherwise spend waiting, never past the deadline. A dry run is the look alone.
 
 use std::cmp::Reverse;
-use std::collections::{BTreeMap, BinaryHeap, HashMap};
+use std::collections::{BTreeMap, BinaryHeap, HashMap, HashSet};
 use std::time::{Duration, SystemTime};
 
 use tokio::time::Instant;
@@ -14,14 +19,18 @@ use tracing::{debug, info, warn};
 
 use crate::error::CopySnapshotsError;
 use crate::ids::{SnapshotId, shorten};
-use crate::plan::{CopyTimeModel, Plan};
+use crate::plan::{CopyTimeModel, Plan, PlannedDeletion};
 use crate::poll_timing::{self, CompletionEstimate, WaitContext};
 use crate::progress::{LogObserver, LookedSource, Observer, RunEvent, SourceStatus, StopSignal};
 use crate::request::CopyRequest;
-use crate::response::{CopyReport, FailureReport, RecoveryPoint, RemovedCopy, Response, plural};
+use crate::response::{
+    CopyReport, DeletedCopy, FailureReport, NotDeletedCopy, RecoveryPoint, RemovedCopy, Response, SkippedSource, plural,
+};
+use crate::retention::{self, Member};
 use crate::store::{
-    CopySpec, CopyStatus, ENCRYPTION_TAG, RESERVED_TAG_PREFIX, SOURCE_REGION_TAG, SOURCE_SNAPSHOT_TAG, SnapshotState,
-    SnapshotStore, SourceSelector, SourceSnapshot, StoreError, Tag,
+    CopySpec, CopyStatus, ENCRYPTION_TAG, RESERVED_TAG_PREFIX, SOURCE_REGION_TAG, SOURCE_SNAPSHOT_TAG,
+    SOURCE_START_TIME_TAG, SOURCE_VOLUME_TAG, SnapshotState, SnapshotStore, SourceSelector, SourceSnapshot, StoreError,
+    Tag, format_start_time,
 };
 
 /// How long before the invocation's deadline the engine stops, so its last calls (each bounded
@@ -71,6 +80,10 @@ pub async fn reconcile_observed<S: SnapshotStore>(
     observer: &dyn Observer,
     stop: StopSignal,
 ) -> Result<Response, CopySnapshotsError> {
+    if request.dry_run {
+        let plan = plan_observed(store, request, CopyTimeModel::DEFAULT, observer).await?;
+        return Ok(Response::dry_run(&plan, request.wait_for_completion));
+    }
     let started = Instant::now();
     // A call may start only while its longest duration, and the answer after it, still fit
     // before the deadline.
@@ -103,6 +116,8 @@ pub async fn reconcile_observed<S: SnapshotStore>(
         }
         let wake = now + run.next_wait(now);
         let wake = wait_until.map_or(wake, |until| wake.min(until));
+        // Retention's deletions fill the wait for the next poll.
+        run.prune(Some(wake)).await;
         tokio::select! {
             () = tokio::time::sleep_until(wake) => {}
             () = stop.wait() => {}
@@ -114,6 +129,9 @@ pub async fn reconcile_observed<S: SnapshotStore>(
     }
     if stop.is_set() {
         observer.observe(RunEvent::Stopped);
+    } else {
+        // What is left of the deletions, while the work may go on; the next run continues.
+        run.prune(work_until).await;
     }
     run.finish()
 }
@@ -126,8 +144,19 @@ pub async fn plan<S: SnapshotStore>(
     request: &CopyRequest,
     model: CopyTimeModel,
 ) -> Result<Plan, CopySnapshotsError> {
+    plan_observed(store, request, model, &LogObserver).await
+}
+
+/// [`plan`], telling `observer` what the look found. With a retention, the plan also lists the
+/// copies a run would delete (`delete`) and those it would delete later (`delete_later`).
+pub async fn plan_observed<S: SnapshotStore>(
+    store: &S,
+    request: &CopyRequest,
+    model: CopyTimeModel,
+    observer: &dyn Observer,
+) -> Result<Plan, CopySnapshotsError> {
     let limits = RunLimits { deadline: None, poll_interval: Duration::ZERO, call_timeout: Duration::ZERO };
-    let run = Run::look(store, request, limits, None, &LogObserver, StopSignal::never()).await?;
+    let run = Run::look(store, request, limits, None, observer, StopSignal::never()).await?;
     let mut queue = run.queue.clone();
     let mut start_order = Vec::with_capacity(queue.len());
     while let Some((_, Reverse(i))) = queue.pop() {
@@ -140,7 +169,8 @@ pub async fn plan<S: SnapshotStore>(
         &run.looked_sources(),
         &start_order,
         model,
-    ))
+    )
+    .with_deletions(&run.planned_deletions()))
 }
 
 /// Where one source stands.
@@ -192,6 +222,33 @@ struct ErrorCopy {
     message: String,
 }
 
+/// A copy retention deletes.
+#[derive(Debug)]
+struct Deletion {
+    copy: SnapshotId,
+    source: SnapshotId,
+    size_gib: u64,
+    /// As the look saw it: a `pending` copy is never deleted (a later run does, once completed).
+    state: SnapshotState,
+    reason: String,
+    /// The volume the request selects that the copy belongs to: its last completed copy stays
+    /// until a copy in retention of that volume has completed.
+    volume: Option<String>,
+    /// The source's start time, to tell which copy of a volume is its newest.
+    source_start: Option<SystemTime>,
+    outcome: DeletionOutcome,
+}
+
+#[derive(Debug, PartialEq)]
+enum DeletionOutcome {
+    Due,
+    Deleted,
+    /// EC2 refused (in use by an AMI, locked, …), with its answer.
+    Refused(String),
+    /// No definite answer (timeout, 5xx): the next run sees whether it went.
+    Unsure,
+}
+
 /// A copy being watched, with what is known of its speed.
 #[derive(Debug)]
 struct TrackedCopy {
@@ -227,6 +284,11 @@ struct Run<'a, S> {
     /// Second live copies found (entry, copy id), to delete.
     duplicates: Vec<(usize, SnapshotId)>,
     duplicates_removed: Vec<RemovedCopy>,
+    /// Copies retention deletes, found by the look, deleted as time allows.
+    deletions: Vec<Deletion>,
+    /// Volumes the request selects with a completed copy in retention of a source gone from
+    /// the source region: their other copies may go at once.
+    volumes_with_kept_copy: HashSet<String>,
 }
 
 impl<'a, S: SnapshotStore> Run<'a, S> {
@@ -273,15 +335,29 @@ impl<'a, S: SnapshotStore> Run<'a, S> {
             fastest_gib_per_second: None,
             duplicates: Vec::new(),
             duplicates_removed: Vec::new(),
+            deletions: Vec::new(),
+            volumes_with_kept_copy: HashSet::new(),
         };
-        let wanted: Vec<SnapshotId> =
-            run.entries.iter().filter(|e| matches!(e.stage, Stage::Waiting)).map(|e| e.source.id.clone()).collect();
-        if !wanted.is_empty() {
-            let existing = store
-                .find_copies(&request.target_region, region, &wanted)
-                .await
-                .map_err(|e| fatal(e, &format!("looking for earlier copies in {}", request.target_region), 0))?;
+        let doing = format!("looking for earlier copies in {}", request.target_region);
+        if request.retention.is_set() {
+            // Retention judges every copy from this region, whatever its source: one listing
+            // serves that and the look for earlier copies alike.
+            let copies = store.list_copies(&request.target_region, region).await.map_err(|e| fatal(e, &doing, 0))?;
+            run.judge_retention(&copies).await;
+            let wanted: HashSet<&SnapshotId> =
+                run.entries.iter().filter(|e| matches!(e.stage, Stage::Waiting)).map(|e| &e.source.id).collect();
+            let existing = copies.iter().filter(|c| wanted.contains(&c.source_id)).cloned().collect();
             run.adopt(existing, true);
+        } else {
+            let wanted: Vec<SnapshotId> =
+                run.entries.iter().filter(|e| matches!(e.stage, Stage::Waiting)).map(|e| e.source.id.clone()).collect();
+            if !wanted.is_empty() {
+                let existing = store
+                    .find_copies(&request.target_region, region, &wanted)
+                    .await
+                    .map_err(|e| fatal(e, &doing, 0))?;
+                run.adopt(existing, true);
+            }
         }
         for i in 0..run.entries.len() {
             if matches!(run.entries[i].stage, Stage::Waiting) {
@@ -290,6 +366,271 @@ impl<'a, S: SnapshotStore> Run<'a, S> {
         }
         run.observer.observe(RunEvent::Looked { sources: run.looked_sources() });
         Ok(run)
+    }
+
+    /// Applies the request's retention to the look: a source out of retention leaves the entries
+    /// (reported as skipped, never copied), and this request's copies become deletions when
+    /// their source is out of retention, or gone from the source region longer than the orphan
+    /// grace. Only copies this request would have made (encrypted as it asks) are judged:
+    /// another request's copies of the same snapshots follow that request's rule. Copies whose
+    /// source still exists but is not selected (another request's) are neither counted nor
+    /// touched.
+    async fn judge_retention(&mut self, copies: &[CopyStatus]) {
+        let request = self.request;
+        let rule = request.retention;
+        let region = &request.source_region;
+        let now = self.store.wall_clock();
+        let asked = encryption_asked(request);
+        let ours: Vec<&CopyStatus> = copies
+            .iter()
+            .filter(|c| match &c.requested_encryption {
+                Some(tag) => *tag == asked,
+                None => encrypted_as_asked(c, request),
+            })
+            .collect();
+        let mut members: Vec<Member> = self
+            .entries
+            .iter()
+            .filter(|e| e.source.state == SnapshotState::Completed)
+            .map(|e| Member {
+                source: e.source.id.clone(),
+                volume: e.source.volume_id.clone(),
+                start_time: e.source.start_time,
+                selected: true,
+            })
+            .collect();
+        let selected_volumes: HashSet<String> = members.iter().filter_map(|m| m.volume.clone()).collect();
+        let in_entries: HashSet<&SnapshotId> = self.entries.iter().map(|e| &e.source.id).collect();
+
+        // Copies of sources the look did not resolve: either gone from the source region, or
+        // there but not selected by this request. One look by id tells them apart.
+        let mut unresolved: Vec<SnapshotId> = ours
+            .iter()
+            .filter(|c| !in_entries.contains(&c.source_id))
+            .filter(|c| {
+                rule.orphans_after_days.is_some()
+                    || c.source_volume_id.as_ref().is_some_and(|v| selected_volumes.contains(v))
+            })
+            .map(|c| c.source_id.clone())
+            .collect();
+        unresolved.sort();
+        unresolved.dedup();
+        let gone: HashSet<SnapshotId> = if unresolved.is_empty() {
+            HashSet::new()
+        } else {
+            match self.store.describe_sources(region, &SourceSelector::Ids(unresolved.clone())).await {
+                Ok(found) => {
+                    let exists: HashSet<SnapshotId> = found.into_iter().map(|s| s.id).collect();
+                    unresolved.into_iter().filter(|id| !exists.contains(id)).collect()
+                }
+                Err(error) => {
+                    // Without knowing which sources are gone, none is taken for gone: nothing
+                    // of theirs is deleted, and the rule ranks only the selected sources,
+                    // which keeps more, never less.
+                    warn!(%error, "could not tell which sources are gone; their copies are left for a later run");
+                    HashSet::new()
+                }
+            }
+        };
+        let mut gone_members: HashSet<&SnapshotId> = HashSet::new();
+        for copy in &ours {
+            if !gone.contains(&copy.source_id) || gone_members.contains(&copy.source_id) {
+                continue;
+            }
+            if let Some(volume) = copy.source_volume_id.as_ref().filter(|v| selected_volumes.contains(*v)) {
+                gone_members.insert(&copy.source_id);
+                members.push(Member {
+                    source: copy.source_id.clone(),
+                    volume: Some(volume.clone()),
+                    start_time: copy.source_start_time,
+                    selected: false,
+                });
+            }
+        }
+        let out = retention::out_of_retention(&rule, now, &members);
+
+        // Sources out of retention are not copied.
+        let mut kept = Vec::with_capacity(self.entries.len());
+        let mut volume_of: HashMap<SnapshotId, Option<String>> = HashMap::new();
+        for entry in std::mem::take(&mut self.entries) {
+            match out.get(&entry.source.id) {
+                Some(reason) => {
+                    debug!(source = %entry.source.id, %reason, "skipping a source out of retention");
+                    volume_of.insert(entry.source.id.clone(), entry.source.volume_id.clone());
+                    self.skipped.push(LookedSource {
+                        source: entry.source.id.clone(),
+                        size_gib: entry.source.size_gib,
+                        status: SourceStatus::Skipped { reason: reason.clone() },
+                    });
+                }
+                None => kept.push(entry),
+            }
+        }
+        self.entries = kept;
+
+        // Their copies, and the copies of gone sources out of retention or past the grace, go.
+        for copy in &ours {
+            let reason = if let Some(out_reason) = out.get(&copy.source_id) {
+                if gone.contains(&copy.source_id) {
+                    format!("its source is gone from {region} and {out_reason}")
+                } else {
+                    format!("its source is {out_reason}")
+                }
+            } else if gone.contains(&copy.source_id) {
+                let started = copy.source_start_time.or(copy.start_time);
+                match started.and_then(|started| rule.orphan_due(now, started)) {
+                    Some(why) => format!("its source is gone from {region} and {why}"),
+                    None => {
+                        // A gone source in retention: its completed copy is one of its volume's
+                        // recovery copies.
+                        if copy.state == SnapshotState::Completed {
+                            if let Some(volume) =
+                                copy.source_volume_id.as_ref().filter(|v| selected_volumes.contains(*v))
+                            {
+                                self.volumes_with_kept_copy.insert(volume.clone());
+                            }
+                        }
+                        continue;
+                    }
+                }
+            } else {
+                continue;
+            };
+            if !matches!(copy.state, SnapshotState::Completed | SnapshotState::Error | SnapshotState::Pending) {
+                debug!(copy = %copy.id, state = copy.state.as_str(), "a copy in this state is not deleted");
+                continue;
+            }
+            let volume = volume_of
+                .get(&copy.source_id)
+                .cloned()
+                .unwrap_or_else(|| copy.source_volume_id.clone())
+                .filter(|v| selected_volumes.contains(v));
+            self.deletions.push(Deletion {
+                copy: copy.id.clone(),
+                source: copy.source_id.clone(),
+                size_gib: copy.size_gib,
+                state: copy.state.clone(),
+                reason,
+                volume,
+                source_start: copy.source_start_time.or(copy.start_time),
+                outcome: DeletionOutcome::Due,
+            });
+        }
+        if !self.deletions.is_empty() || !out.is_empty() {
+            info!(
+                out_of_retention = out.len(),
+                gone = gone.len(),
+                deletions = self.deletions.len(),
+                rule = %rule.describe(),
+                "retention judged"
+            );
+        }
+    }
+
+    /// Whether a volume the request selects has a completed copy in retention (this request's).
+    fn volume_has_copy_in_retention(&self, volume: &str) -> bool {
+        self.volumes_with_kept_copy.contains(volume)
+            || self.entries.iter().any(|e| {
+                e.source.volume_id.as_deref() == Some(volume)
+                    && matches!(&e.stage, Stage::Copying { copy, .. } if copy.state == SnapshotState::Completed)
+            })
+    }
+
+    /// Deletions that must wait: of a volume with no completed copy in retention yet (its new
+    /// copy is still pending, say), the newest completed copy due for deletion stays, so the
+    /// volume never has no recovery copy at all. Indexes into `deletions`.
+    fn held_back(&self) -> HashSet<usize> {
+        let mut covered: HashMap<&str, bool> = HashMap::new();
+        let mut newest: HashMap<&str, usize> = HashMap::new();
+        for (i, deletion) in self.deletions.iter().enumerate() {
+            if deletion.outcome != DeletionOutcome::Due || deletion.state != SnapshotState::Completed {
+                continue;
+            }
+            let Some(volume) = deletion.volume.as_deref() else { continue };
+            if *covered.entry(volume).or_insert_with(|| self.volume_has_copy_in_retention(volume)) {
+                continue;
+            }
+            let rank = |d: &Deletion| (d.source_start, d.copy.clone());
+            newest
+                .entry(volume)
+                .and_modify(|held| {
+                    if rank(deletion) > rank(&self.deletions[*held]) {
+                        *held = i;
+                    }
+                })
+                .or_insert(i);
+        }
+        newest.into_values().collect()
+    }
+
+    /// Deletes what retention deletes, until `until` (the next poll; the end of the work), the
+    /// stop signal or the last moment a call may start: whatever is left, the next run deletes.
+    /// A refusal (in use by an AMI, locked, access denied) is reported and skipped; throttling
+    /// ends this round of deletions; none of it fails the run.
+    async fn prune(&mut self, until: Option<Instant>) {
+        if !self.deletions.iter().any(|d| d.outcome == DeletionOutcome::Due) {
+            return;
+        }
+        let held = self.held_back();
+        for i in 0..self.deletions.len() {
+            let deletion = &self.deletions[i];
+            let deletable = matches!(deletion.state, SnapshotState::Completed | SnapshotState::Error);
+            if deletion.outcome != DeletionOutcome::Due || !deletable || held.contains(&i) {
+                continue;
+            }
+            if until.is_some_and(|until| Instant::now() >= until) || !self.may_call() || self.stop.is_set() {
+                break;
+            }
+            let result = self.store.delete_copy(&self.request.target_region, &deletion.copy).await;
+            let deletion = &mut self.deletions[i];
+            let (source, copy) = (deletion.source.clone(), deletion.copy.clone());
+            match result {
+                Ok(()) => {
+                    self.observer.observe(RunEvent::CopyDeleted { source, copy, reason: deletion.reason.clone() });
+                    deletion.outcome = DeletionOutcome::Deleted;
+                }
+                Err(StoreError::Throttled(message)) => {
+                    warn!(%copy, %message, "EC2 throttled a deletion; the rest wait for the next round");
+                    break;
+                }
+                Err(StoreError::Unknown(message)) => {
+                    warn!(%copy, %message, "a deletion had no definite answer; the next run sees whether it went");
+                    deletion.outcome = DeletionOutcome::Unsure;
+                }
+                Err(refusal) => {
+                    let error = refusal.to_string();
+                    self.observer.observe(RunEvent::DeleteRefused { source, copy, error: error.clone() });
+                    deletion.outcome = DeletionOutcome::Refused(error);
+                }
+            }
+        }
+    }
+
+    /// The deletions a run would make now, and those it would make later, for the plan.
+    fn planned_deletions(&self) -> Vec<PlannedDeletion> {
+        let held = self.held_back();
+        self.deletions
+            .iter()
+            .enumerate()
+            .filter(|(_, d)| d.outcome == DeletionOutcome::Due)
+            .map(|(i, d)| PlannedDeletion {
+                copy: d.copy.clone(),
+                source: d.source.clone(),
+                size_gib: d.size_gib,
+                state: d.state.as_str().to_owned(),
+                reason: d.reason.clone(),
+                later: if d.state == SnapshotState::Pending {
+                    Some("the copy is still pending: a run after it completes deletes it".to_owned())
+                } else if held.contains(&i) {
+                    Some(format!(
+                        "the last completed copy of {} until a copy in retention completes",
+                        d.volume.as_deref().unwrap_or("its volume")
+                    ))
+                } else {
+                    None
+                },
+            })
+            .collect()
     }
 
     /// Takes over copies found by their tags: an `error` copy encrypted as asked counts as an
@@ -507,7 +848,8 @@ impl<'a, S: SnapshotStore> Run<'a, S> {
 
     /// Fails a source this run will not copy (no copy of it was made).
     fn fail(&mut self, i: usize, reason: String) {
-        self.observer.observe(RunEvent::SourceFailed { source: self.entries[i].source.id.clone(), reason: reason.clone() });
+        self.observer
+            .observe(RunEvent::SourceFailed { source: self.entries[i].source.id.clone(), reason: reason.clone() });
         self.entries[i].stage = Stage::Failed { copy_id: None, reason };
     }
 
@@ -577,7 +919,8 @@ impl<'a, S: SnapshotStore> Run<'a, S> {
                 if copy.seen || unlisted_too_long {
                     // Deleted: by someone, or as a duplicate by an overlapping invocation that
                     // kept another copy. Look by the tags before copying again.
-                    self.observer.observe(RunEvent::CopyVanished { source: entry.source.id.clone(), copy: copy.id.clone() });
+                    self.observer
+                        .observe(RunEvent::CopyVanished { source: entry.source.id.clone(), copy: copy.id.clone() });
                     vanished.push(i);
                 }
                 // Never seen: EC2's eventual consistency; it shows up in a later round.
@@ -604,7 +947,8 @@ impl<'a, S: SnapshotStore> Run<'a, S> {
             match &status.state {
                 SnapshotState::Pending => {}
                 SnapshotState::Completed => {
-                    self.observer.observe(RunEvent::CopyCompleted { source: entry.source.id.clone(), copy: copy.id.clone() });
+                    self.observer
+                        .observe(RunEvent::CopyCompleted { source: entry.source.id.clone(), copy: copy.id.clone() });
                 }
                 SnapshotState::Error => {
                     let message = status.state_message.clone().unwrap_or_else(|| "EC2 gave no reason".to_owned());
@@ -616,7 +960,8 @@ impl<'a, S: SnapshotStore> Run<'a, S> {
                 SnapshotState::Other(state) => {
                     let message = status.state_message.as_deref().unwrap_or("EC2 gave no reason");
                     let reason = format!("copy {} ended in {state}: {message}", copy.id);
-                    self.observer.observe(RunEvent::SourceFailed { source: entry.source.id.clone(), reason: reason.clone() });
+                    self.observer
+                        .observe(RunEvent::SourceFailed { source: entry.source.id.clone(), reason: reason.clone() });
                     entry.stage = Stage::Failed { copy_id: Some(copy.id.clone()), reason };
                 }
             }
@@ -713,13 +1058,45 @@ impl<'a, S: SnapshotStore> Run<'a, S> {
         }
         let all_done = !self.request.wait_for_completion || self.pending_copies().next().is_none();
         response.duplicates_removed = self.duplicates_removed;
-        response.complete = response.pending_sources.is_empty() && response.failed.is_empty() && all_done;
+        response.skipped = self
+            .skipped
+            .iter()
+            .filter_map(|looked| match &looked.status {
+                SourceStatus::Skipped { reason } => {
+                    Some(SkippedSource { source_snapshot_id: looked.source.to_string(), reason: reason.clone() })
+                }
+                _ => None,
+            })
+            .collect();
+        for deletion in self.deletions {
+            let (snapshot_id, source_snapshot_id) = (deletion.copy.to_string(), deletion.source.to_string());
+            match deletion.outcome {
+                DeletionOutcome::Deleted => {
+                    response.deleted.push(DeletedCopy { snapshot_id, source_snapshot_id, reason: deletion.reason });
+                }
+                DeletionOutcome::Refused(error) => response.not_deleted.push(NotDeletedCopy {
+                    snapshot_id,
+                    source_snapshot_id,
+                    reason: deletion.reason,
+                    error,
+                }),
+                DeletionOutcome::Due | DeletionOutcome::Unsure => response.deletions_left += 1,
+            }
+        }
+        response.complete = response.pending_sources.is_empty()
+            && response.failed.is_empty()
+            && all_done
+            && response.deletions_left == 0;
         info!(
             copies = response.copies.len(),
             started = self.copies_started,
             pending_sources = response.pending_sources.len(),
             failed = response.failed.len(),
             duplicates_removed = response.duplicates_removed.len(),
+            skipped = response.skipped.len(),
+            deleted = response.deleted.len(),
+            not_deleted = response.not_deleted.len(),
+            deletions_left = response.deletions_left,
             complete = response.complete,
             "done"
         );
@@ -764,11 +1141,7 @@ fn entries_for_ids(
             not_ready.join("; ")
         )));
     }
-    Ok(ids
-        .iter()
-        .filter_map(|id| by_id.remove(id))
-        .map(|source| Entry::new(source, Stage::Waiting))
-        .collect())
+    Ok(ids.iter().filter_map(|id| by_id.remove(id)).map(|source| Entry::new(source, Stage::Waiting)).collect())
 }
 
 /// Entries for what the filters matched, sorted by id for a stable order. Snapshots not yet
@@ -815,10 +1188,7 @@ fn to_copy_note(entry: &Entry) -> Option<String> {
         notes.push(format!("{} not encrypted as asked: {}", plural(ids.len(), "earlier copy"), ids.join(", ")));
     }
     if !entry.error_copies.is_empty() {
-        notes.push(format!(
-            "{} of {MAX_ATTEMPTS} attempts ended in error before",
-            entry.error_copies.len()
-        ));
+        notes.push(format!("{} of {MAX_ATTEMPTS} attempts ended in error before", entry.error_copies.len()));
     }
     (!notes.is_empty()).then(|| notes.join("; "))
 }
@@ -885,13 +1255,23 @@ fn copy_spec(source: &SourceSnapshot, request: &CopyRequest) -> Result<CopySpec,
         tags.insert(&tag.key, &tag.value);
     }
     let encryption = encryption_asked(request);
+    let start_time = source.start_time.map(format_start_time);
+    let before = tags.len();
     tags.insert(SOURCE_SNAPSHOT_TAG, source.id.as_str());
     tags.insert(SOURCE_REGION_TAG, request.source_region.as_str());
     tags.insert(ENCRYPTION_TAG, &encryption);
+    // What retention needs to judge the copy even once its source is gone.
+    if let Some(volume) = &source.volume_id {
+        tags.insert(SOURCE_VOLUME_TAG, volume);
+    }
+    if let Some(start_time) = &start_time {
+        tags.insert(SOURCE_START_TIME_TAG, start_time);
+    }
     if tags.len() > MAX_TAGS_PER_SNAPSHOT {
         return Err(format!(
-            "the copy would carry {} tags (the source's, `tags` and 3 of this function's); EC2 allows {MAX_TAGS_PER_SNAPSHOT}",
-            tags.len()
+            "the copy would carry {} tags (the source's, `tags` and {} of this function's); EC2 allows {MAX_TAGS_PER_SNAPSHOT}",
+            tags.len(),
+            tags.len() - before
         ));
     }
     Ok(CopySpec {

@@ -11,14 +11,15 @@ use serde_json::Value;
 use crate::error::CopySnapshotsError;
 use crate::ids::{KmsKeyRef, Region, SnapshotId, shorten};
 use crate::response::ResponseFormat;
-use crate::store::{Filter, RESERVED_TAG_PREFIX, SourceSelector, Tag};
+use crate::retention::Retention;
+use crate::store::{Filter, OWN_TAGS, RESERVED_TAG_PREFIX, SourceSelector, Tag};
 
 /// Default for `pending_limit`: AWS's concurrent-copy quota per destination region.
 pub const DEFAULT_PENDING_LIMIT: u32 = 20;
 /// Default for `POLL_INTERVAL_SECONDS`.
 pub const DEFAULT_POLL_INTERVAL: Duration = Duration::from_secs(15);
-/// EC2 allows 50 tags per snapshot; three are this function's (`copy-snapshots:*`).
-pub const MAX_USER_TAGS: usize = 47;
+/// EC2 allows 50 tags per snapshot; five are this function's (`copy-snapshots:*`).
+pub const MAX_USER_TAGS: usize = 50 - OWN_TAGS;
 /// EC2 accepts at most 200 values in one DescribeSnapshots filter.
 pub const MAX_FILTER_VALUES: usize = 200;
 /// Default for `EC2_CALL_TIMEOUT_SECONDS`: the longest one EC2 call (with the SDK's retries)
@@ -43,6 +44,10 @@ pub struct RequestPayload {
     pub max_wait_seconds: Option<u64>,
     pub debug: Option<bool>,
     pub response_format: Option<ResponseFormat>,
+    pub retain_days: Option<u32>,
+    pub retain_count: Option<u32>,
+    pub delete_orphans_after_days: Option<u32>,
+    pub dry_run: Option<bool>,
 }
 
 /// One `filters` entry.
@@ -62,11 +67,16 @@ fn valid_values(field: &str) -> &'static str {
         "values" => "a list of strings",
         "target_region" | "region" => crate::ids::REGION_FORMAT,
         "pending_limit" => "an integer ≥ 1",
-        "encrypt" | "copy_tags" | "wait_for_completion" | "debug" => "true or false",
+        "encrypt" | "copy_tags" | "wait_for_completion" | "debug" | "dry_run" => "true or false",
         "kms_key_id" => crate::ids::KMS_KEY_FORMAT,
         "tags" => "an object of string keys to string values",
         "completion_duration_minutes" => "an integer from 15 to 2880, a multiple of 15",
         "max_wait_seconds" => "an integer ≥ 0",
+        "retain_days" => "an integer ≥ 1: sources started within that many days are kept",
+        "retain_count" => "an integer ≥ 1: the newest that many sources of each volume are kept",
+        "delete_orphans_after_days" => {
+            "an integer ≥ 0: days after its source's start that a copy whose source is gone is deleted"
+        }
         "response_format" => "\"full\" (every copy listed) or \"summary\" (counts and the first failures)",
         _ => "see the request table in the README",
     }
@@ -99,6 +109,9 @@ pub struct Settings {
     /// `ALLOWED_TARGET_REGIONS` (comma-separated): the only target regions a request may name.
     /// `None`: any.
     pub allowed_target_regions: Option<Vec<Region>>,
+    /// `RETAIN_DAYS`, `RETAIN_COUNT`, `DELETE_ORPHANS_AFTER_DAYS`: the retention of requests
+    /// that set none of the three themselves.
+    pub retention: Retention,
 }
 
 impl Default for Settings {
@@ -114,6 +127,7 @@ impl Default for Settings {
             call_timeout: DEFAULT_CALL_TIMEOUT,
             allowed_source_regions: None,
             allowed_target_regions: None,
+            retention: Retention::default(),
         }
     }
 }
@@ -192,6 +206,21 @@ impl Settings {
                 })
                 .transpose()
         };
+        let days = |name: &str, min: u32| {
+            get(name)
+                .map(|v| {
+                    v.parse::<u32>()
+                        .ok()
+                        .filter(|n| *n >= min)
+                        .ok_or_else(|| invalid(name, &v, &format!("an integer ≥ {min}")))
+                })
+                .transpose()
+        };
+        let retention = Retention {
+            days: days("RETAIN_DAYS", 1)?,
+            count: days("RETAIN_COUNT", 1)?,
+            orphans_after_days: days("DELETE_ORPHANS_AFTER_DAYS", 0)?,
+        };
         let kms_key = get("KMS_KEY_ID")
             .map(|v| KmsKeyRef::parse(&v).map_err(|_| invalid("KMS_KEY_ID", &v, crate::ids::KMS_KEY_FORMAT)))
             .transpose()?;
@@ -206,6 +235,7 @@ impl Settings {
             call_timeout,
             allowed_source_regions: regions("ALLOWED_SOURCE_REGIONS")?,
             allowed_target_regions: regions("ALLOWED_TARGET_REGIONS")?,
+            retention,
         })
     }
 }
@@ -232,6 +262,11 @@ pub struct CopyRequest {
     /// has no copy started, so the event is retried rather than acknowledged.
     pub from_event: bool,
     pub response_format: ResponseFormat,
+    /// Which sources are copied and which copies are deleted ([`crate::retention`]).
+    pub retention: Retention,
+    /// Look only: answer what a run would copy, skip and delete, calling neither CopySnapshot
+    /// nor DeleteSnapshot.
+    pub dry_run: bool,
 }
 
 fn invalid(message: String) -> CopySnapshotsError {
@@ -346,6 +381,9 @@ impl CopyRequest {
             }
         }
 
+        let retention =
+            check_retention(payload.retain_days, payload.retain_count, payload.delete_orphans_after_days, settings)?;
+
         Ok(Self {
             sources,
             source_region,
@@ -361,8 +399,33 @@ impl CopyRequest {
             debug: payload.debug.unwrap_or(false),
             from_event: false,
             response_format: payload.response_format.unwrap_or_default(),
+            retention,
+            dry_run: payload.dry_run.unwrap_or(false),
         })
     }
+}
+
+/// The request's retention, each field filled from the environment when the payload leaves it
+/// out, as every other field is.
+fn check_retention(
+    days: Option<u32>,
+    count: Option<u32>,
+    orphans_after_days: Option<u32>,
+    settings: &Settings,
+) -> Result<Retention, CopySnapshotsError> {
+    for (field, value) in [("retain_days", days), ("retain_count", count)] {
+        if value == Some(0) {
+            return Err(invalid(format!(
+                "{field}: 0 would keep nothing, not even the newest copy of a volume; valid: {}",
+                valid_values(field)
+            )));
+        }
+    }
+    Ok(Retention {
+        days: days.or(settings.retention.days),
+        count: count.or(settings.retention.count),
+        orphans_after_days: orphans_after_days.or(settings.retention.orphans_after_days),
+    })
 }
 
 /// `region` must be one of `allowed`, when the deployment restricts it.
@@ -433,7 +496,7 @@ fn check_filters(filters: Vec<FilterPayload>) -> Result<Vec<Filter>, CopySnapsho
 fn check_tags(tags: BTreeMap<String, String>) -> Result<Vec<Tag>, CopySnapshotsError> {
     if tags.len() > MAX_USER_TAGS {
         return Err(invalid(format!(
-            "tags: {} tags; valid: at most {MAX_USER_TAGS} (EC2 allows 50 per snapshot, 3 are this function's)",
+            "tags: {} tags; valid: at most {MAX_USER_TAGS} (EC2 allows 50 per snapshot, {OWN_TAGS} are this function's)",
             tags.len()
         )));
     }

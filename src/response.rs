@@ -13,6 +13,7 @@ use std::time::SystemTime;
 use serde::{Deserialize, Serialize};
 
 use crate::error::CopySnapshotsError;
+use crate::plan::Plan;
 
 /// Most failures a summary lists; the count says how many there are in all.
 pub const SUMMARY_MAX_FAILURES: usize = 20;
@@ -36,6 +37,28 @@ pub struct Response {
     /// answered late) that this invocation deleted, keeping the other.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub duplicates_removed: Vec<RemovedCopy>,
+    /// Sources the request selects that it does not copy, with why: out of retention, in the
+    /// archive tier, in `error`, a copy this function made.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub skipped: Vec<SkippedSource>,
+    /// Copies retention deleted (in a dry run: would delete now).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub deleted: Vec<DeletedCopy>,
+    /// Copies retention would delete that EC2 refused to delete (in use by an AMI, locked, …):
+    /// left in place, tried again by the next run.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub not_deleted: Vec<NotDeletedCopy>,
+    /// Copies retention deletes that this invocation did not get to: the deadline came first,
+    /// the copy is still pending, or it is its volume's last completed copy until a newer one
+    /// completes. The next run continues.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub deletions_left: usize,
+    /// A dry run: nothing was copied or deleted; `to_copy` and `deleted` say what a run would do.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub dry_run: bool,
+    /// Dry run only: the sources a run would copy now.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub to_copy: Vec<String>,
     /// For the recovery-point metric only, not part of the answer.
     #[serde(skip)]
     pub recovery_point: RecoveryPoint,
@@ -60,6 +83,51 @@ impl Response {
     /// The answer to an event that asks for no copy.
     pub fn nothing_to_do() -> Self {
         Self { complete: true, ..Self::default() }
+    }
+
+    /// The answer to a dry run, from the plan of the same look: what a run would copy, skip and
+    /// delete. `complete` says whether a run now would find nothing to do.
+    pub fn dry_run(plan: &Plan, wait_for_completion: bool) -> Self {
+        let mut response = Self { dry_run: true, ..Self::default() };
+        for planned in &plan.sources {
+            let source = planned.source_snapshot_id.clone();
+            let reason = || planned.reason.clone().unwrap_or_default();
+            match (planned.action, &planned.snapshot_id) {
+                ("has_copy", Some(copy)) => {
+                    response.snapshot_ids.push(copy.clone());
+                    response.copies.push(CopyReport {
+                        source_snapshot_id: source,
+                        snapshot_id: copy.clone(),
+                        state: planned.state.clone().unwrap_or_default(),
+                        progress: planned.progress.clone(),
+                        reused: true,
+                    });
+                }
+                ("copy", _) => response.to_copy.push(source),
+                ("not_ready", _) => response.pending_sources.push(source),
+                ("skip", _) => response.skipped.push(SkippedSource { source_snapshot_id: source, reason: reason() }),
+                ("failed", _) => response.failed.push(FailureReport {
+                    source_snapshot_id: source,
+                    snapshot_id: None,
+                    error_snapshot_ids: Vec::new(),
+                    error: reason(),
+                }),
+                ("delete", Some(copy)) => response.deleted.push(DeletedCopy {
+                    snapshot_id: copy.clone(),
+                    source_snapshot_id: source,
+                    reason: reason(),
+                }),
+                _ => response.deletions_left += 1,
+            }
+        }
+        let waiting = wait_for_completion && response.copies.iter().any(|c| c.state != "completed");
+        response.complete = response.to_copy.is_empty()
+            && response.pending_sources.is_empty()
+            && response.failed.is_empty()
+            && response.deleted.is_empty()
+            && response.deletions_left == 0
+            && !waiting;
+        response
     }
 
     /// The `SourcesPending` message: which of an event's snapshots have no copy started.
@@ -123,6 +191,40 @@ pub struct RemovedCopy {
     pub snapshot_id: String,
 }
 
+/// A source the request selects and does not copy.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SkippedSource {
+    pub source_snapshot_id: String,
+    pub reason: String,
+}
+
+/// A copy retention deleted, and why.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeletedCopy {
+    pub snapshot_id: String,
+    pub source_snapshot_id: String,
+    pub reason: String,
+}
+
+/// A copy retention would delete that EC2 refused to delete.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NotDeletedCopy {
+    pub snapshot_id: String,
+    pub source_snapshot_id: String,
+    /// Why retention deletes it.
+    pub reason: String,
+    /// EC2's refusal, e.g. `InvalidSnapshot.InUse: The snapshot … is currently in use by ami-…`.
+    pub error: String,
+}
+
+fn is_zero(n: &usize) -> bool {
+    *n == 0
+}
+
+fn is_false(b: &bool) -> bool {
+    !*b
+}
+
 /// The request's `response_format`: how much the answer lists.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -178,6 +280,18 @@ pub struct Summary {
     pub pending_sources: usize,
     /// Sources that could not be copied.
     pub failed: usize,
+    /// Sources not copied, by retention or because they cannot be (see [`Response::skipped`]).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub skipped: usize,
+    /// Copies retention deleted.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub deleted: usize,
+    /// Copies EC2 refused to delete.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub not_deleted: usize,
+    /// Copies retention deletes that a later run gets to.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub deletions_left: usize,
     /// The first [`SUMMARY_MAX_FAILURES`] failures, each error cut to
     /// [`SUMMARY_MAX_ERROR_CHARS`] characters.
     pub failures: Vec<FailureReport>,
@@ -194,6 +308,10 @@ impl Summary {
             pending: response.copies.len() - completed,
             pending_sources: response.pending_sources.len(),
             failed: response.failed.len(),
+            skipped: response.skipped.len(),
+            deleted: response.deleted.len(),
+            not_deleted: response.not_deleted.len(),
+            deletions_left: response.deletions_left,
             failures: response
                 .failed
                 .iter()

@@ -6,7 +6,10 @@
 //! shows rarely (refusals, unanswered calls, throttling, access denied, a listing that lags
 //! behind new copies, copies that stall or whose speed does not follow their size) can be
 //! injected, and every call is counted. Like the deployed role, it deletes only snapshots
-//! carrying the tracking tags.
+//! carrying the tracking tags; chosen snapshots refuse deletion (in use by an AMI, locked).
+//! For retention: sources of chosen volumes and ages, sources that vanish from the source
+//! region, and a calendar ([`SnapshotStore::wall_clock`]) that follows tokio's paused clock, so a
+//! month of daily runs takes no time.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::{Mutex, MutexGuard};
@@ -16,12 +19,16 @@ use tokio::time::Instant;
 
 use crate::ids::{Region, SnapshotId};
 use crate::store::{
-    CopySpec, CopyStatus, ENCRYPTION_TAG, SOURCE_SNAPSHOT_TAG, SnapshotState, SnapshotStore, SourceSelector,
-    SourceSnapshot, StoreError, Tag, find_tag, is_copy_from,
+    CopySpec, CopyStatus, ENCRYPTION_TAG, SOURCE_REGION_TAG, SOURCE_SNAPSHOT_TAG, SnapshotState, SnapshotStore,
+    SourceSelector, SourceSnapshot, StoreError, Tag, find_tag, is_copy_from, source_origin,
 };
 
 /// AWS's default quota of concurrent copies per destination region.
 pub const DEFAULT_REGION_COPY_LIMIT: usize = 20;
+/// The most snapshots one DescribeSnapshots page holds (MaxResults).
+const PAGE_SIZE: usize = 1000;
+/// The most values one DescribeSnapshots filter takes.
+const FILTER_VALUES: usize = 200;
 
 /// How long a simulated copy takes: the plan's model (`fixed + per_gib × size`).
 pub use crate::plan::CopyTimeModel;
@@ -34,12 +41,28 @@ pub struct CallCounts {
     pub start_copy: usize,
     pub describe_copies: usize,
     pub delete_copy: usize,
+    pub list_copies: usize,
+    /// The HTTP requests those calls would be to EC2, which pages DescribeSnapshots (1,000 a
+    /// page) and takes at most 200 values a filter, as the aws-sdk-ec2 store asks it.
+    pub requests: usize,
 }
 
 impl CallCounts {
+    /// Store calls, each one logical call however many pages it reads.
     pub fn total(&self) -> usize {
-        self.describe_sources + self.find_copies + self.start_copy + self.describe_copies + self.delete_copy
+        self.describe_sources
+            + self.find_copies
+            + self.start_copy
+            + self.describe_copies
+            + self.delete_copy
+            + self.list_copies
     }
+}
+
+/// Requests for a DescribeSnapshots of `values` filter values answering `found` snapshots: one
+/// paginated call per 200 values, one request per page of each.
+fn describe_requests(values: usize, found: usize) -> usize {
+    values.div_ceil(FILTER_VALUES).max(1) + found.saturating_sub(1) / PAGE_SIZE
 }
 
 /// Copies that do not progress as the copy-time model says: each stalls at 0% for up to
@@ -78,6 +101,8 @@ struct Snapshot {
     duration: Duration,
     /// Ends in `error` with this message halfway through.
     fails_with: Option<String>,
+    /// The volume a source was taken of; copies have none of their own (EC2's placeholder).
+    volume_id: Option<String>,
 }
 
 impl Snapshot {
@@ -104,8 +129,9 @@ impl Snapshot {
         self.state_at(now).0 == SnapshotState::Pending
     }
 
-    fn copy_status(&self, now: Instant, epoch: (Instant, SystemTime)) -> Option<CopyStatus> {
+    fn copy_status(&self, now: Instant) -> Option<CopyStatus> {
         let source_id = SnapshotId::parse(find_tag(&self.tags, SOURCE_SNAPSHOT_TAG)?).ok()?;
+        let (source_volume_id, source_start_time) = source_origin(&self.tags);
         let (state, progress, state_message) = self.state_at(now);
         Some(CopyStatus {
             id: self.id.clone(),
@@ -115,8 +141,11 @@ impl Snapshot {
             encrypted: self.encrypted,
             kms_key_id: self.kms_key_id.clone(),
             state_message,
-            start_time: Some(epoch.1 + self.started.saturating_duration_since(epoch.0)),
+            start_time: Some(self.start_time),
             requested_encryption: find_tag(&self.tags, ENCRYPTION_TAG).map(str::to_owned),
+            source_volume_id,
+            source_start_time,
+            size_gib: self.size_gib,
         })
     }
 
@@ -193,6 +222,21 @@ struct World {
     orphaned_starts: usize,
     /// Maps simulated instants to wall-clock start times.
     epoch: (Instant, SystemTime),
+    next_volume: u64,
+    /// DeleteSnapshot of these is refused with (code, message), as EC2 refuses a snapshot in
+    /// use by an AMI or locked.
+    refused_deletes: HashMap<SnapshotId, (String, String)>,
+    /// Snapshots DeleteSnapshot removed, in order.
+    deleted: Vec<SnapshotId>,
+    /// DeleteSnapshot calls on a snapshot that was still pending.
+    pending_deletes: usize,
+}
+
+impl World {
+    /// The calendar time at `now` on tokio's clock.
+    fn wall_at(&self, now: Instant) -> SystemTime {
+        self.epoch.1 + now.saturating_duration_since(self.epoch.0)
+    }
 }
 
 /// The simulated EC2. Cheap to share by reference; all state sits behind one mutex that is
@@ -230,6 +274,10 @@ impl SimulatedEc2 {
                 irregularity: None,
                 orphaned_starts: 0,
                 epoch: (Instant::now(), SystemTime::now()),
+                next_volume: 0,
+                refused_deletes: HashMap::new(),
+                deleted: Vec::new(),
+                pending_deletes: 0,
             }),
             latency: Duration::ZERO,
         }
@@ -294,6 +342,7 @@ impl SimulatedEc2 {
         let id = self.start_copy_now(spec).unwrap_or_else(|e| panic!("simulator could not add a copy: {e}"));
         let mut world = self.lock();
         world.calls.start_copy -= 1;
+        world.calls.requests -= 1;
         if fails_with.is_some() {
             world.failing_sources.remove(&spec.source_id);
         }
@@ -313,9 +362,64 @@ impl SimulatedEc2 {
             .unwrap_or_else(|e| panic!("simulator made a bad id: {e}"))
     }
 
-    /// Adds a completed, unencrypted source snapshot; returns its id.
+    /// Adds a completed, unencrypted source snapshot of a new volume; returns its id.
     pub fn add_source(&self, region: &str, size_gib: u64, tags: &[(&str, &str)]) -> SnapshotId {
         self.add_snapshot(region, size_gib, SnapshotState::Completed, false, tags)
+    }
+
+    /// Adds a completed source snapshot of `volume`, started `age` ago on the simulated
+    /// calendar: the daily snapshots of one volume, say.
+    pub fn add_volume_snapshot(
+        &self,
+        region: &str,
+        volume: &str,
+        size_gib: u64,
+        age: Duration,
+        tags: &[(&str, &str)],
+    ) -> SnapshotId {
+        let id = self.add_source(region, size_gib, tags);
+        let mut world = self.lock();
+        let start_time = world.wall_at(Instant::now()) - age;
+        if let Some(s) = world.regions.get_mut(region).and_then(|r| r.snapshots.get_mut(&id)) {
+            s.volume_id = Some(volume.to_owned());
+            s.start_time = start_time;
+        }
+        id
+    }
+
+    /// Removes a snapshot as someone else would (Data Lifecycle Manager pruning the source
+    /// region, a person), whatever its tags: its copies become orphans.
+    pub fn remove_snapshot(&self, region: &str, id: &SnapshotId) {
+        if let Some(state) = self.lock().regions.get_mut(region) {
+            state.snapshots.remove(id);
+            state.order.retain(|other| other != id);
+            state.maybe_pending.retain(|other| other != id);
+        }
+    }
+
+    /// DeleteSnapshot of `id` is refused with `code` until [`allow_delete`](Self::allow_delete),
+    /// as EC2 refuses a snapshot an AMI uses (`InvalidSnapshot.InUse`) or a locked one.
+    pub fn refuse_delete(&self, id: &SnapshotId, code: &str, message: &str) {
+        self.lock().refused_deletes.insert(id.clone(), (code.to_owned(), message.to_owned()));
+    }
+
+    pub fn allow_delete(&self, id: &SnapshotId) {
+        self.lock().refused_deletes.remove(id);
+    }
+
+    /// Snapshots DeleteSnapshot removed, in order.
+    pub fn deleted(&self) -> Vec<SnapshotId> {
+        self.lock().deleted.clone()
+    }
+
+    /// DeleteSnapshot calls that found the snapshot still pending (the engine must make none).
+    pub fn pending_deletes(&self) -> usize {
+        self.lock().pending_deletes
+    }
+
+    /// The simulated calendar's now.
+    pub fn now(&self) -> SystemTime {
+        self.lock().wall_at(Instant::now())
     }
 
     /// Adds a source snapshot in any state.
@@ -329,6 +433,8 @@ impl SimulatedEc2 {
     ) -> SnapshotId {
         let mut world = self.lock();
         let id = Self::new_id(&mut world);
+        world.next_volume += 1;
+        let now = Instant::now();
         let snapshot = Snapshot {
             id: id.clone(),
             size_gib,
@@ -337,11 +443,12 @@ impl SimulatedEc2 {
             tags: tags.iter().map(|(k, v)| Tag::new(*k, *v)).collect(),
             fixed_state: Some(state),
             archived: false,
-            started: Instant::now(),
+            started: now,
             stall: Duration::ZERO,
-            start_time: SystemTime::now(),
+            start_time: world.wall_at(now),
             duration: Duration::ZERO,
             fails_with: None,
+            volume_id: Some(format!("vol-{:017x}", 0x7_0000_0000_0000u64 + world.next_volume)),
         };
         world.regions.entry(region.to_owned()).or_default().insert(snapshot);
         id
@@ -366,6 +473,7 @@ impl SimulatedEc2 {
         let mut world = self.lock();
         for _ in 0..count {
             let id = Self::new_id(&mut world);
+            let now = Instant::now();
             let snapshot = Snapshot {
                 id: id.clone(),
                 size_gib: 100,
@@ -374,11 +482,12 @@ impl SimulatedEc2 {
                 tags: Vec::new(),
                 fixed_state: None,
                 archived: false,
-                started: Instant::now(),
+                started: now,
                 stall: Duration::ZERO,
-                start_time: SystemTime::now(),
+                start_time: world.wall_at(now),
                 duration,
                 fails_with: None,
+                volume_id: None,
             };
             let region = world.regions.entry(region.to_owned()).or_default();
             region.insert(snapshot);
@@ -431,7 +540,7 @@ impl SimulatedEc2 {
         let now = Instant::now();
         let world = self.lock();
         let Some(state) = world.regions.get(region) else { return Vec::new() };
-        state.in_order().filter_map(|s| s.copy_status(now, world.epoch)).collect()
+        state.in_order().filter_map(|s| s.copy_status(now)).collect()
     }
 
     /// How long each copy this function made in `region` takes from its start to completion
@@ -457,6 +566,7 @@ impl SimulatedEc2 {
         let mut world = self.lock();
         let world = &mut *world;
         world.calls.start_copy += 1;
+        world.calls.requests += 1;
         if world.deny_starts {
             return Err(StoreError::AccessDenied(
                 "UnauthorizedOperation: You are not authorized to perform this operation.".to_owned(),
@@ -521,9 +631,10 @@ impl SimulatedEc2 {
             archived: false,
             started: now,
             stall,
-            start_time: SystemTime::now(),
+            start_time: world.wall_at(now),
             duration: world.model.duration(source.size_gib).div_f64(speed),
             fails_with: world.failing_sources.get(&spec.source_id).cloned(),
+            volume_id: None,
         };
         let target_name = spec.target_region.as_str().to_owned();
         let target = world.regions.entry(target_name.clone()).or_default();
@@ -546,6 +657,14 @@ impl SimulatedEc2 {
     }
 }
 
+/// Every snapshot in `state` tagged as this function's copy from `source_region`.
+fn copies_from<'a>(state: &'a RegionState, source_region: &'a Region) -> impl Iterator<Item = &'a Snapshot> {
+    state.in_order().filter(move |s| {
+        find_tag(&s.tags, SOURCE_REGION_TAG) == Some(source_region.as_str())
+            && find_tag(&s.tags, SOURCE_SNAPSHOT_TAG).is_some()
+    })
+}
+
 fn matches_filters(snapshot: &Snapshot, filters: &[crate::store::Filter]) -> Result<bool, StoreError> {
     for filter in filters {
         let hit = if let Some(key) = filter.name.strip_prefix("tag:") {
@@ -554,6 +673,8 @@ fn matches_filters(snapshot: &Snapshot, filters: &[crate::store::Filter]) -> Res
             snapshot.tags.iter().any(|t| filter.values.contains(&t.key))
         } else if filter.name == "snapshot-id" {
             filter.values.iter().any(|v| v == snapshot.id.as_str())
+        } else if filter.name == "volume-id" {
+            snapshot.volume_id.as_ref().is_some_and(|volume| filter.values.contains(volume))
         } else {
             return Err(StoreError::Refused {
                 code: "InvalidParameterValue".to_owned(),
@@ -586,10 +707,11 @@ impl SnapshotStore for SimulatedEc2 {
             archived: s.archived,
             tags: s.tags.clone(),
             start_time: Some(s.start_time),
+            volume_id: s.volume_id.clone(),
         };
-        match selector {
+        let (found, values) = match selector {
             SourceSelector::Ids(ids) => {
-                Ok(ids.iter().filter_map(|id| state.snapshots.get(id)).map(to_source).collect())
+                (ids.iter().filter_map(|id| state.snapshots.get(id)).map(to_source).collect::<Vec<_>>(), ids.len())
             }
             SourceSelector::Filters(filters) => {
                 let mut found = Vec::new();
@@ -598,9 +720,11 @@ impl SnapshotStore for SimulatedEc2 {
                         found.push(to_source(snapshot));
                     }
                 }
-                Ok(found)
+                (found, 1)
             }
-        }
+        };
+        world.calls.requests += describe_requests(values, found.len());
+        Ok(found)
     }
 
     async fn find_copies(
@@ -621,11 +745,35 @@ impl SnapshotStore for SimulatedEc2 {
         }
         let wanted: HashSet<&str> = source_ids.iter().map(SnapshotId::as_str).collect();
         let Some(state) = world.regions.get(target_region.as_str()) else { return Ok(Vec::new()) };
-        Ok(state
+        let found: Vec<CopyStatus> = state
             .in_order()
             .filter(|s| s.listed_at(now, world.visibility_lag) && is_copy_from(&s.tags, source_region, &wanted))
-            .filter_map(|s| s.copy_status(now, world.epoch))
-            .collect())
+            .filter_map(|s| s.copy_status(now))
+            .collect();
+        // More than 200 ids: the store lists every copy from the region in one paginated call.
+        world.calls.requests += if source_ids.len() > FILTER_VALUES {
+            describe_requests(1, copies_from(state, source_region).count())
+        } else {
+            describe_requests(source_ids.len(), found.len())
+        };
+        Ok(found)
+    }
+
+    async fn list_copies(&self, target_region: &Region, source_region: &Region) -> Result<Vec<CopyStatus>, StoreError> {
+        self.call_latency().await;
+        let now = Instant::now();
+        let mut world = self.lock();
+        world.calls.list_copies += 1;
+        let Some(state) = world.regions.get(target_region.as_str()) else {
+            world.calls.requests += 1;
+            return Ok(Vec::new());
+        };
+        let found: Vec<CopyStatus> = copies_from(state, source_region)
+            .filter(|s| s.listed_at(now, world.visibility_lag))
+            .filter_map(|s| s.copy_status(now))
+            .collect();
+        world.calls.requests += describe_requests(1, found.len());
+        Ok(found)
     }
 
     async fn start_copy(&self, spec: &CopySpec) -> Result<SnapshotId, StoreError> {
@@ -647,31 +795,49 @@ impl SnapshotStore for SimulatedEc2 {
         let now = Instant::now();
         let mut world = self.lock();
         world.calls.describe_copies += 1;
+        world.calls.requests += copy_ids.len().div_ceil(FILTER_VALUES).max(1);
         let Some(state) = world.regions.get(target_region.as_str()) else { return Ok(Vec::new()) };
         Ok(copy_ids
             .iter()
             .filter_map(|id| state.snapshots.get(id))
             .filter(|s| s.listed_at(now, world.visibility_lag))
-            .filter_map(|s| s.copy_status(now, world.epoch))
+            .filter_map(|s| s.copy_status(now))
             .collect())
     }
 
     async fn delete_copy(&self, target_region: &Region, copy_id: &SnapshotId) -> Result<(), StoreError> {
         self.call_latency().await;
+        let now = Instant::now();
         let mut world = self.lock();
+        let world = &mut *world;
         world.calls.delete_copy += 1;
+        world.calls.requests += 1;
         let Some(state) = world.regions.get_mut(target_region.as_str()) else { return Ok(()) };
+        // InvalidSnapshot.NotFound: already gone, which the store answers as success.
         let Some(snapshot) = state.snapshots.get(copy_id) else { return Ok(()) };
         // The deployed role may delete only snapshots carrying the tracking tags.
-        if find_tag(&snapshot.tags, SOURCE_SNAPSHOT_TAG).is_none() {
+        if find_tag(&snapshot.tags, SOURCE_SNAPSHOT_TAG).is_none()
+            || find_tag(&snapshot.tags, SOURCE_REGION_TAG).is_none()
+        {
             return Err(StoreError::AccessDenied(format!(
                 "UnauthorizedOperation: not authorized to delete {copy_id}, which lacks the tracking tags"
             )));
         }
+        if let Some((code, message)) = world.refused_deletes.get(copy_id) {
+            return Err(StoreError::Refused { code: code.clone(), message: message.clone() });
+        }
+        if snapshot.is_pending_at(now) {
+            world.pending_deletes += 1;
+        }
         state.snapshots.remove(copy_id);
         state.order.retain(|id| id != copy_id);
         state.maybe_pending.retain(|id| id != copy_id);
+        world.deleted.push(copy_id.clone());
         Ok(())
+    }
+
+    fn wall_clock(&self) -> SystemTime {
+        self.now()
     }
 }
 

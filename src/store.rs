@@ -6,6 +6,8 @@ use std::collections::HashSet;
 use std::future::Future;
 use std::time::SystemTime;
 
+use chrono::{DateTime, SecondsFormat, Utc};
+
 use crate::ids::{Region, SnapshotId};
 
 /// Tag on every copy naming the snapshot it was copied from.
@@ -17,8 +19,21 @@ pub const SOURCE_REGION_TAG: &str = "copy-snapshots:source-region";
 /// copies in `error`) are counted among those of requests that asked alike, so a check with an
 /// unusable key does not fail the plain schedule of the same source.
 pub const ENCRYPTION_TAG: &str = "copy-snapshots:encryption";
+/// Tag on every copy naming the volume its source was taken of: retention counts a volume's
+/// copies by it, even once their sources are gone from the source region. Left out when EC2
+/// reports no volume, or its placeholder [`NO_VOLUME`].
+pub const SOURCE_VOLUME_TAG: &str = "copy-snapshots:source-volume-id";
+/// Tag on every copy with its source's StartTime (RFC 3339, UTC, milliseconds): a copy's age
+/// is its source's age, as AWS Backup counts it, whether or not the source still exists.
+pub const SOURCE_START_TIME_TAG: &str = "copy-snapshots:source-start-time";
 /// Prefix of the tags this function owns; users may not set them.
 pub const RESERVED_TAG_PREFIX: &str = "copy-snapshots:";
+/// How many tags this function puts on every copy (the five above).
+pub const OWN_TAGS: usize = 5;
+/// The volume id EC2 reports for snapshots made by CopySnapshot (and some others): "an arbitrary
+/// volume ID that should not be used for any purpose", says the API reference. Such a source
+/// has no volume to group it by.
+pub const NO_VOLUME: &str = "vol-ffffffff";
 
 /// A snapshot's lifecycle state, as EC2 reports it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -75,6 +90,8 @@ pub struct SourceSnapshot {
     pub tags: Vec<Tag>,
     /// When the snapshot was taken (EC2's StartTime): how old the data a copy would protect is.
     pub start_time: Option<SystemTime>,
+    /// The volume it was taken of; `None` when EC2 reports none or [`NO_VOLUME`].
+    pub volume_id: Option<String>,
 }
 
 impl SourceSnapshot {
@@ -101,6 +118,12 @@ pub struct CopyStatus {
     pub start_time: Option<SystemTime>,
     /// The copy's [`ENCRYPTION_TAG`]; absent on copies made before the tag existed.
     pub requested_encryption: Option<String>,
+    /// The copy's [`SOURCE_VOLUME_TAG`]; absent on copies made before retention existed.
+    pub source_volume_id: Option<String>,
+    /// The copy's [`SOURCE_START_TIME_TAG`]; absent on copies made before retention existed.
+    pub source_start_time: Option<SystemTime>,
+    /// The copy's size (its source volume's), GiB.
+    pub size_gib: u64,
 }
 
 /// Which snapshots a request is about.
@@ -179,6 +202,14 @@ pub trait SnapshotStore: Sync {
         source_ids: &[SnapshotId],
     ) -> impl Future<Output = Result<Vec<CopyStatus>, StoreError>> + Send;
 
+    /// Every copy in `target_region` carrying this function's tracking tags for `source_region`,
+    /// in any state, whatever its source: what retention judges. One paginated call.
+    fn list_copies(
+        &self,
+        target_region: &Region,
+        source_region: &Region,
+    ) -> impl Future<Output = Result<Vec<CopyStatus>, StoreError>> + Send;
+
     /// Starts one copy; returns the new snapshot's id.
     fn start_copy(&self, spec: &CopySpec) -> impl Future<Output = Result<SnapshotId, StoreError>> + Send;
 
@@ -198,6 +229,13 @@ pub trait SnapshotStore: Sync {
         target_region: &Region,
         copy_id: &SnapshotId,
     ) -> impl Future<Output = Result<(), StoreError>> + Send;
+
+    /// The calendar time that sources' ages are measured against: the system clock. The
+    /// simulator's calendar follows tokio's paused clock instead, so a test can run a month of
+    /// schedules in no time.
+    fn wall_clock(&self) -> SystemTime {
+        SystemTime::now()
+    }
 }
 
 /// Whether a snapshot carrying `tags` is this function's copy, from `source_region`, of one of
@@ -205,6 +243,26 @@ pub trait SnapshotStore: Sync {
 pub fn is_copy_from(tags: &[Tag], source_region: &Region, wanted: &HashSet<&str>) -> bool {
     find_tag(tags, SOURCE_REGION_TAG) == Some(source_region.as_str())
         && find_tag(tags, SOURCE_SNAPSHOT_TAG).is_some_and(|id| wanted.contains(id))
+}
+
+/// A source volume id worth grouping by: not empty, not EC2's placeholder [`NO_VOLUME`].
+pub fn real_volume(volume_id: Option<&str>) -> Option<String> {
+    volume_id.filter(|v| !v.is_empty() && *v != NO_VOLUME).map(str::to_owned)
+}
+
+/// A [`SOURCE_START_TIME_TAG`] value: RFC 3339 in UTC, to the millisecond, as EC2 shows times.
+pub fn format_start_time(time: SystemTime) -> String {
+    DateTime::<Utc>::from(time).to_rfc3339_opts(SecondsFormat::Millis, true)
+}
+
+/// Reads a [`SOURCE_START_TIME_TAG`] value; `None` when it is not RFC 3339 (a tag someone edited).
+pub fn parse_start_time(text: &str) -> Option<SystemTime> {
+    DateTime::parse_from_rfc3339(text.trim()).ok().map(SystemTime::from)
+}
+
+/// What a copy's own tags say of its source: its volume and its start time.
+pub fn source_origin(tags: &[Tag]) -> (Option<String>, Option<SystemTime>) {
+    (real_volume(find_tag(tags, SOURCE_VOLUME_TAG)), find_tag(tags, SOURCE_START_TIME_TAG).and_then(parse_start_time))
 }
 
 /// The value of tag `key`, if present.

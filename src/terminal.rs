@@ -97,7 +97,8 @@ impl State {
 
     fn redraw_overall(&self) {
         let Some(bars) = &self.bars else { return };
-        let moving: f64 = self.in_flight.values().map(|&(size, percent)| size as f64 * f64::from(percent) / 100.0).sum();
+        let moving: f64 =
+            self.in_flight.values().map(|&(size, percent)| size as f64 * f64::from(percent) / 100.0).sum();
         bars.overall.set_length(self.total_gib);
         bars.overall.set_position(self.done_gib + moving as u64);
         bars.overall.set_message(format!("{}/{} copies", self.done_copies, self.counted.len()));
@@ -155,11 +156,10 @@ impl State {
             };
             *counts.entry(kind).or_default() += 1;
         }
-        let order = ["with a completed copy", "with a copy in flight", "to copy", "not ready", "skipped", "failed before"];
-        let parts: Vec<String> = order
-            .iter()
-            .filter_map(|kind| counts.get(kind).map(|n| format!("{n} {kind}")))
-            .collect();
+        let order =
+            ["with a completed copy", "with a copy in flight", "to copy", "not ready", "skipped", "failed before"];
+        let parts: Vec<String> =
+            order.iter().filter_map(|kind| counts.get(kind).map(|n| format!("{n} {kind}"))).collect();
         self.note(&format!(
             "{} sources: {}; {to_copy_gib} GiB to copy",
             sources.len(),
@@ -217,6 +217,12 @@ impl Observer for Display {
             RunEvent::DuplicateRemoved { source, copy } => {
                 state.note(&format!("removed   {copy}, a second copy of {source}"));
             }
+            RunEvent::CopyDeleted { source, copy, reason } => {
+                state.note(&format!("deleted   {copy}, the copy of {source}: {reason}"));
+            }
+            RunEvent::DeleteRefused { source, copy, error } => {
+                state.note(&format!("kept      {copy}, the copy of {source}: EC2 refused to delete it: {error}"));
+            }
             RunEvent::Stopped => state.note("stopped   waiting; copies already started go on in EC2"),
         }
         state.redraw_overall();
@@ -261,22 +267,32 @@ pub fn result_table(answer: &Answer, sizes: &HashMap<String, u64>) -> String {
                 _ => c.state.clone(),
             };
             let reused = if c.reused { "yes" } else { "no" };
-            vec![c.source_snapshot_id.clone(), c.snapshot_id.clone(), state, size(&c.source_snapshot_id), reused.to_owned()]
+            vec![
+                c.source_snapshot_id.clone(),
+                c.snapshot_id.clone(),
+                state,
+                size(&c.source_snapshot_id),
+                reused.to_owned(),
+            ]
         })
         .collect();
-    let mut out = if rows.is_empty() { String::new() } else { table(&["SOURCE", "COPY", "STATE", "SIZE", "REUSED"], &rows) };
+    let mut out =
+        if rows.is_empty() { String::new() } else { table(&["SOURCE", "COPY", "STATE", "SIZE", "REUSED"], &rows) };
     for removed in &response.duplicates_removed {
         let _ = writeln!(out, "removed duplicate {} of {}", removed.snapshot_id, removed.source_snapshot_id);
+    }
+    for deleted in &response.deleted {
+        let _ = writeln!(out, "deleted {} of {}: {}", deleted.snapshot_id, deleted.source_snapshot_id, deleted.reason);
+    }
+    for kept in &response.not_deleted {
+        let _ = writeln!(out, "not deleted {} of {}: {}", kept.snapshot_id, kept.source_snapshot_id, kept.error);
     }
     for failure in &response.failed {
         let _ = writeln!(out, "failed  {}: {}", failure.source_snapshot_id, failure.error);
     }
     if !response.pending_sources.is_empty() {
-        let _ = writeln!(
-            out,
-            "not started: {} (run the same command again later)",
-            response.pending_sources.join(", ")
-        );
+        let _ =
+            writeln!(out, "not started: {} (run the same command again later)", response.pending_sources.join(", "));
     }
     let completed = response.copies.iter().filter(|c| c.state == "completed").count();
     let reused = response.copies.iter().filter(|c| c.reused).count();
@@ -322,6 +338,9 @@ pub fn plan_table(plan: &Plan) -> String {
         plan.pending_limit,
         plan.copy_time_model
     );
+    if plan.copies_to_delete > 0 {
+        let _ = writeln!(out, "{} to delete, {} GiB", plural_copies(plan.copies_to_delete), plan.gib_to_delete);
+    }
     out
 }
 

@@ -12,8 +12,8 @@ use copy_snapshots::ec2::Ec2Store;
 use copy_snapshots::ids::{Region, SnapshotId};
 use copy_snapshots::request::Settings;
 use copy_snapshots::store::{
-    CopySpec, CopyStatus, ENCRYPTION_TAG, SOURCE_REGION_TAG, SOURCE_SNAPSHOT_TAG, SnapshotStore, SourceSelector,
-    SourceSnapshot, StoreError,
+    CopySpec, CopyStatus, ENCRYPTION_TAG, SOURCE_REGION_TAG, SOURCE_SNAPSHOT_TAG, SOURCE_START_TIME_TAG,
+    SOURCE_VOLUME_TAG, SnapshotStore, SourceSelector, SourceSnapshot, StoreError, parse_start_time,
 };
 use copy_snapshots::{CopySnapshotsError, handle};
 use serde_json::{Value, json};
@@ -78,6 +78,9 @@ impl SnapshotStore for CountingStore {
         ids: &[SnapshotId],
     ) -> Result<Vec<CopyStatus>, StoreError> {
         self.inner.find_copies(target, source, ids).await
+    }
+    async fn list_copies(&self, target: &Region, source: &Region) -> Result<Vec<CopyStatus>, StoreError> {
+        self.inner.list_copies(target, source).await
     }
     async fn start_copy(&self, spec: &CopySpec) -> Result<SnapshotId, StoreError> {
         self.copies.fetch_add(1, Ordering::Relaxed);
@@ -186,9 +189,25 @@ async fn without_copy_tags_only_tracking_and_request_tags_are_set() {
     keys.sort_unstable();
     assert_eq!(
         keys,
-        ["copy-snapshots:encryption", "copy-snapshots:source-region", "copy-snapshots:source-snapshot-id", "purpose"]
+        [
+            "copy-snapshots:encryption",
+            "copy-snapshots:source-region",
+            "copy-snapshots:source-snapshot-id",
+            "copy-snapshots:source-start-time",
+            "copy-snapshots:source-volume-id",
+            "purpose"
+        ]
     );
     assert_eq!(tag(&made, ENCRYPTION_TAG), Some("none"), "a plain request's copy says so");
+    // What retention judges the copy by once its source is gone: the source's volume and age.
+    let source = describe(&source_ec2, &id).await;
+    assert_eq!(tag(&made, SOURCE_VOLUME_TAG), source.volume_id());
+    let start = tag(&made, SOURCE_START_TIME_TAG).and_then(parse_start_time).expect("an RFC 3339 start time");
+    let source_start = std::time::SystemTime::try_from(*source.start_time().unwrap()).unwrap();
+    assert!(
+        source_start.duration_since(start).unwrap_or_else(|e| e.duration()) < std::time::Duration::from_millis(1),
+        "{start:?} is the source's {source_start:?}, to the millisecond"
+    );
 }
 
 #[tokio::test]
