@@ -10,9 +10,16 @@
 //!   0.5–2× the size-based speed, so progress no longer follows size; the lower bound is then
 //!   computed from each copy's real duration (an oracle that knew every speed in advance).
 //! - `seconds_for_10000_sources`, `peak_rss_mib`: a 10,000-source request, copies instant.
+//! - `pruning_10000_*`: retention deleting 10,000 old copies (10 volumes, 1,001 daily snapshots
+//!   each, `retain_days` 7), with their sources still in the source region and with them gone
+//!   (judged by the copies' tags): EC2 calls per deletion (store calls, and the HTTP requests
+//!   they are with EC2's paging), Lambda invocations of 15 minutes and simulated seconds at
+//!   50 ms per EC2 call, and the wall-clock seconds of the engine's own work (no latency).
+
+use std::time::Duration;
 
 use copy_snapshots::reconcile::{RunLimits, reconcile};
-use copy_snapshots::request::{CopyRequest, RequestPayload, Settings};
+use copy_snapshots::request::{CopyRequest, FilterPayload, RequestPayload, Settings};
 use copy_snapshots::simulated::{CopyTimeModel, Irregularity, SimulatedEc2};
 use rand::rngs::StdRng;
 use rand::seq::SliceRandom;
@@ -54,7 +61,95 @@ fn main() {
     let copied = runtime.block_on(many_sources(10_000));
     println!("seconds_for_10000_sources={:.3}", wall.elapsed().as_secs_f64());
     println!("copies_for_10000_sources={copied}");
+    for (name, gone) in [("sources_present", false), ("sources_gone", true)] {
+        let run = runtime.block_on(prune_10000(gone, Duration::from_millis(50)));
+        println!("pruning_10000_{name}_deleted={}", run.deleted);
+        println!("pruning_10000_{name}_ec2_calls_per_deletion={:.4}", run.calls as f64 / run.deleted as f64);
+        println!("pruning_10000_{name}_ec2_requests_per_deletion={:.4}", run.requests as f64 / run.deleted as f64);
+        println!("pruning_10000_{name}_invocations={}", run.invocations);
+        println!("pruning_10000_{name}_simulated_seconds_at_50ms_a_call={:.0}", run.simulated_seconds);
+        let fast = runtime.block_on(prune_10000(gone, Duration::ZERO));
+        println!("pruning_10000_{name}_engine_seconds={:.3}", fast.wall_seconds);
+    }
     println!("peak_rss_mib={:.1}", peak_rss_mib());
+}
+
+struct PruneRun {
+    deleted: usize,
+    calls: usize,
+    requests: usize,
+    invocations: usize,
+    simulated_seconds: f64,
+    wall_seconds: f64,
+}
+
+/// 10 volumes with a snapshot of today and 1,000 of earlier days, all copied before any
+/// retention; then `retain_days: 7` until done, in invocations of 15 minutes, each EC2 call
+/// taking `latency`. With `gone`, the old snapshots have left the source region (Data Lifecycle
+/// Manager), so only the copies' tags say their volume and age.
+async fn prune_10000(gone: bool, latency: Duration) -> PruneRun {
+    const DAY: Duration = Duration::from_secs(86_400);
+    let ec2 = SimulatedEc2::new().with_copy_time(CopyTimeModel::INSTANT);
+    let mut old = Vec::new();
+    for volume in 0..10 {
+        let volume = format!("vol-{volume:017x}");
+        for age in 0..=1000u32 {
+            let id = ec2.add_volume_snapshot(SOURCE, &volume, 8, DAY * age, &[("Backup", "daily")]);
+            if age > 0 {
+                old.push(id);
+            }
+        }
+    }
+    let settings = Settings::default();
+    let limits =
+        |deadline| RunLimits { deadline, poll_interval: settings.poll_interval, call_timeout: settings.call_timeout };
+    let copy_all = by_filter(None, 1000);
+    let response = reconcile(&ec2, &copy_all, limits(None)).await.expect("the copies are made");
+    assert_eq!(response.copies.len(), 10_010, "every source copied");
+    if gone {
+        for id in &old {
+            ec2.remove_snapshot(SOURCE, id);
+        }
+    }
+    let ec2 = ec2.with_latency(latency);
+    let before = ec2.calls();
+    let prune = by_filter(Some(7), 20);
+    let (started, wall) = (tokio::time::Instant::now(), std::time::Instant::now());
+    let mut deleted = 0;
+    let mut invocations = 0;
+    loop {
+        invocations += 1;
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(900);
+        let response = reconcile(&ec2, &prune, limits(Some(deadline))).await.expect("pruning succeeds");
+        deleted += response.deleted.len();
+        if response.complete {
+            break;
+        }
+        assert!(invocations < 20, "pruning does not converge");
+    }
+    assert_eq!(deleted, 10_000, "every old copy deleted");
+    let after = ec2.calls();
+    PruneRun {
+        deleted,
+        calls: after.total() - before.total(),
+        requests: after.requests - before.requests,
+        invocations,
+        simulated_seconds: started.elapsed().as_secs_f64(),
+        wall_seconds: wall.elapsed().as_secs_f64(),
+    }
+}
+
+/// The schedule's request (tag:Backup=daily), with `retain_days` when given.
+fn by_filter(retain_days: Option<u32>, pending_limit: u32) -> CopyRequest {
+    let payload = RequestPayload {
+        filters: Some(vec![FilterPayload { name: "tag:Backup".to_owned(), values: vec!["daily".to_owned()] }]),
+        region: Some(SOURCE.to_owned()),
+        target_region: Some(TARGET.to_owned()),
+        pending_limit: Some(pending_limit),
+        retain_days,
+        ..Default::default()
+    };
+    CopyRequest::check(payload, &Settings::default()).expect("a valid request")
 }
 
 struct SkewedRun {

@@ -12,8 +12,11 @@ IAM statements:
   ReEncryptTo), only through EC2 in the stack's region and TargetRegion (kms:ViaService), and
   CreateGrant only for AWS resources (kms:GrantIsForAWSResource);
 - with KmsKeyArns set, those keys and no others;
-- ec2:DeleteSnapshot only on target-region snapshots that carry this project's tracking tags
-  for the stack's region or TargetRegion (aws:ResourceTag conditions);
+- ec2:DeleteSnapshot (duplicates and retention) only on target-region snapshots that carry this
+  project's tracking tags for the stack's region or TargetRegion (aws:ResourceTag conditions);
+- the schedule's Input is a valid request, carrying RetainDays, RetainCount and
+  DeleteOrphansAfterDays as retain_days, retain_count and delete_orphans_after_days when set
+  and nothing of them when empty;
 - with a trigger on, a failed asynchronous invocation (SourcesPending, ...) is retried and then
   sent to the dead-letter queue, never dropped;
 - service names and ARNs follow the partition: evaluated for aws and for aws-cn, the
@@ -24,6 +27,7 @@ IAM statements:
 Exit status 1 with one line per violated expectation.
 """
 import fnmatch
+import json
 import re
 import sys
 from pathlib import Path
@@ -191,7 +195,7 @@ def check_delete(name, evaluator, errors):
     )
     granting = [s for s in role_statements(evaluator) if allows(s, "ec2:DeleteSnapshot")]
     if not granting:
-        errors.append(f"{name}: the role does not allow ec2:DeleteSnapshot (duplicates cannot heal)")
+        errors.append(f"{name}: the role does not allow ec2:DeleteSnapshot (duplicates cannot heal, nothing is pruned)")
     for s in granting:
         where = f"{name}: ec2:DeleteSnapshot (statement {s.get('Sid', '?')})"
         resources = set(as_list(s.get("Resource", [])))
@@ -204,6 +208,23 @@ def check_delete(name, evaluator, errors):
         source = condition.get("StringLike", {}).get("aws:ResourceTag/copy-snapshots:source-snapshot-id")
         if source != "snap-*":
             errors.append(f"{where}: not limited to snapshots tagged copy-snapshots:source-snapshot-id = snap-*")
+
+
+def check_schedule_input(name, evaluator, expected, errors):
+    """The schedule's Input, as EventBridge would send it, is a request with exactly `expected`
+    besides its filters."""
+    rule = evaluator.eval(evaluator.template["Resources"]["CopyScheduleRule"])
+    text = rule["Properties"]["Targets"][0]["Input"]
+    try:
+        request = json.loads(text)
+    except json.JSONDecodeError as e:
+        errors.append(f"{name}: the schedule's Input is not JSON ({e}): {text}")
+        return
+    extra = {k: v for k, v in request.items() if k != "filters"}
+    if extra != expected:
+        errors.append(f"{name}: the schedule's Input carries {extra}, expected {expected}: {text}")
+    if request.get("filters") != [{"name": "tag:Backup", "values": ["daily"]}]:
+        errors.append(f"{name}: the schedule's Input selects {request.get('filters')}, expected tag:Backup=daily")
 
 
 def check_async_failures(name, evaluator, errors):
@@ -248,6 +269,22 @@ def main():
         check_delete(f"{partition}, default parameters", defaults, errors)
         triggers = Evaluator(template, {"TargetRegion": TARGET[partition], "CopyNewSnapshots": "true"}, pseudo)
         check_async_failures(f"{partition}, CopyNewSnapshots", triggers, errors)
+    schedule = {"TargetRegion": "eu-west-1", "ScheduleExpression": "rate(1 day)"}
+    pseudo = PARTITIONS["aws"]
+    check_schedule_input("schedule without retention", Evaluator(template, schedule, pseudo), {}, errors)
+    retention = {"RetainDays": "7", "RetainCount": "3", "DeleteOrphansAfterDays": "0"}
+    check_schedule_input(
+        "schedule with retention",
+        Evaluator(template, {**schedule, **retention}, pseudo),
+        {"retain_days": 7, "retain_count": 3, "delete_orphans_after_days": 0},
+        errors,
+    )
+    check_schedule_input(
+        "schedule with retain_count only",
+        Evaluator(template, {**schedule, "RetainCount": "14"}, pseudo),
+        {"retain_count": 14},
+        errors,
+    )
     check_no_hard_coded_suffix(text, errors)
     # The state machine's ARNs too: its definition is deployed as it is, in any partition.
     for number, line in enumerate(ASL.read_text().splitlines(), 1):
@@ -257,7 +294,7 @@ def main():
         print(error)
     if errors:
         sys.exit(1)
-    print("template.yaml: the role's KMS and partition checks pass")
+    print("template.yaml: the role's KMS, delete and partition checks and the schedule's Input pass")
 
 
 if __name__ == "__main__":

@@ -451,12 +451,14 @@ impl<'a, S: SnapshotStore> Run<'a, S> {
 
         // Sources out of retention are not copied.
         let mut kept = Vec::with_capacity(self.entries.len());
-        let mut volume_of: HashMap<SnapshotId, Option<String>> = HashMap::new();
+        // What the look knows of each skipped source: its volume and start time.
+        let mut origin_of: HashMap<SnapshotId, (Option<String>, Option<SystemTime>)> = HashMap::new();
         for entry in std::mem::take(&mut self.entries) {
             match out.get(&entry.source.id) {
                 Some(reason) => {
                     debug!(source = %entry.source.id, %reason, "skipping a source out of retention");
-                    volume_of.insert(entry.source.id.clone(), entry.source.volume_id.clone());
+                    origin_of
+                        .insert(entry.source.id.clone(), (entry.source.volume_id.clone(), entry.source.start_time));
                     self.skipped.push(LookedSource {
                         source: entry.source.id.clone(),
                         size_gib: entry.source.size_gib,
@@ -500,11 +502,13 @@ impl<'a, S: SnapshotStore> Run<'a, S> {
                 debug!(copy = %copy.id, state = copy.state.as_str(), "a copy in this state is not deleted");
                 continue;
             }
-            let volume = volume_of
+            // The source's own volume and start when the look saw it (a copy made before the
+            // tags existed has neither), else the copy's tags, else the copy's own start.
+            let (volume, source_start) = origin_of
                 .get(&copy.source_id)
                 .cloned()
-                .unwrap_or_else(|| copy.source_volume_id.clone())
-                .filter(|v| selected_volumes.contains(v));
+                .unwrap_or_else(|| (copy.source_volume_id.clone(), copy.source_start_time));
+            let volume = volume.filter(|v| selected_volumes.contains(v));
             self.deletions.push(Deletion {
                 copy: copy.id.clone(),
                 source: copy.source_id.clone(),
@@ -512,7 +516,7 @@ impl<'a, S: SnapshotStore> Run<'a, S> {
                 state: copy.state.clone(),
                 reason,
                 volume,
-                source_start: copy.source_start_time.or(copy.start_time),
+                source_start: source_start.or(copy.start_time),
                 outcome: DeletionOutcome::Due,
             });
         }

@@ -17,7 +17,11 @@ What it adds to moto:
 - copies that stall at 0% and run at speeds that do not follow their size;
 - DescribeSnapshots as EC2 pages it (fewer results than MaxResults, with a NextToken), and
   EC2's answer to an unknown filter name or more than 200 values in a filter;
-- DeleteSnapshot only on snapshots carrying the tracking tags (the deployed role's condition);
+- DeleteSnapshot only on snapshots carrying the tracking tags (the deployed role's condition),
+  and refused for chosen snapshots as EC2 refuses one an AMI uses (InvalidSnapshot.InUse) or a
+  locked one;
+- source snapshots of one volume and of chosen ages (StartTime in the past), and sources that
+  vanish (as Data Lifecycle Manager prunes the source region), for retention;
 - a record of every EC2 call and every copy, with the most copies pending at once.
 
 Control API (JSON), next to the EC2 API on the same port:
@@ -26,12 +30,17 @@ Control API (JSON), next to the EC2 API on the same port:
                          "visibility_lag_seconds": 2, "page_size": 3, "stall_seconds": 1,
                          "speed_spread": [0.5, 2.0]}
   POST /_fault/foreign  {"region": "eu-west-1", "count": 20, "seconds": 3}
-  POST /_fault/sources  {"region": "us-east-1", "sizes": [8, 64], "tags": {"k": "v"}, "state": "completed"}
+  POST /_fault/sources  {"region": "us-east-1", "sizes": [8, 64], "tags": {"k": "v"}, "state": "completed",
+                         "one_volume": false, "ages_days": [0, 3]}
+                        -> {"snapshot_ids": [...], "volume_ids": [...]}
+  POST /_fault/refuse_delete {"snapshot_ids": {"snap-…": "in-use" | "locked"}}
+  POST /_fault/forget   {"region": "us-east-1", "snapshot_ids": ["snap-…"]}  (gone from the region)
   GET  /_fault/record   {"calls": [...], "copies": [...], "max_pending": {...}, "no_slot_answers": n}
   POST /_fault/reset    forget the record (not the snapshots)
 
 Usage: fault_ec2.py PORT   (listens on 127.0.0.1 only)
 """
+import datetime
 import json
 import os
 import random
@@ -76,6 +85,8 @@ RECORD = {
     "no_slot_answers": 0,
     "explicit_encrypted_false": 0,
     "lost_answers": 0,
+    "refused_deletes": 0,
+    "pending_deletes": 0,
 }
 # DescribeSnapshots' filter names (EC2 API reference), besides tag:<key>.
 SNAPSHOT_FILTERS = {
@@ -84,6 +95,8 @@ SNAPSHOT_FILTERS = {
 }
 MAX_FILTER_VALUES = 200
 RANDOM = random.Random(int(os.environ.get("FAULT_SEED", "1")))
+# Snapshots whose deletion EC2 refuses, and how: "in-use" (an AMI) or "locked".
+REFUSED_DELETES = {}
 
 
 # --- copies that take time -------------------------------------------------------------------
@@ -234,6 +247,19 @@ def delete_snapshot(self):
     tags = _tag_dict(snapshot) if snapshot is not None else {}
     if snapshot is not None and (TRACKING_TAG not in tags or SOURCE_REGION_TAG not in tags):
         raise EC2ClientError("UnauthorizedOperation", f"You are not authorized to delete {snapshot_id}")
+    with LOCK:
+        refusal = REFUSED_DELETES.get(snapshot_id)
+        if refusal is not None:
+            RECORD["refused_deletes"] += 1
+    if refusal == "in-use":
+        raise EC2ClientError(
+            "InvalidSnapshot.InUse", f"The snapshot {snapshot_id} is currently in use by ami-0123456789abcdef0"
+        )
+    if refusal == "locked":
+        raise EC2ClientError("SnapshotLocked", f"The snapshot {snapshot_id} is locked and cannot be deleted")
+    if snapshot is not None and _timing(snapshot) is not None and _status_get(snapshot) == "pending":
+        with LOCK:
+            RECORD["pending_deletes"] += 1
     self.ec2_backend.delete_snapshot(snapshot_id)
     with LOCK:
         for copy in RECORD["copies"]:
@@ -253,12 +279,15 @@ ElasticBlockStore.delete_snapshot = delete_snapshot
 
 # --- control API -----------------------------------------------------------------------------
 
-def _new_snapshot(region, size, tags, state="completed", timing=None):
+def _new_snapshot(region, size, tags, state="completed", timing=None, volume=None, age_days=0.0):
     backend = ec2_backends[ACCOUNT][region]
-    volume = backend.create_volume(size=size, zone_name=f"{region}a")
+    if volume is None:
+        volume = backend.create_volume(size=size, zone_name=f"{region}a")
     snapshot = backend.create_snapshot(volume.id, "fault_ec2 snapshot")
     snapshot.add_tags(tags)
     snapshot.status = state
+    if age_days:
+        snapshot.start_time = snapshot.start_time - datetime.timedelta(days=age_days)
     if timing is not None:
         snapshot._fault_timing = timing
     return snapshot
@@ -276,11 +305,24 @@ def control(request):
                 _new_snapshot(body["region"], 100, {}, timing=(time.monotonic(), float(body["seconds"]), None, 0.0))
             return {"pending": len(_pending_in(ec2_backends[ACCOUNT][body["region"]]))}
         if path == "/_fault/sources":
+            region, sizes = body["region"], body["sizes"]
+            ages = body.get("ages_days") or [0.0] * len(sizes)
+            volume = None
+            if body.get("one_volume"):
+                volume = ec2_backends[ACCOUNT][region].create_volume(size=sizes[0], zone_name=f"{region}a")
             made = [
-                _new_snapshot(body["region"], size, body.get("tags", {}), body.get("state", "completed")).id
-                for size in body["sizes"]
+                _new_snapshot(region, size, body.get("tags", {}), body.get("state", "completed"), volume=volume, age_days=age)
+                for size, age in zip(sizes, ages)
             ]
-            return {"snapshot_ids": made}
+            return {"snapshot_ids": [s.id for s in made], "volume_ids": [s.volume.id for s in made]}
+        if path == "/_fault/refuse_delete":
+            REFUSED_DELETES.update(body["snapshot_ids"])
+            return {"refused": sorted(REFUSED_DELETES)}
+        if path == "/_fault/forget":
+            backend = ec2_backends[ACCOUNT][body["region"]]
+            for snapshot_id in body["snapshot_ids"]:
+                backend.snapshots.pop(snapshot_id, None)
+            return {}
         if path == "/_fault/record":
             return RECORD
         if path == "/_fault/reset":
@@ -290,6 +332,8 @@ def control(request):
             RECORD["no_slot_answers"] = 0
             RECORD["explicit_encrypted_false"] = 0
             RECORD["lost_answers"] = 0
+            RECORD["refused_deletes"] = 0
+            RECORD["pending_deletes"] = 0
             return {}
     return None
 

@@ -12,7 +12,8 @@ use copy_snapshots::request::{CopyRequest, Settings};
 use copy_snapshots::response::Response;
 use copy_snapshots::simulated::{CopyTimeModel, SimulatedEc2};
 use copy_snapshots::store::{
-    CopySpec, ENCRYPTION_TAG, SOURCE_REGION_TAG, SOURCE_SNAPSHOT_TAG, SnapshotState, Tag, find_tag,
+    CopySpec, ENCRYPTION_TAG, SOURCE_REGION_TAG, SOURCE_SNAPSHOT_TAG, SOURCE_START_TIME_TAG, SnapshotState, Tag,
+    find_tag,
 };
 use rand::rngs::StdRng;
 use rand::{RngExt, SeedableRng};
@@ -393,6 +394,12 @@ async fn filters_select_by_tag_and_copies_carry_tags_and_tracking() {
     assert_eq!(find_tag(&tags, "team"), Some("dr"), "request tags win over copied ones");
     assert_eq!(find_tag(&tags, "dr"), Some("yes"));
     assert!(tags.iter().all(|t| !t.key.starts_with("aws:")));
+    // What retention needs once the source is gone: its volume and its age.
+    let source = ec2.tracked_copies(TARGET).into_iter().find(|c| c.id == copy).expect("the copy");
+    assert!(source.source_volume_id.as_deref().is_some_and(|v| v.starts_with("vol-")), "{tags:?}");
+    let started = source.source_start_time.expect("the source's start time");
+    assert!(ec2.now().duration_since(started).is_ok_and(|d| d < Duration::from_millis(1)), "{tags:?}");
+    assert!(find_tag(&tags, SOURCE_START_TIME_TAG).is_some_and(|t| t.ends_with('Z')), "{tags:?}");
 }
 
 #[tokio::test(start_paused = true)]
@@ -602,7 +609,13 @@ async fn a_copy_that_would_carry_more_than_50_tags_fails_alone() {
     let req = request(&[crowded.clone(), plain.clone()], json!({"copy_tags": true, "tags": extra}));
     let result = reconcile(&ec2, &req, no_deadline()).await;
     let Err(CopySnapshotsError::CopyFailed { message, response }) = result else { panic!("{result:?}") };
-    assert!(message.contains(crowded.as_str()) && message.contains("53 tags") && message.contains("50"), "{message}");
+    assert!(
+        message.contains(crowded.as_str())
+            && message.contains("55 tags")
+            && message.contains("5 of this function's")
+            && message.contains("50"),
+        "{message}"
+    );
     assert_eq!(response.copies.len(), 1);
     assert_eq!(response.copies[0].source_snapshot_id, plain.as_str());
 }

@@ -5,7 +5,7 @@
 use std::time::Duration;
 
 use crate::support::events::load_event;
-use crate::support::moto::{ec2_in, make_snapshot};
+use crate::support::moto::{ec2_in, make_snapshot, make_volume, snapshot_volume};
 use crate::support::runtime_api::LambdaHarness;
 use serde_json::{Value, json};
 
@@ -186,4 +186,119 @@ async fn deployed_settings_summary_answers_and_the_recovery_point_metric() {
     assert_eq!(metrics[1]["InvocationErrors"], 1);
     assert_eq!(metrics[1]["TargetRegion"], TARGET);
     assert!(metrics[1].get("OldestUncopiedSourceSeconds").is_none(), "unknown, not reported: {}", metrics[1]);
+}
+
+/// This function's copies of `sources` in the target region (snapshot ids), any state.
+async fn copies_in_target(target: &aws_sdk_ec2::Client, sources: &[String]) -> Vec<String> {
+    let found = target
+        .describe_snapshots()
+        .owner_ids("self")
+        .filters(
+            aws_sdk_ec2::types::Filter::builder()
+                .name("tag:copy-snapshots:source-snapshot-id")
+                .set_values(Some(sources.to_vec()))
+                .build(),
+        )
+        .send()
+        .await
+        .unwrap();
+    let mut ids: Vec<String> = found.snapshots().iter().filter_map(|s| s.snapshot_id().map(str::to_owned)).collect();
+    ids.sort();
+    ids
+}
+
+#[tokio::test]
+async fn retention_prunes_copies_made_before_it_was_configured_and_a_dry_run_changes_nothing() {
+    let source = ec2_in(SOURCE).await;
+    let target = ec2_in(TARGET).await;
+    let mut lambda = harness().await;
+    let marker = format!("retention-{}", std::process::id());
+    let tags = [("Backup", marker.as_str())];
+    // Four snapshots of one volume, a second apart, oldest first.
+    let volume = make_volume(&source, 8).await;
+    let mut snapshots = Vec::new();
+    for _ in 0..4 {
+        snapshots.push(snapshot_volume(&source, &volume, &tags).await);
+        tokio::time::sleep(Duration::from_millis(1100)).await;
+    }
+    // The oldest was copied by a version without the volume and start-time tags.
+    let legacy = target
+        .copy_snapshot()
+        .source_region(SOURCE)
+        .source_snapshot_id(&snapshots[0])
+        .tag_specifications(
+            aws_sdk_ec2::types::TagSpecification::builder()
+                .resource_type(aws_sdk_ec2::types::ResourceType::Snapshot)
+                .tags(
+                    aws_sdk_ec2::types::Tag::builder()
+                        .key("copy-snapshots:source-snapshot-id")
+                        .value(&snapshots[0])
+                        .build(),
+                )
+                .tags(aws_sdk_ec2::types::Tag::builder().key("copy-snapshots:source-region").value(SOURCE).build())
+                .build(),
+        )
+        .send()
+        .await
+        .unwrap()
+        .snapshot_id()
+        .unwrap()
+        .to_owned();
+    // The schedule without a retention copies the other three.
+    let filters = json!([{"name": "tag:Backup", "values": [marker]}]);
+    let plain = lambda.invoke(&json!({"filters": filters, "wait_for_completion": true}), DEADLINE).await.response();
+    assert_eq!(copies(&plain).len(), 4, "{plain}");
+    let legacy_report = plain["copies"].as_array().unwrap().iter().find(|c| c["source_snapshot_id"] == snapshots[0]);
+    assert_eq!(
+        legacy_report.map(|c| c["reused"].clone()),
+        Some(json!(true)),
+        "the legacy copy serves its source: {plain}"
+    );
+    let newest = snapshot_volume(&source, &volume, &tags).await;
+    let mut all = snapshots.clone();
+    all.push(newest.clone());
+    let before = copies_in_target(&target, &all).await;
+    assert_eq!(before.len(), 4);
+
+    // A dry run with retain_count 1: it would copy the newest and delete three copies now; the
+    // next-newest copy is the volume's last completed one until the newest's completes.
+    let dry = json!({"filters": filters, "retain_count": 1, "dry_run": true});
+    let answer = lambda.invoke(&dry, DEADLINE).await.response();
+    assert_eq!(answer["dry_run"], true, "{answer}");
+    assert_eq!(answer["to_copy"], json!([newest]), "{answer}");
+    let would: Vec<&str> =
+        answer["deleted"].as_array().unwrap().iter().map(|d| d["source_snapshot_id"].as_str().unwrap()).collect();
+    let mut expected: Vec<&str> = snapshots[..3].iter().map(String::as_str).collect();
+    let mut would = would;
+    would.sort_unstable();
+    expected.sort_unstable();
+    assert_eq!(would, expected, "{answer}");
+    assert_eq!(answer["deletions_left"], 1, "{answer}");
+    assert_eq!(answer["skipped"].as_array().unwrap().len(), 4, "{answer}");
+    assert_eq!(copies_in_target(&target, &all).await, before, "the dry run changed nothing");
+
+    // The real run copies the newest, then deletes every older copy, the legacy one included.
+    let run = json!({"filters": filters, "retain_count": 1, "wait_for_completion": true});
+    let pruned = lambda.invoke(&run, DEADLINE).await.response();
+    assert_eq!(pruned["complete"], true, "{pruned}");
+    let deleted: Vec<&str> =
+        pruned["deleted"].as_array().unwrap().iter().map(|d| d["snapshot_id"].as_str().unwrap()).collect();
+    assert_eq!(deleted.len(), 4, "{pruned}");
+    assert!(deleted.contains(&legacy.as_str()), "the copy made before the tags existed: {pruned}");
+    let left = copies_in_target(&target, &all).await;
+    assert_eq!(left.len(), 1);
+    assert_eq!(copies(&pruned), [(newest.clone(), left[0].clone())]);
+
+    // Once more: nothing to do.
+    let again = lambda.invoke(&run, DEADLINE).await.response();
+    assert!(again["deleted"].is_null() && again["copies"][0]["reused"] == json!(true), "{again}");
+    let log = lambda.log();
+    let metrics: Vec<Value> = log
+        .lines()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .filter(|l| l["_aws"]["CloudWatchMetrics"].is_array())
+        .collect();
+    let deleted_metric: Vec<u64> = metrics.iter().map(|m| m["CopiesDeleted"].as_u64().unwrap()).collect();
+    assert_eq!(deleted_metric, [0, 0, 4, 0], "the dry run deleted nothing: {log}");
+    assert!(log.contains("\"copy deleted\""), "a log line per deletion: {log}");
 }

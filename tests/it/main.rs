@@ -1,6 +1,7 @@
 //! Every integration test in one crate, so aws-sdk-ec2 is linked into one test binary, not
 //! ten. A module per concern (each was its own test crate before; the tests keep their names):
-//! - [`engine`], [`recovery_point`]: the reconciler on the in-memory EC2 and tokio's paused clock;
+//! - [`engine`], [`recovery_point`], [`retention`]: the reconciler on the in-memory EC2 and
+//!   tokio's paused clock;
 //! - [`handler`]: `answer_lambda_event` in-process; [`requests`]: requests and events parsed;
 //! - [`ec2_moto`], [`ec2_errors`]: the aws-sdk-ec2 store against moto, and against mocked
 //!   answers moto cannot give (a scripted endpoint);
@@ -21,4 +22,5 @@ mod lambda_binary;
 mod recovery_point;
 mod reliability;
 mod requests;
+mod retention;
 mod step_functions;

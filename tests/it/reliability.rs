@@ -539,3 +539,72 @@ async fn paged_answers_are_read_to_the_end() {
     assert_each_copied_once_without_healing(&record, &ids);
     assert!(record.calls("DescribeSnapshots") >= 4 * 3, "pages were not fetched");
 }
+
+#[tokio::test]
+async fn retention_by_age_deletes_old_copies_reports_refused_ones_and_a_second_run_only_retries_those() {
+    let emulator = FaultEc2::start();
+    emulator.configure(json!({"time_scale": TIME_SCALE}));
+    let tags = json!({"Backup": "retention"});
+    let ages = [0.0, 1.0, 2.0, 3.0, 4.0];
+    let (a, _) = emulator.volume_snapshots(SOURCE, 8, &ages, &tags);
+    let (b, _) = emulator.volume_snapshots(SOURCE, 16, &ages, &tags);
+    let mut lambda = function(&emulator).await;
+    let filters = json!([{"name": "tag:Backup", "values": ["retention"]}]);
+    // Copies made before any retention was configured.
+    let first = lambda.invoke(&json!({"filters": filters, "wait_for_completion": true}), LONG).await.response();
+    assert_eq!(first["copies"].as_array().unwrap().len(), 10, "{first}");
+    let copy_of = |source: &str| {
+        let copies = first["copies"].as_array().unwrap();
+        let copy = copies.iter().find(|c| c["source_snapshot_id"] == source).expect("a copy");
+        copy["snapshot_id"].as_str().unwrap().to_owned()
+    };
+    // An AMI uses one old copy, another is locked; one old source is gone from the region.
+    let (in_use, locked) = (copy_of(&a[3]), copy_of(&b[4]));
+    emulator.refuse_delete(&in_use, "in-use");
+    emulator.refuse_delete(&locked, "locked");
+    emulator.forget(SOURCE, &[a[4].as_str()]);
+
+    let retention = json!({"filters": filters, "retain_days": 2});
+    let pruned = lambda.invoke(&retention, LONG).await.response();
+    let record = emulator.record();
+    report("retention_2_days_10_copies_2_refused", &record, &format!("refused_deletes={}", record.refused_deletes()));
+    // Out of retention: ages 2, 3 and 4 of each volume (a[4] gone, judged by its copy's tags).
+    let deleted: Vec<&str> =
+        pruned["deleted"].as_array().unwrap().iter().map(|d| d["source_snapshot_id"].as_str().unwrap()).collect();
+    let mut expected = vec![a[2].as_str(), a[4].as_str(), b[2].as_str(), b[3].as_str()];
+    let mut deleted_sorted = deleted.clone();
+    deleted_sorted.sort_unstable();
+    expected.sort_unstable();
+    assert_eq!(deleted_sorted, expected, "{pruned}");
+    let refused: Vec<(&str, &str)> = pruned["not_deleted"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|n| (n["snapshot_id"].as_str().unwrap(), n["error"].as_str().unwrap()))
+        .collect();
+    assert_eq!(refused.len(), 2, "{pruned}");
+    assert!(refused.iter().any(|(id, e)| *id == in_use && e.starts_with("InvalidSnapshot.InUse")), "{refused:?}");
+    assert!(refused.iter().any(|(id, e)| *id == locked && e.starts_with("SnapshotLocked")), "{refused:?}");
+    assert_eq!(pruned["complete"], true, "refusals are reported, not left as work: {pruned}");
+    assert_eq!(pruned["skipped"].as_array().unwrap().len(), 5, "a[2..4] and b[2..5] are not copied: {pruned}");
+    assert_eq!(record.deleted(), 4);
+    assert_eq!(record.pending_deletes(), 0);
+    // The metrics line counts the deletions.
+    let log = lambda.log();
+    let emf: Vec<Value> = log
+        .lines()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .filter(|l| l["_aws"]["CloudWatchMetrics"].is_array())
+        .collect();
+    assert_eq!(emf.last().unwrap()["CopiesDeleted"], 4, "{log}");
+
+    // The same request again: no copy, and DeleteSnapshot only for the two refused ones.
+    let copies_before = record.calls("CopySnapshot");
+    let deletes_before = record.calls("DeleteSnapshot");
+    let again = lambda.invoke(&retention, LONG).await.response();
+    let record = emulator.record();
+    assert_eq!(record.calls("CopySnapshot"), copies_before);
+    assert_eq!(record.calls("DeleteSnapshot"), deletes_before + 2, "{again}");
+    assert!(again["deleted"].is_null(), "{again}");
+    assert_eq!(again["not_deleted"].as_array().unwrap().len(), 2);
+}

@@ -8,6 +8,7 @@ use crate::support::events::load_event;
 use copy_snapshots::event::{Invocation, parse_payload};
 use copy_snapshots::ids::{KmsKeyRef, Region};
 use copy_snapshots::request::Settings;
+use copy_snapshots::retention::Retention;
 use copy_snapshots::simulated::SimulatedEc2;
 use copy_snapshots::store::SourceSelector;
 use copy_snapshots::{CopySnapshotsError, handle};
@@ -104,8 +105,8 @@ fn bad_inputs() -> Vec<(&'static str, Value, &'static str)> {
         ("tag value not a string", with("tags", json!({"team": 7})), "tags"),
         (
             "too many tags",
-            with("tags", Value::Object((0..48).map(|i| (format!("k{i}"), json!("v"))).collect())),
-            "at most 47",
+            with("tags", Value::Object((0..46).map(|i| (format!("k{i}"), json!("v"))).collect())),
+            "at most 45 (EC2 allows 50 per snapshot, 5 are this function's)",
         ),
         ("duration not a multiple of 15", with("completion_duration_minutes", json!(20)), "multiple of 15"),
         ("duration too long", with("completion_duration_minutes", json!(2895)), "completion_duration_minutes"),
@@ -116,6 +117,19 @@ fn bad_inputs() -> Vec<(&'static str, Value, &'static str)> {
                    "target_region": "eu-west-1"}),
             "filters[0].values: 201 values for `volume-id`; valid: at most 200",
         ),
+        ("retain_days 0", with("retain_days", json!(0)), "retain_days: 0 would keep nothing"),
+        ("retain_count 0", with("retain_count", json!(0)), "retain_count: 0 would keep nothing"),
+        ("retain_days negative", with("retain_days", json!(-7)), "retain_days: invalid value"),
+        ("retain_count as string", with("retain_count", json!("3")), "retain_count: invalid type"),
+        ("retain_days fraction", with("retain_days", json!(1.5)), "an integer ≥ 1: sources started within"),
+        ("orphan grace negative", with("delete_orphans_after_days", json!(-1)), "delete_orphans_after_days"),
+        ("orphan grace as string", with("delete_orphans_after_days", json!("30")), "an integer ≥ 0"),
+        (
+            "dry_run as string",
+            with("dry_run", json!("yes")),
+            "dry_run: invalid type: string \"yes\", expected a boolean",
+        ),
+        ("retention misspelled", with("retention_days", json!(7)), "unknown field `retention_days`"),
         ("unknown response format", with("response_format", json!("brief")), "\"full\""),
         ("response format not a string", with("response_format", json!(true)), "response_format"),
         ("payload is a list", json!([ID_A]), "must be a JSON object"),
@@ -198,6 +212,34 @@ fn environment_fills_only_what_the_payload_leaves_out() {
 }
 
 #[test]
+fn retention_comes_from_the_payload_else_from_the_environment_field_by_field() {
+    let env: HashMap<&str, &str> = HashMap::from([
+        ("AWS_REGION", "us-east-1"),
+        ("TARGET_REGION", "eu-west-1"),
+        ("RETAIN_DAYS", "30"),
+        ("DELETE_ORPHANS_AFTER_DAYS", "0"),
+    ]);
+    let settings = Settings::from_lookup(|k| env.get(k).map(|v| v.to_string())).unwrap();
+    let request = |payload: Value| match parse_payload(payload, &settings).unwrap() {
+        Invocation::Copy(request) => request,
+        other => panic!("a copy, not {other:?}"),
+    };
+    let plain = request(json!({"snapshot_ids": [ID_A]}));
+    assert_eq!(plain.retention, Retention { days: Some(30), count: None, orphans_after_days: Some(0) });
+    assert!(!plain.dry_run);
+    let asked = request(json!({"snapshot_ids": [ID_A], "retain_days": 7, "retain_count": 3, "dry_run": true}));
+    assert_eq!(asked.retention, Retention { days: Some(7), count: Some(3), orphans_after_days: Some(0) });
+    assert!(asked.dry_run);
+    // An event takes its retention from the environment, like everything but its sources.
+    let mut event = load_event("snapshot-notification.json");
+    event["detail"]["snapshot_id"] = json!(format!("arn:aws:ec2::us-east-1:snapshot/{ID_A}"));
+    assert_eq!(request(event).retention.days, Some(30));
+    // Without any of it, nothing is pruned.
+    let none = Settings::from_lookup(|k| (k == "AWS_REGION").then(|| "us-east-1".to_owned())).unwrap();
+    assert!(!none.retention.is_set());
+}
+
+#[test]
 fn bad_environment_names_the_variable() {
     for (name, value) in [
         ("PENDING_LIMIT", "0"),
@@ -208,15 +250,26 @@ fn bad_environment_names_the_variable() {
         ("POLL_INTERVAL_SECONDS", "-1"),
         ("ALLOWED_SOURCE_REGIONS", "us-east-1,Europe"),
         ("ALLOWED_TARGET_REGIONS", "eu-west-1;us-east-1"),
+        ("RETAIN_DAYS", "0"),
+        ("RETAIN_COUNT", "three"),
+        ("DELETE_ORPHANS_AFTER_DAYS", "-1"),
     ] {
         let err = Settings::from_lookup(|k| (k == name).then(|| value.to_owned())).unwrap_err();
         assert!(err.to_string().contains(name), "{err}");
     }
     // CloudFormation passes an unset optional parameter as "".
     let settings = Settings::from_lookup(|k| {
-        ["KMS_KEY_ID", "PENDING_LIMIT", "ALLOWED_SOURCE_REGIONS", "ALLOWED_TARGET_REGIONS"]
-            .contains(&k)
-            .then(String::new)
+        [
+            "KMS_KEY_ID",
+            "PENDING_LIMIT",
+            "ALLOWED_SOURCE_REGIONS",
+            "ALLOWED_TARGET_REGIONS",
+            "RETAIN_DAYS",
+            "RETAIN_COUNT",
+            "DELETE_ORPHANS_AFTER_DAYS",
+        ]
+        .contains(&k)
+        .then(String::new)
     })
     .unwrap();
     assert_eq!(settings, Settings::default());

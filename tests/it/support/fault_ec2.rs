@@ -98,6 +98,27 @@ impl FaultEc2 {
         made["snapshot_ids"].as_array().expect("ids").iter().map(|v| v.as_str().expect("an id").to_owned()).collect()
     }
 
+    /// Completed snapshots of one new volume, started `ages_days` ago, carrying `tags`; returns
+    /// their ids and the volume's.
+    pub fn volume_snapshots(&self, region: &str, size: u64, ages_days: &[f64], tags: &Value) -> (Vec<String>, String) {
+        let body = json!({"region": region, "sizes": vec![size; ages_days.len()], "ages_days": ages_days,
+                          "one_volume": true, "tags": tags});
+        let made = self.call("POST", "/_fault/sources", &body);
+        let ids = made["snapshot_ids"].as_array().expect("ids").iter().map(|v| v.as_str().expect("an id").to_owned());
+        (ids.collect(), made["volume_ids"][0].as_str().expect("a volume").to_owned())
+    }
+
+    /// DeleteSnapshot of `snapshot_id` is refused from now on: `how` is `in-use` (an AMI uses
+    /// it) or `locked`.
+    pub fn refuse_delete(&self, snapshot_id: &str, how: &str) {
+        self.call("POST", "/_fault/refuse_delete", &json!({"snapshot_ids": {snapshot_id: how}}));
+    }
+
+    /// Removes snapshots from `region` as Data Lifecycle Manager would, whatever their tags.
+    pub fn forget(&self, region: &str, snapshot_ids: &[&str]) {
+        self.call("POST", "/_fault/forget", &json!({"region": region, "snapshot_ids": snapshot_ids}));
+    }
+
     pub fn foreign_copies(&self, region: &str, count: usize, seconds: f64) {
         self.call("POST", "/_fault/foreign", &json!({"region": region, "count": count, "seconds": seconds}));
     }
@@ -156,9 +177,19 @@ impl Record {
         self.copies().filter(|c| c["fails_with"].is_null() && c["deleted"] != true)
     }
 
-    /// Copies deleted (only this function deletes, and only duplicates).
+    /// Copies deleted (by this function only: duplicates, and retention's).
     pub fn deleted(&self) -> usize {
         self.copies().filter(|c| c["deleted"] == true).count()
+    }
+
+    /// DeleteSnapshot calls the emulator refused (in use, locked).
+    pub fn refused_deletes(&self) -> u64 {
+        self.0["refused_deletes"].as_u64().unwrap_or(0)
+    }
+
+    /// DeleteSnapshot calls on a copy that was still pending.
+    pub fn pending_deletes(&self) -> u64 {
+        self.0["pending_deletes"].as_u64().unwrap_or(0)
     }
 
     /// CopySnapshot calls that sent `Encrypted=false`, which the API reference says cannot be set.

@@ -24,8 +24,20 @@ pub async fn ec2_in(region: &str) -> Client {
 
 /// A completed snapshot of a new volume in the client's region.
 pub async fn make_snapshot(ec2: &Client, size_gib: i32, tags: &[(&str, &str)]) -> String {
+    let volume = make_volume(ec2, size_gib).await;
+    snapshot_volume(ec2, &volume, tags).await
+}
+
+/// A new volume in the client's region; returns its id.
+pub async fn make_volume(ec2: &Client, size_gib: i32) -> String {
     let region = ec2.config().region().map(ToString::to_string).unwrap_or_default();
     let volume = ec2.create_volume().availability_zone(format!("{region}a")).size(size_gib).send().await.unwrap();
+    volume.volume_id().unwrap().to_owned()
+}
+
+/// A completed snapshot of `volume`. moto's StartTime has whole seconds: snapshots of one
+/// volume meant to have different ages must be made a second apart.
+pub async fn snapshot_volume(ec2: &Client, volume: &str, tags: &[(&str, &str)]) -> String {
     // EC2 refuses an empty tag specification.
     let spec = tags.iter().fold(
         TagSpecification::builder()
@@ -33,12 +45,6 @@ pub async fn make_snapshot(ec2: &Client, size_gib: i32, tags: &[(&str, &str)]) -
             .tags(types::Tag::builder().key("created-by").value("copy-snapshots-tests").build()),
         |spec, (key, value)| spec.tags(types::Tag::builder().key(*key).value(*value).build()),
     );
-    let snapshot = ec2
-        .create_snapshot()
-        .volume_id(volume.volume_id().unwrap())
-        .tag_specifications(spec.build())
-        .send()
-        .await
-        .unwrap();
+    let snapshot = ec2.create_snapshot().volume_id(volume).tag_specifications(spec.build()).send().await.unwrap();
     snapshot.snapshot_id().unwrap().to_owned()
 }
