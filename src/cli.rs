@@ -210,10 +210,9 @@ pub async fn main() -> ExitCode {
 
 async fn run(args: RunArgs, planning: bool, started: Instant) -> u8 {
     let payload = match &args.request_file {
-        Some(path) => match std::fs::read(path)
-            .map_err(|e| e.to_string())
-            .and_then(|bytes| serde_json::from_slice::<Value>(&bytes).map_err(|e| format!("not JSON: {e}")))
-        {
+        Some(path) => match std::fs::read(path).map_err(|e| e.to_string()).and_then(|bytes| {
+            serde_json::from_slice::<Value>(&bytes).map_err(|e| format!("not JSON: {e}"))
+        }) {
             Ok(payload) => payload,
             Err(reason) => {
                 eprintln!("error: --request {}: {reason}", path.display());
