@@ -723,7 +723,8 @@ impl SnapshotStore for SimulatedEc2 {
                 (found, 1)
             }
         };
-        world.calls.requests += describe_requests(values, found.len());
+        let requests = describe_requests(values, found.len());
+        world.calls.requests += requests;
         Ok(found)
     }
 
@@ -751,11 +752,12 @@ impl SnapshotStore for SimulatedEc2 {
             .filter_map(|s| s.copy_status(now))
             .collect();
         // More than 200 ids: the store lists every copy from the region in one paginated call.
-        world.calls.requests += if source_ids.len() > FILTER_VALUES {
+        let requests = if source_ids.len() > FILTER_VALUES {
             describe_requests(1, copies_from(state, source_region).count())
         } else {
             describe_requests(source_ids.len(), found.len())
         };
+        world.calls.requests += requests;
         Ok(found)
     }
 
@@ -764,14 +766,13 @@ impl SnapshotStore for SimulatedEc2 {
         let now = Instant::now();
         let mut world = self.lock();
         world.calls.list_copies += 1;
-        let Some(state) = world.regions.get(target_region.as_str()) else {
-            world.calls.requests += 1;
-            return Ok(Vec::new());
+        let found: Vec<CopyStatus> = match world.regions.get(target_region.as_str()) {
+            Some(state) => copies_from(state, source_region)
+                .filter(|s| s.listed_at(now, world.visibility_lag))
+                .filter_map(|s| s.copy_status(now))
+                .collect(),
+            None => Vec::new(),
         };
-        let found: Vec<CopyStatus> = copies_from(state, source_region)
-            .filter(|s| s.listed_at(now, world.visibility_lag))
-            .filter_map(|s| s.copy_status(now))
-            .collect();
         world.calls.requests += describe_requests(1, found.len());
         Ok(found)
     }
