@@ -58,7 +58,6 @@ pub async fn load_sdk_config(settings: &Settings, profile: Option<&str>, region:
     loader.load().await
 }
 
-
 /// EC2 through aws-sdk-ec2, one client per region.
 #[derive(Debug)]
 pub struct Ec2Store {

@@ -507,7 +507,8 @@ impl<'a, S: SnapshotStore> Run<'a, S> {
 
     /// Fails a source this run will not copy (no copy of it was made).
     fn fail(&mut self, i: usize, reason: String) {
-        self.observer.observe(RunEvent::SourceFailed { source: self.entries[i].source.id.clone(), reason: reason.clone() });
+        self.observer
+            .observe(RunEvent::SourceFailed { source: self.entries[i].source.id.clone(), reason: reason.clone() });
         self.entries[i].stage = Stage::Failed { copy_id: None, reason };
     }
 
@@ -577,7 +578,8 @@ impl<'a, S: SnapshotStore> Run<'a, S> {
                 if copy.seen || unlisted_too_long {
                     // Deleted: by someone, or as a duplicate by an overlapping invocation that
                     // kept another copy. Look by the tags before copying again.
-                    self.observer.observe(RunEvent::CopyVanished { source: entry.source.id.clone(), copy: copy.id.clone() });
+                    self.observer
+                        .observe(RunEvent::CopyVanished { source: entry.source.id.clone(), copy: copy.id.clone() });
                     vanished.push(i);
                 }
                 // Never seen: EC2's eventual consistency; it shows up in a later round.
@@ -593,18 +595,19 @@ impl<'a, S: SnapshotStore> Run<'a, S> {
             if let Some(percent) = status.progress {
                 copy.estimate.observe(now, percent);
                 // Only a speed known within ±10% is good enough to plan other copies by.
-                if let Some((slowest, fastest)) = copy.estimate.speed() {
-                    if slowest >= fastest * 0.8 {
-                        let gib_per_second = fastest * entry.source.size_gib as f64 / 100.0;
-                        self.fastest_gib_per_second =
-                            Some(self.fastest_gib_per_second.map_or(gib_per_second, |s| s.max(gib_per_second)));
-                    }
+                if let Some((slowest, fastest)) = copy.estimate.speed()
+                    && slowest >= fastest * 0.8
+                {
+                    let gib_per_second = fastest * entry.source.size_gib as f64 / 100.0;
+                    self.fastest_gib_per_second =
+                        Some(self.fastest_gib_per_second.map_or(gib_per_second, |s| s.max(gib_per_second)));
                 }
             }
             match &status.state {
                 SnapshotState::Pending => {}
                 SnapshotState::Completed => {
-                    self.observer.observe(RunEvent::CopyCompleted { source: entry.source.id.clone(), copy: copy.id.clone() });
+                    self.observer
+                        .observe(RunEvent::CopyCompleted { source: entry.source.id.clone(), copy: copy.id.clone() });
                 }
                 SnapshotState::Error => {
                     let message = status.state_message.clone().unwrap_or_else(|| "EC2 gave no reason".to_owned());
@@ -616,7 +619,8 @@ impl<'a, S: SnapshotStore> Run<'a, S> {
                 SnapshotState::Other(state) => {
                     let message = status.state_message.as_deref().unwrap_or("EC2 gave no reason");
                     let reason = format!("copy {} ended in {state}: {message}", copy.id);
-                    self.observer.observe(RunEvent::SourceFailed { source: entry.source.id.clone(), reason: reason.clone() });
+                    self.observer
+                        .observe(RunEvent::SourceFailed { source: entry.source.id.clone(), reason: reason.clone() });
                     entry.stage = Stage::Failed { copy_id: Some(copy.id.clone()), reason };
                 }
             }
@@ -764,11 +768,7 @@ fn entries_for_ids(
             not_ready.join("; ")
         )));
     }
-    Ok(ids
-        .iter()
-        .filter_map(|id| by_id.remove(id))
-        .map(|source| Entry::new(source, Stage::Waiting))
-        .collect())
+    Ok(ids.iter().filter_map(|id| by_id.remove(id)).map(|source| Entry::new(source, Stage::Waiting)).collect())
 }
 
 /// Entries for what the filters matched, sorted by id for a stable order. Snapshots not yet
@@ -815,10 +815,7 @@ fn to_copy_note(entry: &Entry) -> Option<String> {
         notes.push(format!("{} not encrypted as asked: {}", plural(ids.len(), "earlier copy"), ids.join(", ")));
     }
     if !entry.error_copies.is_empty() {
-        notes.push(format!(
-            "{} of {MAX_ATTEMPTS} attempts ended in error before",
-            entry.error_copies.len()
-        ));
+        notes.push(format!("{} of {MAX_ATTEMPTS} attempts ended in error before", entry.error_copies.len()));
     }
     (!notes.is_empty()).then(|| notes.join("; "))
 }

@@ -11,8 +11,8 @@
 
 mod support;
 
-mod deployment;
 mod cli;
+mod deployment;
 mod ec2_errors;
 mod ec2_moto;
 mod engine;
