@@ -85,6 +85,9 @@ struct RunArgs {
     /// Print only the JSON answer on stdout (the Lambda's; the plan's with `plan`).
     #[arg(long)]
     json: bool,
+    /// Debug logs on stderr.
+    #[arg(long)]
+    debug: bool,
     /// Plan only, as `plan` does.
     #[arg(long)]
     dry_run: bool,
@@ -133,9 +136,6 @@ struct RequestArgs {
     /// Wait until every copy is completed, not only started.
     #[arg(long, alias = "wait_for_completion")]
     wait: bool,
-    /// Debug logs on stderr.
-    #[arg(long)]
-    debug: bool,
 }
 
 fn parse_filter(text: &str) -> Result<(String, Vec<String>), String> {
@@ -163,7 +163,7 @@ fn positive(text: &str) -> Result<f64, String> {
 
 impl RequestArgs {
     /// The request's JSON, with only the fields given.
-    fn payload(&self) -> Value {
+    fn payload(&self, debug: bool) -> Value {
         let mut payload = Map::new();
         if !self.snapshot_ids.is_empty() {
             payload.insert("snapshot_ids".into(), json!(self.snapshot_ids));
@@ -190,7 +190,7 @@ impl RequestArgs {
         }
         set("completion_duration_minutes", self.completion_duration_minutes.map(|m| json!(m)));
         set("wait_for_completion", self.wait.then_some(json!(true)));
-        set("debug", self.debug.then_some(json!(true)));
+        set("debug", debug.then_some(json!(true)));
         Value::Object(payload)
     }
 }
@@ -210,18 +210,19 @@ pub async fn main() -> ExitCode {
 
 async fn run(args: RunArgs, planning: bool, started: Instant) -> u8 {
     let payload = match &args.request_file {
-        Some(path) => match std::fs::read(path).map_err(|e| e.to_string()).and_then(|bytes| {
-            serde_json::from_slice::<Value>(&bytes).map_err(|e| format!("not JSON: {e}"))
-        }) {
+        Some(path) => match std::fs::read(path)
+            .map_err(|e| e.to_string())
+            .and_then(|bytes| serde_json::from_slice::<Value>(&bytes).map_err(|e| format!("not JSON: {e}")))
+        {
             Ok(payload) => payload,
             Err(reason) => {
                 eprintln!("error: --request {}: {reason}", path.display());
                 return EXIT_USAGE;
             }
         },
-        None => args.request.payload(),
+        None => args.request.payload(args.debug),
     };
-    let debug = args.request.debug || payload.get("debug").and_then(Value::as_bool).unwrap_or(false);
+    let debug = args.debug || payload.get("debug").and_then(Value::as_bool).unwrap_or(false);
     crate::logging::init_cli(debug);
 
     let mut settings = match Settings::from_env() {
@@ -363,9 +364,10 @@ mod tests {
             "--pending-limit",
             "5",
             "--wait",
+            "--debug",
         ]);
         assert_eq!(
-            cli.run.request.payload(),
+            cli.run.request.payload(cli.run.debug),
             json!({
                 "snapshot_ids": ["snap-1", "snap-2"],
                 "filters": [{"name": "tag:Backup", "values": ["daily", "weekly"]}],
@@ -376,6 +378,7 @@ mod tests {
                 "kms_key_id": "alias/dr",
                 "tags": {"Purpose": "dr"},
                 "wait_for_completion": true,
+                "debug": true,
             })
         );
     }
@@ -384,7 +387,7 @@ mod tests {
     fn flags_not_given_are_left_to_the_environment() {
         let cli = Cli::parse_from(["copy-snapshots", "plan", "--snapshot-ids", "snap-1"]);
         let Some(Command::Plan(args)) = cli.command else { panic!("a plan") };
-        assert_eq!(args.request.payload(), json!({"snapshot_ids": ["snap-1"]}));
+        assert_eq!(args.request.payload(args.debug), json!({"snapshot_ids": ["snap-1"]}));
     }
 
     #[test]

@@ -111,10 +111,10 @@ impl KmsKeyRef {
                 if is_key_id(key_id) {
                     return Ok(Self::KeyArn { region, key_id: key_id.to_owned(), arn: text.to_owned() });
                 }
-            } else if let Some(alias) = resource.strip_prefix("alias/") {
-                if is_alias_name(alias) {
-                    return Ok(Self::AliasArn { region, arn: text.to_owned() });
-                }
+            } else if let Some(alias) = resource.strip_prefix("alias/")
+                && is_alias_name(alias)
+            {
+                return Ok(Self::AliasArn { region, arn: text.to_owned() });
             }
             return Err(invalid());
         }

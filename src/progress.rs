@@ -36,26 +36,63 @@ pub struct LookedSource {
 #[derive(Debug, Clone, PartialEq)]
 pub enum RunEvent {
     /// The look is done: every source the request selects, and where it stands.
-    Looked { sources: Vec<LookedSource> },
-    CopyStarted { source: SnapshotId, copy: SnapshotId, size_gib: u64 },
+    Looked {
+        sources: Vec<LookedSource>,
+    },
+    CopyStarted {
+        source: SnapshotId,
+        copy: SnapshotId,
+        size_gib: u64,
+    },
     /// A poll saw a pending copy's progress change.
-    CopyProgress { source: SnapshotId, copy: SnapshotId, percent: u8 },
-    CopyCompleted { source: SnapshotId, copy: SnapshotId },
+    CopyProgress {
+        source: SnapshotId,
+        copy: SnapshotId,
+        percent: u8,
+    },
+    CopyCompleted {
+        source: SnapshotId,
+        copy: SnapshotId,
+    },
     /// A copy ended in `error`: one attempt; the source may be tried again.
-    CopyErrored { source: SnapshotId, copy: SnapshotId, message: String },
+    CopyErrored {
+        source: SnapshotId,
+        copy: SnapshotId,
+        message: String,
+    },
     /// A CopySnapshot had no definite answer; the copy is looked for before any new attempt.
-    StartUnsure { source: SnapshotId, message: String },
+    StartUnsure {
+        source: SnapshotId,
+        message: String,
+    },
     /// A copy being watched vanished before completing; the source is looked for again.
-    CopyVanished { source: SnapshotId, copy: SnapshotId },
+    CopyVanished {
+        source: SnapshotId,
+        copy: SnapshotId,
+    },
     /// The source will not be copied by this run: its attempts are used up, or EC2 refused.
-    SourceFailed { source: SnapshotId, reason: String },
+    SourceFailed {
+        source: SnapshotId,
+        reason: String,
+    },
     /// A second live copy of a source was deleted (duplicates heal).
-    DuplicateRemoved { source: SnapshotId, copy: SnapshotId },
+    DuplicateRemoved {
+        source: SnapshotId,
+        copy: SnapshotId,
+    },
     /// Retention deleted a copy (its source is out of retention, or gone past the orphan grace).
-    CopyDeleted { source: SnapshotId, copy: SnapshotId, reason: String },
+    CopyDeleted {
+        source: SnapshotId,
+        copy: SnapshotId,
+        reason: String,
+    },
     /// EC2 refused to delete a copy retention deletes (in use by an AMI, locked, …); it stays,
     /// and the next run tries again.
-    DeleteRefused { source: SnapshotId, copy: SnapshotId, error: String },
+    DeleteRefused {
+        source: SnapshotId,
+        copy: SnapshotId,
+        error: String,
+    },
     /// The run stopped waiting because it was asked to ([`StopSignal`]).
     Stopped,
 }

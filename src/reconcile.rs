@@ -940,12 +940,12 @@ impl<'a, S: SnapshotStore> Run<'a, S> {
             if let Some(percent) = status.progress {
                 copy.estimate.observe(now, percent);
                 // Only a speed known within ±10% is good enough to plan other copies by.
-                if let Some((slowest, fastest)) = copy.estimate.speed() {
-                    if slowest >= fastest * 0.8 {
-                        let gib_per_second = fastest * entry.source.size_gib as f64 / 100.0;
-                        self.fastest_gib_per_second =
-                            Some(self.fastest_gib_per_second.map_or(gib_per_second, |s| s.max(gib_per_second)));
-                    }
+                if let Some((slowest, fastest)) = copy.estimate.speed()
+                    && slowest >= fastest * 0.8
+                {
+                    let gib_per_second = fastest * entry.source.size_gib as f64 / 100.0;
+                    self.fastest_gib_per_second =
+                        Some(self.fastest_gib_per_second.map_or(gib_per_second, |s| s.max(gib_per_second)));
                 }
             }
             match &status.state {

@@ -361,24 +361,24 @@ impl CopyRequest {
             None if encrypt => settings.kms_key.clone(),
             None => None,
         };
-        if let Some(key_region) = kms_key.as_ref().and_then(KmsKeyRef::region) {
-            if key_region != &target_region {
-                return Err(invalid(format!(
-                    "kms_key_id: the key is in {key_region} but the copies are made in {target_region}; \
+        if let Some(key_region) = kms_key.as_ref().and_then(KmsKeyRef::region)
+            && key_region != &target_region
+        {
+            return Err(invalid(format!(
+                "kms_key_id: the key is in {key_region} but the copies are made in {target_region}; \
                      valid: a key in the target region {target_region}"
-                )));
-            }
+            )));
         }
 
         let tags = check_tags(payload.tags.unwrap_or_default())?;
 
-        if let Some(minutes) = payload.completion_duration_minutes {
-            if !(15..=2880).contains(&minutes) || minutes % 15 != 0 {
-                return Err(invalid(format!(
-                    "completion_duration_minutes: {minutes} is not allowed; valid: {}",
-                    valid_values("completion_duration_minutes")
-                )));
-            }
+        if let Some(minutes) = payload.completion_duration_minutes
+            && (!(15..=2880).contains(&minutes) || minutes % 15 != 0)
+        {
+            return Err(invalid(format!(
+                "completion_duration_minutes: {minutes} is not allowed; valid: {}",
+                valid_values("completion_duration_minutes")
+            )));
         }
 
         let retention =

@@ -112,10 +112,10 @@ impl Snapshot {
             return (state.clone(), Some(progress), None);
         }
         let elapsed = now.saturating_duration_since(self.started + self.stall);
-        if let Some(message) = &self.fails_with {
-            if elapsed >= self.duration / 2 {
-                return (SnapshotState::Error, Some(0), Some(message.clone()));
-            }
+        if let Some(message) = &self.fails_with
+            && elapsed >= self.duration / 2
+        {
+            return (SnapshotState::Error, Some(0), Some(message.clone()));
         }
         if elapsed >= self.duration {
             return (SnapshotState::Completed, Some(100), None);

@@ -97,7 +97,8 @@ impl State {
 
     fn redraw_overall(&self) {
         let Some(bars) = &self.bars else { return };
-        let moving: f64 = self.in_flight.values().map(|&(size, percent)| size as f64 * f64::from(percent) / 100.0).sum();
+        let moving: f64 =
+            self.in_flight.values().map(|&(size, percent)| size as f64 * f64::from(percent) / 100.0).sum();
         bars.overall.set_length(self.total_gib);
         bars.overall.set_position(self.done_gib + moving as u64);
         bars.overall.set_message(format!("{}/{} copies", self.done_copies, self.counted.len()));
@@ -155,11 +156,10 @@ impl State {
             };
             *counts.entry(kind).or_default() += 1;
         }
-        let order = ["with a completed copy", "with a copy in flight", "to copy", "not ready", "skipped", "failed before"];
-        let parts: Vec<String> = order
-            .iter()
-            .filter_map(|kind| counts.get(kind).map(|n| format!("{n} {kind}")))
-            .collect();
+        let order =
+            ["with a completed copy", "with a copy in flight", "to copy", "not ready", "skipped", "failed before"];
+        let parts: Vec<String> =
+            order.iter().filter_map(|kind| counts.get(kind).map(|n| format!("{n} {kind}"))).collect();
         self.note(&format!(
             "{} sources: {}; {to_copy_gib} GiB to copy",
             sources.len(),
@@ -267,10 +267,17 @@ pub fn result_table(answer: &Answer, sizes: &HashMap<String, u64>) -> String {
                 _ => c.state.clone(),
             };
             let reused = if c.reused { "yes" } else { "no" };
-            vec![c.source_snapshot_id.clone(), c.snapshot_id.clone(), state, size(&c.source_snapshot_id), reused.to_owned()]
+            vec![
+                c.source_snapshot_id.clone(),
+                c.snapshot_id.clone(),
+                state,
+                size(&c.source_snapshot_id),
+                reused.to_owned(),
+            ]
         })
         .collect();
-    let mut out = if rows.is_empty() { String::new() } else { table(&["SOURCE", "COPY", "STATE", "SIZE", "REUSED"], &rows) };
+    let mut out =
+        if rows.is_empty() { String::new() } else { table(&["SOURCE", "COPY", "STATE", "SIZE", "REUSED"], &rows) };
     for removed in &response.duplicates_removed {
         let _ = writeln!(out, "removed duplicate {} of {}", removed.snapshot_id, removed.source_snapshot_id);
     }
@@ -284,11 +291,8 @@ pub fn result_table(answer: &Answer, sizes: &HashMap<String, u64>) -> String {
         let _ = writeln!(out, "failed  {}: {}", failure.source_snapshot_id, failure.error);
     }
     if !response.pending_sources.is_empty() {
-        let _ = writeln!(
-            out,
-            "not started: {} (run the same command again later)",
-            response.pending_sources.join(", ")
-        );
+        let _ =
+            writeln!(out, "not started: {} (run the same command again later)", response.pending_sources.join(", "));
     }
     let completed = response.copies.iter().filter(|c| c.state == "completed").count();
     let reused = response.copies.iter().filter(|c| c.reused).count();

@@ -38,7 +38,8 @@ fn cli(emulator: &FaultEc2, args: &[&str]) -> Command {
 
 fn run(emulator: &FaultEc2, args: &[&str]) -> (i32, String, String) {
     let Output { status, stdout, stderr } = cli(emulator, args).output().expect("the binary runs");
-    let (stdout, stderr) = (String::from_utf8_lossy(&stdout).into_owned(), String::from_utf8_lossy(&stderr).into_owned());
+    let (stdout, stderr) =
+        (String::from_utf8_lossy(&stdout).into_owned(), String::from_utf8_lossy(&stderr).into_owned());
     (status.code().unwrap_or(-1), stdout, stderr)
 }
 
@@ -121,8 +122,10 @@ fn plan_lists_each_source_and_copies_nothing() {
     assert_eq!(plan["estimated_seconds"], (120 + 30 * 20) + (120 + 5 * 20));
 
     // The table says the same to a person; `--dry-run` is `plan`.
-    let (code, table, _) =
-        run(&emulator, &["--dry-run", "--filter", "tag:Backup=daily", "--target-region", TARGET, "--pending-limit", "1"]);
+    let (code, table, _) = run(
+        &emulator,
+        &["--dry-run", "--filter", "tag:Backup=daily", "--target-region", TARGET, "--pending-limit", "1"],
+    );
     assert_eq!(code, 0);
     for (id, word) in [(&copied[0], "has_copy"), (&uncopied[0], "copy"), (&not_ready[0], "not_ready")] {
         let line = table.lines().find(|l| l.starts_with(id.as_str())).unwrap_or_else(|| panic!("{id}:\n{table}"));
@@ -140,8 +143,18 @@ fn the_references_snake_case_command_line_works() {
     emulator.configure(json!({"time_scale": TIME_SCALE}));
     let ids = emulator.sources(SOURCE, &[8, 16]);
     // `aaws ec2 copy_snapshots` with the program renamed.
-    let args =
-        ["--snapshot_ids", &ids[0], &ids[1], "--region", SOURCE, "--target_region", TARGET, "--encrypt", "--pending_limit", "1"];
+    let args = [
+        "--snapshot_ids",
+        &ids[0],
+        &ids[1],
+        "--region",
+        SOURCE,
+        "--target_region",
+        TARGET,
+        "--encrypt",
+        "--pending_limit",
+        "1",
+    ];
     let (code, stdout, stderr) = run(&emulator, &args);
     assert_eq!(code, 0, "{stderr}");
     // One slot: the second copy starts once the first completes, then the command returns.

@@ -142,11 +142,11 @@ fn the_alarms_watch_metrics_the_function_emits() {
     for line in template.lines().map(str::trim) {
         if let Some(ns) = line.strip_prefix("Namespace: ") {
             namespace = ns;
-        } else if let Some(name) = line.strip_prefix("MetricName: ") {
-            if namespace == copy_snapshots::metrics::NAMESPACE {
-                assert!(declared.contains(&name), "alarm on {name}, which the function does not emit: {declared:?}");
-                watched.push(name);
-            }
+        } else if let Some(name) = line.strip_prefix("MetricName: ")
+            && namespace == copy_snapshots::metrics::NAMESPACE
+        {
+            assert!(declared.contains(&name), "alarm on {name}, which the function does not emit: {declared:?}");
+            watched.push(name);
         }
     }
     for required in ["CopiesFailed", "InvocationErrors", "OldestUncopiedSourceSeconds"] {
