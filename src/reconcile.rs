@@ -485,12 +485,11 @@ impl<'a, S: SnapshotStore> Run<'a, S> {
                     None => {
                         // A gone source in retention: its completed copy is one of its volume's
                         // recovery copies.
-                        if copy.state == SnapshotState::Completed {
-                            if let Some(volume) =
+                        if copy.state == SnapshotState::Completed
+                            && let Some(volume) =
                                 copy.source_volume_id.as_ref().filter(|v| selected_volumes.contains(*v))
-                            {
-                                self.volumes_with_kept_copy.insert(volume.clone());
-                            }
+                        {
+                            self.volumes_with_kept_copy.insert(volume.clone());
                         }
                         continue;
                     }
