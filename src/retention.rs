@@ -20,7 +20,6 @@ use std::collections::HashMap;
 use std::time::{Duration, SystemTime};
 
 use crate::ids::SnapshotId;
-use crate::response::plural;
 
 const DAY: Duration = Duration::from_secs(86_400);
 
@@ -127,12 +126,12 @@ pub fn out_of_retention(rule: &Retention, now: SystemTime, members: &[Member]) -
 
 /// `12 days`, `5 hours`, `3 minutes`: an age as a person reads it, rounded down.
 fn age_text(age: Duration) -> String {
-    let secs = age.as_secs();
-    match secs {
-        s if s >= 2 * 86_400 => plural((s / 86_400) as usize, "day"),
-        s if s >= 2 * 3_600 => plural((s / 3_600) as usize, "hour"),
-        s => plural((s / 60) as usize, "minute"),
-    }
+    let (n, unit) = match age.as_secs() {
+        s if s >= 2 * 86_400 => (s / 86_400, "day"),
+        s if s >= 2 * 3_600 => (s / 3_600, "hour"),
+        s => (s / 60, "minute"),
+    };
+    if n == 1 { format!("1 {unit}") } else { format!("{n} {unit}s") }
 }
 
 /// `1st`, `2nd`, `3rd`, `4th`, `11th`, `21st`, …
