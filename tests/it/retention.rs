@@ -271,6 +271,26 @@ async fn snapshots_without_the_tags_or_from_another_region_or_request_are_never_
 }
 
 #[tokio::test(start_paused = true)]
+async fn a_copy_of_a_snapshot_this_request_does_not_select_is_neither_counted_nor_deleted() {
+    let ec2 = SimulatedEc2::new();
+    let daily_old = ec2.add_volume_snapshot(SOURCE, &volume(0), 8, DAY * 3, &[DAILY]);
+    let daily_new = ec2.add_volume_snapshot(SOURCE, &volume(0), 8, DAY * 2, &[DAILY]);
+    // The weekly schedule's snapshot of the same volume, newer than both, and its copy.
+    let weekly = ec2.add_volume_snapshot(SOURCE, &volume(0), 8, DAY, &[("Backup", "weekly")]);
+    let payload = json!({"filters": [{"name": "tag:Backup", "values": ["weekly"]}], "region": SOURCE,
+                         "target_region": TARGET, "wait_for_completion": true});
+    run(&ec2, &CopyRequest::from_json(payload, &Settings::default()).unwrap()).await;
+
+    // Counted, the weekly snapshot would push the older daily one out of the newest two.
+    let two = run(&ec2, &request(json!({"retain_count": 2, "wait_for_completion": true}))).await;
+    assert!(two.skipped.is_empty() && two.deleted.is_empty(), "{two:?}");
+    assert_eq!(copied_sources(&ec2), HashSet::from([daily_old.clone(), daily_new, weekly.clone()]));
+    let one = run(&ec2, &request(json!({"retain_count": 1, "delete_orphans_after_days": 0}))).await;
+    assert_eq!(deleted_sources(&one), HashSet::from([daily_old]));
+    assert!(copied_sources(&ec2).contains(&weekly), "the weekly copy is the weekly schedule's");
+}
+
+#[tokio::test(start_paused = true)]
 async fn a_refused_delete_is_reported_and_the_run_goes_on() {
     let ec2 = SimulatedEc2::new();
     aged_sources(&ec2, 1, 4);
