@@ -9,12 +9,15 @@
 //! - `irregular_*`: the same jobs with copies that stall at 0% for up to 10 minutes and run at
 //!   0.5–2× the size-based speed, so progress no longer follows size; the lower bound is then
 //!   computed from each copy's real duration (an oracle that knew every speed in advance).
-//! - `seconds_for_10000_sources`, `peak_rss_mib`: a 10,000-source request, copies instant.
-//! - `pruning_10000_*`: retention deleting 10,000 old copies (10 volumes, 1,001 daily snapshots
-//!   each, `retain_days` 7), with their sources still in the source region and with them gone
+//! - `seconds_for_10000_sources`: a 10,000-source request, copies instant.
+//! - `pruning_10000_*`: retention deleting 10,000 old copies (10 volumes, each with today's
+//!   snapshot and 1,000 older than a week, `retain_days` 7), with their sources still in the
+//!   source region and with them gone
 //!   (judged by the copies' tags): EC2 calls per deletion (store calls, and the HTTP requests
 //!   they are with EC2's paging), Lambda invocations of 15 minutes and simulated seconds at
 //!   50 ms per EC2 call, and the wall-clock seconds of the engine's own work (no latency).
+//! - `peak_rss_mib`: the benchmark process, whose largest world is the pruning one (20,010
+//!   snapshots).
 
 use std::time::Duration;
 
@@ -83,7 +86,7 @@ struct PruneRun {
     wall_seconds: f64,
 }
 
-/// 10 volumes with a snapshot of today and 1,000 of earlier days, all copied before any
+/// 10 volumes with a snapshot of today and 1,000 older than a week, all copied before any
 /// retention; then `retain_days: 7` until done, in invocations of 15 minutes, each EC2 call
 /// taking `latency`. With `gone`, the old snapshots have left the source region (Data Lifecycle
 /// Manager), so only the copies' tags say their volume and age.
@@ -93,11 +96,10 @@ async fn prune_10000(gone: bool, latency: Duration) -> PruneRun {
     let mut old = Vec::new();
     for volume in 0..10 {
         let volume = format!("vol-{volume:017x}");
-        for age in 0..=1000u32 {
-            let id = ec2.add_volume_snapshot(SOURCE, &volume, 8, DAY * age, &[("Backup", "daily")]);
-            if age > 0 {
-                old.push(id);
-            }
+        ec2.add_volume_snapshot(SOURCE, &volume, 8, Duration::ZERO, &[("Backup", "daily")]);
+        // Daily snapshots from 8 days ago back: all out of `retain_days: 7`.
+        for age in 8..1008u32 {
+            old.push(ec2.add_volume_snapshot(SOURCE, &volume, 8, DAY * age, &[("Backup", "daily")]));
         }
     }
     let settings = Settings::default();
