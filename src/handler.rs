@@ -171,6 +171,9 @@ async fn run<S: SnapshotStore>(
                 target_region = %request.target_region,
                 pending_limit = request.pending_limit,
                 encrypt = request.encrypt,
+                retention = %request.retention.describe(),
+                orphans_after_days = request.retention.orphans_after_days,
+                dry_run = request.dry_run,
                 "copy request"
             );
             let limits =

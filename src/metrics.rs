@@ -163,6 +163,25 @@ mod tests {
     }
 
     #[test]
+    fn copies_deleted_counts_a_runs_deletions_and_never_a_dry_runs() {
+        let deleted = |n: usize| {
+            (0..n)
+                .map(|_| crate::response::DeletedCopy {
+                    snapshot_id: "snap-4567abcd".into(),
+                    source_snapshot_id: "snap-0123abcd".into(),
+                    reason: "out of retention".into(),
+                })
+                .collect()
+        };
+        let run = Response { deleted: deleted(3), ..Response::default() };
+        let counts = InvocationCounts::of(&Ok(run), SystemTime::now());
+        assert_eq!(counts.copies_deleted, 3);
+        assert_eq!(emf(Some("eu-west-1"), counts, 0)["CopiesDeleted"], 3);
+        let dry = Response { deleted: deleted(3), dry_run: true, ..Response::default() };
+        assert_eq!(InvocationCounts::of(&Ok(dry), SystemTime::now()).copies_deleted, 0, "a dry run deletes nothing");
+    }
+
+    #[test]
     fn the_recovery_point_is_the_age_of_the_oldest_uncopied_source() {
         let now = SystemTime::UNIX_EPOCH + std::time::Duration::from_secs(1_800_000_000);
         let response = Response {

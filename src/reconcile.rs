@@ -137,8 +137,9 @@ pub async fn reconcile_observed<S: SnapshotStore>(
 }
 
 /// What `request` would do now, without copying or deleting anything: the look alone (one
-/// DescribeSnapshots of the sources, one for their copies), with the start order the engine
-/// would use and the time it would take under `model`.
+/// DescribeSnapshots of the sources, one for their copies, and with a retention one by id for
+/// sources its copies name that the first did not find), with the start order the engine would
+/// use and the time it would take under `model`. A `dry_run` request is answered from it.
 pub async fn plan<S: SnapshotStore>(
     store: &S,
     request: &CopyRequest,
