@@ -4,13 +4,16 @@
 //! the request's JSON, so validation and its messages are the Lambda's own.
 
 use std::collections::BTreeMap;
-use std::io::IsTerminal;
+use std::io::{IsTerminal, Write};
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
 
 use clap::{Args, Parser, Subcommand};
 use serde_json::{Map, Value, json};
+use tokio::signal::unix::{SignalKind, signal};
 
 use crate::ec2::{Ec2Store, load_sdk_config};
 use crate::error::CopySnapshotsError;
@@ -21,7 +24,7 @@ use crate::progress::stop_signal;
 use crate::reconcile::plan;
 use crate::request::Settings;
 use crate::response::Answer;
-use crate::terminal::{Display, plan_table, result_table};
+use crate::terminal::{ProgressView, plan_table, result_table};
 
 /// Exit status for a run that left sources for a later run (not ready, or not started).
 pub const EXIT_INCOMPLETE: u8 = 3;
@@ -93,7 +96,7 @@ struct RunArgs {
     dry_run: bool,
     /// The copy speed the plan's estimate assumes, in GiB per hour per copy (plus 2 minutes of
     /// start-up each). EC2 publishes none.
-    #[arg(long, value_name = "GIB_PER_HOUR", default_value_t = 180.0, value_parser = positive)]
+    #[arg(long, value_name = "GIB_PER_HOUR", default_value_t = 180.0, value_parser = gib_per_hour)]
     assume_gib_per_hour: f64,
 }
 
@@ -154,11 +157,11 @@ fn parse_tag(text: &str) -> Result<(String, String), String> {
     Ok((key.to_owned(), value.to_owned()))
 }
 
-fn positive(text: &str) -> Result<f64, String> {
+fn gib_per_hour(text: &str) -> Result<f64, String> {
     text.parse::<f64>()
         .ok()
-        .filter(|v| v.is_finite() && *v > 0.0)
-        .ok_or_else(|| format!("`{text}` is not a positive number"))
+        .filter(|v| (1.0..=1_000_000.0).contains(v))
+        .ok_or_else(|| format!("`{text}` is not a speed from 1 to 1000000 GiB per hour"))
 }
 
 impl RequestArgs {
@@ -250,7 +253,7 @@ async fn run(args: RunArgs, planning: bool, started: Instant) -> u8 {
 
 async fn run_plan(invocation: Invocation, store: &Ec2Store, args: &RunArgs) -> u8 {
     let Invocation::Copy(request) = invocation else {
-        println!("{}", if args.json { "{}" } else { "This event asks for no copy." });
+        out(if args.json { "{}\n" } else { "This event asks for no copy.\n" });
         return 0;
     };
     let model = CopyTimeModel::at_gib_per_hour(args.assume_gib_per_hour);
@@ -265,67 +268,93 @@ async fn run_plan(invocation: Invocation, store: &Ec2Store, args: &RunArgs) -> u
 
 fn print_plan(plan: &Plan, json: bool) {
     if json {
-        println!("{}", serde_json::to_string_pretty(plan).unwrap_or_default());
+        out(&format!("{}\n", serde_json::to_string_pretty(plan).unwrap_or_default()));
     } else {
-        print!("{}", plan_table(plan));
+        out(&plan_table(plan));
     }
 }
 
+/// Writes to stdout; a reader that went away (`| head`) is not an error of ours.
+fn out(text: &str) {
+    let _ = std::io::stdout().lock().write_all(text.as_bytes());
+}
+
 async fn run_copy(invocation: Invocation, settings: &Settings, store: &Ec2Store, json: bool) -> u8 {
-    let display = Display::new(std::io::stderr().is_terminal());
+    let view = ProgressView::new(std::io::stderr().is_terminal());
     let (stop_handle, stop) = stop_signal();
-    let interrupted = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let interrupted = Arc::new(AtomicBool::new(false));
+    // Registered now, not when the watcher first runs, so an early Ctrl-C is not lost.
+    let mut interrupts = match signal(SignalKind::interrupt()) {
+        Ok(interrupts) => Some(interrupts),
+        Err(error) => {
+            tracing::warn!(%error, "Ctrl-C will stop the command at once, not cleanly");
+            None
+        }
+    };
     let watcher = {
-        let interrupted = interrupted.clone();
-        let display = display.clone();
+        let (interrupted, view) = (interrupted.clone(), view.clone());
         tokio::spawn(async move {
-            if tokio::signal::ctrl_c().await.is_err() {
+            let Some(interrupts) = interrupts.as_mut() else { return };
+            if interrupts.recv().await.is_none() {
                 return;
             }
-            interrupted.store(true, std::sync::atomic::Ordering::SeqCst);
-            display.note("Stopping after the call in flight (Ctrl-C again to quit at once) …");
+            interrupted.store(true, Ordering::SeqCst);
+            view.note("Stopping after the call in flight (Ctrl-C again to quit at once) …");
             stop_handle.stop();
-            if tokio::signal::ctrl_c().await.is_ok() {
+            if interrupts.recv().await.is_some() {
+                view.finish();
                 std::process::exit(i32::from(EXIT_INTERRUPTED));
             }
         })
     };
-    let result = answer_observed(invocation, settings, store, &display, stop).await;
+    let result = answer_observed(invocation, settings, store, &view, stop).await;
     watcher.abort();
-    display.finish();
-    let interrupted = interrupted.load(std::sync::atomic::Ordering::SeqCst);
-    match result {
+    view.finish();
+    let interrupted = interrupted.load(Ordering::SeqCst);
+    let code = match &result {
         Ok(answer) => {
-            let complete = match &answer {
+            if json {
+                out(&format!("{}\n", serde_json::to_string_pretty(answer).unwrap_or_default()));
+            } else {
+                out(&result_table(answer, &view.sizes()));
+            }
+            let complete = match answer {
                 Answer::Full(response) => response.complete,
                 Answer::Summary(summary) => summary.complete,
             };
-            if json {
-                println!("{}", serde_json::to_string_pretty(&answer).unwrap_or_default());
-            } else {
-                print!("{}", result_table(&answer, &display.sizes()));
+            if complete { 0 } else { EXIT_INCOMPLETE }
+        }
+        Err(error) => {
+            // What was done before the error (CopyFailed, SourcesPending carry it).
+            if let (false, Some(response)) = (json, error.response()) {
+                out(&result_table(&Answer::Full(response.clone()), &view.sizes()));
             }
-            if interrupted {
-                eprintln!(
-                    "Interrupted. Copies already started go on in EC2; running the same command again resumes \
-                     without duplicating any."
-                );
+            // Stopped by Ctrl-C, an event's sources left unstarted are not a failure of the run.
+            if interrupted && matches!(error, CopySnapshotsError::SourcesPending { .. }) {
+                if json {
+                    out(&format!("{}\n", json!({"errorType": error.error_type(), "errorMessage": error.to_string()})));
+                }
                 EXIT_INTERRUPTED
-            } else if complete {
-                0
             } else {
-                EXIT_INCOMPLETE
+                fail(error, json)
             }
         }
-        Err(error) => fail(&error, json),
+    };
+    if interrupted {
+        eprintln!(
+            "Interrupted. Copies already started go on in EC2; running the same command again resumes without \
+             duplicating any."
+        );
+        return EXIT_INTERRUPTED;
     }
+    code
 }
 
 /// Reports an error as the Lambda would (`--json`: its error object on stdout) and returns the
 /// errorType's exit status.
 fn fail(error: &CopySnapshotsError, json: bool) -> u8 {
     if json {
-        println!("{}", json!({"errorType": error.error_type(), "errorMessage": error.to_string()}));
+        out(&format!("{}\n", json!({"errorType": error.error_type(), "errorMessage": error.to_string()})));
     } else {
         eprintln!("error ({}): {error}", error.error_type());
     }

@@ -36,6 +36,14 @@ pub enum CopySnapshotsError {
 }
 
 impl CopySnapshotsError {
+    /// What was done before the error, for the errors that carry it.
+    pub fn response(&self) -> Option<&Response> {
+        match self {
+            Self::CopyFailed { response, .. } | Self::SourcesPending { response, .. } => Some(response),
+            _ => None,
+        }
+    }
+
     /// The Lambda `errorType`.
     pub fn error_type(&self) -> &'static str {
         match self {

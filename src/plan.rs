@@ -24,7 +24,6 @@ pub struct CopyTimeModel {
 impl CopyTimeModel {
     /// 2 minutes plus 20 s per GiB (180 GiB an hour).
     pub const DEFAULT: Self = Self { fixed: Duration::from_secs(120), per_gib: Duration::from_secs(20) };
-    pub const INSTANT: Self = Self { fixed: Duration::ZERO, per_gib: Duration::ZERO };
 
     /// The model with the default start-up and `gib_per_hour`.
     pub fn at_gib_per_hour(gib_per_hour: f64) -> Self {
@@ -32,7 +31,7 @@ impl CopyTimeModel {
     }
 
     pub fn duration(&self, size_gib: u64) -> Duration {
-        self.fixed + self.per_gib.saturating_mul(u32::try_from(size_gib).unwrap_or(u32::MAX))
+        self.fixed.saturating_add(self.per_gib.saturating_mul(u32::try_from(size_gib).unwrap_or(u32::MAX)))
     }
 
     /// What is left of a copy at `percent`.
@@ -204,8 +203,9 @@ fn largest_first_makespan(
             let Some(Reverse(free)) = running.pop() else { break };
             now = now.max(free);
         }
-        end = end.max(now + duration);
-        running.push(Reverse(now + duration));
+        let finish = now.saturating_add(duration);
+        end = end.max(finish);
+        running.push(Reverse(finish));
     }
     end
 }

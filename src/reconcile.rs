@@ -665,7 +665,7 @@ impl<'a, S: SnapshotStore> Run<'a, S> {
                 }
             } else if !encrypted_as_asked(&copy, self.request) {
                 debug!(copy = %copy.id, source = %copy.source_id, "earlier copy is not encrypted as asked");
-                if alive {
+                if alive && !self.entries[i].unfit_copies.contains(&copy.id) {
                     self.entries[i].unfit_copies.push(copy.id);
                 }
             } else if alive {

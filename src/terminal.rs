@@ -17,7 +17,7 @@ use crate::response::Answer;
 
 /// The run's progress as the command line shows it; an [`Observer`] of the engine.
 #[derive(Clone)]
-pub struct Display {
+pub struct ProgressView {
     state: Arc<Mutex<State>>,
 }
 
@@ -28,11 +28,17 @@ struct State {
     sizes: HashMap<String, u64>,
     /// Sources that count towards the total: they have, or will get, a copy.
     counted: HashSet<SnapshotId>,
-    /// Copies in flight: their source's size and EC2's percent.
-    in_flight: HashMap<SnapshotId, (u64, u8)>,
+    /// Copies in flight: their source, its size and EC2's percent.
+    in_flight: HashMap<SnapshotId, InFlight>,
     done_copies: usize,
     done_gib: u64,
     total_gib: u64,
+}
+
+struct InFlight {
+    source: SnapshotId,
+    size_gib: u64,
+    percent: u8,
 }
 
 struct Bars {
@@ -41,7 +47,7 @@ struct Bars {
     copies: HashMap<SnapshotId, ProgressBar>,
 }
 
-impl Display {
+impl ProgressView {
     /// Bars when `terminal`, plain lines otherwise.
     pub fn new(terminal: bool) -> Self {
         let bars = terminal.then(|| {
@@ -97,15 +103,14 @@ impl State {
 
     fn redraw_overall(&self) {
         let Some(bars) = &self.bars else { return };
-        let moving: f64 =
-            self.in_flight.values().map(|&(size, percent)| size as f64 * f64::from(percent) / 100.0).sum();
+        let moving: f64 = self.in_flight.values().map(|c| c.size_gib as f64 * f64::from(c.percent) / 100.0).sum();
         bars.overall.set_length(self.total_gib);
         bars.overall.set_position(self.done_gib + moving as u64);
         bars.overall.set_message(format!("{}/{} copies", self.done_copies, self.counted.len()));
     }
 
     fn track(&mut self, source: &SnapshotId, copy: &SnapshotId, size_gib: u64, percent: u8) {
-        self.in_flight.insert(copy.clone(), (size_gib, percent));
+        self.in_flight.insert(copy.clone(), InFlight { source: source.clone(), size_gib, percent });
         if let Some(bars) = &mut self.bars {
             let bar = bars.multi.add(ProgressBar::new(100));
             bar.set_style(
@@ -168,11 +173,17 @@ impl State {
     }
 }
 
-impl Observer for Display {
+impl Observer for ProgressView {
     fn observe(&self, event: RunEvent) {
         let mut state = self.state();
         match event {
-            RunEvent::Looked { sources } => state.looked(&sources),
+            RunEvent::Looked { sources } => {
+                state.looked(&sources);
+                // The rate so far would count what earlier runs copied as this run's speed.
+                if let Some(bars) = &state.bars {
+                    bars.overall.reset_eta();
+                }
+            }
             RunEvent::CopyStarted { source, copy, size_gib } => {
                 if state.bars.is_none() {
                     state.note(&format!("started   {source} → {copy} ({size_gib} GiB)"));
@@ -181,7 +192,7 @@ impl Observer for Display {
             }
             RunEvent::CopyProgress { source, copy, percent } => {
                 if let Some(entry) = state.in_flight.get_mut(&copy) {
-                    entry.1 = percent;
+                    entry.percent = percent;
                 }
                 match state.bars.as_ref().and_then(|bars| bars.copies.get(&copy)) {
                     Some(bar) => bar.set_position(percent.into()),
@@ -190,7 +201,11 @@ impl Observer for Display {
                 }
             }
             RunEvent::CopyCompleted { source, copy } => {
-                let size = state.in_flight.get(&copy).map_or(0, |&(size, _)| size);
+                // A copy adopted after an unsure start was never announced: its source's size.
+                let size = match state.in_flight.get(&copy) {
+                    Some(tracked) => tracked.size_gib,
+                    None => state.sizes.get(source.as_str()).copied().unwrap_or(0),
+                };
                 state.untrack(&copy);
                 state.done_copies += 1;
                 state.done_gib += size;
@@ -208,6 +223,11 @@ impl Observer for Display {
                 state.note(&format!("vanished  {source} → {copy}; looking for another copy"));
             }
             RunEvent::SourceFailed { source, reason } => {
+                let copies: Vec<SnapshotId> =
+                    state.in_flight.iter().filter(|(_, c)| c.source == source).map(|(id, _)| id.clone()).collect();
+                for copy in &copies {
+                    state.untrack(copy);
+                }
                 if state.counted.remove(&source) {
                     let size = state.sizes.get(source.as_str()).copied().unwrap_or(0);
                     state.total_gib = state.total_gib.saturating_sub(size);
@@ -376,7 +396,7 @@ mod tests {
 
     #[test]
     fn plain_display_counts_copies_and_gib() {
-        let display = Display::new(false);
+        let display = ProgressView::new(false);
         let id = |n: u8| SnapshotId::parse(&format!("snap-{n:017x}")).unwrap();
         display.observe(RunEvent::Looked {
             sources: vec![
@@ -393,7 +413,8 @@ mod tests {
         {
             let state = display.state();
             assert_eq!((state.done_copies, state.counted.len(), state.total_gib, state.done_gib), (1, 2, 40, 30));
-            assert_eq!(state.in_flight.get(&id(4)), Some(&(10, 50)));
+            let copy = state.in_flight.get(&id(4)).expect("tracked");
+            assert_eq!((&copy.source, copy.size_gib, copy.percent), (&id(1), 10, 50));
         }
         display.observe(RunEvent::CopyCompleted { source: id(1), copy: id(4) });
         let state = display.state();

@@ -95,14 +95,14 @@ fn plan_lists_each_source_and_copies_nothing() {
     emulator.configure(json!({"time_scale": TIME_SCALE}));
     let daily = json!({"Backup": "daily"});
     let copied = emulator.tagged_snapshots(SOURCE, &[10], "completed", &daily);
-    let uncopied = emulator.tagged_snapshots(SOURCE, &[30, 5], "completed", &daily);
+    let uncopied = emulator.tagged_snapshots(SOURCE, &[10, 40, 10], "completed", &daily);
     let not_ready = emulator.tagged_snapshots(SOURCE, &[7], "pending", &daily);
     // One source copied before, by the CLI itself.
     let (code, _, stderr) = run(&emulator, &["--snapshot-ids", &copied[0], "--target-region", TARGET, "--wait"]);
     assert_eq!(code, 0, "{stderr}");
     let copies_before = emulator.record().calls("CopySnapshot");
 
-    let args = ["plan", "--filter", "tag:Backup=daily", "--target-region", TARGET, "--pending-limit", "1", "--json"];
+    let args = ["plan", "--filter", "tag:Backup=daily", "--target-region", TARGET, "--pending-limit", "2", "--json"];
     let (code, stdout, stderr) = run(&emulator, &args);
     assert_eq!(code, 0, "{stderr}");
     let plan = json_of(&stdout);
@@ -115,33 +115,45 @@ fn plan_lists_each_source_and_copies_nothing() {
     assert!(action(&copied[0])["snapshot_id"].as_str().unwrap().starts_with("snap-"));
     assert_eq!(action(&uncopied[0])["action"], "copy");
     assert_eq!(action(&uncopied[1])["action"], "copy");
+    assert_eq!(action(&uncopied[2])["action"], "copy");
     assert_eq!(action(&not_ready[0])["action"], "not_ready");
-    assert_eq!(plan["copies_to_make"], 2);
-    assert_eq!(plan["gib_to_copy"], 35);
-    // One slot: the two copies run one after the other, 120 s + 20 s/GiB each.
-    assert_eq!(plan["estimated_seconds"], (120 + 30 * 20) + (120 + 5 * 20));
+    assert_eq!(plan["copies_to_make"], 3);
+    assert_eq!(plan["gib_to_copy"], 60);
+    // Two slots, 120 s + 20 s/GiB a copy, largest first: 40 GiB in one slot (920 s), the two
+    // 10 GiB copies after each other in the other (640 s). In request order it would be 1240 s.
+    assert_eq!(plan["estimated_seconds"], 920);
 
     // The table says the same to a person; `--dry-run` is `plan`.
     let (code, table, _) = run(
         &emulator,
-        &["--dry-run", "--filter", "tag:Backup=daily", "--target-region", TARGET, "--pending-limit", "1"],
+        &["--dry-run", "--filter", "tag:Backup=daily", "--target-region", TARGET, "--pending-limit", "2"],
     );
     assert_eq!(code, 0);
     for (id, word) in [(&copied[0], "has_copy"), (&uncopied[0], "copy"), (&not_ready[0], "not_ready")] {
         let line = table.lines().find(|l| l.starts_with(id.as_str())).unwrap_or_else(|| panic!("{id}:\n{table}"));
         assert!(line.split_whitespace().any(|w| w == word), "{line}");
     }
-    assert!(table.contains("2 copies to make in eu-west-1, 35 GiB; about 16 min with pending_limit 1"), "{table}");
+    assert!(table.contains("3 copies to make in eu-west-1, 60 GiB; about 16 min with pending_limit 2"), "{table}");
     let record = emulator.record();
     assert_eq!(record.calls("CopySnapshot"), copies_before, "plan made a copy");
     assert_eq!(record.calls("DeleteSnapshot"), 0);
 }
 
-#[test]
-fn the_references_snake_case_command_line_works() {
+async fn kms_key(emulator: &FaultEc2) -> String {
+    let endpoint = emulator.endpoint();
+    let config = aws_config::defaults(aws_config::BehaviorVersion::latest()).endpoint_url(&endpoint).load().await;
+    let kms = aws_sdk_kms::Client::from_conf(
+        aws_sdk_kms::config::Builder::from(&config).region(aws_sdk_kms::config::Region::new(TARGET)).build(),
+    );
+    kms.create_key().send().await.unwrap().key_metadata().unwrap().arn().unwrap().to_owned()
+}
+
+#[tokio::test]
+async fn the_references_snake_case_command_line_works() {
     let emulator = FaultEc2::start();
     emulator.configure(json!({"time_scale": TIME_SCALE}));
     let ids = emulator.sources(SOURCE, &[8, 16]);
+    let key = kms_key(&emulator).await;
     // `aaws ec2 copy_snapshots` with the program renamed.
     let args = [
         "--snapshot_ids",
@@ -152,6 +164,8 @@ fn the_references_snake_case_command_line_works() {
         "--target_region",
         TARGET,
         "--encrypt",
+        "--kms_key_id",
+        &key,
         "--pending_limit",
         "1",
     ];
@@ -161,7 +175,41 @@ fn the_references_snake_case_command_line_works() {
     assert!(stdout.contains("2 copies (") && stdout.contains("0 not started, 0 failed; complete: true"), "{stdout}");
     let record = emulator.record();
     assert_eq!(record.calls("CopySnapshot"), 2);
-    assert!(record.copies().all(|c| c["encrypted"] == true), "{:?}", record.0["copies"]);
+    let under_the_key = |c: &Value| c["encrypted"] == true && c["kms_key_id"] == key.as_str();
+    assert!(record.copies().all(under_the_key), "{:?}", record.0["copies"]);
+    assert_eq!(record.max_pending(TARGET), 1, "--pending_limit 1 was not kept");
+}
+
+#[test]
+fn a_request_file_runs_under_a_named_profile() {
+    let emulator = FaultEc2::start();
+    emulator.configure(json!({"time_scale": TIME_SCALE}));
+    let ids = emulator.sources(SOURCE, &[8]);
+    let home = std::env::temp_dir().join(format!("copy-snapshots-cli-home-{}", std::process::id()));
+    std::fs::create_dir_all(home.join(".aws")).unwrap();
+    let credentials = "[dr]\naws_access_key_id = AKIDDR\naws_secret_access_key = secret\n";
+    std::fs::write(home.join(".aws/credentials"), credentials).unwrap();
+    let request = home.join("request.json");
+    let payload = json!({"snapshot_ids": ids, "target_region": TARGET, "wait_for_completion": true});
+    std::fs::write(&request, payload.to_string()).unwrap();
+    let request = request.to_string_lossy().into_owned();
+    // No credentials but the profile's.
+    let with_profile = |profile: &str, json: bool| {
+        let mut args = vec!["--request", request.as_str(), "--profile", profile];
+        if json {
+            args.push("--json");
+        }
+        let mut command = cli(&emulator, &args);
+        command.env("HOME", &home).env_remove("AWS_ACCESS_KEY_ID").env_remove("AWS_SECRET_ACCESS_KEY");
+        command.output().unwrap()
+    };
+    let output = with_profile("dr", true);
+    assert_eq!(output.status.code(), Some(0), "{}", String::from_utf8_lossy(&output.stderr));
+    assert_eq!(json_of(&String::from_utf8_lossy(&output.stdout))["complete"], true);
+    let missing = with_profile("nosuch", false);
+    let _ = std::fs::remove_dir_all(&home);
+    assert_ne!(missing.status.code(), Some(0), "a profile that does not exist worked");
+    assert_eq!(emulator.record().calls("CopySnapshot"), 1);
 }
 
 #[test]

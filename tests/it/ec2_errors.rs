@@ -75,6 +75,9 @@ async fn copy_snapshot_error_codes_map_to_engine_outcomes() {
         let error = store(&ec2).start_copy(&spec()).await.expect_err(code);
         assert!(expected(&error), "{code} → {error:?}");
         assert!(error.to_string().contains(code), "{error}");
+        // Only throttling is retried (by the SDK); a definite refusal is final.
+        let calls = if code == "RequestLimitExceeded" { MAX_ATTEMPTS as usize } else { 1 };
+        assert_eq!(ec2.actions(), copies(calls), "{code}");
     }
 }
 
