@@ -139,6 +139,16 @@ struct RequestArgs {
     /// Wait until every copy is completed, not only started.
     #[arg(long, alias = "wait_for_completion")]
     wait: bool,
+    /// Retention: sources started within the last DAYS days are kept (copied; copies of older
+    /// ones are deleted). Default: RETAIN_DAYS.
+    #[arg(long, alias = "retain_days", value_name = "DAYS")]
+    retain_days: Option<u32>,
+    /// Retention: the COUNT newest sources of each volume are kept. Default: RETAIN_COUNT.
+    #[arg(long, alias = "retain_count", value_name = "COUNT")]
+    retain_count: Option<u32>,
+    /// Delete a copy whose source is gone once the source is more than DAYS days old.
+    #[arg(long, alias = "delete_orphans_after_days", value_name = "DAYS")]
+    delete_orphans_after_days: Option<u32>,
 }
 
 fn parse_filter(text: &str) -> Result<(String, Vec<String>), String> {
@@ -193,6 +203,9 @@ impl RequestArgs {
         }
         set("completion_duration_minutes", self.completion_duration_minutes.map(|m| json!(m)));
         set("wait_for_completion", self.wait.then_some(json!(true)));
+        set("retain_days", self.retain_days.map(|d| json!(d)));
+        set("retain_count", self.retain_count.map(|n| json!(n)));
+        set("delete_orphans_after_days", self.delete_orphans_after_days.map(|d| json!(d)));
         set("debug", debug.then_some(json!(true)));
         Value::Object(payload)
     }
@@ -393,6 +406,10 @@ mod tests {
             "--pending-limit",
             "5",
             "--wait",
+            "--retain_days",
+            "7",
+            "--retain-count",
+            "3",
             "--debug",
         ]);
         assert_eq!(
@@ -407,6 +424,8 @@ mod tests {
                 "kms_key_id": "alias/dr",
                 "tags": {"Purpose": "dr"},
                 "wait_for_completion": true,
+                "retain_days": 7,
+                "retain_count": 3,
                 "debug": true,
             })
         );
