@@ -43,6 +43,11 @@ impl InvocationCounts {
             ) => response,
             Err(_) => return Self { errors: 1, ..Self::default() },
         };
+        // A dry run did nothing: its would-be failures and pending sources must not feed the
+        // alarms the scheduled runs feed (CopiesFailed, the recovery point).
+        if response.dry_run {
+            return Self::default();
+        }
         let reused = response.copies.iter().filter(|c| c.reused).count();
         Self {
             copies_started: response.copies.len() - reused,
@@ -50,7 +55,7 @@ impl InvocationCounts {
             copies_failed: response.failed.len(),
             pending_sources: response.pending_sources.len(),
             duplicates_removed: response.duplicates_removed.len(),
-            copies_deleted: if response.dry_run { 0 } else { response.deleted.len() },
+            copies_deleted: response.deleted.len(),
             errors: 0,
             oldest_uncopied_seconds: match response.recovery_point {
                 RecoveryPoint::NotMeasured => None,
@@ -177,8 +182,15 @@ mod tests {
         let counts = InvocationCounts::of(&Ok(run), SystemTime::now());
         assert_eq!(counts.copies_deleted, 3);
         assert_eq!(emf(Some("eu-west-1"), counts, 0)["CopiesDeleted"], 3);
-        let dry = Response { deleted: deleted(3), dry_run: true, ..Response::default() };
-        assert_eq!(InvocationCounts::of(&Ok(dry), SystemTime::now()).copies_deleted, 0, "a dry run deletes nothing");
+        let failed = crate::response::FailureReport {
+            source_snapshot_id: "snap-0123abcd".into(),
+            snapshot_id: None,
+            error_snapshot_ids: Vec::new(),
+            error: "attempts used up".into(),
+        };
+        let dry = Response { deleted: deleted(3), failed: vec![failed], dry_run: true, ..Response::default() };
+        let counts = InvocationCounts::of(&Ok(dry), SystemTime::now());
+        assert_eq!(counts, InvocationCounts::default(), "a dry run counts nothing, not even what it would fail");
     }
 
     #[test]

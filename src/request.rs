@@ -416,7 +416,8 @@ fn check_retention(
     for (field, value) in [("retain_days", days), ("retain_count", count)] {
         if value == Some(0) {
             return Err(invalid(format!(
-                "{field}: 0 would keep nothing, not even the newest copy of a volume; valid: {}",
+                "{field}: 0 is not a retention (the newest source of each volume is kept whatever the rule, so 0 \
+                 would mean 1); valid: {}",
                 valid_values(field)
             )));
         }

@@ -176,11 +176,7 @@ async fn deployed_settings_summary_answers_and_the_recovery_point_metric() {
     // The metrics line carries the recovery point; the refused request is counted under the
     // stack's target region, where the alarms look.
     let log = lambda.log();
-    let metrics: Vec<Value> = log
-        .lines()
-        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
-        .filter(|l| l["_aws"]["CloudWatchMetrics"].is_array())
-        .collect();
+    let metrics = lambda.metrics_lines();
     assert_eq!(metrics.len(), 2, "{log}");
     assert!(metrics[0]["OldestUncopiedSourceSeconds"].is_u64(), "{}", metrics[0]);
     assert_eq!(metrics[1]["InvocationErrors"], 1);
@@ -293,11 +289,7 @@ async fn retention_prunes_copies_made_before_it_was_configured_and_a_dry_run_cha
     let again = lambda.invoke(&run, DEADLINE).await.response();
     assert!(again["deleted"].is_null() && again["copies"][0]["reused"] == json!(true), "{again}");
     let log = lambda.log();
-    let metrics: Vec<Value> = log
-        .lines()
-        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
-        .filter(|l| l["_aws"]["CloudWatchMetrics"].is_array())
-        .collect();
+    let metrics = lambda.metrics_lines();
     let deleted_metric: Vec<u64> = metrics.iter().map(|m| m["CopiesDeleted"].as_u64().unwrap()).collect();
     assert_eq!(deleted_metric, [0, 0, 4, 0], "the dry run deleted nothing: {log}");
     assert!(log.contains("\"copy deleted\""), "a log line per deletion: {log}");

@@ -591,11 +591,7 @@ async fn retention_by_age_deletes_old_copies_reports_refused_ones_and_a_second_r
     assert_eq!(record.pending_deletes(), 0);
     // The metrics line counts the deletions.
     let log = lambda.log();
-    let emf: Vec<Value> = log
-        .lines()
-        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
-        .filter(|l| l["_aws"]["CloudWatchMetrics"].is_array())
-        .collect();
+    let emf = lambda.metrics_lines();
     assert_eq!(emf.last().unwrap()["CopiesDeleted"], 4, "{log}");
 
     // The same request again: no copy, and DeleteSnapshot only for the two refused ones.

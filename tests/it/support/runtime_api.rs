@@ -178,6 +178,15 @@ impl LambdaHarness {
     pub fn log(&self) -> String {
         std::fs::read_to_string(&self.log_path).unwrap_or_default()
     }
+
+    /// The CloudWatch EMF documents the function printed so far, one per invocation.
+    pub fn metrics_lines(&self) -> Vec<Value> {
+        self.log()
+            .lines()
+            .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+            .filter(|l| l["_aws"]["CloudWatchMetrics"].is_array())
+            .collect()
+    }
 }
 
 impl Drop for LambdaHarness {
