@@ -320,7 +320,7 @@ async fn run_copy(invocation: Invocation, settings: &Settings, store: &Ec2Store,
             }
         })
     };
-    let result = answer_observed(invocation, settings, store, &view, stop).await;
+    let result = answer_observed(invocation, settings, store, None, &view, stop).await;
     watcher.abort();
     view.finish();
     let interrupted = interrupted.load(Ordering::SeqCst);
@@ -345,7 +345,7 @@ async fn run_copy(invocation: Invocation, settings: &Settings, store: &Ec2Store,
             // Stopped by Ctrl-C, an event's sources left unstarted are not a failure of the run.
             if interrupted && matches!(error, CopySnapshotsError::SourcesPending { .. }) {
                 if json {
-                    out(&format!("{}\n", json!({"errorType": error.error_type(), "errorMessage": error.to_string()})));
+                    out(&error_json(error));
                 }
                 EXIT_INTERRUPTED
             } else {
@@ -363,11 +363,16 @@ async fn run_copy(invocation: Invocation, settings: &Settings, store: &Ec2Store,
     code
 }
 
+/// The error as Lambda returns it: `{errorType, errorMessage}`, one line.
+fn error_json(error: &CopySnapshotsError) -> String {
+    format!("{}\n", json!({"errorType": error.error_type(), "errorMessage": error.to_string()}))
+}
+
 /// Reports an error as the Lambda would (`--json`: its error object on stdout) and returns the
 /// errorType's exit status.
 fn fail(error: &CopySnapshotsError, json: bool) -> u8 {
     if json {
-        out(&format!("{}\n", json!({"errorType": error.error_type(), "errorMessage": error.to_string()})));
+        out(&error_json(error));
     } else {
         eprintln!("error ({}): {error}", error.error_type());
     }

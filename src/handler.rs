@@ -60,22 +60,22 @@ pub async fn handle_answer<S: SnapshotStore>(
     store: &S,
     deadline: Option<Instant>,
 ) -> Result<Answer, CopySnapshotsError> {
-    let invocation = parse_payload(payload, settings)?;
-    let (format, target_region) = answer_shape(&invocation);
-    respond(run(invocation, settings, store, deadline, &LogObserver, StopSignal::never()).await, format, &target_region)
+    answer_observed(parse_payload(payload, settings)?, settings, store, deadline, &LogObserver, StopSignal::never())
+        .await
 }
 
-/// Runs an invocation already parsed (the command line), telling `observer` what the engine
+/// Runs an invocation already parsed (the command line's), telling `observer` what the engine
 /// does and stopping its waits once `stop` is set; answers in the request's `response_format`.
 pub async fn answer_observed<S: SnapshotStore>(
     invocation: Invocation,
     settings: &Settings,
     store: &S,
+    deadline: Option<Instant>,
     observer: &dyn Observer,
     stop: StopSignal,
 ) -> Result<Answer, CopySnapshotsError> {
     let (format, target_region) = answer_shape(&invocation);
-    respond(run(invocation, settings, store, None, observer, stop).await, format, &target_region)
+    respond(run(invocation, settings, store, deadline, observer, stop).await, format, &target_region)
 }
 
 /// How the invocation wants its answer, and the target region its messages name.

@@ -13,7 +13,7 @@ use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
 use crate::ids::SnapshotId;
 use crate::plan::Plan;
 use crate::progress::{LookedSource, Observer, RunEvent, SourceStatus};
-use crate::response::Answer;
+use crate::response::{Answer, Summary, plural};
 
 /// The run's progress as the command line shows it; an [`Observer`] of the engine.
 #[derive(Clone)]
@@ -314,15 +314,11 @@ pub fn result_table(answer: &Answer, sizes: &HashMap<String, u64>) -> String {
         let _ =
             writeln!(out, "not started: {} (run the same command again later)", response.pending_sources.join(", "));
     }
-    let completed = response.copies.iter().filter(|c| c.state == "completed").count();
-    let reused = response.copies.iter().filter(|c| c.reused).count();
+    let counts = Summary::of(response);
     let _ = writeln!(
         out,
-        "{} copies ({completed} completed, {reused} reused), {} not started, {} failed; complete: {}",
-        response.copies.len(),
-        response.pending_sources.len(),
-        response.failed.len(),
-        response.complete
+        "{} copies ({} completed, {} reused), {} not started, {} failed; complete: {}",
+        counts.copies, counts.completed, counts.reused, counts.pending_sources, counts.failed, response.complete
     );
     out
 }
@@ -351,7 +347,7 @@ pub fn plan_table(plan: &Plan) -> String {
     let _ = writeln!(
         out,
         "{} to make in {}, {} GiB; about {} with pending_limit {} (assuming {})",
-        plural_copies(plan.copies_to_make),
+        plural(plan.copies_to_make, "copy"),
         plan.target_region,
         plan.gib_to_copy,
         human_duration(plan.estimated_seconds),
@@ -359,13 +355,9 @@ pub fn plan_table(plan: &Plan) -> String {
         plan.copy_time_model
     );
     if plan.copies_to_delete > 0 {
-        let _ = writeln!(out, "{} to delete, {} GiB", plural_copies(plan.copies_to_delete), plan.gib_to_delete);
+        let _ = writeln!(out, "{} to delete, {} GiB", plural(plan.copies_to_delete, "copy"), plan.gib_to_delete);
     }
     out
-}
-
-fn plural_copies(n: usize) -> String {
-    if n == 1 { "1 copy".to_owned() } else { format!("{n} copies") }
 }
 
 /// `2 h 05 min`, `7 min`, `0 min`.
