@@ -16,6 +16,15 @@
 //!   (judged by the copies' tags): EC2 calls per deletion (store calls, and the HTTP requests
 //!   they are with EC2's paging), Lambda invocations of 15 minutes and simulated seconds at
 //!   50 ms per EC2 call, and the wall-clock seconds of the engine's own work (no latency).
+//! - `burst_500_events_*`: a night's burst of 500 new-snapshot events over 10 minutes, through
+//!   the SQS queue and the queue function as the template sets them up (batches of up to 100,
+//!   two in flight, a 400 s visibility timeout, 300 receives before the dead-letter queue),
+//!   `pending_limit` 15; with the region's quota held by 20 other copies for 6 hours, and free:
+//!   copies made, messages dead-lettered, batch invocations, EC2 calls per copy, and the hours
+//!   from the first event to the last copy started.
+//! - `backlog_3000_sources_*`: a first schedule over 3,000 never-copied sources through the
+//!   state machine's loop (rounds of `max_wait_seconds` 0, a 300 s Wait between them): rounds,
+//!   executions (one per 1,000 rounds, the continuation bound), simulated days, calls per copy.
 //! - `peak_rss_mib`: the benchmark process, whose largest world is the pruning one (20,010
 //!   snapshots).
 
@@ -33,6 +42,10 @@ const TARGET: &str = "eu-west-1";
 const SKEWED_SOURCES: usize = 60;
 const SKEWED_PENDING_LIMIT: usize = 5;
 const SEEDS: u64 = 20;
+/// The state machine's Wait between two rounds (the template's StateMachineWaitSeconds).
+const STATE_MACHINE_WAIT: Duration = Duration::from_secs(300);
+/// Rounds one execution runs before it continues as a new one (the state machine's bound).
+const ROUNDS_PER_EXECUTION: usize = 1_000;
 const IRREGULAR: Irregularity =
     Irregularity { max_stall: std::time::Duration::from_secs(600), slowest: 0.5, fastest: 2.0 };
 
@@ -74,6 +87,7 @@ fn main() {
         let fast = runtime.block_on(prune_10000(gone, Duration::ZERO));
         println!("pruning_10000_{name}_engine_seconds={:.3}", fast.wall_seconds);
     }
+    scale_figures(&runtime);
     println!("peak_rss_mib={:.1}", peak_rss_mib());
 }
 
@@ -234,4 +248,132 @@ fn peak_rss_mib() -> f64 {
         .find_map(|line| line.strip_prefix("VmHWM:"))
         .and_then(|rest| rest.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
         .map_or(f64::NAN, |kib| kib / 1024.0)
+}
+
+/// The night's burst: 500 `EBS Snapshot Notification`s over 10 minutes into the SQS queue, the
+/// queue function consuming it as the template configures it, while 20 copies of Data
+/// Lifecycle Manager or AWS Backup hold the region's quota for `held` (none: a free quota).
+struct BurstRun {
+    copied: usize,
+    dead_lettered: usize,
+    invocations: usize,
+    calls_per_copy: f64,
+    hours_to_last_start: f64,
+}
+
+async fn burst_500(held: Option<Duration>) -> BurstRun {
+    use copy_snapshots::ids::Region;
+    use copy_snapshots::simulated_queue::{QueueSettings, SimulatedQueue};
+    const EVENTS: usize = 500;
+    let ec2 = SimulatedEc2::new();
+    if let Some(held) = held {
+        ec2.add_foreign_pending(TARGET, 20, held);
+    }
+    let settings = Settings {
+        source_region: Region::parse(SOURCE).ok(),
+        target_region: Region::parse(TARGET).ok(),
+        pending_limit: 15,
+        ..Settings::default()
+    };
+    let mut queue = SimulatedQueue::new(QueueSettings::TEMPLATE);
+    let started = tokio::time::Instant::now();
+    let mut rng = StdRng::seed_from_u64(7);
+    for _minute in 0..10 {
+        for _ in 0..EVENTS / 10 {
+            let id = ec2.add_source(SOURCE, rng.random_range(8..=200), &[]);
+            queue.send(&snapshot_notification(id.as_str()));
+        }
+        let next = tokio::time::Instant::now() + Duration::from_secs(60);
+        queue.work_until(&ec2, &settings, next).await;
+        tokio::time::sleep_until(next).await;
+    }
+    queue.work_until(&ec2, &settings, started + Duration::from_secs(7 * 86_400)).await;
+    let copied = ec2.tracked_copies(TARGET).len();
+    BurstRun {
+        copied,
+        dead_lettered: queue.stats.dead_lettered.len(),
+        invocations: queue.stats.invocations,
+        calls_per_copy: ec2.calls().total() as f64 / copied.max(1) as f64,
+        hours_to_last_start: ec2.last_copy_started_after(TARGET, started).as_secs_f64() / 3600.0,
+    }
+}
+
+/// An `EBS Snapshot Notification` for snapshot `id` in the source region.
+fn snapshot_notification(id: &str) -> serde_json::Value {
+    serde_json::json!({
+        "version": "0", "id": format!("event-{id}"), "detail-type": "EBS Snapshot Notification",
+        "source": "aws.ec2", "account": "111122223333", "time": "2026-11-25T03:00:00Z", "region": SOURCE,
+        "resources": [format!("arn:aws:ec2::{SOURCE}:snapshot/{id}")],
+        "detail": {"event": "createSnapshot", "result": "succeeded", "cause": "",
+                   "snapshot_id": format!("arn:aws:ec2::{SOURCE}:snapshot/{id}"),
+                   "source": format!("arn:aws:ec2::{SOURCE}:volume/vol-01234567")}
+    })
+}
+
+/// A first schedule over a backlog: 3,000 sources never copied, through the state machine's
+/// loop (the function with `max_wait_seconds` 0, then the state machine's free Wait, until
+/// `complete`), continuing as a new execution every `ROUNDS_PER_EXECUTION` rounds.
+struct BacklogRun {
+    rounds: usize,
+    executions: usize,
+    days: f64,
+    calls_per_copy: f64,
+}
+
+async fn backlog_3000() -> BacklogRun {
+    const SOURCES: usize = 3_000;
+    let ec2 = SimulatedEc2::new();
+    let mut rng = StdRng::seed_from_u64(11);
+    for _ in 0..SOURCES {
+        ec2.add_source(SOURCE, rng.random_range(8..=200), &[("Backup", "daily")]);
+    }
+    let payload = RequestPayload {
+        filters: Some(vec![FilterPayload { name: "tag:Backup".to_owned(), values: vec!["daily".to_owned()] }]),
+        region: Some(SOURCE.to_owned()),
+        target_region: Some(TARGET.to_owned()),
+        pending_limit: Some(15),
+        max_wait_seconds: Some(0),
+        ..Default::default()
+    };
+    let request = CopyRequest::check(payload, &Settings::default()).expect("a valid request");
+    let settings = Settings::default();
+    let started = tokio::time::Instant::now();
+    let mut rounds = 0;
+    loop {
+        rounds += 1;
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(900);
+        let limits = RunLimits {
+            deadline: Some(deadline),
+            poll_interval: settings.poll_interval,
+            call_timeout: settings.call_timeout,
+        };
+        let response = reconcile(&ec2, &request, limits).await.expect("a round succeeds");
+        if response.complete {
+            break;
+        }
+        assert!(rounds < 100_000, "the backlog does not converge");
+        tokio::time::sleep(STATE_MACHINE_WAIT).await;
+    }
+    BacklogRun {
+        rounds,
+        executions: rounds.div_ceil(ROUNDS_PER_EXECUTION),
+        days: started.elapsed().as_secs_f64() / 86_400.0,
+        calls_per_copy: ec2.calls().total() as f64 / SOURCES as f64,
+    }
+}
+
+fn scale_figures(runtime: &tokio::runtime::Runtime) {
+    for (name, held) in [("quota_held_6h", Some(Duration::from_secs(6 * 3600))), ("quota_free", None)] {
+        let run = runtime.block_on(burst_500(held));
+        println!("burst_500_events_{name}_copied={}", run.copied);
+        println!("burst_500_events_{name}_dead_lettered={}", run.dead_lettered);
+        println!("burst_500_events_{name}_invocations={}", run.invocations);
+        println!("burst_500_events_{name}_ec2_calls_per_copy={:.2}", run.calls_per_copy);
+        println!("burst_500_events_{name}_hours_to_last_start={:.1}", run.hours_to_last_start);
+    }
+    let backlog = runtime.block_on(backlog_3000());
+    println!("backlog_3000_sources_rounds={}", backlog.rounds);
+    println!("backlog_3000_sources_executions={}", backlog.executions);
+    println!("backlog_3000_sources_days={:.2}", backlog.days);
+    println!("backlog_3000_sources_ec2_calls_per_copy={:.2}", backlog.calls_per_copy);
 }

@@ -196,6 +196,13 @@ impl SnapshotStore for Ec2Store {
             .collect())
     }
 
+    async fn list_pending_copies(&self, target_region: &Region) -> Result<Vec<CopyStatus>, StoreError> {
+        let ours = ec2_filter("tag-key", [SOURCE_SNAPSHOT_TAG]);
+        let pending = ec2_filter("status", ["pending"]);
+        let snapshots = self.describe(target_region, |r| r.owner_ids("self").filters(ours).filters(pending)).await?;
+        Ok(snapshots.iter().filter_map(to_copy).collect())
+    }
+
     async fn start_copy(&self, spec: &CopySpec) -> Result<SnapshotId, StoreError> {
         let tags = TagSpecification::builder()
             .resource_type(ResourceType::Snapshot)

@@ -5,12 +5,14 @@
 
 use std::time::{Duration, SystemTime};
 
+use aws_lambda_events::sqs::SqsBatchResponse;
 use lambda_runtime::LambdaEvent;
-use serde::{Deserialize, Deserializer};
+use serde::{Deserialize, Deserializer, Serialize};
 use serde_json::Value;
 use tokio::time::Instant;
 use tracing::{debug, error, info, warn};
 
+use crate::batch::{handle_batch, is_sqs_event};
 use crate::error::CopySnapshotsError;
 use crate::event::{Invocation, parse_payload};
 use crate::logging::LogLevel;
@@ -86,18 +88,67 @@ fn answer_shape(invocation: &Invocation) -> (ResponseFormat, String) {
     }
 }
 
-/// Handles one Lambda invocation ([`answer_lambda_event`]) and prints its metrics line.
+/// What the function returns to Lambda: the answer to a request or event, or, for a batch
+/// from the SQS queue, the records to deliver again.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(untagged)]
+pub enum LambdaAnswer {
+    Copy(Box<Answer>),
+    Batch(SqsBatchResponse),
+}
+
+/// Handles one Lambda invocation ([`answer_lambda_event`], or [`answer_sqs_batch`] for a batch
+/// from the queue) and prints its metrics line.
 pub async fn handle_lambda_event<S: SnapshotStore>(
     event: LambdaEvent<Payload>,
     settings: &Settings,
     store: &S,
     log_level: &LogLevel,
-) -> Result<Answer, CopySnapshotsError> {
-    let (answer, metrics) = answer_lambda_event(event, settings, store, log_level).await;
+) -> Result<LambdaAnswer, CopySnapshotsError> {
+    let (answer, metrics) = match &event.payload {
+        Payload::Json(payload) if is_sqs_event(payload) => {
+            let (answer, metrics) = answer_sqs_batch(event, settings, store).await;
+            (Ok(LambdaAnswer::Batch(answer)), metrics)
+        }
+        _ => {
+            let (answer, metrics) = answer_lambda_event(event, settings, store, log_level).await;
+            (answer.map(|a| LambdaAnswer::Copy(Box::new(a))), metrics)
+        }
+    };
     // Straight to stdout, not through tracing: CloudWatch extracts metrics only from a line
     // that is the EMF document itself.
     println!("{metrics}");
     answer
+}
+
+/// One batch from the SQS queue ([`handle_batch`]): never an error, so Lambda deletes exactly
+/// the records not listed as failures. Returns the answer and the EMF document.
+pub async fn answer_sqs_batch<S: SnapshotStore>(
+    event: LambdaEvent<Payload>,
+    settings: &Settings,
+    store: &S,
+) -> (SqsBatchResponse, Value) {
+    let deadline = Instant::now() + remaining_time(&event.context);
+    let Payload::Json(payload) = event.payload else {
+        return (SqsBatchResponse::default(), Value::Null);
+    };
+    let outcome = handle_batch(payload, settings, store, Some(deadline)).await;
+    let now = SystemTime::now();
+    let now_ms = now.duration_since(SystemTime::UNIX_EPOCH).unwrap_or_default().as_millis();
+    let target_region = settings.target_region.as_ref().map(ToString::to_string);
+    let metrics = metrics::emf(target_region.as_deref(), InvocationCounts::of(&outcome.result, now), now_ms);
+    (outcome.answer, metrics)
+}
+
+/// The time Lambda's context leaves, or Lambda's longest when a local emulator sends no
+/// deadline in the future.
+fn remaining_time(context: &lambda_runtime::Context) -> Duration {
+    let remaining = context.deadline().duration_since(SystemTime::now()).unwrap_or_default();
+    if remaining.is_zero() {
+        warn!("the runtime gave no deadline in the future; assuming Lambda's longest, 15 minutes");
+        return LAMBDA_MAX_DURATION;
+    }
+    remaining
 }
 
 /// One Lambda invocation: the deadline comes from the context, `debug: true` raises this
@@ -109,12 +160,7 @@ pub async fn answer_lambda_event<S: SnapshotStore>(
     store: &S,
     log_level: &LogLevel,
 ) -> (Result<Answer, CopySnapshotsError>, Value) {
-    let mut remaining = event.context.deadline().duration_since(SystemTime::now()).unwrap_or_default();
-    if remaining.is_zero() {
-        // Lambda always hands over a future deadline; some local emulators send none.
-        warn!("the runtime gave no deadline in the future; assuming Lambda's longest, 15 minutes");
-        remaining = LAMBDA_MAX_DURATION;
-    }
+    let remaining = remaining_time(&event.context);
     let deadline = Instant::now() + remaining;
     let mut target_region = None;
     let mut format = ResponseFormat::Full;

@@ -12,13 +12,17 @@
 //!   [`retention`]: the one rule for which sources are copied and which copies are deleted.
 //! - [`response`], [`error`]: what an invocation answers.
 //! - [`ec2`]: the store on aws-sdk-ec2 (the only module that uses the SDK).
+//! - [`batch`]: a batch of new-snapshot events from the SQS queue, answered per record;
+//!   [`timeline`]: each call's share of the invocation's time, and the backoff with jitter.
 //! - [`handler`]: one invocation end to end; [`logging`]: the Lambda log setup;
 //!   [`metrics`]: the per-invocation CloudWatch EMF line; [`lambda`]: the Lambda bootstrap.
 //! - [`cli`]: the command line (flags → the same request); [`terminal`]: its progress display
 //!   and tables.
 //! - `simulated` (feature `simulated`): an in-memory EC2 on tokio's clock, for the tests and
-//!   the benchmark; not built into the Lambda.
+//!   the benchmark, and `simulated_queue`: the SQS queue and event source mapping in front of
+//!   the function; neither is built into the Lambda.
 
+pub mod batch;
 pub mod cli;
 pub mod ec2;
 pub mod error;
@@ -37,8 +41,11 @@ pub mod response;
 pub mod retention;
 #[cfg(feature = "simulated")]
 pub mod simulated;
+#[cfg(feature = "simulated")]
+pub mod simulated_queue;
 pub mod store;
 pub mod terminal;
+pub mod timeline;
 
 pub use error::CopySnapshotsError;
 pub use handler::handle;

@@ -32,11 +32,8 @@ use crate::store::{
     SOURCE_START_TIME_TAG, SOURCE_VOLUME_TAG, SnapshotState, SnapshotStore, SourceSelector, SourceSnapshot, StoreError,
     Tag, format_start_time,
 };
+use crate::timeline::{Timeline, jittered};
 
-/// How long before the invocation's deadline the engine stops, so its last calls (each bounded
-/// by the SDK's operation timeout) and the response fit in the time left. A short-lived
-/// invocation keeps a quarter of its time instead, so it still gets work done.
-pub const DEADLINE_MARGIN: Duration = Duration::from_secs(30);
 /// EC2's tag limit per snapshot.
 const MAX_TAGS_PER_SNAPSHOT: usize = 50;
 /// The most copies of one source that may end in `error` before the source is failed. Counted
@@ -47,8 +44,6 @@ pub const MAX_ATTEMPTS: usize = 3;
 /// intervals, 225 s at the default 15 s) before the source is started again. AWS advises
 /// backing off for up to minutes before trusting a DescribeSnapshots that lacks a new copy.
 pub const UNSURE_LOOKS: u32 = 4;
-/// Time kept after the last call for building and returning the answer.
-pub const RESPONSE_RESERVE: Duration = Duration::from_secs(2);
 
 /// Time limits of one invocation.
 #[derive(Debug, Clone, Copy)]
@@ -85,20 +80,13 @@ pub async fn reconcile_observed<S: SnapshotStore>(
         return Ok(Response::dry_run(&plan, request.wait_for_completion));
     }
     let started = Instant::now();
-    // A call may start only while its longest duration, and the answer after it, still fit
-    // before the deadline.
-    let last_call = limits
-        .deadline
-        .map(|deadline| deadline.checked_sub(limits.call_timeout + RESPONSE_RESERVE).unwrap_or(started).max(started));
-    let mut run = Run::look(store, request, limits, last_call, observer, stop.clone()).await?;
+    let timeline = Timeline::new(started, limits.deadline, limits.call_timeout);
+    let mut run = Run::look(store, request, limits, timeline, observer, stop.clone()).await?;
     let mut stop = stop;
     // Starting copies may go on until the margin before the deadline; waiting also ends at
     // `max_wait_seconds`.
-    let work_until = limits.deadline.map(|deadline| {
-        let margin = DEADLINE_MARGIN.min(deadline.saturating_duration_since(started) / 4);
-        deadline.checked_sub(margin).unwrap_or(started)
-    });
-    let wait_until = [work_until, request.max_wait.map(|max| started + max), last_call].into_iter().flatten().min();
+    let work_until = timeline.work_until();
+    let wait_until = [work_until, request.max_wait.map(|max| started + max)].into_iter().flatten().min();
     loop {
         if stop.is_set() {
             break;
@@ -114,7 +102,12 @@ pub async fn reconcile_observed<S: SnapshotStore>(
         if wait_until.is_some_and(|until| now >= until) {
             break;
         }
-        let wake = now + run.next_wait(now);
+        let mut wait = run.next_wait(now);
+        if run.backing_off() {
+            // Invocations throttled or refused a slot together come back apart, not in step.
+            wait = jittered(wait);
+        }
+        let wake = now + wait;
         let wake = wait_until.map_or(wake, |until| wake.min(until));
         // Retention's deletions fill the wait for the next poll.
         run.prune(Some(wake)).await;
@@ -156,8 +149,10 @@ pub async fn plan_observed<S: SnapshotStore>(
     model: CopyTimeModel,
     observer: &dyn Observer,
 ) -> Result<Plan, CopySnapshotsError> {
-    let limits = RunLimits { deadline: None, poll_interval: Duration::ZERO, call_timeout: Duration::ZERO };
-    let run = Run::look(store, request, limits, None, observer, StopSignal::never()).await?;
+    let call_timeout = crate::request::DEFAULT_CALL_TIMEOUT;
+    let limits = RunLimits { deadline: None, poll_interval: Duration::ZERO, call_timeout };
+    let run =
+        Run::look(store, request, limits, Timeline::unbounded(call_timeout), observer, StopSignal::never()).await?;
     let mut queue = run.queue.clone();
     let mut start_order = Vec::with_capacity(queue.len());
     while let Some((_, Reverse(i))) = queue.pop() {
@@ -267,15 +262,20 @@ struct Run<'a, S> {
     observer: &'a dyn Observer,
     stop: StopSignal,
     limits: RunLimits,
-    /// The last moment a store call may start (`None`: no deadline).
-    last_call: Option<Instant>,
+    /// How long each call may take, and until when.
+    timeline: Timeline,
     entries: Vec<Entry>,
     /// Snapshots the filters matched that can never be copied, with why (for the look's report).
     skipped: Vec<LookedSource>,
     /// Sources without a copy, largest first; ties in request order.
     queue: BinaryHeap<(u64, Reverse<usize>)>,
-    /// EC2 answered ResourceLimitExceeded since the last poll: no start until then.
+    /// EC2 answered ResourceLimitExceeded, or throttled a call beyond the SDK's retries, since
+    /// the last poll: no start until then, and the wait before it backs off with jitter.
     region_full: bool,
+    /// Calls EC2 throttled beyond the SDK's retries in this run (each backed off, none fatal).
+    throttled_calls: usize,
+    /// What the last count of this deployment's pending copies found: (all, of them others').
+    deployment_pending: Option<(usize, usize)>,
     /// Consecutive rounds the region was full with none of our copies pending: backs off.
     full_rounds: u32,
     copies_started: usize,
@@ -298,13 +298,14 @@ impl<'a, S: SnapshotStore> Run<'a, S> {
         store: &'a S,
         request: &'a CopyRequest,
         limits: RunLimits,
-        last_call: Option<Instant>,
+        timeline: Timeline,
         observer: &'a dyn Observer,
         stop: StopSignal,
     ) -> Result<Self, CopySnapshotsError> {
         let region = &request.source_region;
         let doing = format!("looking up {} in {region}", describe_selector(&request.sources));
-        let found = store.describe_sources(region, &request.sources).await.map_err(|e| match e {
+        let found = timeline.call_retrying_throttled(|| store.describe_sources(region, &request.sources)).await;
+        let found = found.map_err(|e| match e {
             // A definite refusal of the request's own filters or ids (a misspelled filter
             // name, a bad value) fails the same way on every retry: the request must change.
             StoreError::Refused { code, message } => CopySnapshotsError::InvalidRequest(format!(
@@ -312,11 +313,11 @@ impl<'a, S: SnapshotStore> Run<'a, S> {
                  `tag-key`, `volume-id`, `status`, … as the EC2 API reference lists them), at most 200 values each; \
                  nothing was copied"
             )),
-            other => fatal(other, &doing, 0),
+            other => look_failed(other, &doing, &timeline),
         })?;
         let (entries, skipped) = match &request.sources {
-            SourceSelector::Ids(ids) => (entries_for_ids(ids, found, request)?, Vec::new()),
-            SourceSelector::Filters(_) => entries_for_filters(found, request),
+            SourceSelector::Ids(ids) => entries_for_ids(ids, found, request)?,
+            SourceSelector::Filters(_) => entries_for_filters(found),
         };
         debug!(sources = entries.len(), "sources resolved");
 
@@ -326,11 +327,13 @@ impl<'a, S: SnapshotStore> Run<'a, S> {
             observer,
             stop,
             limits,
-            last_call,
+            timeline,
             entries,
             skipped,
             queue: BinaryHeap::new(),
             region_full: false,
+            throttled_calls: 0,
+            deployment_pending: None,
             full_rounds: 0,
             copies_started: 0,
             fastest_gib_per_second: None,
@@ -343,7 +346,10 @@ impl<'a, S: SnapshotStore> Run<'a, S> {
         if request.retention.is_set() {
             // Retention judges every copy from this region, whatever its source: one listing
             // serves that and the look for earlier copies alike.
-            let copies = store.list_copies(&request.target_region, region).await.map_err(|e| fatal(e, &doing, 0))?;
+            let copies = timeline
+                .call_retrying_throttled(|| store.list_copies(&request.target_region, region))
+                .await
+                .map_err(|e| look_failed(e, &doing, &timeline))?;
             run.judge_retention(&copies).await;
             let wanted: HashSet<&SnapshotId> =
                 run.entries.iter().filter(|e| matches!(e.stage, Stage::Waiting)).map(|e| &e.source.id).collect();
@@ -353,10 +359,10 @@ impl<'a, S: SnapshotStore> Run<'a, S> {
             let wanted: Vec<SnapshotId> =
                 run.entries.iter().filter(|e| matches!(e.stage, Stage::Waiting)).map(|e| e.source.id.clone()).collect();
             if !wanted.is_empty() {
-                let existing = store
-                    .find_copies(&request.target_region, region, &wanted)
+                let existing = timeline
+                    .call_retrying_throttled(|| store.find_copies(&request.target_region, region, &wanted))
                     .await
-                    .map_err(|e| fatal(e, &doing, 0))?;
+                    .map_err(|e| look_failed(e, &doing, &timeline))?;
                 run.adopt(existing, true);
             }
         }
@@ -419,7 +425,8 @@ impl<'a, S: SnapshotStore> Run<'a, S> {
         let gone: HashSet<SnapshotId> = if unresolved.is_empty() {
             HashSet::new()
         } else {
-            match self.store.describe_sources(region, &SourceSelector::Ids(unresolved.clone())).await {
+            let by_id = SourceSelector::Ids(unresolved.clone());
+            match self.timeline.call_retrying_throttled(|| self.store.describe_sources(region, &by_id)).await {
                 Ok(found) => {
                     let exists: HashSet<SnapshotId> = found.into_iter().map(|s| s.id).collect();
                     unresolved.into_iter().filter(|id| !exists.contains(id)).collect()
@@ -585,7 +592,7 @@ impl<'a, S: SnapshotStore> Run<'a, S> {
             if until.is_some_and(|until| Instant::now() >= until) || !self.may_call() || self.stop.is_set() {
                 break;
             }
-            let result = self.store.delete_copy(&self.request.target_region, &deletion.copy).await;
+            let result = self.timeline.call(self.store.delete_copy(&self.request.target_region, &deletion.copy)).await;
             let deletion = &mut self.deletions[i];
             let (source, copy) = (deletion.source.clone(), deletion.copy.clone());
             match result {
@@ -718,7 +725,7 @@ impl<'a, S: SnapshotStore> Run<'a, S> {
 
     /// Whether a store call started now would end before the deadline.
     fn may_call(&self) -> bool {
-        self.last_call.is_none_or(|last| Instant::now() <= last)
+        self.timeline.may_call()
     }
 
     /// Deletes the second live copies [`adopt`](Self::adopt) found. A failure only leaves the
@@ -730,7 +737,7 @@ impl<'a, S: SnapshotStore> Run<'a, S> {
                 warn!(%source, copy = %copy_id, "no time left to remove a duplicate copy; a later invocation will");
                 continue;
             }
-            match self.store.delete_copy(&self.request.target_region, &copy_id).await {
+            match self.timeline.call(self.store.delete_copy(&self.request.target_region, &copy_id)).await {
                 Ok(()) => {
                     self.observer.observe(RunEvent::DuplicateRemoved { source: source.clone(), copy: copy_id.clone() });
                     self.duplicates_removed
@@ -756,10 +763,15 @@ impl<'a, S: SnapshotStore> Run<'a, S> {
         }
         let ids: Vec<SnapshotId> = due.iter().map(|&i| self.entries[i].source.id.clone()).collect();
         let attempts_before: Vec<usize> = due.iter().map(|&i| self.entries[i].error_copies.len()).collect();
-        let found = match self.store.find_copies(&self.request.target_region, &self.request.source_region, &ids).await {
+        let (target, source) = (&self.request.target_region, &self.request.source_region);
+        let found = match self.timeline.call(self.store.find_copies(target, source, &ids)).await {
             Ok(found) => found,
             Err(StoreError::Unknown(message)) => {
                 warn!(%message, "could not look for copies of unsure starts; trying again next round");
+                return Ok(());
+            }
+            Err(StoreError::Throttled(message)) => {
+                self.throttled_now(&message, "looking for copies of unsure starts");
                 return Ok(());
             }
             Err(e) => return Err(fatal(e, "looking for copies of unsure starts", self.copies_started)),
@@ -785,14 +797,18 @@ impl<'a, S: SnapshotStore> Run<'a, S> {
         Ok(())
     }
 
-    /// Starts copies, largest first, while this request holds fewer than `pending_limit`
-    /// slots and the region has room.
+    /// Starts copies, largest first, while this deployment has fewer than `pending_limit` copies
+    /// pending in the target region (counted just before, whichever invocation started them)
+    /// and the region has room. A refusal that concerns one source fails that source; EC2
+    /// throttling requeues it and backs off; neither stops the run.
     async fn start_what_fits(&mut self, work_until: Option<Instant>) -> Result<(), CopySnapshotsError> {
+        let limit = self.request.pending_limit;
         let mut slots_held = self.slots_held();
-        while slots_held < self.request.pending_limit && !self.region_full {
-            if work_until.is_some_and(|until| Instant::now() >= until) || !self.may_call() || self.stop.is_set() {
-                break;
-            }
+        if self.queue.is_empty() || slots_held >= limit || self.region_full || !self.may_start(work_until) {
+            return Ok(());
+        }
+        let Some(mut free) = self.free_deployment_slots().await? else { return Ok(()) };
+        while free > 0 && !self.region_full && self.may_start(work_until) {
             let Some((_, Reverse(i))) = self.queue.pop() else { break };
             let spec = match copy_spec(&self.entries[i].source, self.request) {
                 Ok(spec) => spec,
@@ -801,14 +817,16 @@ impl<'a, S: SnapshotStore> Run<'a, S> {
                     continue;
                 }
             };
-            let result = self.store.start_copy(&spec).await;
+            let result = self.timeline.call(self.store.start_copy(&spec)).await;
             let source = &self.entries[i].source;
             match result {
                 Ok(copy_id) => {
                     let (source, copy, size_gib) = (source.id.clone(), copy_id.clone(), source.size_gib);
                     self.observer.observe(RunEvent::CopyStarted { source, copy, size_gib });
                     slots_held += 1;
+                    free -= 1;
                     self.copies_started += 1;
+                    self.count_own_start();
                     self.full_rounds = 0;
                     self.entries[i].stage = Stage::Copying {
                         copy: TrackedCopy {
@@ -829,9 +847,15 @@ impl<'a, S: SnapshotStore> Run<'a, S> {
                     }
                     self.queue.push((source.size_gib, Reverse(i)));
                 }
+                Err(StoreError::Throttled(message)) => {
+                    self.queue.push((source.size_gib, Reverse(i)));
+                    self.throttled_now(&message, "starting a copy");
+                }
                 Err(StoreError::Unknown(message)) => {
                     self.observer.observe(RunEvent::StartUnsure { source: source.id.clone(), message });
                     slots_held += 1;
+                    free = free.saturating_sub(1);
+                    self.count_own_start();
                     self.entries[i].stage = self.unsure(Instant::now());
                 }
                 Err(StoreError::Refused { code, message }) => {
@@ -840,14 +864,83 @@ impl<'a, S: SnapshotStore> Run<'a, S> {
                 Err(StoreError::NotFound(message) | StoreError::NotReady(message)) => {
                     self.fail(i, format!("EC2 refused the copy: {message}"));
                 }
-                Err(e @ (StoreError::AccessDenied(_) | StoreError::Throttled(_))) => {
-                    let doing = format!("starting the copy of {}", source.id);
-                    return Err(fatal(e, &doing, self.copies_started));
+                Err(StoreError::AccessDenied(message)) => {
+                    // One snapshot an SCP denies, one key disabled: that source fails, the
+                    // others go on. A role that may copy nothing fails every source this way,
+                    // each named in CopyFailed.
+                    self.fail(i, format!("access denied starting the copy: {message}"));
                 }
             }
             debug_assert_eq!(slots_held, self.slots_held(), "slot count drifted");
         }
         Ok(())
+    }
+
+    /// Whether a copy may start now: before `work_until`, with time for the call, not stopped.
+    fn may_start(&self, work_until: Option<Instant>) -> bool {
+        work_until.is_none_or(|until| Instant::now() < until) && self.may_call() && !self.stop.is_set()
+    }
+
+    /// How many more copies this deployment may have pending in the target region: the request's
+    /// `pending_limit` less this deployment's pending copies, as one DescribeSnapshots counts
+    /// them now (with this run's own starts not listed yet). `None`: unknown this round
+    /// (throttled, no answer); nothing starts until the next.
+    async fn free_deployment_slots(&mut self) -> Result<Option<usize>, CopySnapshotsError> {
+        let target = &self.request.target_region;
+        let listed = match self.timeline.call(self.store.list_pending_copies(target)).await {
+            Ok(listed) => listed,
+            Err(StoreError::Throttled(message)) => {
+                self.throttled_now(&message, "counting this deployment's pending copies");
+                return Ok(None);
+            }
+            Err(StoreError::Unknown(message)) => {
+                warn!(%message, "could not count this deployment's pending copies; starting none this round");
+                return Ok(None);
+            }
+            Err(e) => return Err(fatal(e, "counting this deployment's pending copies", self.copies_started)),
+        };
+        let listed: HashSet<SnapshotId> = listed.into_iter().map(|c| c.id).collect();
+        let own_unlisted = self
+            .entries
+            .iter()
+            .filter(|e| match &e.stage {
+                Stage::Copying { copy, .. } => copy.state == SnapshotState::Pending && !listed.contains(&copy.id),
+                Stage::Unsure { .. } => true,
+                _ => false,
+            })
+            .count();
+        let own_listed = self.pending_copies().filter(|c| listed.contains(&c.id)).count();
+        let pending = listed.len() + own_unlisted;
+        self.deployment_pending = Some((pending, listed.len() - own_listed));
+        let free = self.request.pending_limit.saturating_sub(pending);
+        if free == 0 {
+            debug!(pending, limit = self.request.pending_limit, "this deployment's copies fill pending_limit");
+        }
+        Ok(Some(free))
+    }
+
+    /// A copy this run started (or may have) since the last count holds one of the deployment's
+    /// slots too.
+    fn count_own_start(&mut self) {
+        if let Some((pending, _)) = &mut self.deployment_pending {
+            *pending += 1;
+        }
+    }
+
+    /// EC2 throttled a call beyond the SDK's retries: no start until the next poll, which comes
+    /// after a backoff with jitter (see [`backing_off`](Self::backing_off)).
+    fn throttled_now(&mut self, message: &str, doing: &str) {
+        warn!(%message, doing, "EC2 throttled beyond the SDK's retries; backing off");
+        self.throttled_calls += 1;
+        self.region_full = true;
+        if self.pending_copies().next().is_none() {
+            self.full_rounds += 1;
+        }
+    }
+
+    /// Whether the next wait is a backoff (region full, throttled), which gets jitter.
+    fn backing_off(&self) -> bool {
+        self.region_full
     }
 
     /// Fails a source this run will not copy (no copy of it was made).
@@ -901,11 +994,19 @@ impl<'a, S: SnapshotStore> Run<'a, S> {
         if pending.is_empty() {
             return Ok(());
         }
-        let answer = self
-            .store
-            .describe_copies(&self.request.target_region, &pending)
-            .await
-            .map_err(|e| fatal(e, "polling the copies", self.copies_started))?;
+        let answer = match self.timeline.call(self.store.describe_copies(&self.request.target_region, &pending)).await {
+            Ok(answer) => answer,
+            Err(StoreError::Throttled(message)) => {
+                self.throttled_now(&message, "polling the copies");
+                return Ok(());
+            }
+            Err(StoreError::Unknown(message)) => {
+                // Nothing changes by polling; the next round polls again.
+                warn!(%message, "a poll had no answer; polling again next round");
+                return Ok(());
+            }
+            Err(e) => return Err(fatal(e, "polling the copies", self.copies_started)),
+        };
         let by_id: HashMap<SnapshotId, CopyStatus> = answer.into_iter().map(|c| (c.id.clone(), c)).collect();
         let now = Instant::now();
         let unlisted_limit = unsure_window(self.limits.poll_interval) * 2;
@@ -1023,6 +1124,44 @@ impl<'a, S: SnapshotStore> Run<'a, S> {
         )
     }
 
+    /// Why sources were left waiting, when the reason is not the copy quota doing its job: the
+    /// invocation was too short to start anything, EC2 throttled it, or other invocations'
+    /// copies fill this deployment's `pending_limit`.
+    fn notes_for(&self) -> Vec<String> {
+        let waiting = self.queue.len();
+        if waiting == 0 {
+            return Vec::new();
+        }
+        let waiting_text = plural(waiting, "source");
+        let mut notes = Vec::new();
+        if self.throttled_calls > 0 {
+            notes.push(format!(
+                "EC2 throttled {} beyond the SDK's retries; this invocation backed off and left {waiting_text} for the next",
+                plural(self.throttled_calls, "call")
+            ));
+        }
+        if let Some((pending, others)) = self.deployment_pending
+            && pending >= self.request.pending_limit
+            && others > 0
+        {
+            notes.push(format!(
+                "this deployment has {pending} copies pending in {} (pending_limit {}; {others} started by other \
+                 invocations); {waiting_text} wait for a slot",
+                self.request.target_region, self.request.pending_limit
+            ));
+        }
+        let ran_out =
+            !self.timeline.may_call() || self.timeline.work_until().is_some_and(|until| Instant::now() >= until);
+        if self.copies_started == 0 && ran_out && !self.region_full {
+            let total = self.timeline.total().map_or(String::new(), |t| format!("'s {:.1} s", t.as_secs_f64()));
+            notes.push(format!(
+                "the invocation{total} left no time to start a copy after the look; {waiting_text} wait for the next \
+                 invocation (a Lambda Timeout of 30 s or more lets every invocation start copies)"
+            ));
+        }
+        notes
+    }
+
     /// The response; `CopyFailed` when failures remain and nothing else is left to do;
     /// `SourcesPending` for an event whose sources are not all started.
     fn finish(self) -> Result<Response, CopySnapshotsError> {
@@ -1061,6 +1200,7 @@ impl<'a, S: SnapshotStore> Run<'a, S> {
             response.recovery_point = oldest.map_or(RecoveryPoint::AllCopied, RecoveryPoint::OldestUncopied);
         }
         let all_done = !self.request.wait_for_completion || self.pending_copies().next().is_none();
+        response.notes = self.notes_for();
         response.duplicates_removed = self.duplicates_removed;
         response.skipped = self
             .skipped
@@ -1105,6 +1245,14 @@ impl<'a, S: SnapshotStore> Run<'a, S> {
             "done"
         );
         let target_region = self.request.target_region.to_string();
+        for note in &response.notes {
+            warn!(%note, "sources left for the next invocation");
+        }
+        if self.request.from_queue {
+            // A batch answers per record (its handler turns pending and failed sources into
+            // batch item failures); no error would say more.
+            return Ok(response);
+        }
         if self.request.from_event && !response.pending_sources.is_empty() {
             let message = response.sources_pending_message(&target_region);
             return Err(CopySnapshotsError::SourcesPending { message, response: Box::new(response) });
@@ -1117,15 +1265,24 @@ impl<'a, S: SnapshotStore> Run<'a, S> {
     }
 }
 
-/// Entries for requested ids, in request order; all must exist and be ready.
+/// Entries for requested ids, in request order; all must exist and be ready, except in a batch
+/// of queued events, where a snapshot gone since its event is skipped and one not ready yet
+/// waits. A snapshot that is itself one of this project's copies is never a source: skipped.
 fn entries_for_ids(
     ids: &[SnapshotId],
     found: Vec<SourceSnapshot>,
     request: &CopyRequest,
-) -> Result<Vec<Entry>, CopySnapshotsError> {
+) -> Result<(Vec<Entry>, Vec<LookedSource>), CopySnapshotsError> {
     let mut by_id: HashMap<SnapshotId, SourceSnapshot> = found.into_iter().map(|s| (s.id.clone(), s)).collect();
-    let missing: Vec<&str> = ids.iter().filter(|id| !by_id.contains_key(*id)).map(SnapshotId::as_str).collect();
-    if !missing.is_empty() {
+    let mut skipped = Vec::new();
+    let missing: Vec<&SnapshotId> = ids.iter().filter(|id| !by_id.contains_key(*id)).collect();
+    if request.from_queue {
+        for id in missing {
+            let reason = format!("not found in {} (deleted since its event, or not visible)", request.source_region);
+            skipped.push(LookedSource { source: id.clone(), size_gib: 0, status: SourceStatus::Skipped { reason } });
+        }
+    } else if !missing.is_empty() {
+        let missing: Vec<&str> = missing.into_iter().map(SnapshotId::as_str).collect();
         return Err(CopySnapshotsError::SourceNotFound(format!(
             "{} not found in {} (or not visible to this account): {}; nothing was copied",
             plural(missing.len(), "snapshot"),
@@ -1133,11 +1290,33 @@ fn entries_for_ids(
             missing.join(", ")
         )));
     }
-    let not_ready: Vec<String> = ids
-        .iter()
-        .filter_map(|id| by_id.get(id))
-        .filter_map(|s| not_ready_reason(s).map(|why| format!("{} {why}", s.id)))
-        .collect();
+    let mut entries = Vec::with_capacity(ids.len());
+    let mut not_ready = Vec::new();
+    for id in ids {
+        let Some(source) = by_id.remove(id) else { continue };
+        if let Some(reason) = own_copy_reason(&source) {
+            skipped.push(LookedSource {
+                source: source.id.clone(),
+                size_gib: source.size_gib,
+                status: SourceStatus::Skipped { reason },
+            });
+            continue;
+        }
+        match not_ready_reason(&source) {
+            None => entries.push(Entry::new(source, Stage::Waiting)),
+            Some(_) if request.from_queue && source.state == SnapshotState::Pending => {
+                entries.push(Entry::new(source, Stage::NotReady));
+            }
+            Some(why) if request.from_queue => {
+                skipped.push(LookedSource {
+                    source: source.id.clone(),
+                    size_gib: source.size_gib,
+                    status: SourceStatus::Skipped { reason: format!("cannot be copied: {why}") },
+                });
+            }
+            Some(why) => not_ready.push(format!("{} {why}", source.id)),
+        }
+    }
     if !not_ready.is_empty() {
         return Err(CopySnapshotsError::SourceNotReady(format!(
             "{} not ready to copy: {}; copy once they are `completed` (and in the standard tier); nothing was copied",
@@ -1145,13 +1324,23 @@ fn entries_for_ids(
             not_ready.join("; ")
         )));
     }
-    Ok(ids.iter().filter_map(|id| by_id.remove(id)).map(|source| Entry::new(source, Stage::Waiting)).collect())
+    Ok((entries, skipped))
+}
+
+/// Why a snapshot is never a source: it carries this project's tracking tag, so it is a copy
+/// some deployment of this function made. Copying it again would never end when two stacks
+/// copy both ways (A to B and B to A), or within one region.
+fn own_copy_reason(source: &SourceSnapshot) -> Option<String> {
+    source.tag(SOURCE_SNAPSHOT_TAG).map(|of| {
+        let from = source.tag(SOURCE_REGION_TAG).unwrap_or("another region");
+        format!("a copy this function made (of {of} from {from}); copies are never copied again")
+    })
 }
 
 /// Entries for what the filters matched, sorted by id for a stable order. Snapshots not yet
 /// completed wait for a later invocation; ones that never will be are left out, and returned
 /// with why.
-fn entries_for_filters(mut found: Vec<SourceSnapshot>, request: &CopyRequest) -> (Vec<Entry>, Vec<LookedSource>) {
+fn entries_for_filters(mut found: Vec<SourceSnapshot>) -> (Vec<Entry>, Vec<LookedSource>) {
     found.sort_by(|a, b| a.id.cmp(&b.id));
     found.dedup_by(|a, b| a.id == b.id);
     let mut skipped = Vec::new();
@@ -1164,11 +1353,12 @@ fn entries_for_filters(mut found: Vec<SourceSnapshot>, request: &CopyRequest) ->
     };
     let mut entries = Vec::new();
     for source in found {
-        // Copying within one region, this function's own copies match the same filters
-        // (with copy_tags): copying them again would never end.
-        if request.source_region == request.target_region && source.tag(SOURCE_SNAPSHOT_TAG).is_some() {
+        // This project's copies match the same filters (with copy_tags, or a filter on a tag
+        // every snapshot carries): within one region, or with stacks copying both ways,
+        // copying them again would never end.
+        if let Some(reason) = own_copy_reason(&source) {
             debug!(snapshot = %source.id, "skipping a copy this function made");
-            skip(&source, "a copy this function made".to_owned());
+            skip(&source, reason);
             continue;
         }
         match (&source.state, source.archived) {
@@ -1288,6 +1478,21 @@ fn copy_spec(source: &SourceSnapshot, request: &CopyRequest) -> Result<CopySpec,
         tags: tags.into_iter().map(|(k, v)| Tag::new(k, v)).collect(),
         completion_duration_minutes: request.completion_duration_minutes,
     })
+}
+
+/// Maps an error of the look (before any copy) to its errorType. A look cut off by the
+/// deadline says that the invocation was too short, and what would do.
+fn look_failed(error: StoreError, doing: &str, timeline: &Timeline) -> CopySnapshotsError {
+    if let (StoreError::Unknown(message), Some(total)) = (&error, timeline.total())
+        && !timeline.may_call()
+    {
+        return CopySnapshotsError::Ec2Error(format!(
+            "the invocation's {:.1} s ran out {doing}: {message}; nothing was copied; give the function more time \
+             (a Lambda Timeout of 30 s or more lets every invocation look and start copies)",
+            total.as_secs_f64()
+        ));
+    }
+    fatal(error, doing, 0)
 }
 
 /// Maps a store error that ends the invocation to its errorType, saying how far it got.

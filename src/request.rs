@@ -261,6 +261,10 @@ pub struct CopyRequest {
     /// Made from an EventBridge event: the invocation fails (`SourcesPending`) while a source
     /// has no copy started, so the event is retried rather than acknowledged.
     pub from_event: bool,
+    /// Made from a batch of queued snapshot events: a snapshot gone since its event is skipped
+    /// and one not ready yet waits, instead of failing the whole batch; the answer is per
+    /// record (batch item failures), never `SourcesPending`.
+    pub from_queue: bool,
     pub response_format: ResponseFormat,
     /// Which sources are copied and which copies are deleted ([`crate::retention`]).
     pub retention: Retention,
@@ -398,6 +402,7 @@ impl CopyRequest {
             max_wait: payload.max_wait_seconds.map(Duration::from_secs),
             debug: payload.debug.unwrap_or(false),
             from_event: false,
+            from_queue: false,
             response_format: payload.response_format.unwrap_or_default(),
             retention,
             dry_run: payload.dry_run.unwrap_or(false),

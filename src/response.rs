@@ -59,6 +59,11 @@ pub struct Response {
     /// Dry run only: the sources a run would copy now.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub to_copy: Vec<String>,
+    /// Why sources were left for the next invocation, when it is more than the copy quota:
+    /// the invocation was too short, EC2 throttled it, other invocations' copies fill
+    /// `pending_limit`. Also logged.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub notes: Vec<String>,
     /// For the recovery-point metric only, not part of the answer.
     #[serde(skip)]
     pub recovery_point: RecoveryPoint,

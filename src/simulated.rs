@@ -49,6 +49,10 @@ pub struct CallCounts {
     pub describe_copies: usize,
     pub delete_copy: usize,
     pub list_copies: usize,
+    /// Counts of this deployment's pending copies (before starting any).
+    pub list_pending_copies: usize,
+    /// Look-ups answered with throttling (counted in their operation too).
+    pub throttled_looks: usize,
     /// The HTTP requests those calls would be to EC2, which pages DescribeSnapshots (1,000 a
     /// page) and takes at most 200 values a filter, as the aws-sdk-ec2 store asks it.
     pub requests: usize,
@@ -63,6 +67,7 @@ impl CallCounts {
             + self.describe_copies
             + self.delete_copy
             + self.list_copies
+            + self.list_pending_copies
     }
 }
 
@@ -215,7 +220,13 @@ struct World {
     start_faults: HashMap<SnapshotId, Vec<StartFault>>,
     /// The next this many CopySnapshot calls are throttled beyond retries.
     throttled_starts: usize,
+    /// The next this many look-ups (DescribeSnapshots of any kind) are throttled beyond retries.
+    throttled_looks: usize,
+    /// Every DescribeSnapshots is denied (a role without it).
+    deny_looks: bool,
     deny_starts: bool,
+    /// CopySnapshot of these sources is denied (an SCP on the snapshot, a key it may not use).
+    denied_sources: HashMap<SnapshotId, String>,
     /// Highest number of tracked (this function's) copies pending at once, per target region.
     max_tracked_pending: HashMap<String, usize>,
     no_slot_answers: usize,
@@ -240,6 +251,21 @@ struct World {
 }
 
 impl World {
+    /// Denies or throttles this look-up if the test asked for it.
+    fn throttle_look(&mut self) -> Result<(), StoreError> {
+        if self.deny_looks {
+            return Err(StoreError::AccessDenied(
+                "UnauthorizedOperation: You are not authorized to perform: ec2:DescribeSnapshots".to_owned(),
+            ));
+        }
+        if self.throttled_looks == 0 {
+            return Ok(());
+        }
+        self.throttled_looks -= 1;
+        self.calls.throttled_looks += 1;
+        Err(StoreError::Throttled("RequestLimitExceeded: Request limit exceeded.".to_owned()))
+    }
+
     /// The calendar time at `now` on tokio's clock.
     fn wall_at(&self, now: Instant) -> SystemTime {
         self.epoch.1 + now.saturating_duration_since(self.epoch.0)
@@ -272,7 +298,10 @@ impl SimulatedEc2 {
                 failing_sources: HashMap::new(),
                 start_faults: HashMap::new(),
                 throttled_starts: 0,
+                throttled_looks: 0,
+                deny_looks: false,
                 deny_starts: false,
+                denied_sources: HashMap::new(),
                 max_tracked_pending: HashMap::new(),
                 no_slot_answers: 0,
                 finds_before_loss: 0,
@@ -414,6 +443,18 @@ impl SimulatedEc2 {
         self.lock().refused_deletes.remove(id);
     }
 
+    /// How long after `since` the last copy carrying the tracking tags in `region` started.
+    pub fn last_copy_started_after(&self, region: &str, since: Instant) -> Duration {
+        let world = self.lock();
+        let Some(state) = world.regions.get(region) else { return Duration::ZERO };
+        state
+            .in_order()
+            .filter(|s| find_tag(&s.tags, SOURCE_SNAPSHOT_TAG).is_some())
+            .map(|s| s.started.saturating_duration_since(since))
+            .max()
+            .unwrap_or_default()
+    }
+
     /// Snapshots DeleteSnapshot removed, in order.
     pub fn deleted(&self) -> Vec<SnapshotId> {
         self.lock().deleted.clone()
@@ -528,6 +569,22 @@ impl SimulatedEc2 {
         self.lock().deny_starts = true;
     }
 
+    /// CopySnapshot of `source` is denied with `message` (AccessDenied, a disabled key, …).
+    pub fn deny_copies_of(&self, source: &SnapshotId, message: &str) {
+        self.lock().denied_sources.insert(source.clone(), message.to_owned());
+    }
+
+    /// Every DescribeSnapshots is denied, as for a role without `ec2:DescribeSnapshots`.
+    pub fn deny_looks(&self) {
+        self.lock().deny_looks = true;
+    }
+
+    /// The next `count` DescribeSnapshots calls (looks, polls, counts) are throttled beyond the
+    /// SDK's retries.
+    pub fn throttle_next_looks(&self, count: usize) {
+        self.lock().throttled_looks = count;
+    }
+
     pub fn calls(&self) -> CallCounts {
         self.lock().calls
     }
@@ -582,6 +639,9 @@ impl SimulatedEc2 {
         if world.throttled_starts > 0 {
             world.throttled_starts -= 1;
             return Err(StoreError::Throttled("RequestLimitExceeded: Request limit exceeded.".to_owned()));
+        }
+        if let Some(message) = world.denied_sources.get(&spec.source_id) {
+            return Err(StoreError::AccessDenied(message.clone()));
         }
         let fault = world
             .start_faults
@@ -705,6 +765,7 @@ impl SnapshotStore for SimulatedEc2 {
         let now = Instant::now();
         let mut world = self.lock();
         world.calls.describe_sources += 1;
+        world.throttle_look()?;
         let Some(state) = world.regions.get(region.as_str()) else { return Ok(Vec::new()) };
         let to_source = |s: &Snapshot| SourceSnapshot {
             id: s.id.clone(),
@@ -745,6 +806,7 @@ impl SnapshotStore for SimulatedEc2 {
         let now = Instant::now();
         let mut world = self.lock();
         world.calls.find_copies += 1;
+        world.throttle_look()?;
         if world.finds_before_loss > 0 {
             world.finds_before_loss -= 1;
         } else if world.unanswered_finds > 0 {
@@ -773,9 +835,31 @@ impl SnapshotStore for SimulatedEc2 {
         let now = Instant::now();
         let mut world = self.lock();
         world.calls.list_copies += 1;
+        world.throttle_look()?;
         let found: Vec<CopyStatus> = match world.regions.get(target_region.as_str()) {
             Some(state) => copies_from(state, source_region)
                 .filter(|s| s.listed_at(now, world.visibility_lag))
+                .filter_map(|s| s.copy_status(now))
+                .collect(),
+            None => Vec::new(),
+        };
+        world.calls.requests += describe_requests(1, found.len());
+        Ok(found)
+    }
+
+    async fn list_pending_copies(&self, target_region: &Region) -> Result<Vec<CopyStatus>, StoreError> {
+        self.call_latency().await;
+        let now = Instant::now();
+        let mut world = self.lock();
+        let world = &mut *world;
+        world.calls.list_pending_copies += 1;
+        world.throttle_look()?;
+        let lag = world.visibility_lag;
+        let found: Vec<CopyStatus> = match world.regions.get_mut(target_region.as_str()) {
+            Some(state) => state
+                .pending_now(now)
+                .into_iter()
+                .filter(|s| s.listed_at(now, lag) && find_tag(&s.tags, SOURCE_SNAPSHOT_TAG).is_some())
                 .filter_map(|s| s.copy_status(now))
                 .collect(),
             None => Vec::new(),
@@ -803,6 +887,7 @@ impl SnapshotStore for SimulatedEc2 {
         let now = Instant::now();
         let mut world = self.lock();
         world.calls.describe_copies += 1;
+        world.throttle_look()?;
         world.calls.requests += copy_ids.len().div_ceil(FILTER_VALUES).max(1);
         let Some(state) = world.regions.get(target_region.as_str()) else { return Ok(Vec::new()) };
         Ok(copy_ids

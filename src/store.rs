@@ -210,6 +210,16 @@ pub trait SnapshotStore: Sync {
         source_region: &Region,
     ) -> impl Future<Output = Result<Vec<CopyStatus>, StoreError>> + Send;
 
+    /// This project's copies pending in `target_region`, whatever invocation, request or source
+    /// region started them (every snapshot carrying [`SOURCE_SNAPSHOT_TAG`], owner self): what
+    /// `pending_limit` bounds, so the events, the schedule and the state machine together leave
+    /// the rest of the region's copy quota to Data Lifecycle Manager and AWS Backup. One
+    /// paginated call.
+    fn list_pending_copies(
+        &self,
+        target_region: &Region,
+    ) -> impl Future<Output = Result<Vec<CopyStatus>, StoreError>> + Send;
+
     /// Starts one copy; returns the new snapshot's id.
     fn start_copy(&self, spec: &CopySpec) -> impl Future<Output = Result<SnapshotId, StoreError>> + Send;
 

@@ -82,6 +82,9 @@ impl SnapshotStore for CountingStore {
     async fn list_copies(&self, target: &Region, source: &Region) -> Result<Vec<CopyStatus>, StoreError> {
         self.inner.list_copies(target, source).await
     }
+    async fn list_pending_copies(&self, target: &Region) -> Result<Vec<CopyStatus>, StoreError> {
+        self.inner.list_pending_copies(target).await
+    }
     async fn start_copy(&self, spec: &CopySpec) -> Result<SnapshotId, StoreError> {
         self.copies.fetch_add(1, Ordering::Relaxed);
         self.inner.start_copy(spec).await

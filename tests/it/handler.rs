@@ -138,16 +138,19 @@ async fn each_error_type_is_counted_as_documented() {
         assert_eq!(count(&metrics, "CopiesStarted"), 0, "{error_type}");
     }
 
-    // AccessDenied, Throttled, Ec2Error: invocation errors, safe to retry.
+    // AccessDenied, Throttled, Ec2Error of the look: invocation errors, safe to retry. (A
+    // refusal of one source's copy fails that source, and throttling of a start backs off:
+    // see the scale tests.)
     let ec2 = SimulatedEc2::new();
     let id = ec2.add_source(SOURCE, 8, &[]);
-    ec2.deny_copies();
+    ec2.deny_looks();
     let (answer, metrics) = invoke(&ec2, json!({"snapshot_ids": [id]}), remaining).await;
     expect(&answer, "AccessDenied");
     assert_eq!(count(&metrics, "InvocationErrors"), 1);
     let ec2 = SimulatedEc2::new();
     let id = ec2.add_source(SOURCE, 8, &[]);
-    ec2.throttle_next_starts(1);
+    // Throttled for longer than the invocation's 15 minutes of backing off.
+    ec2.throttle_next_looks(10_000);
     let (answer, metrics) = invoke(&ec2, json!({"snapshot_ids": [id]}), remaining).await;
     expect(&answer, "Throttled");
     assert_eq!(count(&metrics, "InvocationErrors"), 1);

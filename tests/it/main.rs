@@ -23,4 +23,5 @@ mod recovery_point;
 mod reliability;
 mod requests;
 mod retention;
+mod scale;
 mod step_functions;

@@ -1,0 +1,192 @@
+//! A batch of new-snapshot events from the SQS queue: one reconcile for all its snapshots (one
+//! look, the copies that fit started, no waiting), answered per record. A record whose
+//! snapshots all have a copy started (or are gone, or can never be copied) is done; any other
+//! is a batch item failure, so SQS delivers it again after the visibility timeout, the backoff
+//! between tries, and only after `maxReceiveCount` tries the dead-letter queue. A record that
+//! is not a snapshot event, or not readable, is logged and dropped: retrying cannot fix it, and
+//! it must never fail the batch.
+
+use std::collections::{BTreeMap, HashSet};
+
+use aws_lambda_events::sqs::{BatchItemFailure, SqsBatchResponse, SqsEvent};
+use serde_json::Value;
+use tokio::time::Instant;
+use tracing::{error, info, warn};
+
+use crate::error::CopySnapshotsError;
+use crate::event::{Invocation, parse_payload};
+use crate::ids::{Region, SnapshotId};
+use crate::progress::{LogObserver, StopSignal};
+use crate::reconcile::{RunLimits, reconcile_observed};
+use crate::request::{CopyRequest, RequestPayload, Settings};
+use crate::response::Response;
+use crate::store::{SnapshotStore, SourceSelector};
+
+/// Whether a payload is an SQS event (Lambda's event source mapping hands over `Records`, each
+/// with `eventSource` `aws:sqs`).
+pub fn is_sqs_event(payload: &Value) -> bool {
+    payload.get("Records").and_then(Value::as_array).is_some_and(|records| {
+        !records.is_empty() && records.iter().all(|r| r.get("eventSource").and_then(Value::as_str) == Some("aws:sqs"))
+    })
+}
+
+/// What one batch came to.
+#[derive(Debug)]
+pub struct BatchOutcome {
+    /// The answer to Lambda: the records to deliver again.
+    pub answer: SqsBatchResponse,
+    /// The reconciles' responses merged, for the metrics line (or the error that ended one).
+    pub result: Result<Response, CopySnapshotsError>,
+    /// Records dropped, with why (not a snapshot event, unreadable).
+    pub dropped: Vec<(String, String)>,
+}
+
+impl BatchOutcome {
+    /// The message ids SQS delivers again.
+    pub fn failed_message_ids(&self) -> Vec<&str> {
+        self.answer.batch_item_failures.iter().map(|f| f.item_identifier.as_str()).collect()
+    }
+}
+
+/// One record's snapshots, by its message id.
+struct Record {
+    message_id: String,
+    region: Region,
+    snapshots: Vec<SnapshotId>,
+}
+
+/// Handles one SQS batch: one reconcile per source region of its snapshots (a deployment's
+/// events name one), with `max_wait_seconds` 0.
+pub async fn handle_batch<S: SnapshotStore>(
+    payload: Value,
+    settings: &Settings,
+    store: &S,
+    deadline: Option<Instant>,
+) -> BatchOutcome {
+    let mut dropped = Vec::new();
+    let event: SqsEvent = match serde_json::from_value(payload) {
+        Ok(event) => event,
+        Err(e) => {
+            // Nothing can be reported per record without message ids.
+            error!(error = %e, "an SQS event that does not parse; every record is dropped");
+            return BatchOutcome {
+                answer: SqsBatchResponse::default(),
+                result: Ok(Response::nothing_to_do()),
+                dropped: vec![(String::new(), format!("the SQS event does not parse: {e}"))],
+            };
+        }
+    };
+    let mut records = Vec::new();
+    for message in event.records {
+        let Some(message_id) = message.message_id.filter(|id| !id.is_empty()) else {
+            warn!("an SQS record without a message id is dropped: it cannot be reported as failed");
+            continue;
+        };
+        match record_snapshots(message.body.as_deref(), settings) {
+            Ok((region, snapshots)) => records.push(Record { message_id, region, snapshots }),
+            Err(reason) => {
+                warn!(message_id, %reason, "SQS record dropped");
+                dropped.push((message_id, reason));
+            }
+        }
+    }
+    let mut by_region: BTreeMap<Region, Vec<Record>> = BTreeMap::new();
+    for record in records {
+        by_region.entry(record.region.clone()).or_default().push(record);
+    }
+    let mut answer = SqsBatchResponse::default();
+    let mut merged: Result<Response, CopySnapshotsError> = Ok(Response { complete: true, ..Response::default() });
+    for (region, records) in by_region {
+        let result = reconcile_region(&region, &records, settings, store, deadline).await;
+        let done: HashSet<&str> = match &result {
+            Ok(response) => response
+                .copies
+                .iter()
+                .map(|c| c.source_snapshot_id.as_str())
+                .chain(response.skipped.iter().map(|s| s.source_snapshot_id.as_str()))
+                .collect(),
+            Err(e) => {
+                error!(error_type = e.error_type(), error_message = %e, %region, "a batch's reconcile failed; its records are delivered again");
+                HashSet::new()
+            }
+        };
+        for record in &records {
+            if !record.snapshots.iter().all(|id| done.contains(id.as_str())) {
+                let mut failure = BatchItemFailure::default();
+                failure.item_identifier = record.message_id.clone();
+                answer.batch_item_failures.push(failure);
+            }
+        }
+        merged = merge(merged, result);
+    }
+    info!(records_failed = answer.batch_item_failures.len(), records_dropped = dropped.len(), "batch answered");
+    BatchOutcome { answer, result: merged, dropped }
+}
+
+/// The source region and snapshots of one record's body: an EventBridge snapshot event.
+fn record_snapshots(body: Option<&str>, settings: &Settings) -> Result<(Region, Vec<SnapshotId>), String> {
+    let body = body.ok_or("the record has no body")?;
+    let payload: Value = serde_json::from_str(body).map_err(|e| format!("the body is not JSON: {e}"))?;
+    if !payload.as_object().is_some_and(|o| o.contains_key("detail-type")) {
+        return Err("the body is not an EventBridge event".to_owned());
+    }
+    match parse_payload(payload, settings) {
+        Ok(Invocation::Copy(request)) => match request.sources {
+            SourceSelector::Ids(ids) => Ok((request.source_region, ids)),
+            SourceSelector::Filters(_) => Err("the event selects no snapshot ids".to_owned()),
+        },
+        Ok(Invocation::Ignore { reason }) => Err(reason),
+        Err(e) => Err(e.to_string()),
+    }
+}
+
+/// One reconcile for the records of one source region: their snapshots, each once, in the
+/// order they arrived; everything else from the environment.
+async fn reconcile_region<S: SnapshotStore>(
+    region: &Region,
+    records: &[Record],
+    settings: &Settings,
+    store: &S,
+    deadline: Option<Instant>,
+) -> Result<Response, CopySnapshotsError> {
+    let mut seen = HashSet::new();
+    let ids: Vec<String> = records
+        .iter()
+        .flat_map(|r| r.snapshots.iter())
+        .filter(|id| seen.insert(*id))
+        .map(|id| id.as_str().to_owned())
+        .collect();
+    let payload = RequestPayload {
+        snapshot_ids: Some(ids),
+        region: Some(region.as_str().to_owned()),
+        // Start what fits and return: the queue's visibility timeout is the wait for a slot.
+        max_wait_seconds: Some(0),
+        ..RequestPayload::default()
+    };
+    let mut request = CopyRequest::check(payload, settings)?;
+    request.from_event = true;
+    request.from_queue = true;
+    info!(%region, sources = seen.len(), records = records.len(), "batch of snapshot events");
+    let limits = RunLimits { deadline, poll_interval: settings.poll_interval, call_timeout: settings.call_timeout };
+    reconcile_observed(store, &request, limits, &LogObserver, StopSignal::never()).await
+}
+
+/// Two reconciles' responses as one, for the metrics: lists appended; an error wins.
+fn merge(
+    left: Result<Response, CopySnapshotsError>,
+    right: Result<Response, CopySnapshotsError>,
+) -> Result<Response, CopySnapshotsError> {
+    let (mut left, right) = match (left, right) {
+        (Ok(left), Ok(right)) => (left, right),
+        (Err(e), _) | (_, Err(e)) => return Err(e),
+    };
+    left.snapshot_ids.extend(right.snapshot_ids);
+    left.copies.extend(right.copies);
+    left.pending_sources.extend(right.pending_sources);
+    left.failed.extend(right.failed);
+    left.duplicates_removed.extend(right.duplicates_removed);
+    left.skipped.extend(right.skipped);
+    left.notes.extend(right.notes);
+    left.complete &= right.complete;
+    Ok(left)
+}
