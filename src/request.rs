@@ -92,6 +92,10 @@ pub struct Settings {
     pub target_region: Option<Region>,
     /// `PENDING_LIMIT`.
     pub pending_limit: u32,
+    /// `PENDING_LIMIT` when the environment sets it: the deployment's share of the target
+    /// region's copy quota, which a request may lower but not raise (the stack leaves the rest
+    /// to Data Lifecycle Manager and AWS Backup).
+    pub pending_limit_ceiling: Option<u32>,
     /// `ENCRYPT`.
     pub encrypt: bool,
     /// `KMS_KEY_ID`, used only for encrypted copies.
@@ -120,6 +124,7 @@ impl Default for Settings {
             source_region: None,
             target_region: None,
             pending_limit: DEFAULT_PENDING_LIMIT,
+            pending_limit_ceiling: None,
             encrypt: false,
             kms_key: None,
             copy_tags: false,
@@ -159,14 +164,12 @@ impl Settings {
                 _ => Err(invalid(name, &v, "true or false")),
             },
         };
-        let pending_limit = match get("PENDING_LIMIT") {
-            None => DEFAULT_PENDING_LIMIT,
-            Some(v) => v
-                .parse::<u32>()
-                .ok()
-                .filter(|n| *n >= 1)
-                .ok_or_else(|| invalid("PENDING_LIMIT", &v, "an integer ≥ 1"))?,
-        };
+        let pending_limit_ceiling = get("PENDING_LIMIT")
+            .map(|v| {
+                v.parse::<u32>().ok().filter(|n| *n >= 1).ok_or_else(|| invalid("PENDING_LIMIT", &v, "an integer ≥ 1"))
+            })
+            .transpose()?;
+        let pending_limit = pending_limit_ceiling.unwrap_or(DEFAULT_PENDING_LIMIT);
         let poll_interval = match get("POLL_INTERVAL_SECONDS") {
             None => DEFAULT_POLL_INTERVAL,
             Some(v) => v
@@ -228,6 +231,7 @@ impl Settings {
             source_region: region("AWS_REGION")?,
             target_region: region("TARGET_REGION")?,
             pending_limit,
+            pending_limit_ceiling,
             encrypt: flag("ENCRYPT")?,
             kms_key,
             copy_tags: flag("COPY_TAGS")?,
@@ -351,6 +355,12 @@ impl CopyRequest {
         let pending_limit = payload.pending_limit.unwrap_or(settings.pending_limit);
         if pending_limit == 0 {
             return Err(invalid("pending_limit: 0 would never start a copy; valid: an integer ≥ 1".to_owned()));
+        }
+        if let Some(ceiling) = settings.pending_limit_ceiling.filter(|ceiling| pending_limit > *ceiling) {
+            return Err(invalid(format!(
+                "pending_limit: {pending_limit} is more than this deployment's PENDING_LIMIT of {ceiling}, its share of \
+                 the target region's copy quota; valid: an integer from 1 to {ceiling}"
+            )));
         }
 
         let encrypt = payload.encrypt.unwrap_or(settings.encrypt);

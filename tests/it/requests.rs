@@ -212,6 +212,28 @@ fn environment_fills_only_what_the_payload_leaves_out() {
 }
 
 #[test]
+fn a_request_may_lower_the_deployments_pending_limit_but_not_raise_it() {
+    let env: HashMap<&str, &str> =
+        HashMap::from([("AWS_REGION", "us-east-1"), ("TARGET_REGION", "eu-west-1"), ("PENDING_LIMIT", "15")]);
+    let deployed = Settings::from_lookup(|k| env.get(k).map(|v| v.to_string())).unwrap();
+    let lower = parse_payload(json!({"snapshot_ids": [ID_A], "pending_limit": 5}), &deployed).unwrap();
+    let Invocation::Copy(lower) = lower else { panic!("a copy") };
+    assert_eq!(lower.pending_limit, 5);
+    let Err(CopySnapshotsError::InvalidRequest(message)) =
+        parse_payload(json!({"snapshot_ids": [ID_A], "pending_limit": 20}), &deployed)
+    else {
+        panic!("20 over a deployment's 15 must be refused")
+    };
+    assert!(message.contains("pending_limit") && message.contains("1 to 15"), "{message}");
+    // Without PENDING_LIMIT in the environment (a terminal, the tests) nothing caps a request:
+    // an account whose copy quota was raised may ask for more than 20.
+    let free =
+        parse_payload(json!({"snapshot_ids": [ID_A], "pending_limit": 50, "target_region": "eu-west-1"}), &settings());
+    let Ok(Invocation::Copy(free)) = free else { panic!("{free:?}") };
+    assert_eq!(free.pending_limit, 50);
+}
+
+#[test]
 fn retention_comes_from_the_payload_else_from_the_environment_field_by_field() {
     let env: HashMap<&str, &str> = HashMap::from([
         ("AWS_REGION", "us-east-1"),
