@@ -14,9 +14,23 @@ IAM statements:
 - with KmsKeyArns set, those keys and no others;
 - ec2:DeleteSnapshot (duplicates and retention) only on target-region snapshots that carry this
   project's tracking tags for the stack's region or TargetRegion (aws:ResourceTag conditions);
-- the schedule's Input is a valid request, carrying RetainDays, RetainCount and
-  DeleteOrphansAfterDays as retain_days, retain_count and delete_orphans_after_days when set
-  and nothing of them when empty;
+- the schedule starts the state machine (with a role allowing states:StartExecution on it and
+  nothing else), and its Input is `{"loop": {"kind": "schedule", "generation": 0}, "request":
+  …}` with a valid request carrying RetainDays, RetainCount and DeleteOrphansAfterDays as
+  retain_days, retain_count and delete_orphans_after_days when set and nothing of them when
+  empty;
+- the state machine's role allows what its definition calls, on what it calls: every Task
+  resource of the definition (lambda:invoke of the function, aws-sdk:sfn:listExecutions and
+  states:startExecution of itself) is granted, StartExecution and ListExecutions only on the
+  ARN its Name gives it;
+- with CopyNewSnapshots, the new-snapshot rule targets CopyQueue, only that rule may send to
+  it, CopyQueueFunction is the same build and configuration as the main function and consumes
+  it with batch item failures, the function role may receive, delete, change the visibility of
+  and read the attributes of CopyQueue (what Lambda's event source mapping calls) and nothing
+  of it without CopyNewSnapshots, and the queue's numbers hold: visibility timeout ≥ 6 × the
+  function's timeout + the batching window, at least 24 hours of tries before the dead-letter
+  queue, retention longer than those tries and shorter than the dead-letter queue's, whose
+  RedriveAllowPolicy names CopyQueue's real ARN;
 - with a trigger on, a failed asynchronous invocation (SourcesPending, ...) is retried and then
   sent to the dead-letter queue, never dropped;
 - service names and ARNs follow the partition: evaluated for aws and for aws-cn, the
@@ -211,20 +225,176 @@ def check_delete(name, evaluator, errors):
 
 
 def check_schedule_input(name, evaluator, expected, errors):
-    """The schedule's Input, as EventBridge would send it, is a request with exactly `expected`
-    besides its filters."""
+    """The schedule's Input, as EventBridge would send it to the state machine, wraps a request
+    with exactly `expected` besides its filters."""
     rule = evaluator.eval(evaluator.template["Resources"]["CopyScheduleRule"])
-    text = rule["Properties"]["Targets"][0]["Input"]
+    target = rule["Properties"]["Targets"][0]
+    text = target["Input"]
     try:
-        request = json.loads(text)
+        wrapped = json.loads(text)
     except json.JSONDecodeError as e:
         errors.append(f"{name}: the schedule's Input is not JSON ({e}): {text}")
         return
+    if target.get("Arn") != "<CopyStateMachine>":
+        errors.append(f"{name}: the schedule targets {target.get('Arn')}, not the state machine")
+    if target.get("RoleArn") != "<ScheduleRole.Arn>":
+        errors.append(f"{name}: the schedule's target has role {target.get('RoleArn')}, expected ScheduleRole")
+    # The state machine's "Input?" state runs the "Already running?" check only for this form.
+    if set(wrapped) != {"loop", "request"} or wrapped["loop"] != {"kind": "schedule", "generation": 0}:
+        errors.append(f"{name}: the schedule's Input is not {{loop: {{kind: schedule, generation: 0}}, request}}: {text}")
+        return
+    request = wrapped["request"]
     extra = {k: v for k, v in request.items() if k != "filters"}
     if extra != expected:
         errors.append(f"{name}: the schedule's Input carries {extra}, expected {expected}: {text}")
     if request.get("filters") != [{"name": "tag:Backup", "values": ["daily"]}]:
         errors.append(f"{name}: the schedule's Input selects {request.get('filters')}, expected tag:Backup=daily")
+
+
+def policy_statements(policies):
+    statements = []
+    for policy in policies:
+        document = policy.get("PolicyDocument", policy)
+        statements.extend(as_list(document.get("Statement", [])))
+    return statements
+
+
+def check_schedule_role(name, evaluator, errors):
+    """EventBridge may start the state machine, and do nothing else, with the schedule's role."""
+    role = evaluator.eval(evaluator.template["Resources"]["ScheduleRole"])["Properties"]
+    principals = [s.get("Principal", {}).get("Service") for s in role["AssumeRolePolicyDocument"]["Statement"]]
+    if principals != ["events.amazonaws.com"]:
+        errors.append(f"{name}: ScheduleRole is assumed by {principals}, expected events.amazonaws.com only")
+    statements = policy_statements(role.get("Policies", []))
+    granted = [(a, r) for s in statements for a in as_list(s["Action"]) for r in as_list(s["Resource"])]
+    if granted != [("states:StartExecution", "<CopyStateMachine>")]:
+        errors.append(f"{name}: ScheduleRole grants {granted}, expected states:StartExecution on the state machine only")
+
+
+# What each Task resource of the definition calls, and on what (the state machine's own ARN
+# is "self", the function's "function").
+TASK_ACTIONS = {
+    "arn:${Partition}:states:::lambda:invoke": ("lambda:InvokeFunction", "function"),
+    "arn:${Partition}:states:::aws-sdk:sfn:listExecutions": ("states:ListExecutions", "self"),
+    "arn:${Partition}:states:::states:startExecution": ("states:StartExecution", "self"),
+}
+
+
+def check_state_machine_role(name, evaluator, errors):
+    """Every call of the definition is granted, StartExecution and ListExecutions of itself on
+    exactly the ARN its Name gives it (built with !Sub: a !Ref would be a circular reference)."""
+    machine = evaluator.eval(evaluator.template["Resources"]["CopyStateMachine"])["Properties"]
+    values = evaluator.values
+    own_arn = f"arn:{values['AWS::Partition']}:states:{values['AWS::Region']}:{values['AWS::AccountId']}:stateMachine:{machine.get('Name')}"
+    if machine.get("Name") != values["AWS::StackName"]:
+        errors.append(f"{name}: the state machine is named {machine.get('Name')}, expected the stack's name")
+    substitutions = machine.get("DefinitionSubstitutions", {})
+    statements = [s for s in as_list(machine.get("Policies", [])) if "Statement" in s]
+    statements = policy_statements(statements)
+    lambda_policies = [p for p in as_list(machine.get("Policies", [])) if "LambdaInvokePolicy" in p]
+    definition = json.loads(ASL.read_text())
+    for state_name, state in definition["States"].items():
+        if state.get("Type") != "Task":
+            continue
+        resource = state["Resource"]
+        if resource not in TASK_ACTIONS:
+            errors.append(f"{name}: state {state_name} calls {resource}, which this check does not know: add it")
+            continue
+        action, target = TASK_ACTIONS[resource]
+        if target == "function":
+            function = state["Parameters"].get("FunctionName")
+            if function != "${CopySnapshotsFunctionArn}" or substitutions.get("CopySnapshotsFunctionArn") != "<CopySnapshotsFunction.Arn>":
+                errors.append(f"{name}: state {state_name} invokes {function}, not the copy-snapshots function")
+            if [p["LambdaInvokePolicy"] for p in lambda_policies] != [{"FunctionName": "<CopySnapshotsFunction>"}]:
+                errors.append(f"{name}: the state machine may not invoke (only) the function: {lambda_policies}")
+            continue
+        if state["Parameters"].get("StateMachineArn.$") != "$$.StateMachine.Id":
+            errors.append(f"{name}: state {state_name} does not call this state machine ($$.StateMachine.Id)")
+        granting = [s for s in statements if allows(s, action)]
+        resources = {r for s in granting for r in as_list(s["Resource"])}
+        if resources != {own_arn}:
+            errors.append(f"{name}: {action} (state {state_name}) is granted on {sorted(resources)}, expected {own_arn}")
+
+
+def check_queue(name, evaluator, errors):
+    """CopyQueue, its function, its policies and its numbers (see the docstring)."""
+    resources = evaluator.template["Resources"]
+    main = evaluator.eval(resources["CopySnapshotsFunction"])
+    consumer = evaluator.eval(resources["CopyQueueFunction"])
+    # `sam build` builds one artifact for functions whose build definition (CodeUri, Metadata,
+    # Handler, Runtime, Architectures) is the same; the role and settings make it behave alike.
+    if consumer.get("Metadata") != main.get("Metadata"):
+        errors.append(f"{name}: CopyQueueFunction's Metadata differs from CopySnapshotsFunction's (built twice)")
+    for key in ["CodeUri", "Handler", "Runtime", "Architectures", "Role", "Environment", "MemorySize"]:
+        if consumer["Properties"].get(key) != main["Properties"].get(key):
+            errors.append(f"{name}: CopyQueueFunction's {key} differs from CopySnapshotsFunction's")
+    timeout = int(consumer["Properties"]["Timeout"])
+    events = consumer["Properties"].get("Events", {})
+    sqs = [e["Properties"] for e in events.values() if e.get("Type") == "SQS"]
+    if len(sqs) != 1 or sqs[0].get("Queue") != "<CopyQueue.Arn>":
+        errors.append(f"{name}: CopyQueueFunction does not consume CopyQueue: {events}")
+        return
+    source = sqs[0]
+    if source.get("FunctionResponseTypes") != ["ReportBatchItemFailures"]:
+        errors.append(f"{name}: the queue's event source does not report batch item failures (a batch would succeed or fail whole)")
+    window = int(source.get("MaximumBatchingWindowInSeconds", 0))
+    if int(source.get("BatchSize", 10)) > 10 and window < 1:
+        errors.append(f"{name}: a batch size over 10 needs a batching window")
+    if "MaximumConcurrency" not in source.get("ScalingConfig", {}):
+        errors.append(f"{name}: the queue's event source has no MaximumConcurrency")
+
+    queue = evaluator.eval(resources["CopyQueue"])["Properties"]
+    dlq = evaluator.eval(resources["DeadLetterQueue"])["Properties"]
+    visibility = int(queue["VisibilityTimeout"])
+    if visibility < 6 * timeout + window:
+        errors.append(f"{name}: CopyQueue's visibility timeout {visibility} s < 6 × {timeout} s + {window} s (AWS's guidance)")
+    redrive = queue.get("RedrivePolicy", {})
+    if redrive.get("deadLetterTargetArn") != "<DeadLetterQueue.Arn>":
+        errors.append(f"{name}: CopyQueue does not dead-letter into DeadLetterQueue: {redrive}")
+    tries = int(redrive.get("maxReceiveCount", 0))
+    # Receives are at least one visibility timeout apart.
+    lifetime = (tries - 1) * visibility
+    if lifetime < 24 * 3600:
+        errors.append(f"{name}: {tries} tries {visibility} s apart last {lifetime / 3600:.1f} h, under 24 h of a full quota")
+    retention = int(queue["MessageRetentionPeriod"])
+    if retention <= tries * visibility:
+        errors.append(f"{name}: CopyQueue's retention {retention} s ends before its {tries} tries ({tries * visibility} s): messages expire unseen")
+    if int(dlq["MessageRetentionPeriod"]) <= retention:
+        errors.append(f"{name}: the dead-letter queue keeps messages {dlq['MessageRetentionPeriod']} s, not longer than CopyQueue's {retention} s")
+    values = evaluator.values
+    queue_arn = f"arn:{values['AWS::Partition']}:sqs:{values['AWS::Region']}:{values['AWS::AccountId']}:{queue.get('QueueName')}"
+    allow = dlq.get("RedriveAllowPolicy", {})
+    if allow != {"redrivePermission": "byQueue", "sourceQueueArns": [queue_arn]}:
+        errors.append(f"{name}: the dead-letter queue's RedriveAllowPolicy {allow} does not name CopyQueue ({queue_arn})")
+
+    policy = evaluator.eval(resources["CopyQueuePolicy"])["Properties"]
+    statements = as_list(policy["PolicyDocument"]["Statement"])
+    expected = [{
+        "Sid": "NewSnapshotEvents", "Effect": "Allow", "Principal": {"Service": "events.amazonaws.com"},
+        "Action": "sqs:SendMessage", "Resource": "<CopyQueue.Arn>",
+        "Condition": {"ArnEquals": {"aws:SourceArn": "<NewSnapshotRule.Arn>"}},
+    }]
+    if statements != expected or policy["Queues"] != ["<CopyQueue>"]:
+        errors.append(f"{name}: CopyQueue's policy is not 'the new-snapshot rule may send': {statements}")
+    rule = evaluator.eval(resources["NewSnapshotRule"])["Properties"]
+    if [t["Arn"] for t in rule["Targets"]] != ["<CopyQueue.Arn>"]:
+        errors.append(f"{name}: the new-snapshot rule targets {[t['Arn'] for t in rule['Targets']]}, not CopyQueue")
+
+    # What the event source mapping calls, with the function's role.
+    consume = ["sqs:ReceiveMessage", "sqs:DeleteMessage", "sqs:GetQueueAttributes", "sqs:ChangeMessageVisibility"]
+    statements = role_statements(evaluator)
+    for action in consume:
+        granted = {r for s in statements if allows(s, action) for r in as_list(s["Resource"])}
+        if granted != {"<CopyQueue.Arn>"}:
+            errors.append(f"{name}: the role allows {action} on {sorted(granted)}, expected CopyQueue only")
+
+
+def check_no_queue(name, evaluator, errors):
+    """Without CopyNewSnapshots there is no queue, and the role reads none."""
+    for s in role_statements(evaluator):
+        for action in ["sqs:ReceiveMessage", "sqs:DeleteMessage", "sqs:ChangeMessageVisibility"]:
+            if allows(s, action):
+                errors.append(f"{name}: the role allows {action} without a queue ({s.get('Sid', '?')})")
 
 
 def check_async_failures(name, evaluator, errors):
@@ -269,6 +439,12 @@ def main():
         check_delete(f"{partition}, default parameters", defaults, errors)
         triggers = Evaluator(template, {"TargetRegion": TARGET[partition], "CopyNewSnapshots": "true"}, pseudo)
         check_async_failures(f"{partition}, CopyNewSnapshots", triggers, errors)
+        check_queue(f"{partition}, CopyNewSnapshots", triggers, errors)
+        check_no_queue(f"{partition}, default parameters", defaults, errors)
+        check_state_machine_role(f"{partition}, default parameters", defaults, errors)
+        schedule = Evaluator(template, {"TargetRegion": TARGET[partition], "ScheduleExpression": "rate(1 day)"}, pseudo)
+        check_schedule_role(f"{partition}, schedule", schedule, errors)
+        check_async_failures(f"{partition}, schedule", schedule, errors)
     schedule = {"TargetRegion": "eu-west-1", "ScheduleExpression": "rate(1 day)"}
     pseudo = PARTITIONS["aws"]
     check_schedule_input("schedule without retention", Evaluator(template, schedule, pseudo), {}, errors)
@@ -294,7 +470,10 @@ def main():
         print(error)
     if errors:
         sys.exit(1)
-    print("template.yaml: the role's KMS, delete and partition checks and the schedule's Input pass")
+    print(
+        "template.yaml: the role's KMS, delete, queue and partition checks, the state machine's role,"
+        " the schedule's target and Input pass"
+    )
 
 
 if __name__ == "__main__":
