@@ -18,13 +18,13 @@
 //!   50 ms per EC2 call, and the wall-clock seconds of the engine's own work (no latency).
 //! - `burst_500_events_*`: a night's burst of 500 new-snapshot events over 10 minutes, through
 //!   the SQS queue and the queue function as the template sets them up (batches of up to 100,
-//!   two in flight, a 400 s visibility timeout, 300 receives before the dead-letter queue),
+//!   two in flight, a 600 s visibility timeout, 288 receives before the dead-letter queue),
 //!   `pending_limit` 15; with the region's quota held by 20 other copies for 6 hours, and free:
 //!   copies made, messages dead-lettered, batch invocations, EC2 calls per copy, and the hours
 //!   from the first event to the last copy started.
 //! - `backlog_3000_sources_*`: a first schedule over 3,000 never-copied sources through the
 //!   state machine's loop (rounds of `max_wait_seconds` 0, a 300 s Wait between them): rounds,
-//!   executions (one per 1,000 rounds, the continuation bound), simulated days, calls per copy.
+//!   executions (one per 250 rounds, the continuation bound), simulated days, calls per copy.
 //! - `peak_rss_mib`: the benchmark process, whose largest world is the pruning one (20,010
 //!   snapshots).
 
@@ -45,7 +45,7 @@ const SEEDS: u64 = 20;
 /// The state machine's Wait between two rounds (the template's StateMachineWaitSeconds).
 const STATE_MACHINE_WAIT: Duration = Duration::from_secs(300);
 /// Rounds one execution runs before it continues as a new one (the state machine's bound).
-const ROUNDS_PER_EXECUTION: usize = 1_000;
+const ROUNDS_PER_EXECUTION: usize = 250;
 const IRREGULAR: Irregularity =
     Irregularity { max_stall: std::time::Duration::from_secs(600), slowest: 0.5, fastest: 2.0 };
 

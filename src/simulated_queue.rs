@@ -31,8 +31,8 @@ pub struct QueueSettings {
 impl QueueSettings {
     /// The template's CopyQueue and CopyQueueFunction.
     pub const TEMPLATE: Self = Self {
-        visibility_timeout: Duration::from_secs(400),
-        max_receive_count: 300,
+        visibility_timeout: Duration::from_secs(600),
+        max_receive_count: 288,
         batch_size: 100,
         batching_window: Duration::from_secs(20),
         max_concurrency: 2,
