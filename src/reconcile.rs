@@ -304,7 +304,7 @@ impl<'a, S: SnapshotStore> Run<'a, S> {
     ) -> Result<Self, CopySnapshotsError> {
         let region = &request.source_region;
         let doing = format!("looking up {} in {region}", describe_selector(&request.sources));
-        let found = timeline.call_retrying_throttled(|| store.describe_sources(region, &request.sources)).await;
+        let found = timeline.call_retrying(|| store.describe_sources(region, &request.sources)).await;
         let found = found.map_err(|e| match e {
             // A definite refusal of the request's own filters or ids (a misspelled filter
             // name, a bad value) fails the same way on every retry: the request must change.
@@ -347,7 +347,7 @@ impl<'a, S: SnapshotStore> Run<'a, S> {
             // Retention judges every copy from this region, whatever its source: one listing
             // serves that and the look for earlier copies alike.
             let copies = timeline
-                .call_retrying_throttled(|| store.list_copies(&request.target_region, region))
+                .call_retrying(|| store.list_copies(&request.target_region, region))
                 .await
                 .map_err(|e| look_failed(e, &doing, &timeline))?;
             run.judge_retention(&copies).await;
@@ -360,7 +360,7 @@ impl<'a, S: SnapshotStore> Run<'a, S> {
                 run.entries.iter().filter(|e| matches!(e.stage, Stage::Waiting)).map(|e| e.source.id.clone()).collect();
             if !wanted.is_empty() {
                 let existing = timeline
-                    .call_retrying_throttled(|| store.find_copies(&request.target_region, region, &wanted))
+                    .call_retrying(|| store.find_copies(&request.target_region, region, &wanted))
                     .await
                     .map_err(|e| look_failed(e, &doing, &timeline))?;
                 run.adopt(existing, true);
@@ -426,7 +426,7 @@ impl<'a, S: SnapshotStore> Run<'a, S> {
             HashSet::new()
         } else {
             let by_id = SourceSelector::Ids(unresolved.clone());
-            match self.timeline.call_retrying_throttled(|| self.store.describe_sources(region, &by_id)).await {
+            match self.timeline.call_retrying(|| self.store.describe_sources(region, &by_id)).await {
                 Ok(found) => {
                     let exists: HashSet<SnapshotId> = found.into_iter().map(|s| s.id).collect();
                     unresolved.into_iter().filter(|id| !exists.contains(id)).collect()

@@ -26,6 +26,8 @@ pub const MIN_CALL_TIME: Duration = Duration::from_secs(1);
 const FIRST_BACKOFF: Duration = Duration::from_secs(2);
 /// The longest backoff between two tries of a throttled call.
 const MAX_BACKOFF: Duration = Duration::from_secs(60);
+/// The most tries of one look-up (about 6 minutes of backing off), deadline or not.
+pub const LOOK_TRIES: u32 = 10;
 
 /// When an invocation must be done, and what that leaves each call.
 #[derive(Debug, Clone, Copy)]
@@ -100,25 +102,30 @@ impl Timeline {
     }
 
     /// Runs a look-up (a call that changes nothing, so safe to repeat), trying again with
-    /// backoff and jitter while EC2 throttles it beyond the SDK's retries and time is left.
-    pub async fn call_retrying_throttled<T, F, Fut>(&self, mut call: F) -> Result<T, StoreError>
+    /// backoff and jitter while EC2 throttles it beyond the SDK's retries or leaves it without
+    /// an answer (a timeout, a 5xx: with throttling past the SDK's backoff, its operation
+    /// timeout often ends the call first), as long as time is left, at most [`LOOK_TRIES`]
+    /// times.
+    pub async fn call_retrying<T, F, Fut>(&self, mut call: F) -> Result<T, StoreError>
     where
         F: FnMut() -> Fut,
         Fut: Future<Output = Result<T, StoreError>>,
     {
         let mut backoff = FIRST_BACKOFF;
+        let mut tries = 1;
         loop {
             match self.call(call()).await {
-                Err(StoreError::Throttled(message)) => {
+                Err(error @ (StoreError::Throttled(_) | StoreError::Unknown(_))) => {
                     let pause = jittered(backoff);
                     let resume = Instant::now() + pause;
                     let fits = self.calls_end.is_none_or(|end| resume + MIN_CALL_TIME <= end);
-                    if !fits {
-                        return Err(StoreError::Throttled(message));
+                    if !fits || tries >= LOOK_TRIES {
+                        return Err(error);
                     }
-                    tracing::warn!(%message, pause_ms = pause.as_millis(), "EC2 throttled a look-up beyond the SDK's retries; trying again");
+                    tracing::warn!(%error, pause_ms = pause.as_millis(), "a look-up failed without a definite answer; trying again");
                     tokio::time::sleep(pause).await;
                     backoff = (backoff * 2).min(MAX_BACKOFF);
+                    tries += 1;
                 }
                 other => return other,
             }
@@ -176,7 +183,7 @@ mod tests {
         let timeline = Timeline::unbounded(Duration::from_secs(25));
         let mut tries = 0;
         let result = timeline
-            .call_retrying_throttled(|| {
+            .call_retrying(|| {
                 tries += 1;
                 let answer =
                     if tries < 4 { Err(StoreError::Throttled("RequestLimitExceeded".to_owned())) } else { Ok(tries) };
@@ -187,13 +194,25 @@ mod tests {
     }
 
     #[tokio::test(start_paused = true)]
+    async fn an_unanswered_look_up_is_tried_again_at_most_look_tries_times() {
+        let timeline = Timeline::unbounded(Duration::from_secs(25));
+        let mut tries = 0;
+        let result = timeline
+            .call_retrying(|| {
+                tries += 1;
+                async { Err::<(), _>(StoreError::Unknown("timeout".to_owned())) }
+            })
+            .await;
+        assert!(matches!(result, Err(StoreError::Unknown(_))), "{result:?}");
+        assert_eq!(tries, LOOK_TRIES);
+    }
+
+    #[tokio::test(start_paused = true)]
     async fn a_throttled_look_up_gives_up_when_the_deadline_leaves_no_time() {
         let started = Instant::now();
         let timeline = Timeline::new(started, Some(started + Duration::from_secs(20)), Duration::from_secs(25));
         let result = timeline
-            .call_retrying_throttled(|| async {
-                Err::<(), _>(StoreError::Throttled("RequestLimitExceeded".to_owned()))
-            })
+            .call_retrying(|| async { Err::<(), _>(StoreError::Throttled("RequestLimitExceeded".to_owned())) })
             .await;
         assert!(matches!(result, Err(StoreError::Throttled(_))), "{result:?}");
         assert!(Instant::now() <= started + Duration::from_secs(16), "gave up in time");

@@ -578,10 +578,19 @@ async fn a_duplicate_made_while_the_listing_lagged_heals_on_the_next_run() {
 }
 
 #[tokio::test(start_paused = true)]
-async fn a_look_for_copies_without_an_answer_is_an_ec2_error_at_first_and_retried_later() {
+async fn a_look_for_copies_without_an_answer_is_tried_again_and_an_ec2_error_only_when_it_never_answers() {
+    // One look without an answer: tried again after a backoff, and the run goes on.
     let ec2 = SimulatedEc2::new();
     let ids = sources(&ec2, &[8, 16]);
     ec2.lose_finds(0, 1);
+    let response = reconcile(&ec2, &request(&ids, json!({})), no_deadline()).await.expect("the look is tried again");
+    assert_eq!(response.copies.len(), 2);
+    assert_eq!(ec2.calls().find_copies, 2);
+
+    // Never an answer: an Ec2Error once the tries are used up, before any copy.
+    let ec2 = SimulatedEc2::new();
+    let ids = sources(&ec2, &[8, 16]);
+    ec2.lose_finds(0, 1_000);
     let result = reconcile(&ec2, &request(&ids, json!({})), no_deadline()).await;
     let Err(err @ CopySnapshotsError::Ec2Error(_)) = result else { panic!("{result:?}") };
     assert!(err.to_string().contains("no copy was started"), "{err}");

@@ -156,7 +156,8 @@ async fn each_error_type_is_counted_as_documented() {
     assert_eq!(count(&metrics, "InvocationErrors"), 1);
     let ec2 = SimulatedEc2::new();
     let id = ec2.add_source(SOURCE, 8, &[]);
-    ec2.lose_finds(0, 1);
+    // Never answered, through every try of the look.
+    ec2.lose_finds(0, 1_000);
     let (answer, metrics) = invoke(&ec2, json!({"snapshot_ids": [id]}), remaining).await;
     expect(&answer, "Ec2Error");
     assert_eq!(count(&metrics, "InvocationErrors"), 1);
