@@ -178,8 +178,9 @@ mod tests {
             kms_key_id: Some("238f8ec9-420a-0690-8ec9-009f34fc3ef5"),
         };
         let credentials = Credentials::new("akid", "secret", None, None, "test");
-        let signed =
-            url.presign("https://ec2.us-east-1.amazonaws.com", &credentials, at("20230124T000000Z"), EXPIRES_IN).unwrap();
+        let signed = url
+            .presign("https://ec2.us-east-1.amazonaws.com", &credentials, at("20230124T000000Z"), EXPIRES_IN)
+            .unwrap();
         let query = query_of(&signed);
         assert_eq!(
             param(&query, "X-Amz-Signature"),

@@ -211,7 +211,11 @@ fn a_request_file_runs_under_a_named_profile() {
     let _ = std::fs::remove_dir_all(&home);
     assert_ne!(missing.status.code(), Some(0), "a profile that does not exist worked");
     assert_eq!(emulator.record().calls("CopySnapshot"), 1);
-    assert_eq!(emulator.record().presigned_url_problems(), [], "the PresignedUrl was not signed with the profile's key");
+    assert_eq!(
+        emulator.record().presigned_url_problems(),
+        [],
+        "the PresignedUrl was not signed with the profile's key"
+    );
 }
 
 #[test]
