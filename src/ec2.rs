@@ -11,9 +11,11 @@ use aws_config::retry::RetryConfig;
 use aws_config::timeout::TimeoutConfig;
 use aws_config::{BehaviorVersion, SdkConfig};
 use aws_sdk_ec2::Client;
+use aws_sdk_ec2::config::endpoint::{self, ResolveEndpoint};
 use aws_sdk_ec2::config::http::HttpResponse;
 use aws_sdk_ec2::config::interceptors::InterceptorContext;
 use aws_sdk_ec2::config::retry::{ClassifyRetry, RetryAction};
+use aws_sdk_ec2::config::{Credentials, ProvideCredentials, SharedCredentialsProvider};
 use aws_sdk_ec2::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
 use aws_sdk_ec2::operation::copy_snapshot::CopySnapshotError;
 use aws_sdk_ec2::operation::describe_snapshots::builders::DescribeSnapshotsFluentBuilder;
@@ -21,6 +23,7 @@ use aws_sdk_ec2::types::{self, ResourceType, StorageTier, TagSpecification};
 use tracing::{debug, warn};
 
 use crate::ids::{Region, SnapshotId};
+use crate::presign::{CopySnapshotUrl, EXPIRES_IN};
 use crate::request::{MAX_FILTER_VALUES, Settings};
 use crate::store::{
     CopySpec, CopyStatus, ENCRYPTION_TAG, SOURCE_REGION_TAG, SOURCE_SNAPSHOT_TAG, SnapshotState, SnapshotStore,
@@ -63,18 +66,19 @@ pub async fn load_sdk_config(settings: &Settings, profile: Option<&str>, region:
 pub struct Ec2Store {
     base: aws_sdk_ec2::Config,
     clients: Mutex<HashMap<Region, Client>>,
+    presigner: Presigner,
 }
 
 impl Ec2Store {
     /// Clients derived from one loaded configuration (credentials, retries, timeouts and any
-    /// `AWS_ENDPOINT_URL[_EC2]`), with the region set per call.
+    /// `AWS_ENDPOINT_URL[_EC2]`), with the region set per call. Tests hand in a configuration
+    /// pointed at an emulator.
     pub fn new(sdk_config: &aws_config::SdkConfig) -> Self {
-        Self::from_config(aws_sdk_ec2::config::Builder::from(sdk_config).build())
-    }
-
-    /// From a ready EC2 client configuration (tests hand in a mocked one).
-    pub fn from_config(base: aws_sdk_ec2::Config) -> Self {
-        Self { base, clients: Mutex::new(HashMap::new()) }
+        Self {
+            base: aws_sdk_ec2::config::Builder::from(sdk_config).build(),
+            clients: Mutex::new(HashMap::new()),
+            presigner: Presigner::new(sdk_config),
+        }
     }
 
     fn client(&self, region: &Region) -> Client {
@@ -210,11 +214,17 @@ impl SnapshotStore for Ec2Store {
                 spec.tags.iter().map(|t| types::Tag::builder().key(&t.key).value(&t.value).build()).collect(),
             ))
             .build();
+        let presigned_url = self.presigner.copy_snapshot_url(spec).await?;
         let output = self
             .client(&spec.target_region)
             .copy_snapshot()
             .source_region(spec.source_region.as_str())
             .source_snapshot_id(spec.source_id.as_str())
+            // What botocore, the JavaScript, Go, Java, Ruby, C++ and PHP SDKs add to every
+            // CopySnapshot and aws-sdk-ec2 does not (see Presigner). A throttled call retried
+            // by the SDK sends the same URL again: it is valid for an hour.
+            .destination_region(spec.target_region.as_str())
+            .presigned_url(presigned_url)
             .description(&spec.description)
             // The API reference: "You cannot set this parameter to false"; omit it unless true.
             .set_encrypted(spec.encrypted.then_some(true))
@@ -256,6 +266,99 @@ impl SnapshotStore for Ec2Store {
                 other => Err(other),
             },
         }
+    }
+}
+
+/// Makes CopySnapshot's `PresignedUrl` (src/presign.rs) with what the client itself uses.
+///
+/// - The endpoint: aws-sdk-ec2's own resolver for the *source* region (so the partition's:
+///   `ec2.cn-north-1.amazonaws.com.cn`, `ec2.us-gov-west-1.amazonaws.com`), with the
+///   configuration's FIPS and dual-stack settings, as the Ruby SDK resolves it — but never an
+///   `AWS_ENDPOINT_URL[_EC2]` override. The URL is for EC2 in the destination region to call
+///   the source region with; an override (an emulator, a proxy, a VPC endpoint of the
+///   destination region) is where this client sends its calls, not an endpoint of the source
+///   region that EC2 could use. So the fault emulator sees AWS's host for the source region,
+///   not its loopback address, and checks exactly that.
+/// - The credentials: the configuration's provider, the one the clients sign with.
+///   aws-sdk-ec2's `Config` no longer hands its provider out, so it is kept from the
+///   `SdkConfig`; and the clients' identity cache is not reachable from here, so this keeps its
+///   own: credentials are reused until 5 minutes before they expire, and for at most 15
+///   minutes (the SDK's own default for credentials without an expiry).
+#[derive(Debug)]
+struct Presigner {
+    credentials: Option<SharedCredentialsProvider>,
+    use_fips: bool,
+    use_dual_stack: bool,
+    cached: Mutex<Option<(Credentials, SystemTime)>>,
+}
+
+/// How long credentials without an expiry are reused.
+const CREDENTIALS_REUSE: Duration = Duration::from_secs(15 * 60);
+/// Fresh credentials are fetched this long before the cached ones expire.
+const CREDENTIALS_MARGIN: Duration = Duration::from_secs(5 * 60);
+
+impl Presigner {
+    fn new(sdk_config: &SdkConfig) -> Self {
+        Self {
+            credentials: sdk_config.credentials_provider(),
+            use_fips: sdk_config.use_fips().unwrap_or(false),
+            use_dual_stack: sdk_config.use_dual_stack().unwrap_or(false),
+            cached: Mutex::new(None),
+        }
+    }
+
+    async fn copy_snapshot_url(&self, spec: &CopySpec) -> Result<String, StoreError> {
+        let endpoint = self.source_endpoint(&spec.source_region).await?;
+        let credentials = self.credentials().await?;
+        let url = CopySnapshotUrl {
+            source_region: spec.source_region.as_str(),
+            source_snapshot_id: spec.source_id.as_str(),
+            destination_region: spec.target_region.as_str(),
+            encrypted: spec.encrypted,
+            kms_key_id: spec.kms_key_id.as_deref(),
+        };
+        // Never logged: it carries the session token.
+        url.presign(&endpoint, &credentials, SystemTime::now(), EXPIRES_IN)
+            .map_err(|e| StoreError::Refused { code: "PresignedUrl".to_owned(), message: e.to_string() })
+    }
+
+    /// The source region's EC2 endpoint, as aws-sdk-ec2 resolves it without an override.
+    async fn source_endpoint(&self, region: &Region) -> Result<String, StoreError> {
+        let refused = |message: String| StoreError::Refused { code: "PresignedUrl".to_owned(), message };
+        let params = endpoint::Params::builder()
+            .region(region.as_str())
+            .use_fips(self.use_fips)
+            .use_dual_stack(self.use_dual_stack)
+            .build()
+            .map_err(|e| refused(format!("no EC2 endpoint parameters for {region}: {e}")))?;
+        let resolved = endpoint::DefaultResolver::new()
+            .resolve_endpoint(&params)
+            .await
+            .map_err(|e| refused(format!("no EC2 endpoint for {region}: {e}")))?;
+        Ok(resolved.url().to_owned())
+    }
+
+    async fn credentials(&self) -> Result<Credentials, StoreError> {
+        let now = SystemTime::now();
+        if let Some((credentials, until)) = self.cached.lock().unwrap_or_else(|p| p.into_inner()).as_ref()
+            && now < *until
+        {
+            return Ok(credentials.clone());
+        }
+        let Some(provider) = &self.credentials else {
+            return Err(StoreError::AccessDenied("no credentials are configured to presign CopySnapshot".to_owned()));
+        };
+        // A provider that fails here would fail the SDK's own call the same way, which the
+        // engine hears as a call without a definite answer; nothing was sent yet.
+        let credentials = provider.provide_credentials().await.map_err(|e| {
+            StoreError::Unknown(format!("credentials to presign CopySnapshot: {}", DisplayErrorContext(&e)))
+        })?;
+        let until = credentials
+            .expiry()
+            .and_then(|expiry| expiry.checked_sub(CREDENTIALS_MARGIN))
+            .map_or(now + CREDENTIALS_REUSE, |refresh| refresh.min(now + CREDENTIALS_REUSE));
+        *self.cached.lock().unwrap_or_else(|p| p.into_inner()) = Some((credentials.clone(), until));
+        Ok(credentials)
     }
 }
 
@@ -372,4 +475,85 @@ fn copy_status(snapshot: &types::Snapshot, tags: &[Tag]) -> Option<CopyStatus> {
         source_start_time,
         size_gib: snapshot.volume_size().and_then(|s| u64::try_from(s).ok()).unwrap_or(0),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    use aws_credential_types::provider::future::ProvideCredentials as CredentialsFuture;
+
+    use super::*;
+
+    fn presigner_for(config: SdkConfig) -> Presigner {
+        Presigner::new(&config)
+    }
+
+    async fn endpoint_of(presigner: &Presigner, region: &str) -> String {
+        presigner.source_endpoint(&Region::parse(region).unwrap()).await.unwrap()
+    }
+
+    #[tokio::test]
+    async fn the_source_endpoint_is_the_partitions_and_never_the_override() {
+        // An emulator's address, as `AWS_ENDPOINT_URL` sets it: the URL still names AWS.
+        let config = SdkConfig::builder().endpoint_url("http://127.0.0.1:4566").build();
+        let presigner = presigner_for(config);
+        assert_eq!(endpoint_of(&presigner, "us-west-2").await, "https://ec2.us-west-2.amazonaws.com");
+        assert_eq!(endpoint_of(&presigner, "cn-north-1").await, "https://ec2.cn-north-1.amazonaws.com.cn");
+        assert_eq!(endpoint_of(&presigner, "us-gov-west-1").await, "https://ec2.us-gov-west-1.amazonaws.com");
+        let fips = presigner_for(SdkConfig::builder().use_fips(true).build());
+        assert_eq!(endpoint_of(&fips, "us-east-1").await, "https://ec2-fips.us-east-1.amazonaws.com");
+    }
+
+    #[derive(Debug)]
+    struct Counting(Arc<AtomicUsize>, Option<SystemTime>);
+
+    impl ProvideCredentials for Counting {
+        fn provide_credentials<'a>(&'a self) -> CredentialsFuture<'a>
+        where
+            Self: 'a,
+        {
+            let n = self.0.fetch_add(1, Ordering::Relaxed);
+            CredentialsFuture::ready(Ok(Credentials::new(format!("akid{n}"), "secret", None, self.1, "counting")))
+        }
+    }
+
+    async fn access_keys(expiry: Option<SystemTime>) -> (Vec<String>, usize) {
+        let calls = Arc::new(AtomicUsize::new(0));
+        let provider = SharedCredentialsProvider::new(Counting(Arc::clone(&calls), expiry));
+        let presigner = presigner_for(SdkConfig::builder().credentials_provider(provider).build());
+        let mut keys = Vec::new();
+        for _ in 0..3 {
+            keys.push(presigner.credentials().await.unwrap().access_key_id().to_owned());
+        }
+        (keys, calls.load(Ordering::Relaxed))
+    }
+
+    #[tokio::test]
+    async fn credentials_are_the_clients_and_reused_until_near_their_expiry() {
+        let (keys, calls) = access_keys(None).await;
+        assert_eq!((keys, calls), (vec!["akid0".to_owned(); 3], 1));
+        let (keys, calls) = access_keys(Some(SystemTime::now() + Duration::from_secs(3600))).await;
+        assert_eq!((keys, calls), (vec!["akid0".to_owned(); 3], 1));
+        // Credentials about to expire are fetched again for each URL.
+        let (keys, calls) = access_keys(Some(SystemTime::now() + Duration::from_secs(60))).await;
+        assert_eq!((keys, calls), (vec!["akid0".to_owned(), "akid1".to_owned(), "akid2".to_owned()], 3));
+    }
+
+    #[tokio::test]
+    async fn no_credentials_is_access_denied_before_any_call() {
+        let spec = CopySpec {
+            source_id: SnapshotId::parse("snap-0123456789abcdef0").unwrap(),
+            source_region: Region::parse("us-east-1").unwrap(),
+            target_region: Region::parse("eu-west-1").unwrap(),
+            description: String::new(),
+            encrypted: false,
+            kms_key_id: None,
+            tags: vec![],
+            completion_duration_minutes: None,
+        };
+        let error = presigner_for(SdkConfig::builder().build()).copy_snapshot_url(&spec).await.unwrap_err();
+        assert!(matches!(error, StoreError::AccessDenied(_)), "{error:?}");
+    }
 }

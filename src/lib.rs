@@ -11,7 +11,8 @@
 //!   reports as it works (and the signal that stops it); [`plan`]: what it would do;
 //!   [`retention`]: the one rule for which sources are copied and which copies are deleted.
 //! - [`response`], [`error`]: what an invocation answers.
-//! - [`ec2`]: the store on aws-sdk-ec2 (the only module that uses the SDK).
+//! - [`ec2`]: the store on aws-sdk-ec2 (the only module that uses the SDK); [`presign`]:
+//!   CopySnapshot's PresignedUrl, signed with aws-sigv4 (pure, no SDK client).
 //! - [`batch`]: a batch of new-snapshot events from the SQS queue, answered per record;
 //!   [`timeline`]: each call's share of the invocation's time, and the backoff with jitter.
 //! - [`handler`]: one invocation end to end; [`logging`]: the Lambda log setup;
@@ -34,6 +35,7 @@ pub mod logging;
 pub mod metrics;
 pub mod plan;
 pub mod poll_timing;
+pub mod presign;
 pub mod progress;
 pub mod reconcile;
 pub mod request;

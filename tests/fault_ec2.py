@@ -12,6 +12,8 @@ What it adds to moto:
 - CopySnapshot honouring Encrypted/KmsKeyId as EC2 does (and a key moto's KMS does not know
   ends the copy in `error`); an explicit `Encrypted=false`, which the API reference says cannot
   be set, is recorded;
+- CopySnapshot's PresignedUrl checked as EC2 documents it (see _presigned_url_problem): a
+  missing or wrong one is accepted, and the copy ends in `error` later, its reason recorded;
 - a share of CopySnapshot calls that make the copy but lose the answer (a 500 after the copy
   exists), and a visibility lag during which new copies are missing from DescribeSnapshots;
 - copies that stall at 0% and run at speeds that do not follow their size;
@@ -28,7 +30,9 @@ Control API (JSON), next to the EC2 API on the same port:
   POST /_fault/config   {"throttle_rate": 0.3, "time_scale": 0.001, "region_limit": 20,
                          "failing_sources": {"snap-…": "message"}, "lost_answer_rate": 0.3,
                          "visibility_lag_seconds": 2, "page_size": 3, "stall_seconds": 1,
-                         "speed_spread": [0.5, 2.0]}
+                         "speed_spread": [0.5, 2.0], "secrets": {"AKID…": "secret"}}
+                        (secrets: access keys besides the environment's whose presigned URLs
+                        the emulator can verify)
   POST /_fault/foreign  {"region": "eu-west-1", "count": 20, "seconds": 3}
   POST /_fault/sources  {"region": "us-east-1", "sizes": [8, 64], "tags": {"k": "v"}, "state": "completed",
                          "one_volume": false, "ages_days": [0, 3]}
@@ -41,16 +45,21 @@ Control API (JSON), next to the EC2 API on the same port:
 Usage: fault_ec2.py PORT   (listens on 127.0.0.1 only)
 """
 import datetime
+import functools
+import hashlib
+import hmac
 import json
 import os
 import random
 import sys
 import threading
 import time
-from urllib.parse import parse_qs
+from urllib.parse import parse_qs, quote, unquote, urlsplit
 
 os.environ.setdefault("MOTO_EC2_LOAD_DEFAULT_AMIS", "false")
 
+import botocore.session  # noqa: E402
+from botocore.config import Config as BotocoreConfig  # noqa: E402
 from moto.core.responses import ActionResult, EmptyResult  # noqa: E402
 from moto.ec2.exceptions import EC2ClientError  # noqa: E402
 from moto.ec2.models import ec2_backends  # noqa: E402
@@ -77,6 +86,7 @@ CONFIG = {
     "page_size": None,
     "stall_seconds": 0.0,
     "speed_spread": [1.0, 1.0],
+    "secrets": {},
 }
 RECORD = {
     "calls": [],
@@ -155,6 +165,119 @@ def _key_known(region, key_id):
         return False
 
 
+# --- CopySnapshot's PresignedUrl --------------------------------------------------------------
+
+EC2_API_VERSION = "2016-11-15"
+EMPTY_SHA256 = hashlib.sha256(b"").hexdigest()
+# Longest validity SigV4 allows a presigned URL.
+MAX_EXPIRES = 604800
+
+
+@functools.lru_cache(maxsize=None)
+def _ec2_host(region):
+    """The region's EC2 host as botocore resolves it, whatever AWS_ENDPOINT_URL says.
+
+    The function names AWS's endpoint of the source region in the URL even when its calls go
+    to an emulator (the URL is for EC2 to use, not for the caller), so that is what is checked
+    here, by another SDK's resolver: never this emulator's loopback address.
+    """
+    client = botocore.session.get_session().create_client(
+        "ec2", region_name=region, aws_access_key_id="x", aws_secret_access_key="x",
+        config=BotocoreConfig(ignore_configured_endpoint_urls=True),
+    )
+    return urlsplit(client.meta.endpoint_url).netloc
+
+
+def _secret_of(access_key):
+    secrets = {"testing": "testing"}
+    if os.environ.get("AWS_ACCESS_KEY_ID"):
+        secrets[os.environ["AWS_ACCESS_KEY_ID"]] = os.environ.get("AWS_SECRET_ACCESS_KEY", "")
+    secrets.update(CONFIG["secrets"])
+    return secrets.get(access_key)
+
+
+def _hmac(key, text):
+    return hmac.new(key, text.encode("utf-8"), hashlib.sha256).digest()
+
+
+def _presigned_url_problem(call, region):
+    """Why the PresignedUrl of a CopySnapshot called in `region` with `call`'s parameters is
+    not what EC2 documents (a CopySnapshot for the source region's endpoint, SigV4-presigned
+    for the source region and service ec2, carrying the call's parameters); None when it is."""
+    url = call.get("PresignedUrl")
+    if not url:
+        return "no PresignedUrl"
+    source_region = call.get("SourceRegion")
+    if call.get("DestinationRegion") != region:
+        return f"DestinationRegion is {call.get('DestinationRegion')!r}, the call went to {region!r}"
+    parts = urlsplit(url)
+    host = _ec2_host(source_region)
+    if (parts.scheme, parts.netloc) != ("https", host):
+        return f"the URL is for {parts.scheme}://{parts.netloc}, not the source region's https://{host}"
+    if parts.path not in ("", "/"):
+        return f"the URL's path is {parts.path!r}"
+    pairs = [pair.split("=", 1) for pair in parts.query.split("&") if pair]
+    if any(len(pair) != 2 for pair in pairs):
+        return f"the URL's query is malformed: {parts.query!r}"
+    query = {unquote(k): unquote(v) for k, v in pairs}
+    if len(query) != len(pairs):
+        return "the URL repeats a parameter"
+    expected = {
+        "Action": "CopySnapshot", "Version": EC2_API_VERSION, "SourceRegion": source_region,
+        "SourceSnapshotId": call.get("SourceSnapshotId"), "DestinationRegion": region,
+        # Present in the URL exactly when the call sends them.
+        "Encrypted": call.get("Encrypted"), "KmsKeyId": call.get("KmsKeyId"),
+    }
+    for name, value in expected.items():
+        if query.get(name) != value:
+            return f"{name} is {query.get(name)!r} in the URL and {value!r} in the call"
+    if query.get("X-Amz-Algorithm") != "AWS4-HMAC-SHA256":
+        return f"X-Amz-Algorithm is {query.get('X-Amz-Algorithm')!r}"
+    scope = query.get("X-Amz-Credential", "").split("/")
+    if len(scope) != 5 or scope[4] != "aws4_request":
+        return f"X-Amz-Credential is {query.get('X-Amz-Credential')!r}"
+    access_key, day, signed_region, service, _ = scope
+    if signed_region != source_region:
+        return f"signed for region {signed_region}, not the source region {source_region}"
+    if service != "ec2":
+        return f"signed for service {service}, not ec2"
+    if query.get("X-Amz-SignedHeaders") != "host":
+        return f"X-Amz-SignedHeaders is {query.get('X-Amz-SignedHeaders')!r}, not host"
+    expires = query.get("X-Amz-Expires")
+    if expires is None or not expires.isdigit() or not 0 < int(expires) <= MAX_EXPIRES:
+        return f"X-Amz-Expires is {expires!r}"
+    stamp = query.get("X-Amz-Date", "")
+    try:
+        signed_at = datetime.datetime.strptime(stamp, "%Y%m%dT%H%M%SZ").replace(tzinfo=datetime.timezone.utc)
+    except ValueError:
+        return f"X-Amz-Date is {stamp!r}"
+    now = datetime.datetime.now(datetime.timezone.utc)
+    if stamp[:8] != day or not signed_at - datetime.timedelta(minutes=5) <= now <= signed_at + datetime.timedelta(
+        seconds=int(expires)
+    ):
+        return f"signed at {stamp} for {day}, {expires} s: not valid now"
+    secret = _secret_of(access_key)
+    if secret is None:
+        return f"signed with access key {access_key}, which the emulator does not know"
+    canonical_query = "&".join(
+        f"{k}={v}" for k, v in sorted(
+            (quote(k, safe="-_.~"), quote(v, safe="-_.~")) for k, v in query.items() if k != "X-Amz-Signature"
+        )
+    )
+    canonical_request = "\n".join(["GET", "/", canonical_query, f"host:{host}\n", "host", EMPTY_SHA256])
+    string_to_sign = "\n".join([
+        "AWS4-HMAC-SHA256", stamp, f"{day}/{signed_region}/{service}/aws4_request",
+        hashlib.sha256(canonical_request.encode("utf-8")).hexdigest(),
+    ])
+    key = ("AWS4" + secret).encode("utf-8")
+    for part in (day, signed_region, service, "aws4_request"):
+        key = _hmac(key, part)
+    signature = hmac.new(key, string_to_sign.encode("utf-8"), hashlib.sha256).hexdigest()
+    if not hmac.compare_digest(signature, query.get("X-Amz-Signature", "")):
+        return "the signature does not match the URL (signed with another secret, or the URL changed after signing)"
+    return None
+
+
 def copy_snapshot(self):
     """ElasticBlockStore.copy_snapshot, with EC2's quota, encryption and timing."""
     source_snapshot_id = self._get_param("SourceSnapshotId")
@@ -165,6 +288,11 @@ def copy_snapshot(self):
     encrypted_param = self._get_param("Encrypted")
     encrypted = str(encrypted_param).lower() == "true"
     self.error_on_dryrun()
+    # The values as sent (moto's _get_param turns "true" into True).
+    presign_call = {
+        name: (self.querystring.get(name) or [None])[0]
+        for name in ("PresignedUrl", "SourceRegion", "SourceSnapshotId", "DestinationRegion", "Encrypted", "KmsKeyId")
+    }
     if encrypted_param is not None and not encrypted:
         with LOCK:
             RECORD["explicit_encrypted_false"] += 1
@@ -192,6 +320,11 @@ def copy_snapshot(self):
         snapshot.encrypted = encrypted
         snapshot.add_tags(snapshot_tags)
         error = CONFIG["failing_sources"].get(source_snapshot_id)
+        presigned_url_problem = _presigned_url_problem(presign_call, region)
+        if error is None and presigned_url_problem is not None:
+            # EC2: "If you supply an invalid or expired pre-signed URL, the snapshot copy
+            # operation fails asynchronously, and the snapshot will move to an error state."
+            error = f"The PresignedUrl is invalid: {presigned_url_problem}"
         if error is None and kms_key_id and not _key_known(region, kms_key_id):
             error = KEY_NOT_ACCESSIBLE
         slowest, fastest = CONFIG["speed_spread"]
@@ -210,6 +343,7 @@ def copy_snapshot(self):
             "kms_key_id": key,
             "size_gib": source.volume.size,
             "fails_with": error,
+            "presigned_url_problem": presigned_url_problem,
             "deleted": False,
         })
     return ActionResult({"SnapshotId": snapshot.id, "Tags": snapshot.tag_set})

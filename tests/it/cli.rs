@@ -183,7 +183,8 @@ async fn the_references_snake_case_command_line_works() {
 #[test]
 fn a_request_file_runs_under_a_named_profile() {
     let emulator = FaultEc2::start();
-    emulator.configure(json!({"time_scale": TIME_SCALE}));
+    // The emulator verifies each PresignedUrl's signature: it must be the profile's key.
+    emulator.configure(json!({"time_scale": TIME_SCALE, "secrets": {"AKIDDR": "secret"}}));
     let ids = emulator.sources(SOURCE, &[8]);
     let home = std::env::temp_dir().join(format!("copy-snapshots-cli-home-{}", std::process::id()));
     std::fs::create_dir_all(home.join(".aws")).unwrap();
@@ -210,6 +211,11 @@ fn a_request_file_runs_under_a_named_profile() {
     let _ = std::fs::remove_dir_all(&home);
     assert_ne!(missing.status.code(), Some(0), "a profile that does not exist worked");
     assert_eq!(emulator.record().calls("CopySnapshot"), 1);
+    assert_eq!(
+        emulator.record().presigned_url_problems(),
+        [],
+        "the PresignedUrl was not signed with the profile's key"
+    );
 }
 
 #[test]

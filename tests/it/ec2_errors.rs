@@ -6,7 +6,7 @@
 use std::time::Duration;
 
 use aws_sdk_ec2::config::retry::RetryConfig;
-use aws_sdk_ec2::config::{Credentials, Region as SdkRegion};
+use aws_sdk_ec2::config::{BehaviorVersion, Credentials, Region as SdkRegion, SharedCredentialsProvider};
 use copy_snapshots::ec2::Ec2Store;
 use copy_snapshots::ids::{Region, SnapshotId};
 use copy_snapshots::store::{
@@ -20,11 +20,11 @@ const MAX_ATTEMPTS: u32 = 3;
 /// An EC2 store talking to `ec2`, with the retry policy of production (standard mode) but
 /// millisecond backoff.
 fn store(ec2: &ScriptedEc2) -> Ec2Store {
-    let config = aws_sdk_ec2::Config::builder()
-        .behavior_version_latest()
+    let config = aws_config::SdkConfig::builder()
+        .behavior_version(BehaviorVersion::latest())
         .region(SdkRegion::new("us-east-1"))
         .endpoint_url(ec2.endpoint())
-        .credentials_provider(Credentials::new("akid", "secret", None, None, "test"))
+        .credentials_provider(SharedCredentialsProvider::new(Credentials::new("akid", "secret", None, None, "test")))
         .retry_config(
             RetryConfig::standard()
                 .with_max_attempts(MAX_ATTEMPTS)
@@ -32,7 +32,7 @@ fn store(ec2: &ScriptedEc2) -> Ec2Store {
                 .with_max_backoff(Duration::from_millis(5)),
         )
         .build();
-    Ec2Store::from_config(config)
+    Ec2Store::new(&config)
 }
 
 fn spec() -> CopySpec {

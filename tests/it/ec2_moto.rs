@@ -5,15 +5,18 @@
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 
+use crate::support::fault_ec2::FaultEc2;
 use crate::support::moto::{ec2_in, make_snapshot, sdk_config};
 use aws_sdk_ec2::Client;
+use aws_sdk_ec2::config::Credentials;
 use aws_sdk_ec2::types;
 use copy_snapshots::ec2::Ec2Store;
 use copy_snapshots::ids::{Region, SnapshotId};
+use copy_snapshots::presign::{CopySnapshotUrl, EXPIRES_IN};
 use copy_snapshots::request::Settings;
 use copy_snapshots::store::{
     CopySpec, CopyStatus, ENCRYPTION_TAG, SOURCE_REGION_TAG, SOURCE_SNAPSHOT_TAG, SOURCE_START_TIME_TAG,
-    SOURCE_VOLUME_TAG, SnapshotStore, SourceSelector, SourceSnapshot, StoreError, parse_start_time,
+    SOURCE_VOLUME_TAG, SnapshotStore, SourceSelector, SourceSnapshot, StoreError, Tag, parse_start_time,
 };
 use copy_snapshots::{CopySnapshotsError, handle};
 use serde_json::{Value, json};
@@ -256,4 +259,100 @@ async fn sources_carry_their_start_time_for_the_recovery_point() {
     let start = found[0].start_time.expect("EC2's StartTime is read");
     let after = std::time::SystemTime::now() + std::time::Duration::from_secs(120);
     assert!(before <= start && start <= after, "{start:?} is not the creation time");
+}
+
+/// CopySnapshot's PresignedUrl through the real SDK, checked by the fault emulator as EC2
+/// documents it (tests/fault_ec2.py, `_presigned_url_problem`: the source region's endpoint as
+/// botocore resolves it, SigV4 for the source region and ec2 verified with the secret, the
+/// call's parameters). A wrong URL is accepted and the copy ends in `error`, as on EC2.
+#[tokio::test]
+async fn the_presigned_url_is_accepted_and_copies_complete_and_a_wrong_one_fails_the_copy() {
+    let emulator = FaultEc2::start();
+    // Temporary credentials, as Lambda's: the session token is part of the signed URL.
+    let credentials = Credentials::new("testing", "testing", Some("session/token+=".to_owned()), None, "test");
+    let config = aws_config::defaults(aws_config::BehaviorVersion::latest())
+        .endpoint_url(emulator.endpoint())
+        .region(aws_config::Region::new(SOURCE))
+        .credentials_provider(credentials.clone())
+        .load()
+        .await;
+    let kms = aws_sdk_kms::Client::from_conf(
+        aws_sdk_kms::config::Builder::from(&config).region(aws_sdk_kms::config::Region::new(TARGET)).build(),
+    );
+    let key = kms.create_key().description("DR key").send().await.unwrap();
+    let key_arn = key.key_metadata().unwrap().arn().unwrap().to_owned();
+    let sources = emulator.sources(SOURCE, &[8, 8, 8, 8]);
+    let target = Client::from_conf(
+        aws_sdk_ec2::config::Builder::from(&config).region(aws_sdk_ec2::config::Region::new(TARGET)).build(),
+    );
+
+    // Through the store: plain, and encrypted under a key (Encrypted and KmsKeyId in the URL).
+    let store = Ec2Store::new(&config);
+    let spec = |source: &str, kms_key_id: Option<&str>| CopySpec {
+        source_id: SnapshotId::parse(source).unwrap(),
+        source_region: Region::parse(SOURCE).unwrap(),
+        target_region: Region::parse(TARGET).unwrap(),
+        description: format!("Copy of {source} from {SOURCE}"),
+        encrypted: kms_key_id.is_some(),
+        kms_key_id: kms_key_id.map(str::to_owned),
+        tags: vec![Tag::new(SOURCE_SNAPSHOT_TAG, source), Tag::new(SOURCE_REGION_TAG, SOURCE)],
+        completion_duration_minutes: None,
+    };
+    let plain = store.start_copy(&spec(&sources[0], None)).await.unwrap();
+    let encrypted = store.start_copy(&spec(&sources[1], Some(&key_arn))).await.unwrap();
+    for copy in [&plain, &encrypted] {
+        let settled = settled(&target, copy.as_str()).await;
+        assert_eq!(settled.state(), Some(&types::SnapshotState::Completed), "{settled:?}");
+    }
+    assert_eq!(settled(&target, encrypted.as_str()).await.kms_key_id(), Some(key_arn.as_str()));
+    assert_eq!(emulator.record().presigned_url_problems(), []);
+
+    // The emulator's check is not vacuous: without a URL, or with one signed with another
+    // secret, the call is accepted and the copy ends in `error`.
+    let wrong_secret = presigned_with_secret(&sources[3], "not-the-secret");
+    for (source, url) in [(&sources[2], None), (&sources[3], Some(wrong_secret))] {
+        let started = target
+            .copy_snapshot()
+            .source_region(SOURCE)
+            .source_snapshot_id(source)
+            .destination_region(TARGET)
+            .set_presigned_url(url)
+            .send()
+            .await
+            .unwrap();
+        let settled = settled(&target, started.snapshot_id().unwrap()).await;
+        assert_eq!(settled.state(), Some(&types::SnapshotState::Error), "{settled:?}");
+        assert!(settled.state_message().unwrap_or_default().contains("PresignedUrl"), "{settled:?}");
+    }
+    let problems = emulator.record().presigned_url_problems();
+    assert_eq!(problems.len(), 2, "{problems:?}");
+    assert_eq!(problems[0], (sources[2].clone(), "no PresignedUrl".to_owned()));
+    assert!(problems[1].1.contains("signature does not match"), "{problems:?}");
+}
+
+/// The snapshot once it is no longer `pending`.
+async fn settled(ec2: &Client, id: &str) -> types::Snapshot {
+    let started = std::time::Instant::now();
+    loop {
+        let snapshot = describe(ec2, id).await;
+        if snapshot.state() != Some(&types::SnapshotState::Pending) {
+            return snapshot;
+        }
+        assert!(started.elapsed() < std::time::Duration::from_secs(30), "{id} still pending: {snapshot:?}");
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+}
+
+/// A PresignedUrl for copying `source` as the function makes it, but signed with `secret`.
+fn presigned_with_secret(source: &str, secret: &str) -> String {
+    let url = CopySnapshotUrl {
+        source_region: SOURCE,
+        source_snapshot_id: source,
+        destination_region: TARGET,
+        encrypted: false,
+        kms_key_id: None,
+    };
+    let credentials = Credentials::new("testing", secret, None, None, "test");
+    let endpoint = format!("https://ec2.{SOURCE}.amazonaws.com");
+    url.presign(&endpoint, &credentials, std::time::SystemTime::now(), EXPIRES_IN).unwrap()
 }

@@ -52,7 +52,8 @@ fn sizes(rng: &mut StdRng, count: usize) -> Vec<u64> {
 }
 
 /// Prints the scenario's figures, and checks what every scenario must hold: no CopySnapshot
-/// sent `Encrypted=false` (the API reference: omit it unless true).
+/// sent `Encrypted=false` (the API reference: omit it unless true), and every one sent a
+/// PresignedUrl the emulator accepts.
 fn report(scenario: &str, record: &Record, extra: &str) {
     println!(
         "scenario={scenario} copies={} duplicates={} deleted={} max_pending={} ec2_calls={} copy_calls={} throttled={} \
@@ -67,6 +68,7 @@ fn report(scenario: &str, record: &Record, extra: &str) {
         record.lost_answers(),
     );
     assert_eq!(record.explicit_encrypted_false(), 0, "{scenario}: a CopySnapshot sent Encrypted=false");
+    assert_eq!(record.presigned_url_problems(), [], "{scenario}: the emulator refused a PresignedUrl");
 }
 
 /// Each source has exactly one live copy, and none was made twice and healed: for the

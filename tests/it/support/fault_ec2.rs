@@ -197,6 +197,17 @@ impl Record {
         self.0["explicit_encrypted_false"].as_u64().unwrap_or(0)
     }
 
+    /// What the emulator found wrong with each CopySnapshot's PresignedUrl (those copies end in
+    /// `error`), by source.
+    pub fn presigned_url_problems(&self) -> Vec<(String, String)> {
+        self.copies()
+            .filter_map(|c| {
+                let problem = c["presigned_url_problem"].as_str()?;
+                Some((c["source_snapshot_id"].as_str().unwrap_or_default().to_owned(), problem.to_owned()))
+            })
+            .collect()
+    }
+
     /// CopySnapshot calls that made a copy and answered with a 500.
     pub fn lost_answers(&self) -> u64 {
         self.0["lost_answers"].as_u64().unwrap_or(0)
