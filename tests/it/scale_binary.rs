@@ -357,7 +357,9 @@ async fn pending_limit_counts_the_deployments_copies_across_invocations() {
     assert_eq!(record.copies().count(), 5, "{:?}", record.0["copies"]);
     let notes = answer["notes"].as_array().unwrap_or_else(|| panic!("no notes: {answer}"));
     assert!(
-        notes.iter().any(|n| n.as_str().is_some_and(|n| n.contains("other invocations") && n.contains("pending_limit 5"))),
+        notes
+            .iter()
+            .any(|n| n.as_str().is_some_and(|n| n.contains("other invocations") && n.contains("pending_limit 5"))),
         "no note about other invocations' copies: {answer}"
     );
     // The count: owner self, this project's tag, pending.
@@ -383,7 +385,11 @@ async fn pending_limit_counts_the_deployments_copies_across_invocations() {
     }
     let record = emulator.record();
     report("pending_limit_5_across_invocations", &record, &format!("rounds={rounds}"));
-    assert!(record.max_pending(TARGET) <= 5, "{} of the deployment's copies pending at once", record.max_pending(TARGET));
+    assert!(
+        record.max_pending(TARGET) <= 5,
+        "{} of the deployment's copies pending at once",
+        record.max_pending(TARGET)
+    );
     let mut all = first_ids.clone();
     all.extend(second_ids);
     assert_each_copied_once(&record, &all);

@@ -126,7 +126,11 @@ impl FaultEc2 {
     /// Pending snapshots in `region` for `seconds`, carrying `tags`: with this project's
     /// tracking tag, copies another deployment (or invocation) of it started.
     pub fn tagged_foreign_copies(&self, region: &str, count: usize, seconds: f64, tags: &Value) {
-        self.call("POST", "/_fault/foreign", &json!({"region": region, "count": count, "seconds": seconds, "tags": tags}));
+        self.call(
+            "POST",
+            "/_fault/foreign",
+            &json!({"region": region, "count": count, "seconds": seconds, "tags": tags}),
+        );
     }
 
     /// CopySnapshot of each source in `denied` (id to message) is answered 403
