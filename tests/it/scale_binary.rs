@@ -259,25 +259,21 @@ async fn throttling_beyond_the_sdks_retries_of_the_look_with_the_default_call_ti
     assert_each_copied_once(&record, &ids);
 }
 
-/// Throttling longer than the SDK's 8 attempts on CopySnapshot only, with the default 25 s
-/// operation timeout: whether the engine hears `Throttled` (it backs off) or no definite
-/// answer (it looks for the copy by its tags before starting it again), every source is
-/// copied once and the run is `complete`.
-#[tokio::test]
-async fn throttled_copy_starts_beyond_the_sdks_retries_end_with_every_source_copied_once() {
+/// Throttling longer than the SDK's 8 attempts on CopySnapshot only: 10 calls in a row (the
+/// SDK's 8 attempts of the first start, then 2 more). Returns how the run met it.
+async fn copy_starts_throttled_beyond_the_sdks_retries(scenario: &str, env: &[(&str, &str)]) -> (usize, usize) {
     let emulator = FaultEc2::start();
     emulator.configure(json!({"time_scale": TIME_SCALE}));
     let ids = emulator.sources(SOURCE, &[8, 16, 24, 32, 40, 48]);
-    // 10 CopySnapshot calls in a row throttled: the SDK's 8 attempts of the first, then 2 more.
     emulator.throttle_streak(10, Some(&["CopySnapshot"]));
-    let mut lambda = function(&emulator, &[]).await;
+    let mut lambda = function(&emulator, env).await;
     let started = Instant::now();
     let payload = request(&ids, json!({"pending_limit": 3, "wait_for_completion": true}));
     let response = lambda.invoke(&payload, LONG).await.response();
     let record = emulator.record();
     let (looks_retried, backed_off, unsure) = throttling_seen(&lambda);
     report(
-        "throttle_streak_10_copy_snapshot",
+        scenario,
         &record,
         &format!(
             "seconds={:.1} looks_retried={looks_retried} backed_off={backed_off} unsure_starts={unsure}",
@@ -285,11 +281,30 @@ async fn throttled_copy_starts_beyond_the_sdks_retries_end_with_every_source_cop
         ),
     );
     assert_eq!(record.streak_throttled(), (10, 0), "the streak was not used up");
-    assert!(backed_off + unsure > 0, "throttling never outlasted the SDK's retries: {}", lambda.log());
     assert_eq!(response["complete"], true, "{response}");
     assert_eq!(copied_sources(&response), ids);
     assert_each_copied_once(&record, &ids);
     assert!(record.max_pending(TARGET) <= 3);
+    (backed_off, unsure)
+}
+
+/// With `EC2_CALL_TIMEOUT_SECONDS` 120 the SDK's 8 attempts run out before its operation
+/// timeout: the engine hears `Throttled` for the start, puts the source back, backs off with
+/// jitter and goes on.
+#[tokio::test]
+async fn throttled_copy_starts_beyond_the_sdks_retries_back_off_and_go_on() {
+    let env = [("EC2_CALL_TIMEOUT_SECONDS", "120")];
+    let (backed_off, _) = copy_starts_throttled_beyond_the_sdks_retries("throttle_streak_10_copy_120s", &env).await;
+    assert!(backed_off > 0, "the engine never heard Throttled");
+}
+
+/// With the default 25 s operation timeout, as deployed: the engine hears `Throttled` (it backs
+/// off) or, more often, no definite answer (it looks for the copy by its tags before starting
+/// it again); either way every source is copied once.
+#[tokio::test]
+async fn throttled_copy_starts_with_the_default_call_timeout_end_with_every_source_copied_once() {
+    let (backed_off, unsure) = copy_starts_throttled_beyond_the_sdks_retries("throttle_streak_10_copy_25s", &[]).await;
+    assert!(backed_off + unsure > 0, "throttling never outlasted the SDK's retries");
 }
 
 /// Invocations of 6 s with the SDK's default 25 s operation timeout, as a new user's Lambda
