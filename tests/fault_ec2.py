@@ -7,7 +7,12 @@ What it adds to moto:
 - a per-region limit on pending copies (this function's and foreign ones), answered with
   ResourceLimitExceeded;
 - foreign pending copies occupying slots;
-- a share of EC2 calls answered RequestLimitExceeded;
+- a share of EC2 calls answered RequestLimitExceeded, and streaks of throttled calls longer
+  than the SDK's 8 attempts (`throttle_streak`: the next N calls, optionally only of
+  `throttle_actions`, all answered RequestLimitExceeded 503, so the caller sees throttling
+  outlast its retries);
+- CopySnapshot of chosen sources denied as EC2 answers an SCP or IAM explicit deny (403
+  UnauthorizedOperation, nothing copied), with the denial recorded;
 - chosen sources whose copies end in `error` ("Given key ID is not accessible");
 - CopySnapshot honouring Encrypted/KmsKeyId as EC2 does (and a key moto's KMS does not know
   ends the copy in `error`); an explicit `Encrypted=false`, which the API reference says cannot
@@ -19,27 +24,39 @@ What it adds to moto:
 - copies that stall at 0% and run at speeds that do not follow their size;
 - DescribeSnapshots as EC2 pages it (fewer results than MaxResults, with a NextToken), and
   EC2's answer to an unknown filter name or more than 200 values in a filter;
+- DescribeSnapshots' `status` filter seeing the timed state (a copy is `pending`, then
+  `completed` or `error`, for the filter exactly as DescribeSnapshots reports it: moto's filter
+  reads the patched `status` property), `tag-key` matching this project's tracking tag, and
+  OwnerIds honoured (`self` is the caller's account, an account id that account; moto ignores
+  OwnerIds and would list every snapshot for any owner); snapshots of another account, for
+  that check;
 - DeleteSnapshot only on snapshots carrying the tracking tags (the deployed role's condition),
   and refused for chosen snapshots as EC2 refuses one an AMI uses (InvalidSnapshot.InUse) or a
   locked one;
 - source snapshots of one volume and of chosen ages (StartTime in the past), and sources that
   vanish (as Data Lifecycle Manager prunes the source region), for retention;
-- a record of every EC2 call and every copy, with the most copies pending at once.
+- a record of every EC2 call (DescribeSnapshots with its filters and owners) and every copy,
+  with the most copies carrying the tracking tag pending at once (counted over the region,
+  whichever invocation started them).
 
 Control API (JSON), next to the EC2 API on the same port:
   POST /_fault/config   {"throttle_rate": 0.3, "time_scale": 0.001, "region_limit": 20,
                          "failing_sources": {"snap-…": "message"}, "lost_answer_rate": 0.3,
                          "visibility_lag_seconds": 2, "page_size": 3, "stall_seconds": 1,
-                         "speed_spread": [0.5, 2.0], "secrets": {"AKID…": "secret"}}
-                        (secrets: access keys besides the environment's whose presigned URLs
-                        the emulator can verify)
-  POST /_fault/foreign  {"region": "eu-west-1", "count": 20, "seconds": 3}
+                         "speed_spread": [0.5, 2.0], "throttle_streak": 12,
+                         "throttle_actions": ["CopySnapshot"],
+                         "denied_sources": {"snap-…": "message"}, "secrets": {"AKID…": "secret"}}
+                        (throttle_streak counts down from the value set, call by call; secrets:
+                        access keys besides the environment's whose presigned URLs the emulator
+                        can verify)
+  POST /_fault/foreign  {"region": "eu-west-1", "count": 20, "seconds": 3, "tags": {}, "owner_id": "…"}
   POST /_fault/sources  {"region": "us-east-1", "sizes": [8, 64], "tags": {"k": "v"}, "state": "completed",
-                         "one_volume": false, "ages_days": [0, 3]}
+                         "one_volume": false, "ages_days": [0, 3], "owner_id": "210987654321"}
                         -> {"snapshot_ids": [...], "volume_ids": [...]}
   POST /_fault/refuse_delete {"snapshot_ids": {"snap-…": "in-use" | "locked"}}
   POST /_fault/forget   {"region": "us-east-1", "snapshot_ids": ["snap-…"]}  (gone from the region)
-  GET  /_fault/record   {"calls": [...], "copies": [...], "max_pending": {...}, "no_slot_answers": n}
+  GET  /_fault/record   {"calls": [...], "copies": [...], "max_pending": {...}, "no_slot_answers": n,
+                         "denied_copies": [...], "streak_throttled": n, "throttle_streak_left": n}
   POST /_fault/reset    forget the record (not the snapshots)
 
 Usage: fault_ec2.py PORT   (listens on 127.0.0.1 only)
@@ -55,6 +72,7 @@ import sys
 import threading
 import time
 from urllib.parse import parse_qs, quote, unquote, urlsplit
+from xml.sax.saxutils import escape
 
 os.environ.setdefault("MOTO_EC2_LOAD_DEFAULT_AMIS", "false")
 
@@ -87,6 +105,11 @@ CONFIG = {
     "stall_seconds": 0.0,
     "speed_spread": [1.0, 1.0],
     "secrets": {},
+    # Source snapshot id -> the message of the 403 UnauthorizedOperation its CopySnapshot gets.
+    "denied_sources": {},
+    # The next this-many EC2 calls (of `throttle_actions`, when set) are throttled.
+    "throttle_streak": 0,
+    "throttle_actions": None,
 }
 RECORD = {
     "calls": [],
@@ -97,6 +120,9 @@ RECORD = {
     "lost_answers": 0,
     "refused_deletes": 0,
     "pending_deletes": 0,
+    "denied_copies": [],
+    "streak_throttled": 0,
+    "throttle_streak_left": 0,
 }
 # DescribeSnapshots' filter names (EC2 API reference), besides tag:<key>.
 SNAPSHOT_FILTERS = {
@@ -361,6 +387,12 @@ def describe_snapshots(self):
             )
     snapshot_ids = self._get_param("SnapshotIds", [])
     snapshots = self.ec2_backend.describe_snapshots(snapshot_ids=snapshot_ids, filters=filters)
+    # OwnerIds (the query's Owner.N): `self` is the caller's account, `amazon` the AMI owner
+    # alias, anything else an account id. Without it, every snapshot the caller may see.
+    owners = self._get_param("OwnerIds", []) or []
+    if owners:
+        wanted = {self.current_account if owner == "self" else owner for owner in owners}
+        snapshots = [s for s in snapshots if s.owner_id in wanted or ("amazon" in wanted and s.from_ami)]
     lag = CONFIG["visibility_lag_seconds"]
     now = time.monotonic()
     snapshots = [s for s in snapshots if _timing(s) is None or now - _timing(s)[0] >= lag]
@@ -413,11 +445,12 @@ ElasticBlockStore.delete_snapshot = delete_snapshot
 
 # --- control API -----------------------------------------------------------------------------
 
-def _new_snapshot(region, size, tags, state="completed", timing=None, volume=None, age_days=0.0):
+def _new_snapshot(region, size, tags, state="completed", timing=None, volume=None, age_days=0.0, owner_id=None):
     backend = ec2_backends[ACCOUNT][region]
     if volume is None:
         volume = backend.create_volume(size=size, zone_name=f"{region}a")
-    snapshot = backend.create_snapshot(volume.id, "fault_ec2 snapshot")
+    # owner_id: a snapshot another account owns and shares with this one.
+    snapshot = backend.create_snapshot(volume.id, "fault_ec2 snapshot", owner_id=owner_id)
     snapshot.add_tags(tags)
     snapshot.status = state
     if age_days:
@@ -433,10 +466,15 @@ def control(request):
     with LOCK:
         if path == "/_fault/config":
             CONFIG.update(body)
+            if "throttle_streak" in body:
+                RECORD["throttle_streak_left"] = int(body["throttle_streak"])
             return dict(CONFIG)
         if path == "/_fault/foreign":
+            # Copies other services (DLM, AWS Backup) or, with this project's tags, other
+            # deployments started: they hold slots of the region's quota for `seconds`.
             for _ in range(int(body["count"])):
-                _new_snapshot(body["region"], 100, {}, timing=(time.monotonic(), float(body["seconds"]), None, 0.0))
+                timing = (time.monotonic(), float(body["seconds"]), None, 0.0)
+                _new_snapshot(body["region"], 100, body.get("tags", {}), timing=timing, owner_id=body.get("owner_id"))
             return {"pending": len(_pending_in(ec2_backends[ACCOUNT][body["region"]]))}
         if path == "/_fault/sources":
             region, sizes = body["region"], body["sizes"]
@@ -445,7 +483,15 @@ def control(request):
             if body.get("one_volume"):
                 volume = ec2_backends[ACCOUNT][region].create_volume(size=sizes[0], zone_name=f"{region}a")
             made = [
-                _new_snapshot(region, size, body.get("tags", {}), body.get("state", "completed"), volume=volume, age_days=age)
+                _new_snapshot(
+                    region,
+                    size,
+                    body.get("tags", {}),
+                    body.get("state", "completed"),
+                    volume=volume,
+                    age_days=age,
+                    owner_id=body.get("owner_id"),
+                )
                 for size, age in zip(sizes, ages)
             ]
             return {"snapshot_ids": [s.id for s in made], "volume_ids": [s.volume.id for s in made]}
@@ -468,6 +514,8 @@ def control(request):
             RECORD["lost_answers"] = 0
             RECORD["refused_deletes"] = 0
             RECORD["pending_deletes"] = 0
+            RECORD["denied_copies"].clear()
+            RECORD["streak_throttled"] = 0
             return {}
     return None
 
@@ -476,6 +524,31 @@ THROTTLED = (
     '<?xml version="1.0" encoding="UTF-8"?>\n<Response><Errors><Error><Code>RequestLimitExceeded</Code>'
     "<Message>Request limit exceeded.</Message></Error></Errors><RequestID>fault-ec2</RequestID></Response>"
 )
+
+
+# EC2's answer when IAM or a service control policy denies the call: 403, UnauthorizedOperation,
+# the message naming the principal and action, and an encoded authorization failure message.
+UNAUTHORIZED = (
+    '<?xml version="1.0" encoding="UTF-8"?>\n<Response><Errors><Error><Code>UnauthorizedOperation</Code>'
+    "<Message>{message}</Message></Error></Errors><RequestID>fault-ec2</RequestID></Response>"
+)
+DEFAULT_DENIAL = (
+    "You are not authorized to perform this operation. User: arn:aws:sts::123456789012:assumed-role/"
+    "copy-snapshots/copy-snapshots is not authorized to perform: ec2:CopySnapshot on resource: "
+    "arn:aws:ec2:{region}::snapshot/* with an explicit deny in a service control policy. "
+    "Encoded authorization failure message: fault-ec2"
+)
+
+
+def _query_summary(query):
+    """The filters and owners of a DescribeSnapshots query, for the record."""
+    filters = {}
+    for key, values in query.items():
+        if key.startswith("Filter.") and key.endswith(".Name"):
+            prefix = key[: -len("Name")]
+            filters[values[0]] = sorted(v[0] for k, v in query.items() if k.startswith(prefix + "Value."))
+    owners = sorted(v[0] for k, v in query.items() if k.startswith("Owner."))
+    return {"filters": filters, "owners": owners}
 
 
 INTERNAL_ERROR = (
@@ -497,16 +570,38 @@ class FaultMiddleware:
             return Response(json.dumps(answer), mimetype="application/json")(environ, start_response)
 
         body = request.get_data(cache=True)
-        action = parse_qs(body.decode("utf-8", "replace")).get("Action", [None])[0]
+        query = parse_qs(body.decode("utf-8", "replace"))
+        action = query.get("Action", [None])[0]
         credential = request.headers.get("Authorization", "")
         region = credential.split("Credential=")[-1].split("/")[2] if "Credential=" in credential else None
         service = credential.split("Credential=")[-1].split("/")[3] if "Credential=" in credential else None
         if service == "ec2" and action:
             with LOCK:
-                throttled = RANDOM.random() < CONFIG["throttle_rate"]
-                RECORD["calls"].append({"action": action, "region": region, "throttled": throttled})
+                actions = CONFIG["throttle_actions"]
+                in_streak = RECORD["throttle_streak_left"] > 0 and (actions is None or action in actions)
+                if in_streak:
+                    RECORD["throttle_streak_left"] -= 1
+                    RECORD["streak_throttled"] += 1
+                throttled = in_streak or RANDOM.random() < CONFIG["throttle_rate"]
+                call = {"action": action, "region": region, "throttled": throttled}
+                if action == "DescribeSnapshots":
+                    call.update(_query_summary(query))
+                source = query.get("SourceSnapshotId", [None])[0]
+                denial = CONFIG["denied_sources"].get(source) if action == "CopySnapshot" else None
+                if source is not None:
+                    call["source_snapshot_id"] = source
+                denied = denial is not None and not throttled
+                if denied:
+                    call["denied"] = True
+                    RECORD["denied_copies"].append({"region": region, "source_snapshot_id": source, "message": denial})
+                RECORD["calls"].append(call)
             if throttled:
                 return Response(THROTTLED, status=503, mimetype="text/xml")(environ, start_response)
+            if denied:
+                message = escape(denial or DEFAULT_DENIAL.format(region=region))
+                return Response(UNAUTHORIZED.format(message=message), status=403, mimetype="text/xml")(
+                    environ, start_response
+                )
         environ["wsgi.input"] = __import__("io").BytesIO(body)
         environ["CONTENT_LENGTH"] = str(len(body))
         if action != "CopySnapshot":

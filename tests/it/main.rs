@@ -5,7 +5,7 @@
 //! - [`handler`]: `answer_lambda_event` in-process; [`requests`]: requests and events parsed;
 //! - [`ec2_moto`], [`ec2_errors`]: the aws-sdk-ec2 store against moto, and against mocked
 //!   answers moto cannot give (a scripted endpoint);
-//! - [`lambda_binary`], [`reliability`]: the built binary under a Lambda Runtime API, against
+//! - [`lambda_binary`], [`reliability`], [`scale_binary`]: the built binary under a Lambda Runtime API, against
 //!   moto and the fault-injecting emulator (tests/fault_ec2.py);
 //! - [`cli`]: the same binary as a command line, against the fault-injecting emulator;
 //! - [`deployment`], [`step_functions`]: the template and the state machine.
@@ -24,4 +24,5 @@ mod reliability;
 mod requests;
 mod retention;
 mod scale;
+mod scale_binary;
 mod step_functions;

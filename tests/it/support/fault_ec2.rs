@@ -123,6 +123,28 @@ impl FaultEc2 {
         self.call("POST", "/_fault/foreign", &json!({"region": region, "count": count, "seconds": seconds}));
     }
 
+    /// Pending snapshots in `region` for `seconds`, carrying `tags`: with this project's
+    /// tracking tag, copies another deployment (or invocation) of it started.
+    pub fn tagged_foreign_copies(&self, region: &str, count: usize, seconds: f64, tags: &Value) {
+        self.call(
+            "POST",
+            "/_fault/foreign",
+            &json!({"region": region, "count": count, "seconds": seconds, "tags": tags}),
+        );
+    }
+
+    /// CopySnapshot of each source in `denied` (id to message) is answered 403
+    /// UnauthorizedOperation from now on, as EC2 answers an SCP's or IAM's explicit deny.
+    pub fn deny_copies(&self, denied: &Value) {
+        self.configure(json!({"denied_sources": denied}));
+    }
+
+    /// The next `calls` EC2 calls (of `actions` only, when given) are throttled, one after the
+    /// other: more than the SDK's 8 attempts outlasts its retries.
+    pub fn throttle_streak(&self, calls: usize, actions: Option<&[&str]>) {
+        self.configure(json!({"throttle_streak": calls, "throttle_actions": actions}));
+    }
+
     pub fn record(&self) -> Record {
         Record(self.call("GET", "/_fault/record", &json!({})))
     }
@@ -161,6 +183,23 @@ impl Record {
 
     pub fn no_slot_answers(&self) -> u64 {
         self.0["no_slot_answers"].as_u64().unwrap_or(0)
+    }
+
+    /// CopySnapshot calls of `source` denied (403 UnauthorizedOperation).
+    pub fn denied_copies_of(&self, source: &str) -> usize {
+        self.0["denied_copies"].as_array().map_or(0, |d| d.iter().filter(|d| d["source_snapshot_id"] == source).count())
+    }
+
+    /// Calls the configured throttle streak answered RequestLimitExceeded, and how many of it are left.
+    pub fn streak_throttled(&self) -> (u64, u64) {
+        (self.0["streak_throttled"].as_u64().unwrap_or(0), self.0["throttle_streak_left"].as_u64().unwrap_or(0))
+    }
+
+    /// The DescribeSnapshots calls made in `region`, each with its filters (name to values) and
+    /// OwnerIds.
+    pub fn describe_calls(&self, region: &str) -> Vec<&Value> {
+        let calls = self.0["calls"].as_array().into_iter().flatten();
+        calls.filter(|c| c["action"] == "DescribeSnapshots" && c["region"] == region).collect()
     }
 
     /// Copies of `source` that did not fail and were not deleted.
