@@ -416,3 +416,45 @@ async fn pending_limit_counts_the_deployments_copies_across_invocations() {
         lambda.invoke(&request(&third_ids, json!({"pending_limit": 5, "max_wait_seconds": 0})), LONG).await.response();
     assert_eq!(answer["copies"].as_array().map(Vec::len), Some(2), "{answer}");
 }
+
+/// Two SQS batches in flight together, as the template's `MaximumConcurrency` of 2 allows, each
+/// in its own function process with `PENDING_LIMIT` 5: each counts the deployment's pending
+/// copies before the other's starts are listed, so together they pass the limit (10 pending
+/// measured). The in-memory twin (scale.rs) passes only because its two batches never
+/// interleave: the simulated EC2 answers without yielding.
+#[tokio::test]
+#[ignore = "engine: the count of pending copies is not atomic with the starts; two batches in flight \
+            together each fill pending_limit (10 pending of a limit of 5 measured)"]
+async fn two_sqs_batches_in_flight_together_hold_at_most_pending_limit() {
+    let emulator = FaultEc2::start();
+    emulator.configure(json!({"time_scale": TIME_SCALE}));
+    let env = [("PENDING_LIMIT", "5")];
+    let mut one = function(&emulator, &env).await;
+    let mut two = function(&emulator, &env).await;
+    let batch = |ids: &[String], prefix: &str| {
+        let records: Vec<Value> = ids
+            .iter()
+            .enumerate()
+            .map(|(i, id)| sqs_record(&format!("{prefix}-{i}"), &snapshot_notification(SOURCE, id).to_string()))
+            .collect();
+        serde_json::to_vec(&json!({ "Records": records })).expect("JSON")
+    };
+    let a = emulator.sources(SOURCE, &[100; 8]);
+    let b = emulator.sources(SOURCE, &[100; 8]);
+    let deadline = Duration::from_secs(20);
+    let sent_a = one.send(batch(&a, "a"), deadline).await;
+    let sent_b = two.send(batch(&b, "b"), deadline).await;
+    let failed_a = batch_failures(one.answer(&sent_a, LONG).await);
+    let failed_b = batch_failures(two.answer(&sent_b, LONG).await);
+    let record = emulator.record();
+    report(
+        "two_batches_in_flight_pending_limit_5",
+        &record,
+        &format!("failed_a={} failed_b={}", failed_a.len(), failed_b.len()),
+    );
+    assert!(
+        record.max_pending(TARGET) <= 5,
+        "{} of the deployment's copies pending at once",
+        record.max_pending(TARGET)
+    );
+}
