@@ -597,6 +597,7 @@ impl<'a, S: SnapshotStore> Run<'a, S> {
                 }
             }
         }
+        self.keep_newest_without_successor();
         self.check_images().await;
         self.check_breaker(ours.len());
         if !self.deletions.is_empty() || !out.is_empty() {
@@ -609,6 +610,29 @@ impl<'a, S: SnapshotStore> Run<'a, S> {
                 "retention judged"
             );
         }
+    }
+
+    /// A volume's newest completed copy that no newer source of the volume in retention will
+    /// replace is simply kept: not a deletion waiting for anything (which would leave the run
+    /// incomplete forever). The orphan rule's deletions of a gone volume stay.
+    fn keep_newest_without_successor(&mut self) {
+        let newest = &self.newest_completed;
+        let entries = &self.entries;
+        self.deletions.retain(|d| {
+            let Some((start, copy)) = newest.get(&d.group) else { return true };
+            if d.volume_gone || *copy != d.copy {
+                return true;
+            }
+            let successor = entries.iter().any(|e| {
+                volume_group(e.source.volume_id.as_deref(), &e.source.id) == d.group
+                    && e.source.id != d.source
+                    && e.source.start_time > *start
+            });
+            if !successor {
+                debug!(copy = %d.copy, group = %d.group, "kept: the newest completed copy of its volume");
+            }
+            successor
+        });
     }
 
     /// Queues `copy` for deletion, unless it is in a state that is never deleted.

@@ -222,6 +222,8 @@ pub enum DeleteFault {
     Unanswered { deleted: bool },
     /// AccessDenied (a role without the permission, or a tag condition it fails).
     Denied,
+    /// Someone else deleted the snapshot just before: InvalidSnapshot.NotFound.
+    GoneBefore,
 }
 
 #[derive(Debug)]
@@ -1008,6 +1010,12 @@ impl SnapshotStore for SimulatedEc2 {
             }
             Some(DeleteFault::Unanswered { deleted: false }) => {
                 return Err(StoreError::Unknown("timeout waiting for DeleteSnapshot's answer".to_owned()));
+            }
+            Some(DeleteFault::GoneBefore) => {
+                if let Some(state) = world.regions.get_mut(target_region.as_str()) {
+                    state.snapshots.remove(copy_id);
+                    state.order.retain(|id| id != copy_id);
+                }
             }
             Some(DeleteFault::Unanswered { deleted: true }) | None => {}
         }

@@ -23,5 +23,6 @@ mod recovery_point;
 mod reliability;
 mod requests;
 mod retention;
+mod safe_deletion;
 mod scale;
 mod step_functions;
