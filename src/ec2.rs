@@ -23,8 +23,8 @@ use tracing::{debug, warn};
 use crate::ids::{Region, SnapshotId};
 use crate::request::{MAX_FILTER_VALUES, Settings};
 use crate::store::{
-    CopySpec, CopyStatus, DeleteOutcome, ENCRYPTION_TAG, SOURCE_REGION_TAG, SOURCE_SNAPSHOT_TAG, SnapshotState, SnapshotStore,
-    SourceSelector, SourceSnapshot, StoreError, Tag, find_tag, is_copy_from, real_volume, source_origin,
+    CopySpec, CopyStatus, DeleteOutcome, ENCRYPTION_TAG, SOURCE_REGION_TAG, SOURCE_SNAPSHOT_TAG, SnapshotState,
+    SnapshotStore, SourceSelector, SourceSnapshot, StoreError, Tag, find_tag, is_copy_from, real_volume, source_origin,
 };
 
 /// The largest page DescribeSnapshots returns.
@@ -270,12 +270,18 @@ impl SnapshotStore for Ec2Store {
             let answer: Result<Vec<types::Volume>, _> =
                 client.describe_volumes().filters(filter).into_paginator().items().send().try_collect().await;
             match answer {
-                Ok(volumes) => existing.extend(volumes.iter().filter(|v| volume_exists(v)).filter_map(|v| v.volume_id().map(str::to_owned))),
+                Ok(volumes) => existing.extend(
+                    volumes.iter().filter(|v| volume_exists(v)).filter_map(|v| v.volume_id().map(str::to_owned)),
+                ),
                 Err(error) if error.code() == Some("InvalidVolume.NotFound") => {
                     for id in chunk {
                         match client.describe_volumes().volume_ids(id).send().await {
                             Ok(answer) => existing.extend(
-                                answer.volumes().iter().filter(|v| volume_exists(v)).filter_map(|v| v.volume_id().map(str::to_owned)),
+                                answer
+                                    .volumes()
+                                    .iter()
+                                    .filter(|v| volume_exists(v))
+                                    .filter_map(|v| v.volume_id().map(str::to_owned)),
                             ),
                             Err(error) if error.code() == Some("InvalidVolume.NotFound") => {}
                             Err(error) => return Err(store_error(error)),

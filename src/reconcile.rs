@@ -580,7 +580,8 @@ impl<'a, S: SnapshotStore> Run<'a, S> {
             let mut volumes: Vec<String> = orphans_of_other_volumes.iter().map(|(_, v, _)| v.clone()).collect();
             volumes.sort();
             volumes.dedup();
-            let existing = self.timeline.call_retrying_throttled(|| self.store.existing_volumes(region, &volumes)).await;
+            let existing =
+                self.timeline.call_retrying_throttled(|| self.store.existing_volumes(region, &volumes)).await;
             match existing {
                 Ok(existing) => {
                     for (copy, volume, why) in orphans_of_other_volumes {
@@ -1427,9 +1428,10 @@ impl<'a, S: SnapshotStore> Run<'a, S> {
                     response.deleted.push(DeletedCopy { snapshot_id, source_snapshot_id, reason: deletion.reason });
                 }
                 DeletionOutcome::AlreadyGone => {}
-                DeletionOutcome::InUse(image) => response
-                    .not_deleted
-                    .push(not_deleted(format!("in use by {image}, a registered AMI; deregister it first"), Some(image))),
+                DeletionOutcome::InUse(image) => response.not_deleted.push(not_deleted(
+                    format!("in use by {image}, a registered AMI; deregister it first"),
+                    Some(image),
+                )),
                 DeletionOutcome::Refused(error) => response.not_deleted.push(not_deleted(error, None)),
                 DeletionOutcome::Denied(error) => {
                     response.deletions_denied += 1;

@@ -68,7 +68,9 @@ fn valid_values(field: &str) -> &'static str {
         "values" => "a list of strings",
         "target_region" | "region" => crate::ids::REGION_FORMAT,
         "pending_limit" => "an integer ≥ 1",
-        "encrypt" | "copy_tags" | "wait_for_completion" | "debug" | "dry_run" | "allow_mass_deletion" => "true or false",
+        "encrypt" | "copy_tags" | "wait_for_completion" | "debug" | "dry_run" | "allow_mass_deletion" => {
+            "true or false"
+        }
         "kms_key_id" => crate::ids::KMS_KEY_FORMAT,
         "tags" => "an object of string keys to string values",
         "completion_duration_minutes" => "an integer from 15 to 2880, a multiple of 15",

@@ -100,8 +100,7 @@ impl Response {
     /// The answer to a dry run, from the plan of the same look: what a run would copy, skip and
     /// delete. `complete` says whether a run now would find nothing to do.
     pub fn dry_run(plan: &Plan, wait_for_completion: bool) -> Self {
-        let mut response =
-            Self { dry_run: true, deletion_breaker: plan.deletion_breaker.clone(), ..Self::default() };
+        let mut response = Self { dry_run: true, deletion_breaker: plan.deletion_breaker.clone(), ..Self::default() };
         for planned in &plan.sources {
             let source = planned.source_snapshot_id.clone();
             let reason = || planned.reason.clone().unwrap_or_default();

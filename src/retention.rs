@@ -209,8 +209,11 @@ mod tests {
     #[test]
     fn days_keep_more_than_count_when_they_reach_further() {
         // Days keep 0..25 (within 30), count keeps the newest 3: either keeps, so six stay.
-        let members: Vec<Member> =
-            [0, 5, 10, 15, 20, 25, 40].iter().enumerate().map(|(i, d)| member(i as u64 + 1, "vol-a", *d, true)).collect();
+        let members: Vec<Member> = [0, 5, 10, 15, 20, 25, 40]
+            .iter()
+            .enumerate()
+            .map(|(i, d)| member(i as u64 + 1, "vol-a", *d, true))
+            .collect();
         let both = Retention { days: Some(30), count: Some(3), orphans_after_days: None };
         assert_eq!(out_ids(both, &members), [id(7)]);
     }

@@ -465,7 +465,13 @@ impl SimulatedEc2 {
 
     /// Adds a completed source snapshot that EC2 reports with no volume (its placeholder
     /// `vol-ffffffff`: a snapshot that is itself a copy), started `age` ago.
-    pub fn add_snapshot_without_volume(&self, region: &str, size_gib: u64, age: Duration, tags: &[(&str, &str)]) -> SnapshotId {
+    pub fn add_snapshot_without_volume(
+        &self,
+        region: &str,
+        size_gib: u64,
+        age: Duration,
+        tags: &[(&str, &str)],
+    ) -> SnapshotId {
         let id = self.add_source(region, size_gib, tags);
         let mut world = self.lock();
         let start_time = world.wall_at(Instant::now()) - age;

@@ -615,7 +615,8 @@ async fn delete_snapshot_is_allowed_only_as_the_roles_conditions_say() {
     use copy_snapshots::store::{DeleteOutcome, SnapshotStore, StoreError};
 
     let emulator = FaultEc2::start();
-    let config = aws_config::defaults(aws_config::BehaviorVersion::latest()).endpoint_url(emulator.endpoint()).load().await;
+    let config =
+        aws_config::defaults(aws_config::BehaviorVersion::latest()).endpoint_url(emulator.endpoint()).load().await;
     let store = Ec2Store::new(&config);
     let (source, target) = (Region::parse(SOURCE).unwrap(), Region::parse(TARGET).unwrap());
     let tagged = |region: &str, from: &str, of: &str| {

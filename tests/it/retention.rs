@@ -409,7 +409,9 @@ async fn a_pending_copy_is_never_deleted_and_a_volume_keeps_its_last_completed_c
     let later: Vec<&str> =
         planned.sources.iter().filter(|s| s.action == "delete_later").map(|s| s.source_snapshot_id.as_str()).collect();
     assert_eq!(later, [first.as_str()]);
-    assert!(planned.sources.iter().any(|s| s.reason.as_deref().is_some_and(|r| r.contains("the newest completed copy of"))));
+    assert!(
+        planned.sources.iter().any(|s| s.reason.as_deref().is_some_and(|r| r.contains("the newest completed copy of")))
+    );
 
     tokio::time::advance(Duration::from_secs(120 + 100 * 20)).await;
     let response = run(&ec2, &req).await;

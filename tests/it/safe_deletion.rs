@@ -54,7 +54,11 @@ async fn copy_all(ec2: &SimulatedEc2) {
 
 /// Live copies in the target region by source.
 fn copy_of(ec2: &SimulatedEc2) -> HashMap<SnapshotId, SnapshotId> {
-    ec2.tracked_copies(TARGET).into_iter().filter(|c| c.state != SnapshotState::Error).map(|c| (c.source_id, c.id)).collect()
+    ec2.tracked_copies(TARGET)
+        .into_iter()
+        .filter(|c| c.state != SnapshotState::Error)
+        .map(|c| (c.source_id, c.id))
+        .collect()
 }
 
 fn deleted_sources(response: &Response) -> HashSet<SnapshotId> {
