@@ -14,6 +14,8 @@ IAM statements:
 - with KmsKeyArns set, those keys and no others;
 - ec2:DeleteSnapshot (duplicates and retention) only on target-region snapshots that carry this
   project's tracking tags for the stack's region or TargetRegion (aws:ResourceTag conditions);
+- every EC2 call the function makes is allowed (DescribeVolumes and DescribeImages, the looks
+  before a deletion, included), and nothing that changes a volume or an image;
 - the schedule starts the state machine (with a role allowing states:StartExecution on it and
   nothing else), and its Input is `{"loop": {"kind": "schedule", "generation": 0}, "request":
   …}` with a valid request carrying RetainDays, RetainCount and DeleteOrphansAfterDays as
@@ -222,6 +224,30 @@ def check_delete(name, evaluator, errors):
         source = condition.get("StringLike", {}).get("aws:ResourceTag/copy-snapshots:source-snapshot-id")
         if source != "snap-*":
             errors.append(f"{where}: not limited to snapshots tagged copy-snapshots:source-snapshot-id = snap-*")
+
+
+# The EC2 calls the function makes (src/ec2.rs), each allowed by the role.
+EC2_CALLS = [
+    "ec2:DescribeSnapshots",
+    "ec2:CopySnapshot",
+    "ec2:CreateTags",
+    "ec2:DeleteSnapshot",
+    "ec2:DescribeVolumes",
+    "ec2:DescribeImages",
+]
+
+
+def check_ec2_calls(name, evaluator, errors):
+    statements = role_statements(evaluator)
+    for action in EC2_CALLS:
+        if not any(allows(s, action) for s in statements):
+            errors.append(f"{name}: the role does not allow {action}, which the function calls")
+    # Looks only: nothing in the role may change volumes or images.
+    for s in statements:
+        for action in as_list(s.get("Action", [])):
+            lowered = action.lower()
+            if lowered.startswith("ec2:") and ("volume" in lowered or "image" in lowered) and not lowered.startswith("ec2:describe"):
+                errors.append(f"{name}: statement {s.get('Sid', '?')} allows {action}; only looks at volumes and images")
 
 
 def check_schedule_input(name, evaluator, expected, errors):
@@ -437,6 +463,7 @@ def main():
         narrowed = Evaluator(template, {"TargetRegion": TARGET[partition], "KmsKeyArns": ",".join(keys)}, pseudo)
         check_kms(f"{partition}, KmsKeyArns set", narrowed, keys, errors)
         check_delete(f"{partition}, default parameters", defaults, errors)
+        check_ec2_calls(f"{partition}, default parameters", defaults, errors)
         triggers = Evaluator(template, {"TargetRegion": TARGET[partition], "CopyNewSnapshots": "true"}, pseudo)
         check_async_failures(f"{partition}, CopyNewSnapshots", triggers, errors)
         check_queue(f"{partition}, CopyNewSnapshots", triggers, errors)

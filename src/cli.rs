@@ -140,15 +140,21 @@ struct RequestArgs {
     #[arg(long, alias = "wait_for_completion")]
     wait: bool,
     /// Retention: sources started within the last DAYS days are kept (copied; copies of older
-    /// ones are deleted). Default: RETAIN_DAYS.
+    /// ones are deleted). Only this flag asks for it: RETAIN_DAYS in the shell is ignored.
     #[arg(long, alias = "retain_days", value_name = "DAYS")]
     retain_days: Option<u32>,
-    /// Retention: the COUNT newest sources of each volume are kept. Default: RETAIN_COUNT.
+    /// Retention: the COUNT newest sources of each volume are kept. Only this flag asks for it:
+    /// RETAIN_COUNT in the shell is ignored.
     #[arg(long, alias = "retain_count", value_name = "COUNT")]
     retain_count: Option<u32>,
-    /// Delete a copy whose source is gone once the source is more than DAYS days old.
+    /// Delete a copy whose source is gone once the source is more than DAYS days old. Only this
+    /// flag asks for it: DELETE_ORPHANS_AFTER_DAYS in the shell is ignored.
     #[arg(long, alias = "delete_orphans_after_days", value_name = "DAYS")]
     delete_orphans_after_days: Option<u32>,
+    /// Let a retention delete more than the deletion breaker allows (more than 20 and more than
+    /// a quarter of the copies it manages). Look with --dry-run first.
+    #[arg(long, alias = "allow_mass_deletion")]
+    allow_mass_deletion: bool,
 }
 
 fn parse_filter(text: &str) -> Result<(String, Vec<String>), String> {
@@ -206,6 +212,7 @@ impl RequestArgs {
         set("retain_days", self.retain_days.map(|d| json!(d)));
         set("retain_count", self.retain_count.map(|n| json!(n)));
         set("delete_orphans_after_days", self.delete_orphans_after_days.map(|d| json!(d)));
+        set("allow_mass_deletion", self.allow_mass_deletion.then_some(json!(true)));
         set("debug", debug.then_some(json!(true)));
         Value::Object(payload)
     }
@@ -245,6 +252,10 @@ async fn run(args: RunArgs, planning: bool, started: Instant) -> u8 {
         Ok(settings) => settings,
         Err(error) => return fail(&error, args.json),
     };
+    // Deletion is asked for on the command line (flags, or --request FILE), never by what the
+    // caller's shell happens to export: RETAIN_DAYS, RETAIN_COUNT and DELETE_ORPHANS_AFTER_DAYS
+    // are the deployment's settings, and apply only inside Lambda.
+    settings.retention = crate::retention::Retention::default();
     let region = payload.get("region").and_then(Value::as_str).map(str::to_owned);
     let sdk_config = load_sdk_config(&settings, args.profile.as_deref(), region.as_deref()).await;
     // As the reference's `region`: the session's region when the request names none.

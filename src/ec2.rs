@@ -26,8 +26,8 @@ use crate::ids::{Region, SnapshotId};
 use crate::presign::{CopySnapshotUrl, EXPIRES_IN};
 use crate::request::{MAX_FILTER_VALUES, Settings};
 use crate::store::{
-    CopySpec, CopyStatus, ENCRYPTION_TAG, SOURCE_REGION_TAG, SOURCE_SNAPSHOT_TAG, SnapshotState, SnapshotStore,
-    SourceSelector, SourceSnapshot, StoreError, Tag, find_tag, is_copy_from, real_volume, source_origin,
+    CopySpec, CopyStatus, DeleteOutcome, ENCRYPTION_TAG, SOURCE_REGION_TAG, SOURCE_SNAPSHOT_TAG, SnapshotState,
+    SnapshotStore, SourceSelector, SourceSnapshot, StoreError, Tag, find_tag, is_copy_from, real_volume, source_origin,
 };
 
 /// The largest page DescribeSnapshots returns.
@@ -256,17 +256,95 @@ impl SnapshotStore for Ec2Store {
         Ok(snapshots.iter().filter_map(to_copy).collect())
     }
 
-    async fn delete_copy(&self, target_region: &Region, copy_id: &SnapshotId) -> Result<(), StoreError> {
-        // DeleteSnapshot is idempotent in effect: the SDK may retry it, and a second attempt
-        // that finds the snapshot gone means the first one worked.
+    async fn delete_copy(&self, target_region: &Region, copy_id: &SnapshotId) -> Result<DeleteOutcome, StoreError> {
+        // InvalidSnapshot.NotFound: gone before this call (or deleted by an attempt the SDK
+        // retried): the snapshot is gone either way, but this run does not count it.
         match self.client(target_region).delete_snapshot().snapshot_id(copy_id.as_str()).send().await {
-            Ok(_) => Ok(()),
+            Ok(_) => Ok(DeleteOutcome::Deleted),
             Err(e) => match store_error(e) {
-                StoreError::NotFound(_) => Ok(()),
+                StoreError::NotFound(_) => Ok(DeleteOutcome::AlreadyGone),
                 other => Err(other),
             },
         }
     }
+
+    async fn existing_volumes(&self, region: &Region, volume_ids: &[String]) -> Result<HashSet<String>, StoreError> {
+        // The volume-id filter, not VolumeIds: a volume that does not exist is then left out
+        // of the answer instead of failing the call with InvalidVolume.NotFound (which names
+        // only one of the missing ids). Should EC2 answer InvalidVolume.NotFound all the same,
+        // each id of that batch is asked for on its own, where the error is the answer.
+        let client = self.client(region);
+        let mut existing = HashSet::new();
+        for chunk in volume_ids.chunks(MAX_FILTER_VALUES) {
+            let filter = ec2_filter("volume-id", chunk.iter().map(String::as_str));
+            let answer: Result<Vec<types::Volume>, _> =
+                client.describe_volumes().filters(filter).into_paginator().items().send().try_collect().await;
+            match answer {
+                Ok(volumes) => existing.extend(
+                    volumes.iter().filter(|v| volume_exists(v)).filter_map(|v| v.volume_id().map(str::to_owned)),
+                ),
+                Err(error) if error.code() == Some("InvalidVolume.NotFound") => {
+                    for id in chunk {
+                        match client.describe_volumes().volume_ids(id).send().await {
+                            Ok(answer) => existing.extend(
+                                answer
+                                    .volumes()
+                                    .iter()
+                                    .filter(|v| volume_exists(v))
+                                    .filter_map(|v| v.volume_id().map(str::to_owned)),
+                            ),
+                            Err(error) if error.code() == Some("InvalidVolume.NotFound") => {}
+                            Err(error) => return Err(store_error(error)),
+                        }
+                    }
+                }
+                Err(error) => return Err(store_error(error)),
+            }
+        }
+        Ok(existing)
+    }
+
+    async fn images_using(
+        &self,
+        region: &Region,
+        snapshot_ids: &[SnapshotId],
+    ) -> Result<HashMap<SnapshotId, String>, StoreError> {
+        let wanted: HashSet<&str> = snapshot_ids.iter().map(SnapshotId::as_str).collect();
+        let client = self.client(region);
+        let mut using = HashMap::new();
+        for chunk in snapshot_ids.chunks(MAX_FILTER_VALUES) {
+            let filter = ec2_filter("block-device-mapping.snapshot-id", chunk.iter().map(SnapshotId::as_str));
+            let images: Vec<types::Image> = client
+                .describe_images()
+                .owners("self")
+                .filters(filter)
+                .include_deprecated(true)
+                .include_disabled(true)
+                .into_paginator()
+                .items()
+                .send()
+                .try_collect()
+                .await
+                .map_err(store_error)?;
+            for image in &images {
+                let image_id = image.image_id().unwrap_or("an AMI");
+                for mapping in image.block_device_mappings() {
+                    let Some(snapshot) = mapping.ebs().and_then(|ebs| ebs.snapshot_id()) else { continue };
+                    if wanted.contains(snapshot)
+                        && let Ok(id) = SnapshotId::parse(snapshot)
+                    {
+                        using.insert(id, image_id.to_owned());
+                    }
+                }
+            }
+        }
+        Ok(using)
+    }
+}
+
+/// A volume DescribeVolumes lists that is not on its way out (`deleting`, `deleted`).
+fn volume_exists(volume: &types::Volume) -> bool {
+    !matches!(volume.state(), Some(types::VolumeState::Deleting | types::VolumeState::Deleted))
 }
 
 /// Makes CopySnapshot's `PresignedUrl` (src/presign.rs) with what the client itself uses.
@@ -404,7 +482,7 @@ where
     debug!(%code, %message, "EC2 error");
     match code.as_str() {
         "ResourceLimitExceeded" => StoreError::NoSlot(described),
-        "InvalidSnapshot.NotFound" => StoreError::NotFound(described),
+        "InvalidSnapshot.NotFound" | "InvalidVolume.NotFound" => StoreError::NotFound(described),
         "IncorrectState" => StoreError::NotReady(described),
         c if THROTTLING_CODES.contains(&c) => StoreError::Throttled(described),
         c if c == "UnauthorizedOperation"

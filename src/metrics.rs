@@ -26,6 +26,10 @@ pub struct InvocationCounts {
     pub duplicates_removed: usize,
     /// Copies retention deleted (none in a dry run, which only says what it would delete).
     pub copies_deleted: usize,
+    /// Deletions the deletion breaker held (the run deleted none of them).
+    pub deletions_held: usize,
+    /// Deletions the role was denied (AccessDenied, UnauthorizedOperation).
+    pub copies_not_deleted: usize,
     /// 1 when the invocation ended in an error other than `CopyFailed` or `SourcesPending`
     /// (both report their work; the second is retried by Lambda).
     pub errors: usize,
@@ -56,6 +60,8 @@ impl InvocationCounts {
             pending_sources: response.pending_sources.len(),
             duplicates_removed: response.duplicates_removed.len(),
             copies_deleted: response.deleted.len(),
+            deletions_held: response.deletion_breaker.as_ref().map_or(0, |b| b.would_delete),
+            copies_not_deleted: response.deletions_denied,
             errors: 0,
             oldest_uncopied_seconds: match response.recovery_point {
                 RecoveryPoint::NotMeasured => None,
@@ -77,6 +83,8 @@ pub fn emf(target_region: Option<&str>, counts: InvocationCounts, timestamp_ms: 
         ("PendingSources", "Count", counts.pending_sources as u64),
         ("DuplicatesRemoved", "Count", counts.duplicates_removed as u64),
         ("CopiesDeleted", "Count", counts.copies_deleted as u64),
+        ("DeletionsHeld", "Count", counts.deletions_held as u64),
+        ("CopiesNotDeleted", "Count", counts.copies_not_deleted as u64),
         ("InvocationErrors", "Count", counts.errors as u64),
     ];
     if let Some(seconds) = counts.oldest_uncopied_seconds {
@@ -138,6 +146,8 @@ mod tests {
                 pending_sources: 1,
                 duplicates_removed: 0,
                 copies_deleted: 0,
+                deletions_held: 0,
+                copies_not_deleted: 0,
                 errors: 0,
                 oldest_uncopied_seconds: None,
             }

@@ -64,6 +64,9 @@ pub struct Plan {
     pub copies_to_delete: usize,
     #[serde(skip_serializing_if = "is_zero")]
     pub gib_to_delete: u64,
+    /// The deletion breaker would hold a run of this request: it deletes none of them.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub deletion_breaker: Option<crate::response::DeletionBreaker>,
 }
 
 fn is_zero<T: Default + PartialEq>(n: &T) -> bool {
@@ -160,7 +163,14 @@ impl Plan {
             copy_time_model: model.describe(),
             copies_to_delete: 0,
             gib_to_delete: 0,
+            deletion_breaker: None,
         }
+    }
+
+    /// The plan with the deletion breaker's verdict.
+    pub fn with_breaker(mut self, breaker: Option<crate::response::DeletionBreaker>) -> Self {
+        self.deletion_breaker = breaker;
+        self
     }
 
     /// The plan with the copies retention would delete, one row each after the sources.

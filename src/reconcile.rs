@@ -24,15 +24,23 @@ use crate::poll_timing::{self, CompletionEstimate, WaitContext};
 use crate::progress::{LogObserver, LookedSource, Observer, RunEvent, SourceStatus, StopSignal};
 use crate::request::CopyRequest;
 use crate::response::{
-    CopyReport, DeletedCopy, FailureReport, NotDeletedCopy, RecoveryPoint, RemovedCopy, Response, SkippedSource, plural,
+    CopyReport, DeletedCopy, DeletionBreaker, FailureReport, NotDeletedCopy, RecoveryPoint, RemovedCopy, Response,
+    SkippedSource, plural,
 };
 use crate::retention::{self, Member};
 use crate::store::{
-    CopySpec, CopyStatus, ENCRYPTION_TAG, RESERVED_TAG_PREFIX, SOURCE_REGION_TAG, SOURCE_SNAPSHOT_TAG,
+    CopySpec, CopyStatus, DeleteOutcome, ENCRYPTION_TAG, RESERVED_TAG_PREFIX, SOURCE_REGION_TAG, SOURCE_SNAPSHOT_TAG,
     SOURCE_START_TIME_TAG, SOURCE_VOLUME_TAG, SnapshotState, SnapshotStore, SourceSelector, SourceSnapshot, StoreError,
     Tag, format_start_time,
 };
 use crate::timeline::{Timeline, jittered};
+
+/// The deletion breaker holds a run that would delete more than this many copies …
+pub const BREAKER_MIN_DELETIONS: usize = 20;
+/// … and more than 1/this of the copies it manages.
+pub const BREAKER_SHARE_DENOMINATOR: usize = 4;
+/// How a source without a volume names its group of one in [`volume_group`].
+const SOURCE_GROUP_PREFIX: &str = "source:";
 
 /// EC2's tag limit per snapshot.
 const MAX_TAGS_PER_SNAPSHOT: usize = 50;
@@ -166,7 +174,8 @@ pub async fn plan_observed<S: SnapshotStore>(
         &start_order,
         model,
     )
-    .with_deletions(&run.planned_deletions()))
+    .with_deletions(&run.planned_deletions())
+    .with_breaker(run.breaker.clone()))
 }
 
 /// Where one source stands.
@@ -227,20 +236,32 @@ struct Deletion {
     /// As the look saw it: a `pending` copy is never deleted (a later run does, once completed).
     state: SnapshotState,
     reason: String,
-    /// The volume the request selects that the copy belongs to: its last completed copy stays
-    /// until a copy in retention of that volume has completed.
-    volume: Option<String>,
-    /// The source's start time, to tell which copy of a volume is its newest.
-    source_start: Option<SystemTime>,
+    /// The copy's volume (see [`volume_group`]): the newest completed copy of each stays.
+    group: String,
+    /// DescribeVolumes said the source's volume no longer exists: the orphan rule may take
+    /// the volume's last copy.
+    volume_gone: bool,
     outcome: DeletionOutcome,
+}
+
+/// The group a source's copies are counted in to keep each volume's newest: its volume, or,
+/// without one (EC2's placeholder), the source alone.
+fn volume_group(volume: Option<&str>, source: &SnapshotId) -> String {
+    volume.map_or_else(|| format!("{SOURCE_GROUP_PREFIX}{source}"), str::to_owned)
 }
 
 #[derive(Debug, PartialEq)]
 enum DeletionOutcome {
     Due,
     Deleted,
-    /// EC2 refused (in use by an AMI, locked, …), with its answer.
+    /// InvalidSnapshot.NotFound: gone before this run deleted it.
+    AlreadyGone,
+    /// A registered AMI uses it (DescribeImages): never deleted; the AMI's id.
+    InUse(String),
+    /// EC2 refused (locked, in use, …), with its answer.
     Refused(String),
+    /// AccessDenied / UnauthorizedOperation: the role may not delete it (CopiesNotDeleted).
+    Denied(String),
     /// No definite answer (timeout, 5xx): the next run sees whether it went.
     Unsure,
 }
@@ -287,9 +308,12 @@ struct Run<'a, S> {
     duplicates_removed: Vec<RemovedCopy>,
     /// Copies retention deletes, found by the look, deleted as time allows.
     deletions: Vec<Deletion>,
-    /// Volumes the request selects with a completed copy in retention of a source gone from
-    /// the source region: their other copies may go at once.
-    volumes_with_kept_copy: HashSet<String>,
+    /// The newest completed copy of each volume group the look found (source start, copy id).
+    newest_completed: HashMap<String, (Option<SystemTime>, SnapshotId)>,
+    /// The deletion breaker held this run's deletions.
+    breaker: Option<DeletionBreaker>,
+    /// DescribeImages gave no answer: no deletion this run.
+    images_unknown: Option<String>,
 }
 
 impl<'a, S: SnapshotStore> Run<'a, S> {
@@ -340,7 +364,9 @@ impl<'a, S: SnapshotStore> Run<'a, S> {
             duplicates: Vec::new(),
             duplicates_removed: Vec::new(),
             deletions: Vec::new(),
-            volumes_with_kept_copy: HashSet::new(),
+            newest_completed: HashMap::new(),
+            breaker: None,
+            images_unknown: None,
         };
         let doing = format!("looking for earlier copies in {}", request.target_region);
         if request.retention.is_set() {
@@ -382,6 +408,22 @@ impl<'a, S: SnapshotStore> Run<'a, S> {
     /// another request's copies of the same snapshots follow that request's rule. Copies whose
     /// source still exists but is not selected (another request's) are neither counted nor
     /// touched.
+    ///
+    /// What protects the recovery copies from an incident in the source region (ransomware,
+    /// a mistaken clean-up deleting the sources):
+    /// - the newest completed copy of every volume is never deleted ([`held_back`]), except by
+    ///   the orphan rule once DescribeVolumes says the volume itself no longer exists;
+    /// - the orphan rule never deletes a copy this request's retention keeps, nor any copy of
+    ///   a volume that still exists but that the request selects no snapshot of (another
+    ///   request's volume, or one whose snapshots were all deleted);
+    /// - a look that fails (DescribeSnapshots by id, DescribeVolumes, DescribeImages) leads to
+    ///   no deletion: what it would have told stays unknown, and unknown is kept;
+    /// - a copy an AMI uses is never deleted;
+    /// - the deletion breaker: a run that would delete more than [`BREAKER_MIN_DELETIONS`] and
+    ///   more than a quarter of the copies it judges deletes none, unless the request says
+    ///   `allow_mass_deletion`.
+    ///
+    /// [`held_back`]: Self::held_back
     async fn judge_retention(&mut self, copies: &[CopyStatus]) {
         let request = self.request;
         let rule = request.retention;
@@ -408,6 +450,18 @@ impl<'a, S: SnapshotStore> Run<'a, S> {
             .collect();
         let selected_volumes: HashSet<String> = members.iter().filter_map(|m| m.volume.clone()).collect();
         let in_entries: HashSet<&SnapshotId> = self.entries.iter().map(|e| &e.source.id).collect();
+        // What the look knows of each source: its volume and start time (from the source
+        // itself when the look found it, else from its copy's tags).
+        let mut origin_of: HashMap<SnapshotId, (Option<String>, Option<SystemTime>)> = self
+            .entries
+            .iter()
+            .map(|e| (e.source.id.clone(), (e.source.volume_id.clone(), e.source.start_time)))
+            .collect();
+        for copy in &ours {
+            origin_of
+                .entry(copy.source_id.clone())
+                .or_insert_with(|| (copy.source_volume_id.clone(), copy.source_start_time));
+        }
 
         // Copies of sources the look did not resolve: either gone from the source region, or
         // there but not selected by this request. One look by id tells them apart.
@@ -459,14 +513,10 @@ impl<'a, S: SnapshotStore> Run<'a, S> {
 
         // Sources out of retention are not copied.
         let mut kept = Vec::with_capacity(self.entries.len());
-        // What the look knows of each skipped source: its volume and start time.
-        let mut origin_of: HashMap<SnapshotId, (Option<String>, Option<SystemTime>)> = HashMap::new();
         for entry in std::mem::take(&mut self.entries) {
             match out.get(&entry.source.id) {
                 Some(reason) => {
                     debug!(source = %entry.source.id, %reason, "skipping a source out of retention");
-                    origin_of
-                        .insert(entry.source.id.clone(), (entry.source.volume_id.clone(), entry.source.start_time));
                     self.skipped.push(LookedSource {
                         source: entry.source.id.clone(),
                         size_gib: entry.source.size_gib,
@@ -478,8 +528,25 @@ impl<'a, S: SnapshotStore> Run<'a, S> {
         }
         self.entries = kept;
 
+        // The newest completed copy of each volume as the look found it: kept whatever the
+        // rules say (see `held_back`).
+        for copy in ours.iter().filter(|c| c.state == SnapshotState::Completed) {
+            let (volume, source_start) = origin_of.get(&copy.source_id).cloned().unwrap_or_default();
+            let group = volume_group(volume.as_deref(), &copy.source_id);
+            let rank = (source_start.or(copy.start_time), copy.id.clone());
+            match self.newest_completed.get(&group) {
+                Some(newest) if *newest >= rank => {}
+                _ => {
+                    self.newest_completed.insert(group, rank);
+                }
+            }
+        }
+
         // Their copies, and the copies of gone sources out of retention or past the grace, go.
+        // Orphans of a volume the request does not select wait for DescribeVolumes.
+        let mut orphans_of_other_volumes: Vec<(&CopyStatus, String, String)> = Vec::new();
         for copy in &ours {
+            let (volume, _) = origin_of.get(&copy.source_id).cloned().unwrap_or_default();
             let reason = if let Some(out_reason) = out.get(&copy.source_id) {
                 if gone.contains(&copy.source_id) {
                     format!("its source is gone from {region} and {out_reason}")
@@ -487,99 +554,210 @@ impl<'a, S: SnapshotStore> Run<'a, S> {
                     format!("its source is {out_reason}")
                 }
             } else if gone.contains(&copy.source_id) {
+                if rule.limits_sources() && gone_members.contains(&copy.source_id) {
+                    // In this request's retention: the orphan rule does not override it.
+                    continue;
+                }
                 let started = copy.source_start_time.or(copy.start_time);
-                match started.and_then(|started| rule.orphan_due(now, started)) {
-                    Some(why) => format!("its source is gone from {region} and {why}"),
+                let Some(why) = started.and_then(|started| rule.orphan_due(now, started)) else { continue };
+                match volume.as_deref() {
+                    Some(v) if selected_volumes.contains(v) => format!("its source is gone from {region} and {why}"),
+                    Some(v) => {
+                        orphans_of_other_volumes.push((copy, v.to_owned(), why));
+                        continue;
+                    }
                     None => {
-                        // A gone source in retention: its completed copy is one of its volume's
-                        // recovery copies.
-                        if copy.state == SnapshotState::Completed
-                            && let Some(volume) =
-                                copy.source_volume_id.as_ref().filter(|v| selected_volumes.contains(*v))
-                        {
-                            self.volumes_with_kept_copy.insert(volume.clone());
-                        }
+                        debug!(copy = %copy.id, "an orphan whose volume is unknown is kept: nothing can show its volume is gone");
                         continue;
                     }
                 }
             } else {
                 continue;
             };
-            if !matches!(copy.state, SnapshotState::Completed | SnapshotState::Error | SnapshotState::Pending) {
-                debug!(copy = %copy.id, state = copy.state.as_str(), "a copy in this state is not deleted");
-                continue;
-            }
-            // The source's own volume and start when the look saw it (a copy made before the
-            // tags existed has neither), else the copy's tags, else the copy's own start.
-            let (volume, source_start) = origin_of
-                .get(&copy.source_id)
-                .cloned()
-                .unwrap_or_else(|| (copy.source_volume_id.clone(), copy.source_start_time));
-            let volume = volume.filter(|v| selected_volumes.contains(v));
-            self.deletions.push(Deletion {
-                copy: copy.id.clone(),
-                source: copy.source_id.clone(),
-                size_gib: copy.size_gib,
-                state: copy.state.clone(),
-                reason,
-                volume,
-                source_start: source_start.or(copy.start_time),
-                outcome: DeletionOutcome::Due,
-            });
+            self.push_deletion(copy, reason, &origin_of, false);
         }
+        if !orphans_of_other_volumes.is_empty() {
+            let mut volumes: Vec<String> = orphans_of_other_volumes.iter().map(|(_, v, _)| v.clone()).collect();
+            volumes.sort();
+            volumes.dedup();
+            let existing = self.timeline.call_retrying(|| self.store.existing_volumes(region, &volumes)).await;
+            match existing {
+                Ok(existing) => {
+                    for (copy, volume, why) in orphans_of_other_volumes {
+                        if existing.contains(&volume) {
+                            debug!(copy = %copy.id, %volume, "an orphan of a volume that still exists is kept");
+                            continue;
+                        }
+                        let reason = format!("its source and its volume {volume} are gone from {region}, and {why}");
+                        self.push_deletion(copy, reason, &origin_of, true);
+                    }
+                }
+                Err(error) => {
+                    warn!(%error, "could not tell whether the volumes of gone sources still exist; their copies are kept");
+                }
+            }
+        }
+        self.keep_newest_without_successor();
+        self.check_images().await;
+        self.check_breaker(ours.len());
         if !self.deletions.is_empty() || !out.is_empty() {
             info!(
                 out_of_retention = out.len(),
                 gone = gone.len(),
                 deletions = self.deletions.len(),
                 rule = %rule.describe(),
+                breaker = self.breaker.is_some(),
                 "retention judged"
             );
         }
     }
 
-    /// Whether a volume the request selects has a completed copy in retention (this request's).
-    fn volume_has_copy_in_retention(&self, volume: &str) -> bool {
-        self.volumes_with_kept_copy.contains(volume)
-            || self.entries.iter().any(|e| {
-                e.source.volume_id.as_deref() == Some(volume)
-                    && matches!(&e.stage, Stage::Copying { copy, .. } if copy.state == SnapshotState::Completed)
-            })
+    /// A volume's newest completed copy that no newer source of the volume in retention will
+    /// replace is simply kept: not a deletion waiting for anything (which would leave the run
+    /// incomplete forever). The orphan rule's deletions of a gone volume stay.
+    fn keep_newest_without_successor(&mut self) {
+        let newest = &self.newest_completed;
+        let entries = &self.entries;
+        self.deletions.retain(|d| {
+            let Some((start, copy)) = newest.get(&d.group) else { return true };
+            if d.volume_gone || *copy != d.copy {
+                return true;
+            }
+            let successor = entries.iter().any(|e| {
+                volume_group(e.source.volume_id.as_deref(), &e.source.id) == d.group
+                    && e.source.id != d.source
+                    && e.source.start_time > *start
+            });
+            if !successor {
+                debug!(copy = %d.copy, group = %d.group, "kept: the newest completed copy of its volume");
+            }
+            successor
+        });
     }
 
-    /// Deletions that must wait: of a volume with no completed copy in retention yet (its new
-    /// copy is still pending, say), the newest completed copy due for deletion stays, so the
-    /// volume never has no recovery copy at all. Indexes into `deletions`.
-    fn held_back(&self) -> HashSet<usize> {
-        let mut covered: HashMap<&str, bool> = HashMap::new();
-        let mut newest: HashMap<&str, usize> = HashMap::new();
-        for (i, deletion) in self.deletions.iter().enumerate() {
-            if deletion.outcome != DeletionOutcome::Due || deletion.state != SnapshotState::Completed {
-                continue;
-            }
-            let Some(volume) = deletion.volume.as_deref() else { continue };
-            if *covered.entry(volume).or_insert_with(|| self.volume_has_copy_in_retention(volume)) {
-                continue;
-            }
-            let rank = |d: &Deletion| (d.source_start, d.copy.clone());
-            newest
-                .entry(volume)
-                .and_modify(|held| {
-                    if rank(deletion) > rank(&self.deletions[*held]) {
-                        *held = i;
-                    }
-                })
-                .or_insert(i);
+    /// Queues `copy` for deletion, unless it is in a state that is never deleted.
+    fn push_deletion(
+        &mut self,
+        copy: &CopyStatus,
+        reason: String,
+        origin_of: &HashMap<SnapshotId, (Option<String>, Option<SystemTime>)>,
+        volume_gone: bool,
+    ) {
+        if !matches!(copy.state, SnapshotState::Completed | SnapshotState::Error | SnapshotState::Pending) {
+            debug!(copy = %copy.id, state = copy.state.as_str(), "a copy in this state is not deleted");
+            return;
         }
-        newest.into_values().collect()
+        let (volume, _) = origin_of.get(&copy.source_id).cloned().unwrap_or_default();
+        self.deletions.push(Deletion {
+            copy: copy.id.clone(),
+            source: copy.source_id.clone(),
+            size_gib: copy.size_gib,
+            state: copy.state.clone(),
+            reason,
+            group: volume_group(volume.as_deref(), &copy.source_id),
+            volume_gone,
+            outcome: DeletionOutcome::Due,
+        });
+    }
+
+    /// One DescribeImages for every copy that may be deleted: a copy a registered AMI uses
+    /// stays (reported in `not_deleted` with the AMI). Without an answer, nothing is deleted.
+    async fn check_images(&mut self) {
+        let candidates: Vec<SnapshotId> = self
+            .deletions
+            .iter()
+            .filter(|d| d.outcome == DeletionOutcome::Due && d.state != SnapshotState::Pending)
+            .map(|d| d.copy.clone())
+            .collect();
+        if candidates.is_empty() {
+            return;
+        }
+        let target = &self.request.target_region;
+        match self.timeline.call_retrying(|| self.store.images_using(target, &candidates)).await {
+            Ok(using) => {
+                for deletion in &mut self.deletions {
+                    if let Some(image) = using.get(&deletion.copy) {
+                        deletion.outcome = DeletionOutcome::InUse(image.clone());
+                    }
+                }
+            }
+            Err(error) => {
+                warn!(%error, "could not tell which copies an AMI uses; none is deleted this run");
+                self.images_unknown = Some(error.to_string());
+            }
+        }
+    }
+
+    /// The deletion breaker: more than [`BREAKER_MIN_DELETIONS`] and more than a quarter of
+    /// the `managed` copies (this request's, from this source region) is not what a schedule
+    /// does; it is what a source-side incident or a wrong request looks like. None is deleted,
+    /// unless the request says `allow_mass_deletion`.
+    fn check_breaker(&mut self, managed: usize) {
+        let would_delete = self.deletions.iter().filter(|d| d.outcome == DeletionOutcome::Due).count();
+        if would_delete <= BREAKER_MIN_DELETIONS || would_delete * BREAKER_SHARE_DENOMINATOR <= managed {
+            return;
+        }
+        if self.request.allow_mass_deletion {
+            warn!(would_delete, managed, "a mass deletion, allowed by the request");
+            return;
+        }
+        let message = format!(
+            "deletion breaker: this run would delete {would_delete} of the {managed} copies it manages (more than \
+             {BREAKER_MIN_DELETIONS} and more than 1/{BREAKER_SHARE_DENOMINATOR} of them), so it deletes none; if that \
+             is meant (a retention turned on over a backlog), check the list with `dry_run: true` and \
+             `allow_mass_deletion: true`, then run with `allow_mass_deletion: true`"
+        );
+        warn!(would_delete, managed, "{message}");
+        self.breaker = Some(DeletionBreaker { would_delete, managed, message });
+    }
+
+    /// Deletions that must wait: the newest completed copy of each volume (of this request,
+    /// counting copies that completed during this run) is never deleted, so a volume always
+    /// keeps a recovery copy, whatever happened to its snapshots in the source region. Only the
+    /// orphan rule, once DescribeVolumes has said the volume itself is gone, may take it.
+    /// Indexes into `deletions`.
+    fn held_back(&self) -> HashSet<usize> {
+        let mut newest = self.newest_completed.clone();
+        for entry in &self.entries {
+            let Stage::Copying { copy, .. } = &entry.stage else { continue };
+            if copy.state != SnapshotState::Completed {
+                continue;
+            }
+            let group = volume_group(entry.source.volume_id.as_deref(), &entry.source.id);
+            let rank = (entry.source.start_time, copy.id.clone());
+            if newest.get(&group).is_none_or(|n| *n < rank) {
+                newest.insert(group, rank);
+            }
+        }
+        self.deletions
+            .iter()
+            .enumerate()
+            .filter(|(_, d)| {
+                d.outcome == DeletionOutcome::Due
+                    && !d.volume_gone
+                    && newest.get(&d.group).is_some_and(|(_, copy)| *copy == d.copy)
+            })
+            .map(|(i, _)| i)
+            .collect()
+    }
+
+    /// Why this run deletes nothing at all, if it does not: the breaker holds, or DescribeImages
+    /// did not answer.
+    fn deletions_blocked(&self) -> Option<String> {
+        if let Some(breaker) = &self.breaker {
+            return Some(breaker.message.clone());
+        }
+        self.images_unknown.as_ref().map(|error| {
+            format!("could not tell which copies an AMI uses ({error}); no copy was deleted, the next run tries again")
+        })
     }
 
     /// Deletes what retention deletes, until `until` (the next poll; the end of the work), the
     /// stop signal or the last moment a call may start: whatever is left, the next run deletes.
-    /// A refusal (in use by an AMI, locked, access denied) is reported and skipped; throttling
-    /// ends this round of deletions; none of it fails the run.
+    /// A refusal (locked, access denied) is reported and skipped; throttling ends this round of
+    /// deletions; none of it fails the run.
     async fn prune(&mut self, until: Option<Instant>) {
-        if !self.deletions.iter().any(|d| d.outcome == DeletionOutcome::Due) {
+        if !self.deletions.iter().any(|d| d.outcome == DeletionOutcome::Due) || self.deletions_blocked().is_some() {
             return;
         }
         let held = self.held_back();
@@ -596,9 +774,13 @@ impl<'a, S: SnapshotStore> Run<'a, S> {
             let deletion = &mut self.deletions[i];
             let (source, copy) = (deletion.source.clone(), deletion.copy.clone());
             match result {
-                Ok(()) => {
+                Ok(DeleteOutcome::Deleted) => {
                     self.observer.observe(RunEvent::CopyDeleted { source, copy, reason: deletion.reason.clone() });
                     deletion.outcome = DeletionOutcome::Deleted;
+                }
+                Ok(DeleteOutcome::AlreadyGone) => {
+                    info!(%copy, "the copy was already gone (InvalidSnapshot.NotFound); not a deletion of this run");
+                    deletion.outcome = DeletionOutcome::AlreadyGone;
                 }
                 Err(StoreError::Throttled(message)) => {
                     warn!(%copy, %message, "EC2 throttled a deletion; the rest wait for the next round");
@@ -607,6 +789,12 @@ impl<'a, S: SnapshotStore> Run<'a, S> {
                 Err(StoreError::Unknown(message)) => {
                     warn!(%copy, %message, "a deletion had no definite answer; the next run sees whether it went");
                     deletion.outcome = DeletionOutcome::Unsure;
+                }
+                Err(StoreError::AccessDenied(message)) => {
+                    let error = format!("access denied: {message}");
+                    warn!(%copy, %error, "the role may not delete this copy; CopiesNotDeleted counts it");
+                    self.observer.observe(RunEvent::DeleteRefused { source, copy, error: error.clone() });
+                    deletion.outcome = DeletionOutcome::Denied(error);
                 }
                 Err(refusal) => {
                     let error = refusal.to_string();
@@ -620,6 +808,7 @@ impl<'a, S: SnapshotStore> Run<'a, S> {
     /// The deletions a run would make now, and those it would make later, for the plan.
     fn planned_deletions(&self) -> Vec<PlannedDeletion> {
         let held = self.held_back();
+        let blocked = self.deletions_blocked();
         self.deletions
             .iter()
             .enumerate()
@@ -630,12 +819,14 @@ impl<'a, S: SnapshotStore> Run<'a, S> {
                 size_gib: d.size_gib,
                 state: d.state.as_str().to_owned(),
                 reason: d.reason.clone(),
-                later: if d.state == SnapshotState::Pending {
+                later: if let Some(why) = &blocked {
+                    Some(why.clone())
+                } else if d.state == SnapshotState::Pending {
                     Some("the copy is still pending: a run after it completes deletes it".to_owned())
                 } else if held.contains(&i) {
                     Some(format!(
-                        "the last completed copy of {} until a copy in retention completes",
-                        d.volume.as_deref().unwrap_or("its volume")
+                        "the newest completed copy of {}, kept until a newer copy of it completes",
+                        d.group.strip_prefix(SOURCE_GROUP_PREFIX).map_or(d.group.as_str(), |_| "its source")
                     ))
                 } else {
                     None
@@ -738,7 +929,10 @@ impl<'a, S: SnapshotStore> Run<'a, S> {
                 continue;
             }
             match self.timeline.call(self.store.delete_copy(&self.request.target_region, &copy_id)).await {
-                Ok(()) => {
+                Ok(DeleteOutcome::AlreadyGone) => {
+                    info!(%source, copy = %copy_id, "the duplicate copy was already gone");
+                }
+                Ok(DeleteOutcome::Deleted) => {
                     self.observer.observe(RunEvent::DuplicateRemoved { source: source.clone(), copy: copy_id.clone() });
                     self.duplicates_removed
                         .push(RemovedCopy { source_snapshot_id: source.to_string(), snapshot_id: copy_id.to_string() });
@@ -1201,6 +1395,11 @@ impl<'a, S: SnapshotStore> Run<'a, S> {
         }
         let all_done = !self.request.wait_for_completion || self.pending_copies().next().is_none();
         response.notes = self.notes_for();
+        if let Some(why) = self.deletions_blocked()
+            && self.breaker.is_none()
+        {
+            response.notes.push(why);
+        }
         response.duplicates_removed = self.duplicates_removed;
         response.skipped = self
             .skipped
@@ -1212,18 +1411,34 @@ impl<'a, S: SnapshotStore> Run<'a, S> {
                 _ => None,
             })
             .collect();
+        let held_by_breaker = self.breaker.is_some();
+        response.deletion_breaker = self.breaker;
         for deletion in self.deletions {
             let (snapshot_id, source_snapshot_id) = (deletion.copy.to_string(), deletion.source.to_string());
+            let not_deleted = |error: String, image_id: Option<String>| NotDeletedCopy {
+                snapshot_id: snapshot_id.clone(),
+                source_snapshot_id: source_snapshot_id.clone(),
+                reason: deletion.reason.clone(),
+                error,
+                image_id,
+            };
             match deletion.outcome {
                 DeletionOutcome::Deleted => {
                     response.deleted.push(DeletedCopy { snapshot_id, source_snapshot_id, reason: deletion.reason });
                 }
-                DeletionOutcome::Refused(error) => response.not_deleted.push(NotDeletedCopy {
-                    snapshot_id,
-                    source_snapshot_id,
-                    reason: deletion.reason,
-                    error,
-                }),
+                DeletionOutcome::AlreadyGone => {}
+                DeletionOutcome::InUse(image) => response.not_deleted.push(not_deleted(
+                    format!("in use by {image}, a registered AMI; deregister it first"),
+                    Some(image),
+                )),
+                DeletionOutcome::Refused(error) => response.not_deleted.push(not_deleted(error, None)),
+                DeletionOutcome::Denied(error) => {
+                    response.deletions_denied += 1;
+                    response.not_deleted.push(not_deleted(error, None));
+                }
+                // Held by the breaker: not work a later run of the same request does, so not
+                // left (a Step Functions loop would never end); the answer says why.
+                DeletionOutcome::Due if held_by_breaker => {}
                 DeletionOutcome::Due | DeletionOutcome::Unsure => response.deletions_left += 1,
             }
         }

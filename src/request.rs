@@ -48,6 +48,7 @@ pub struct RequestPayload {
     pub retain_count: Option<u32>,
     pub delete_orphans_after_days: Option<u32>,
     pub dry_run: Option<bool>,
+    pub allow_mass_deletion: Option<bool>,
 }
 
 /// One `filters` entry.
@@ -67,7 +68,9 @@ fn valid_values(field: &str) -> &'static str {
         "values" => "a list of strings",
         "target_region" | "region" => crate::ids::REGION_FORMAT,
         "pending_limit" => "an integer ≥ 1",
-        "encrypt" | "copy_tags" | "wait_for_completion" | "debug" | "dry_run" => "true or false",
+        "encrypt" | "copy_tags" | "wait_for_completion" | "debug" | "dry_run" | "allow_mass_deletion" => {
+            "true or false"
+        }
         "kms_key_id" => crate::ids::KMS_KEY_FORMAT,
         "tags" => "an object of string keys to string values",
         "completion_duration_minutes" => "an integer from 15 to 2880, a multiple of 15",
@@ -275,6 +278,9 @@ pub struct CopyRequest {
     /// Look only: answer what a run would copy, skip and delete, calling neither CopySnapshot
     /// nor DeleteSnapshot.
     pub dry_run: bool,
+    /// Lets the run delete more than the deletion breaker allows (a retention turned on over a
+    /// backlog), after a dry run showed what goes.
+    pub allow_mass_deletion: bool,
 }
 
 fn invalid(message: String) -> CopySnapshotsError {
@@ -397,6 +403,13 @@ impl CopyRequest {
 
         let retention =
             check_retention(payload.retain_days, payload.retain_count, payload.delete_orphans_after_days, settings)?;
+        let allow_mass_deletion = payload.allow_mass_deletion.unwrap_or(false);
+        if allow_mass_deletion && !retention.is_set() {
+            return Err(invalid(
+                "allow_mass_deletion: true only lifts the deletion breaker of a retention, and this request has none                  (retain_days, retain_count, delete_orphans_after_days); valid: leave it out, or set a retention"
+                    .to_owned(),
+            ));
+        }
 
         Ok(Self {
             sources,
@@ -416,6 +429,7 @@ impl CopyRequest {
             response_format: payload.response_format.unwrap_or_default(),
             retention,
             dry_run: payload.dry_run.unwrap_or(false),
+            allow_mass_deletion,
         })
     }
 }

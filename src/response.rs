@@ -44,10 +44,17 @@ pub struct Response {
     /// Copies retention deleted (in a dry run: would delete now).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub deleted: Vec<DeletedCopy>,
-    /// Copies retention would delete that EC2 refused to delete (in use by an AMI, locked, …):
-    /// left in place, tried again by the next run.
+    /// Copies retention would delete that are left in place: a registered AMI uses them
+    /// (`image_id`), or EC2 refused (locked, access denied, …). The next run tries again.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub not_deleted: Vec<NotDeletedCopy>,
+    /// The deletion breaker held this run: it would have deleted an unusual share of the copies
+    /// it manages, so it deleted none (see the README's Retention section).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub deletion_breaker: Option<DeletionBreaker>,
+    /// For the `CopiesNotDeleted` metric only: deletions the role was denied.
+    #[serde(skip)]
+    pub deletions_denied: usize,
     /// Copies retention deletes that this invocation did not get to: the deadline came first,
     /// the copy is still pending, or it is its volume's last completed copy until a newer one
     /// completes. The next run continues.
@@ -93,7 +100,7 @@ impl Response {
     /// The answer to a dry run, from the plan of the same look: what a run would copy, skip and
     /// delete. `complete` says whether a run now would find nothing to do.
     pub fn dry_run(plan: &Plan, wait_for_completion: bool) -> Self {
-        let mut response = Self { dry_run: true, ..Self::default() };
+        let mut response = Self { dry_run: true, deletion_breaker: plan.deletion_breaker.clone(), ..Self::default() };
         for planned in &plan.sources {
             let source = planned.source_snapshot_id.clone();
             let reason = || planned.reason.clone().unwrap_or_default();
@@ -218,8 +225,21 @@ pub struct NotDeletedCopy {
     pub source_snapshot_id: String,
     /// Why retention deletes it.
     pub reason: String,
-    /// EC2's refusal, e.g. `InvalidSnapshot.InUse: The snapshot … is currently in use by ami-…`.
+    /// Why it stays: the AMI that uses it, or EC2's refusal (`SnapshotLocked: …`).
     pub error: String,
+    /// The registered AMI that uses the copy.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image_id: Option<String>,
+}
+
+/// Why a run deleted none of the copies retention would delete.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeletionBreaker {
+    /// Copies the run would have deleted.
+    pub would_delete: usize,
+    /// Copies it manages: this request's, from its source region, in any state.
+    pub managed: usize,
+    pub message: String,
 }
 
 fn is_zero(n: &usize) -> bool {
@@ -297,6 +317,9 @@ pub struct Summary {
     /// Copies retention deletes that a later run gets to.
     #[serde(default, skip_serializing_if = "is_zero")]
     pub deletions_left: usize,
+    /// The deletion breaker held the run's deletions: why.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub deletion_breaker: Option<String>,
     /// The first [`SUMMARY_MAX_FAILURES`] failures, each error cut to
     /// [`SUMMARY_MAX_ERROR_CHARS`] characters.
     pub failures: Vec<FailureReport>,
@@ -317,6 +340,7 @@ impl Summary {
             deleted: response.deleted.len(),
             not_deleted: response.not_deleted.len(),
             deletions_left: response.deletions_left,
+            deletion_breaker: response.deletion_breaker.as_ref().map(|b| b.message.clone()),
             failures: response
                 .failed
                 .iter()

@@ -207,6 +207,26 @@ mod tests {
     }
 
     #[test]
+    fn days_keep_more_than_count_when_they_reach_further() {
+        // Days keep 0..25 (within 30), count keeps the newest 3: either keeps, so six stay.
+        let members: Vec<Member> = [0, 5, 10, 15, 20, 25, 40]
+            .iter()
+            .enumerate()
+            .map(|(i, d)| member(i as u64 + 1, "vol-a", *d, true))
+            .collect();
+        let both = Retention { days: Some(30), count: Some(3), orphans_after_days: None };
+        assert_eq!(out_ids(both, &members), [id(7)]);
+    }
+
+    #[test]
+    fn several_sources_without_a_volume_are_each_alone() {
+        let alone: Vec<Member> =
+            (1..=3).map(|n| Member { volume: None, ..member(n, "", 30 + 10 * n as u32, true) }).collect();
+        assert!(out_ids(count(1), &alone).is_empty());
+        assert!(out_ids(days(7), &alone).is_empty());
+    }
+
+    #[test]
     fn the_newest_selected_source_of_a_volume_is_always_kept() {
         let members = [member(1, "vol-a", 90, true), member(2, "vol-a", 100, true), member(3, "vol-b", 50, true)];
         assert_eq!(out_ids(days(7), &members), [id(2)]);

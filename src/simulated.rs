@@ -19,8 +19,8 @@ use tokio::time::Instant;
 
 use crate::ids::{Region, SnapshotId};
 use crate::store::{
-    CopySpec, CopyStatus, ENCRYPTION_TAG, SOURCE_REGION_TAG, SOURCE_SNAPSHOT_TAG, SnapshotState, SnapshotStore,
-    SourceSelector, SourceSnapshot, StoreError, Tag, find_tag, is_copy_from, source_origin,
+    CopySpec, CopyStatus, DeleteOutcome, ENCRYPTION_TAG, SOURCE_REGION_TAG, SOURCE_SNAPSHOT_TAG, SnapshotState,
+    SnapshotStore, SourceSelector, SourceSnapshot, StoreError, Tag, find_tag, is_copy_from, source_origin,
 };
 
 /// AWS's default quota of concurrent copies per destination region.
@@ -51,6 +51,10 @@ pub struct CallCounts {
     pub list_copies: usize,
     /// Counts of this deployment's pending copies (before starting any).
     pub list_pending_copies: usize,
+    /// DescribeVolumes calls (is a gone source's volume gone too?).
+    pub describe_volumes: usize,
+    /// DescribeImages calls (does an AMI use a copy about to be deleted?).
+    pub describe_images: usize,
     /// Look-ups answered with throttling (counted in their operation too).
     pub throttled_looks: usize,
     /// The HTTP requests those calls would be to EC2, which pages DescribeSnapshots (1,000 a
@@ -68,6 +72,8 @@ impl CallCounts {
             + self.delete_copy
             + self.list_copies
             + self.list_pending_copies
+            + self.describe_volumes
+            + self.describe_images
     }
 }
 
@@ -207,6 +213,19 @@ enum StartFault {
     },
 }
 
+/// A fault to answer one DeleteSnapshot call with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DeleteFault {
+    /// Throttled beyond the SDK's retries; nothing deleted.
+    Throttled,
+    /// No definite answer; `deleted` says whether EC2 deleted the snapshot anyway.
+    Unanswered { deleted: bool },
+    /// AccessDenied (a role without the permission, or a tag condition it fails).
+    Denied,
+    /// Someone else deleted the snapshot just before: InvalidSnapshot.NotFound.
+    GoneBefore,
+}
+
 #[derive(Debug)]
 struct World {
     regions: HashMap<String, RegionState>,
@@ -248,6 +267,19 @@ struct World {
     deleted: Vec<SnapshotId>,
     /// DeleteSnapshot calls on a snapshot that was still pending.
     pending_deletes: usize,
+    /// Volumes that exist (every source's volume, until [`SimulatedEc2::remove_volume`]).
+    volumes: HashSet<String>,
+    /// Snapshot → the AMI that uses it.
+    images: HashMap<SnapshotId, String>,
+    /// DescribeVolumes and DescribeImages get no definite answer.
+    volume_looks_fail: bool,
+    image_looks_fail: bool,
+    /// One-shot faults for the next DeleteSnapshot calls, in order.
+    delete_faults: Vec<DeleteFault>,
+    /// After `source_looks_before_failure` more describe_sources calls, this many get no
+    /// definite answer.
+    source_looks_before_failure: usize,
+    failing_source_looks: usize,
 }
 
 impl World {
@@ -314,6 +346,13 @@ impl SimulatedEc2 {
                 refused_deletes: HashMap::new(),
                 deleted: Vec::new(),
                 pending_deletes: 0,
+                volumes: HashSet::new(),
+                images: HashMap::new(),
+                volume_looks_fail: false,
+                image_looks_fail: false,
+                delete_faults: Vec::new(),
+                source_looks_before_failure: 0,
+                failing_source_looks: 0,
             }),
             latency: Duration::ZERO,
         }
@@ -416,11 +455,63 @@ impl SimulatedEc2 {
         let id = self.add_source(region, size_gib, tags);
         let mut world = self.lock();
         let start_time = world.wall_at(Instant::now()) - age;
+        world.volumes.insert(volume.to_owned());
         if let Some(s) = world.regions.get_mut(region).and_then(|r| r.snapshots.get_mut(&id)) {
             s.volume_id = Some(volume.to_owned());
             s.start_time = start_time;
         }
         id
+    }
+
+    /// Adds a completed source snapshot that EC2 reports with no volume (its placeholder
+    /// `vol-ffffffff`: a snapshot that is itself a copy), started `age` ago.
+    pub fn add_snapshot_without_volume(
+        &self,
+        region: &str,
+        size_gib: u64,
+        age: Duration,
+        tags: &[(&str, &str)],
+    ) -> SnapshotId {
+        let id = self.add_source(region, size_gib, tags);
+        let mut world = self.lock();
+        let start_time = world.wall_at(Instant::now()) - age;
+        if let Some(s) = world.regions.get_mut(region).and_then(|r| r.snapshots.get_mut(&id)) {
+            s.volume_id = None;
+            s.start_time = start_time;
+        }
+        id
+    }
+
+    /// Deletes a volume: DescribeVolumes no longer lists it. Its snapshots stay.
+    pub fn remove_volume(&self, volume: &str) {
+        self.lock().volumes.remove(volume);
+    }
+
+    /// Registers an AMI whose block device mappings use `snapshot`.
+    pub fn register_image(&self, image_id: &str, snapshot: &SnapshotId) {
+        self.lock().images.insert(snapshot.clone(), image_id.to_owned());
+    }
+
+    /// Every DescribeVolumes (`volumes`) or DescribeImages (`images`) gets no definite answer.
+    pub fn fail_volume_looks(&self, fail: bool) {
+        self.lock().volume_looks_fail = fail;
+    }
+
+    pub fn fail_image_looks(&self, fail: bool) {
+        self.lock().image_looks_fail = fail;
+    }
+
+    /// After `skip` more looks for sources (DescribeSnapshots in the source region: by
+    /// filters, or by id), the next `count` get no definite answer.
+    pub fn fail_source_looks(&self, skip: usize, count: usize) {
+        let mut world = self.lock();
+        world.source_looks_before_failure = skip;
+        world.failing_source_looks = count;
+    }
+
+    /// The next DeleteSnapshot calls are answered with `faults`, one each, in order.
+    pub fn fault_next_deletes(&self, faults: &[DeleteFault]) {
+        self.lock().delete_faults = faults.to_vec();
     }
 
     /// Removes a snapshot as someone else would (Data Lifecycle Manager pruning the source
@@ -482,6 +573,8 @@ impl SimulatedEc2 {
         let mut world = self.lock();
         let id = Self::new_id(&mut world);
         world.next_volume += 1;
+        let volume_id = format!("vol-{:017x}", 0x7_0000_0000_0000u64 + world.next_volume);
+        world.volumes.insert(volume_id.clone());
         let now = Instant::now();
         let snapshot = Snapshot {
             id: id.clone(),
@@ -496,7 +589,7 @@ impl SimulatedEc2 {
             start_time: world.wall_at(now),
             duration: Duration::ZERO,
             fails_with: None,
-            volume_id: Some(format!("vol-{:017x}", 0x7_0000_0000_0000u64 + world.next_volume)),
+            volume_id: Some(volume_id),
         };
         world.regions.entry(region.to_owned()).or_default().insert(snapshot);
         id
@@ -766,6 +859,12 @@ impl SnapshotStore for SimulatedEc2 {
         let mut world = self.lock();
         world.calls.describe_sources += 1;
         world.throttle_look()?;
+        if world.source_looks_before_failure > 0 {
+            world.source_looks_before_failure -= 1;
+        } else if world.failing_source_looks > 0 {
+            world.failing_source_looks -= 1;
+            return Err(StoreError::Unknown("timeout waiting for DescribeSnapshots' answer".to_owned()));
+        }
         let Some(state) = world.regions.get(region.as_str()) else { return Ok(Vec::new()) };
         let to_source = |s: &Snapshot| SourceSnapshot {
             id: s.id.clone(),
@@ -898,16 +997,37 @@ impl SnapshotStore for SimulatedEc2 {
             .collect())
     }
 
-    async fn delete_copy(&self, target_region: &Region, copy_id: &SnapshotId) -> Result<(), StoreError> {
+    async fn delete_copy(&self, target_region: &Region, copy_id: &SnapshotId) -> Result<DeleteOutcome, StoreError> {
         self.call_latency().await;
         let now = Instant::now();
         let mut world = self.lock();
         let world = &mut *world;
         world.calls.delete_copy += 1;
         world.calls.requests += 1;
-        let Some(state) = world.regions.get_mut(target_region.as_str()) else { return Ok(()) };
-        // InvalidSnapshot.NotFound: already gone, which the store answers as success.
-        let Some(snapshot) = state.snapshots.get(copy_id) else { return Ok(()) };
+        let fault = if world.delete_faults.is_empty() { None } else { Some(world.delete_faults.remove(0)) };
+        match fault {
+            Some(DeleteFault::Throttled) => {
+                return Err(StoreError::Throttled("RequestLimitExceeded: Request limit exceeded.".to_owned()));
+            }
+            Some(DeleteFault::Denied) => {
+                return Err(StoreError::AccessDenied(format!(
+                    "UnauthorizedOperation: You are not authorized to perform: ec2:DeleteSnapshot on {copy_id}"
+                )));
+            }
+            Some(DeleteFault::Unanswered { deleted: false }) => {
+                return Err(StoreError::Unknown("timeout waiting for DeleteSnapshot's answer".to_owned()));
+            }
+            Some(DeleteFault::GoneBefore) => {
+                if let Some(state) = world.regions.get_mut(target_region.as_str()) {
+                    state.snapshots.remove(copy_id);
+                    state.order.retain(|id| id != copy_id);
+                }
+            }
+            Some(DeleteFault::Unanswered { deleted: true }) | None => {}
+        }
+        let Some(state) = world.regions.get_mut(target_region.as_str()) else { return Ok(DeleteOutcome::AlreadyGone) };
+        // InvalidSnapshot.NotFound: already gone.
+        let Some(snapshot) = state.snapshots.get(copy_id) else { return Ok(DeleteOutcome::AlreadyGone) };
         // The deployed role may delete only snapshots carrying the tracking tags.
         if find_tag(&snapshot.tags, SOURCE_SNAPSHOT_TAG).is_none()
             || find_tag(&snapshot.tags, SOURCE_REGION_TAG).is_none()
@@ -926,7 +1046,36 @@ impl SnapshotStore for SimulatedEc2 {
         state.order.retain(|id| id != copy_id);
         state.maybe_pending.retain(|id| id != copy_id);
         world.deleted.push(copy_id.clone());
-        Ok(())
+        if matches!(fault, Some(DeleteFault::Unanswered { deleted: true })) {
+            return Err(StoreError::Unknown("timeout waiting for DeleteSnapshot's answer".to_owned()));
+        }
+        Ok(DeleteOutcome::Deleted)
+    }
+
+    async fn existing_volumes(&self, _region: &Region, volume_ids: &[String]) -> Result<HashSet<String>, StoreError> {
+        self.call_latency().await;
+        let mut world = self.lock();
+        world.calls.describe_volumes += 1;
+        world.calls.requests += volume_ids.len().div_ceil(FILTER_VALUES).max(1);
+        if world.volume_looks_fail {
+            return Err(StoreError::Unknown("timeout waiting for DescribeVolumes' answer".to_owned()));
+        }
+        Ok(volume_ids.iter().filter(|v| world.volumes.contains(*v)).cloned().collect())
+    }
+
+    async fn images_using(
+        &self,
+        _region: &Region,
+        snapshot_ids: &[SnapshotId],
+    ) -> Result<HashMap<SnapshotId, String>, StoreError> {
+        self.call_latency().await;
+        let mut world = self.lock();
+        world.calls.describe_images += 1;
+        world.calls.requests += snapshot_ids.len().div_ceil(FILTER_VALUES).max(1);
+        if world.image_looks_fail {
+            return Err(StoreError::Unknown("timeout waiting for DescribeImages' answer".to_owned()));
+        }
+        Ok(snapshot_ids.iter().filter_map(|id| world.images.get(id).map(|ami| (id.clone(), ami.clone()))).collect())
     }
 
     fn wall_clock(&self) -> SystemTime {

@@ -2,7 +2,7 @@
 //! domain types it speaks. No SDK type appears here; `ec2.rs` translates, and the in-memory
 //! simulator implements the same trait for tests and the benchmark.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::future::Future;
 use std::time::SystemTime;
 
@@ -156,6 +156,16 @@ pub struct CopySpec {
     pub completion_duration_minutes: Option<u32>,
 }
 
+/// What a DeleteSnapshot did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DeleteOutcome {
+    /// This call deleted the snapshot.
+    Deleted,
+    /// InvalidSnapshot.NotFound: the snapshot was already gone (deleted by someone else, or by
+    /// an earlier attempt of this call that the SDK retried): not a deletion this run made.
+    AlreadyGone,
+}
+
 /// What can go wrong asking EC2, sorted by what the engine does about it.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 pub enum StoreError {
@@ -231,14 +241,32 @@ pub trait SnapshotStore: Sync {
     ) -> impl Future<Output = Result<Vec<CopyStatus>, StoreError>> + Send;
 
     /// Deletes one copy this function made (the engine passes only ids that [`find_copies`]
-    /// returned, i.e. snapshots carrying the tracking tags). A copy already gone is success.
+    /// returned, i.e. snapshots carrying the tracking tags). A copy already gone is
+    /// [`DeleteOutcome::AlreadyGone`], not an error.
     ///
     /// [`find_copies`]: SnapshotStore::find_copies
     fn delete_copy(
         &self,
         target_region: &Region,
         copy_id: &SnapshotId,
-    ) -> impl Future<Output = Result<(), StoreError>> + Send;
+    ) -> impl Future<Output = Result<DeleteOutcome, StoreError>> + Send;
+
+    /// Which of `volume_ids` still exist in `region` (DescribeVolumes; a volume `deleting` or
+    /// `deleted` does not). Only a definite answer says a volume is gone: any failure is an
+    /// error, never an empty set.
+    fn existing_volumes(
+        &self,
+        region: &Region,
+        volume_ids: &[String],
+    ) -> impl Future<Output = Result<HashSet<String>, StoreError>> + Send;
+
+    /// The AMIs (this account's, in `region`) whose block device mappings use any of
+    /// `snapshot_ids`: snapshot id → image id. One DescribeImages, at most 200 ids a filter.
+    fn images_using(
+        &self,
+        region: &Region,
+        snapshot_ids: &[SnapshotId],
+    ) -> impl Future<Output = Result<HashMap<SnapshotId, String>, StoreError>> + Send;
 
     /// The calendar time that sources' ages are measured against: the system clock. The
     /// simulator's calendar follows tokio's paused clock instead, so a test can run a month of

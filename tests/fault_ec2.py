@@ -30,8 +30,11 @@ What it adds to moto:
   OwnerIds honoured (`self` is the caller's account, an account id that account; moto ignores
   OwnerIds and would list every snapshot for any owner); snapshots of another account, for
   that check;
-- DeleteSnapshot only on snapshots carrying the tracking tags (the deployed role's condition),
-  and refused for chosen snapshots as EC2 refuses one an AMI uses (InvalidSnapshot.InUse) or a
+- DeleteSnapshot as the deployed role's DeleteOwnCopies statement allows it (template.yaml): only
+  in the target region, only on snapshots whose copy-snapshots:source-region tag is the stack's
+  region or the target region and whose copy-snapshots:source-snapshot-id tag is like `snap-*`
+  (UnauthorizedOperation otherwise; set "role_regions" {"stack": …, "target": …} to match the
+  deployment under test), and refused for chosen snapshots as EC2 refuses one an AMI uses (InvalidSnapshot.InUse) or a
   locked one;
 - source snapshots of one volume and of chosen ages (StartTime in the past), and sources that
   vanish (as Data Lifecycle Manager prunes the source region), for retention;
@@ -62,6 +65,7 @@ Control API (JSON), next to the EC2 API on the same port:
 Usage: fault_ec2.py PORT   (listens on 127.0.0.1 only)
 """
 import datetime
+import fnmatch
 import functools
 import hashlib
 import hmac
@@ -110,6 +114,8 @@ CONFIG = {
     # The next this-many EC2 calls (of `throttle_actions`, when set) are throttled.
     "throttle_streak": 0,
     "throttle_actions": None,
+    # The regions of the role's DeleteSnapshot conditions: the stack's (source) and the target.
+    "role_regions": {"stack": "us-east-1", "target": "eu-west-1"},
 }
 RECORD = {
     "calls": [],
@@ -411,8 +417,22 @@ def delete_snapshot(self):
     self.error_on_dryrun()
     snapshot = self.ec2_backend.snapshots.get(snapshot_id)
     tags = _tag_dict(snapshot) if snapshot is not None else {}
-    if snapshot is not None and (TRACKING_TAG not in tags or SOURCE_REGION_TAG not in tags):
-        raise EC2ClientError("UnauthorizedOperation", f"You are not authorized to delete {snapshot_id}")
+    with LOCK:
+        regions = dict(CONFIG["role_regions"])
+    # The role's statement: Resource arn:…:ec2:${TargetRegion}::snapshot/*, StringEquals
+    # aws:ResourceTag/copy-snapshots:source-region [AWS::Region, TargetRegion], StringLike
+    # aws:ResourceTag/copy-snapshots:source-snapshot-id snap-*.
+    allowed = (
+        self.ec2_backend.region_name == regions["target"]
+        and tags.get(SOURCE_REGION_TAG) in (regions["stack"], regions["target"])
+        and fnmatch.fnmatchcase(tags.get(TRACKING_TAG, ""), "snap-*")
+    )
+    if snapshot is not None and not allowed:
+        raise EC2ClientError(
+            "UnauthorizedOperation",
+            f"You are not authorized to perform this operation. User is not authorized to perform: "
+            f"ec2:DeleteSnapshot on resource {snapshot_id} because no identity-based policy allows it",
+        )
     with LOCK:
         refusal = REFUSED_DELETES.get(snapshot_id)
         if refusal is not None:

@@ -302,3 +302,38 @@ fn output_to_a_pipe_is_plain_lines_without_escape_codes() {
     assert_eq!(header.split_whitespace().collect::<Vec<_>>(), ["SOURCE", "COPY", "STATE", "SIZE", "REUSED"]);
     assert!(stdout.contains("2 copies (2 completed, 0 reused), 0 not started, 0 failed; complete: true"), "{stdout}");
 }
+
+/// RETAIN_DAYS, RETAIN_COUNT and DELETE_ORPHANS_AFTER_DAYS are the deployment's settings: in
+/// the caller's shell they never turn a copy command into a prune. Only the flags ask for it.
+#[tokio::test]
+async fn retention_settings_in_the_shell_delete_nothing() {
+    let emulator = FaultEc2::start();
+    emulator.configure(json!({"time_scale": TIME_SCALE}));
+    let (ids, _) = emulator.volume_snapshots(SOURCE, 8, &[0.0, 1.0, 2.0, 3.0], &json!({"Backup": "cli"}));
+    let copy = ["--filter", "tag:Backup=cli", "--target-region", TARGET, "--wait", "--json"];
+    let (code, stdout, stderr) = run(&emulator, &copy);
+    assert_eq!(code, 0, "{stderr}");
+    assert_eq!(json_of(&stdout)["copies"].as_array().unwrap().len(), 4);
+
+    let output = cli(&emulator, &copy)
+        .env("RETAIN_DAYS", "1")
+        .env("RETAIN_COUNT", "1")
+        .env("DELETE_ORPHANS_AFTER_DAYS", "0")
+        .output()
+        .expect("the binary runs");
+    let answer = json_of(&String::from_utf8_lossy(&output.stdout));
+    assert_eq!(output.status.code(), Some(0), "{}", String::from_utf8_lossy(&output.stderr));
+    assert!(answer["deleted"].is_null() && answer["skipped"].is_null(), "{answer}");
+    assert_eq!(emulator.record().calls("DeleteSnapshot"), 0, "the shell's settings deleted copies");
+
+    // The flag asks for it.
+    let mut prune = copy.to_vec();
+    prune.extend(["--retain-count", "1"]);
+    let (code, stdout, stderr) = run(&emulator, &prune);
+    assert_eq!(code, 0, "{stderr}");
+    let answer = json_of(&stdout);
+    let deleted: Vec<&str> =
+        answer["deleted"].as_array().unwrap().iter().map(|d| d["source_snapshot_id"].as_str().unwrap()).collect();
+    assert_eq!(deleted.len(), 3, "{answer}");
+    assert!(!deleted.contains(&ids[0].as_str()));
+}

@@ -3,6 +3,7 @@
 //! tests assert what it records — the copies, their KmsKeyId, tags and description — and leave
 //! time, limits and faults to the engine tests.
 
+use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use crate::support::fault_ec2::FaultEc2;
@@ -15,7 +16,7 @@ use copy_snapshots::ids::{Region, SnapshotId};
 use copy_snapshots::presign::{CopySnapshotUrl, EXPIRES_IN};
 use copy_snapshots::request::Settings;
 use copy_snapshots::store::{
-    CopySpec, CopyStatus, ENCRYPTION_TAG, SOURCE_REGION_TAG, SOURCE_SNAPSHOT_TAG, SOURCE_START_TIME_TAG,
+    CopySpec, CopyStatus, DeleteOutcome, ENCRYPTION_TAG, SOURCE_REGION_TAG, SOURCE_SNAPSHOT_TAG, SOURCE_START_TIME_TAG,
     SOURCE_VOLUME_TAG, SnapshotStore, SourceSelector, SourceSnapshot, StoreError, Tag, parse_start_time,
 };
 use copy_snapshots::{CopySnapshotsError, handle};
@@ -95,8 +96,18 @@ impl SnapshotStore for CountingStore {
     async fn describe_copies(&self, target: &Region, ids: &[SnapshotId]) -> Result<Vec<CopyStatus>, StoreError> {
         self.inner.describe_copies(target, ids).await
     }
-    async fn delete_copy(&self, target: &Region, id: &SnapshotId) -> Result<(), StoreError> {
+    async fn delete_copy(&self, target: &Region, id: &SnapshotId) -> Result<DeleteOutcome, StoreError> {
         self.inner.delete_copy(target, id).await
+    }
+    async fn existing_volumes(&self, region: &Region, ids: &[String]) -> Result<HashSet<String>, StoreError> {
+        self.inner.existing_volumes(region, ids).await
+    }
+    async fn images_using(
+        &self,
+        region: &Region,
+        ids: &[SnapshotId],
+    ) -> Result<HashMap<SnapshotId, String>, StoreError> {
+        self.inner.images_using(region, ids).await
     }
 }
 

@@ -23,6 +23,7 @@ mod recovery_point;
 mod reliability;
 mod requests;
 mod retention;
+mod safe_deletion;
 mod scale;
 mod scale_binary;
 mod step_functions;

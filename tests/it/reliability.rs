@@ -606,3 +606,46 @@ async fn retention_by_age_deletes_old_copies_reports_refused_ones_and_a_second_r
     assert!(again["deleted"].is_null(), "{again}");
     assert_eq!(again["not_deleted"].as_array().unwrap().len(), 2);
 }
+
+/// The emulator deletes only what the deployed role's DeleteOwnCopies statement allows, so a
+/// store or engine change that deletes anything else fails here as it would in AWS; and the
+/// store tells a deletion from a snapshot already gone, and an existing volume from a gone one.
+#[tokio::test]
+async fn delete_snapshot_is_allowed_only_as_the_roles_conditions_say() {
+    use copy_snapshots::ec2::Ec2Store;
+    use copy_snapshots::ids::{Region, SnapshotId};
+    use copy_snapshots::store::{DeleteOutcome, SnapshotStore, StoreError};
+
+    let emulator = FaultEc2::start();
+    let config =
+        aws_config::defaults(aws_config::BehaviorVersion::latest()).endpoint_url(emulator.endpoint()).load().await;
+    let store = Ec2Store::new(&config);
+    let (source, target) = (Region::parse(SOURCE).unwrap(), Region::parse(TARGET).unwrap());
+    let tagged = |region: &str, from: &str, of: &str| {
+        let tags = json!({"copy-snapshots:source-region": from, "copy-snapshots:source-snapshot-id": of});
+        SnapshotId::parse(&emulator.tagged_snapshots(region, &[8], "completed", &tags)[0]).unwrap()
+    };
+    let cases = [
+        ("a source region the stack does not copy from", TARGET, "ap-south-1", "snap-0123456789abcdef0"),
+        ("a snapshot-id tag that is not snap-*", TARGET, SOURCE, "ami-0123456789abcdef0"),
+        ("outside the target region", SOURCE, SOURCE, "snap-0123456789abcdef0"),
+    ];
+    for (case, region, from, of) in cases {
+        let id = tagged(region, from, of);
+        let region = Region::parse(region).unwrap();
+        let answer = store.delete_copy(&region, &id).await;
+        assert!(matches!(answer, Err(StoreError::AccessDenied(_))), "{case}: {answer:?}");
+    }
+    for from in [SOURCE, TARGET] {
+        let own = tagged(TARGET, from, "snap-0123456789abcdef0");
+        assert_eq!(store.delete_copy(&target, &own).await, Ok(DeleteOutcome::Deleted));
+        assert_eq!(store.delete_copy(&target, &own).await, Ok(DeleteOutcome::AlreadyGone), "NotFound is already gone");
+    }
+
+    let (_, volume) = emulator.volume_snapshots(SOURCE, 8, &[0.0], &json!({}));
+    let missing = "vol-0123456789abcdef0".to_owned();
+    let existing = store.existing_volumes(&source, &[volume.clone(), missing]).await.unwrap();
+    assert_eq!(existing, std::collections::HashSet::from([volume]));
+    let none = store.images_using(&target, &[SnapshotId::parse("snap-0123456789abcdef0").unwrap()]).await.unwrap();
+    assert!(none.is_empty());
+}

@@ -141,7 +141,8 @@ async fn retain_count_three_holds_exactly_three_copies_per_volume_the_newest() {
     copy_all(&ec2).await;
     assert!(copies_per_volume(&ec2).values().all(|n| *n == 10));
 
-    let req = request(json!({"retain_count": 3, "wait_for_completion": true}));
+    // 35 of 50 copies: more than the deletion breaker lets a run delete without the override.
+    let req = request(json!({"retain_count": 3, "wait_for_completion": true, "allow_mass_deletion": true}));
     let pruned = run(&ec2, &req).await;
     assert!(pruned.complete, "{pruned:?}");
     assert_eq!(pruned.deleted.len(), 35);
@@ -200,12 +201,28 @@ async fn an_orphan_is_kept_without_the_rule_and_deleted_after_the_grace_with_it(
     let response = run(&ec2, &req).await;
     assert!(response.deleted.is_empty(), "{response:?}");
     tokio::time::advance(DAY * 6).await;
+    // Past the grace, but the volume itself still exists (its snapshots were deleted, as by
+    // ransomware or a mistaken clean-up): its last copy stays.
+    let response = run(&ec2, &req).await;
+    assert!(response.deleted.is_empty() && response.deletions_left == 0, "{response:?}");
+    assert_eq!(ec2.calls().describe_volumes, 1);
+    // DescribeVolumes without an answer: kept too.
+    ec2.remove_volume(&volume(1));
+    ec2.fail_volume_looks(true);
+    let response = run(&ec2, &req).await;
+    assert!(response.deleted.is_empty(), "{response:?}");
+    ec2.fail_volume_looks(false);
+    // The volume is gone: its last copy goes.
     let response = run(&ec2, &req).await;
     assert_eq!(deleted_sources(&response), HashSet::from([gone.clone()]));
     let reason = &response.deleted[0].reason;
     assert_eq!(
         reason,
-        &format!("its source is gone from {SOURCE} and started 11 days ago, more than delete_orphans_after_days 10")
+        &format!(
+            "its source and its volume {} are gone from {SOURCE}, and started 11 days ago, more than \
+             delete_orphans_after_days 10",
+            volume(1)
+        )
     );
     assert!(!copied_sources(&ec2).contains(&gone));
     assert_eq!(copied_sources(&ec2).len(), 1, "the live volume's copy stays");
@@ -392,7 +409,9 @@ async fn a_pending_copy_is_never_deleted_and_a_volume_keeps_its_last_completed_c
     let later: Vec<&str> =
         planned.sources.iter().filter(|s| s.action == "delete_later").map(|s| s.source_snapshot_id.as_str()).collect();
     assert_eq!(later, [first.as_str()]);
-    assert!(planned.sources.iter().any(|s| s.reason.as_deref().is_some_and(|r| r.contains("last completed copy of"))));
+    assert!(
+        planned.sources.iter().any(|s| s.reason.as_deref().is_some_and(|r| r.contains("the newest completed copy of")))
+    );
 
     tokio::time::advance(Duration::from_secs(120 + 100 * 20)).await;
     let response = run(&ec2, &req).await;
@@ -408,7 +427,7 @@ async fn pruning_that_cannot_finish_before_the_deadline_stops_cleanly_and_the_ne
     aged_sources(&ec2, 2, 150);
     copy_all(&ec2).await;
     let ec2 = ec2.with_latency(Duration::from_millis(200));
-    let req = request(json!({"retain_count": 1}));
+    let req = request(json!({"retain_count": 1, "allow_mass_deletion": true}));
     let mut runs = 0;
     let mut deleted = 0;
     loop {
