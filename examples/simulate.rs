@@ -1,7 +1,8 @@
 //! Benchmark of the engine on simulated time: runs the reconciler against the in-memory EC2 on
 //! tokio's paused clock and prints one `name=value` per line.
 //!
-//! `cargo run --release --example simulate`
+//! `cargo run --release --example simulate` (`-- PREFIX`: only the skewed jobs whose figures
+//! start with PREFIX, e.g. `quiet_start_`, and nothing else)
 //!
 //! - `makespan_over_lower_bound`: 60 sources of skewed sizes, `pending_limit` 5, waiting for
 //!   completion in one run; the lower bound is max(longest copy, total copy time / 5).
@@ -9,6 +10,9 @@
 //! - `irregular_*`: the same jobs with copies that stall at 0% for up to 10 minutes and run at
 //!   0.5–2× the size-based speed, so progress no longer follows size; the lower bound is then
 //!   computed from each copy's real duration (an oracle that knew every speed in advance).
+//! - `quiet_start_*`: the same jobs with copies that report 0% for the first 30% of their
+//!   duration and take 0.05–1.5× the size-based time (small incremental copies among them);
+//!   the lower bound again from each copy's real duration.
 //! - `seconds_for_10000_sources`: a 10,000-source request, copies instant.
 //! - `pruning_10000_*`: retention deleting 10,000 old copies (10 volumes, each with today's
 //!   snapshot and 1,000 older than a week, `retain_days` 7), with their sources still in the
@@ -23,7 +27,7 @@ use std::time::Duration;
 
 use copy_snapshots::reconcile::{RunLimits, reconcile};
 use copy_snapshots::request::{CopyRequest, FilterPayload, RequestPayload, Settings};
-use copy_snapshots::simulated::{CopyTimeModel, Irregularity, SimulatedEc2};
+use copy_snapshots::simulated::{CopyTimeModel, Irregularity, QuietStart, SimulatedEc2};
 use rand::rngs::StdRng;
 use rand::seq::SliceRandom;
 use rand::{RngExt, SeedableRng};
@@ -35,6 +39,16 @@ const SKEWED_PENDING_LIMIT: usize = 5;
 const SEEDS: u64 = 20;
 const IRREGULAR: Irregularity =
     Irregularity { max_stall: std::time::Duration::from_secs(600), slowest: 0.5, fastest: 2.0 };
+const QUIET_START: QuietStart = QuietStart { quiet_share: 0.3, shortest: 0.05, longest: 1.5 };
+
+/// How the skewed job's copies progress.
+#[derive(Debug, Clone, Copy)]
+enum Progress {
+    /// As the copy-time model says, steadily from the start.
+    Regular,
+    Irregular(Irregularity),
+    QuietStart(QuietStart),
+}
 
 fn main() {
     let runtime = tokio::runtime::Builder::new_current_thread()
@@ -43,8 +57,17 @@ fn main() {
         .build()
         .expect("a tokio runtime");
 
-    for (prefix, irregular) in [("", None), ("irregular_", Some(IRREGULAR))] {
-        let first = runtime.block_on(skewed_job(1, irregular));
+    let jobs = [
+        ("", Progress::Regular),
+        ("irregular_", Progress::Irregular(IRREGULAR)),
+        ("quiet_start_", Progress::QuietStart(QUIET_START)),
+    ];
+    let only = std::env::args().nth(1);
+    for (prefix, progress) in jobs {
+        if only.as_deref().is_some_and(|only| !prefix.starts_with(only)) {
+            continue;
+        }
+        let first = runtime.block_on(skewed_job(1, progress));
         println!("{prefix}makespan_over_lower_bound={:.3}", first.ratio);
         println!("{prefix}ec2_calls_per_copy={:.2}", first.calls as f64 / SKEWED_SOURCES as f64);
         println!("{prefix}makespan_seconds={:.0}", first.makespan);
@@ -52,12 +75,15 @@ fn main() {
         let mut worst_ratio: f64 = 0.0;
         let mut worst_calls: f64 = 0.0;
         for seed in 1..=SEEDS {
-            let run = runtime.block_on(skewed_job(seed, irregular));
+            let run = runtime.block_on(skewed_job(seed, progress));
             worst_ratio = worst_ratio.max(run.ratio);
             worst_calls = worst_calls.max(run.calls as f64 / SKEWED_SOURCES as f64);
         }
         println!("{prefix}makespan_over_lower_bound_worst_of_{SEEDS}_seeds={worst_ratio:.3}");
         println!("{prefix}ec2_calls_per_copy_worst_of_{SEEDS}_seeds={worst_calls:.2}");
+    }
+    if only.is_some() {
+        return;
     }
 
     let wall = std::time::Instant::now();
@@ -174,13 +200,14 @@ fn skewed_sizes(rng: &mut StdRng) -> Vec<u64> {
     sizes
 }
 
-async fn skewed_job(seed: u64, irregular: Option<Irregularity>) -> SkewedRun {
+async fn skewed_job(seed: u64, progress: Progress) -> SkewedRun {
     let mut rng = StdRng::seed_from_u64(seed);
     let sizes = skewed_sizes(&mut rng);
-    let mut ec2 = SimulatedEc2::new();
-    if let Some(irregular) = irregular {
-        ec2 = ec2.with_irregular_copies(irregular);
-    }
+    let ec2 = match progress {
+        Progress::Regular => SimulatedEc2::new(),
+        Progress::Irregular(irregular) => SimulatedEc2::new().with_irregular_copies(irregular),
+        Progress::QuietStart(quiet) => SimulatedEc2::new().with_quiet_start_copies(quiet),
+    };
     let ids: Vec<String> = sizes.iter().map(|gib| ec2.add_source(SOURCE, *gib, &[]).to_string()).collect();
 
     let request = request(ids, SKEWED_PENDING_LIMIT as u32, true);
