@@ -129,8 +129,12 @@ async fn prune_10000(gone: bool, latency: Duration) -> PruneRun {
         }
     }
     let settings = Settings::default();
-    let limits =
-        |deadline| RunLimits { deadline, poll_interval: settings.poll_interval, call_timeout: settings.call_timeout };
+    let limits = |deadline| RunLimits {
+        deadline,
+        poll_interval: settings.poll_interval,
+        max_poll_interval: settings.max_poll_interval,
+        call_timeout: settings.call_timeout,
+    };
     let copy_all = by_filter(None, 1000);
     let response = reconcile(&ec2, &copy_all, limits(None)).await.expect("the copies are made");
     assert_eq!(response.copies.len(), 10_010, "every source copied");
@@ -213,8 +217,12 @@ async fn skewed_job(seed: u64, progress: Progress) -> SkewedRun {
     let request = request(ids, SKEWED_PENDING_LIMIT as u32, true);
     let settings = Settings::default();
     let started = tokio::time::Instant::now();
-    let limits =
-        RunLimits { deadline: None, poll_interval: settings.poll_interval, call_timeout: settings.call_timeout };
+    let limits = RunLimits {
+        deadline: None,
+        poll_interval: settings.poll_interval,
+        max_poll_interval: settings.max_poll_interval,
+        call_timeout: settings.call_timeout,
+    };
     let response = reconcile(&ec2, &request, limits).await.expect("the skewed job succeeds");
     assert!(response.complete, "the skewed job completes");
     let makespan = started.elapsed().as_secs_f64();
@@ -234,6 +242,7 @@ async fn many_sources(count: usize) -> usize {
     let limits = RunLimits {
         deadline: None,
         poll_interval: Settings::default().poll_interval,
+        max_poll_interval: Settings::default().max_poll_interval,
         call_timeout: Settings::default().call_timeout,
     };
     let response = reconcile(&ec2, &request, limits).await.expect("the large job succeeds");

@@ -57,6 +57,8 @@ pub struct RunLimits {
     pub deadline: Option<Instant>,
     /// The shortest wait between two polls (`POLL_INTERVAL_SECONDS`).
     pub poll_interval: Duration,
+    /// The longest wait between two polls (`MAX_POLL_INTERVAL_SECONDS`).
+    pub max_poll_interval: Duration,
     /// The longest one store call may take (the SDK's operation timeout): after the look, no
     /// call starts unless it fits before the deadline.
     pub call_timeout: Duration,
@@ -156,7 +158,12 @@ pub async fn plan_observed<S: SnapshotStore>(
     model: CopyTimeModel,
     observer: &dyn Observer,
 ) -> Result<Plan, CopySnapshotsError> {
-    let limits = RunLimits { deadline: None, poll_interval: Duration::ZERO, call_timeout: Duration::ZERO };
+    let limits = RunLimits {
+        deadline: None,
+        poll_interval: Duration::ZERO,
+        max_poll_interval: Duration::ZERO,
+        call_timeout: Duration::ZERO,
+    };
     let run = Run::look(store, request, limits, None, observer, StopSignal::never()).await?;
     let mut queue = run.queue.clone();
     let mut start_order = Vec::with_capacity(queue.len());
@@ -1012,7 +1019,9 @@ impl<'a, S: SnapshotStore> Run<'a, S> {
     fn next_wait(&self, now: Instant) -> Duration {
         let context = WaitContext {
             poll_interval: self.limits.poll_interval,
+            max_poll_interval: self.limits.max_poll_interval,
             fastest_gib_per_second: self.fastest_gib_per_second,
+            prior: CopyTimeModel::DEFAULT,
             next_unsure_look: self.next_unsure_look(),
             region_full_rounds: self.region_full.then_some(self.full_rounds),
         };
