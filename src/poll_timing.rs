@@ -52,6 +52,10 @@ pub(crate) fn next_wait<'a>(
     pending: impl Iterator<Item = (u64, &'a CompletionEstimate)>,
 ) -> Duration {
     let floor = context.poll_interval;
+    // A bracket is narrow within 2% of the copy's age, or four poll intervals.
+    let tolerance = |now: Instant, estimate: &CompletionEstimate| {
+        (floor * 4).max(now.saturating_duration_since(estimate.started()) / 50)
+    };
     let ceiling = context.max_poll_interval.max(floor);
     let mut wake: Option<Instant> = context.next_unsure_look;
     for (size_gib, estimate) in pending {
@@ -62,9 +66,7 @@ pub(crate) fn next_wait<'a>(
             // narrow them first.
             Some((earliest, Some(latest))) => {
                 let gap = latest.saturating_duration_since(earliest);
-                let age = now.saturating_duration_since(estimate.started());
-                let tolerance = (floor * 4).max(age / 50);
-                if gap <= tolerance { latest } else { earliest + (gap / 2).max(floor) }
+                if gap <= tolerance(now, estimate) { latest } else { earliest + (gap / 2).max(floor) }
             }
             Some((earliest, None)) => earliest,
             // Not observed yet: the fastest speed seen in this run says how soon it could
@@ -73,6 +75,14 @@ pub(crate) fn next_wait<'a>(
                 (Some(speed), Some((t0, _, _))) => t0 + Duration::from_secs_f64(size_gib as f64 / speed),
                 _ => now + floor,
             },
+        };
+        // A copy that sat at 0% completes sooner than the bracket from its start says; once the
+        // bracket since it moved is narrow, its end is surely past the completion.
+        let candidate = match estimate.window_since_moving() {
+            Some((earliest, latest)) if latest.saturating_duration_since(earliest) <= tolerance(now, estimate) => {
+                candidate.min(latest)
+            }
+            _ => candidate,
         };
         let candidate = match estimate.uninformative() {
             Some((read_at, percent)) => candidate.min(bounded_wake(context, size_gib, estimate, read_at, percent)),
@@ -124,8 +134,8 @@ pub(crate) struct CompletionEstimate {
     latest: Option<(Instant, u8)>,
     /// It has read 0%: progress may have begun any time since.
     read_zero: bool,
-    /// When it first read above 0% after reading 0%.
-    first_moving: Option<Instant>,
+    /// When it first read above 0% after reading 0%, and what.
+    first_moving: Option<(Instant, u8)>,
 }
 
 impl CompletionEstimate {
@@ -149,7 +159,7 @@ impl CompletionEstimate {
         if percent == 0 {
             self.read_zero = true;
         } else if self.read_zero && self.first_moving.is_none() {
-            self.first_moving = Some(at);
+            self.first_moving = Some((at, percent));
         }
         self.latest = Some((at, percent));
     }
@@ -158,7 +168,25 @@ impl CompletionEstimate {
     /// one (the copy may have begun to move just before it).
     fn uninformative(&self) -> Option<(Instant, u8)> {
         let (at, percent) = self.latest?;
-        (percent == 0 || self.first_moving == Some(at)).then_some((at, percent))
+        (percent == 0 || self.first_moving == Some((at, percent))).then_some((at, percent))
+    }
+
+    /// For a copy that read 0%, the bracket from its first reading above 0% to its latest: it
+    /// holds the completion of a copy that sat at 0% and then moved steadily.
+    fn window_since_moving(&self) -> Option<(Instant, Instant)> {
+        let (t1, p1) = self.first_moving?;
+        let (t, p) = self.latest?;
+        let between = t.checked_duration_since(t1)?.as_secs_f64();
+        if between <= 0.0 {
+            return None;
+        }
+        let (p1, p) = (f64::from(p1), f64::from(p));
+        let (slowest, fastest) = ((p - p1 - 1.0) / between, (p + 1.0 - p1) / between);
+        if slowest <= 0.0 {
+            return None;
+        }
+        let after = |remaining: f64, speed: f64| t + Duration::from_secs_f64((remaining.max(0.0) / speed).min(1e9));
+        Some((after(99.0 - p, fastest), after(100.0 - p, slowest)))
     }
 
     /// Bounds on the copy's speed, in percent per second: (slowest, fastest).
@@ -169,8 +197,13 @@ impl CompletionEstimate {
         if elapsed <= 0.0 {
             return None;
         }
+        let first_after_zero = self.first_moving == self.latest;
         let percent = f64::from(percent);
-        Some(((percent - hi0).max(0.0) / elapsed, (percent + 1.0 - lo0) / elapsed))
+        let slowest = (percent - hi0).max(0.0) / elapsed;
+        // Having sat at 0%, it may have begun to move just before this reading: nothing bounds
+        // how fast it moves (the rate since the start understates it).
+        let fastest = if first_after_zero { f64::INFINITY } else { (percent + 1.0 - lo0) / elapsed };
+        Some((slowest, fastest))
     }
 
     /// The earliest and latest moments the copy can complete (latest `None`: no bound yet).
