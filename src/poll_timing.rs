@@ -6,9 +6,11 @@
 //!
 //! EC2 often reports a cross-region copy at 0% for its first minutes, and a small incremental
 //! copy may go from 0% to completed. So a reading that brackets nothing (0%, or the first
-//! reading above 0% after one, which says nothing of how fast the copy moves since) bounds the
-//! wait by what is known instead ([`bounded_wake`]): not before the copy could be done at the
+//! reading above 0% after one, which says nothing of how fast the copy moves) bounds the wait
+//! by what is known instead ([`bounded_wake`]): not before the copy could be done at the
 //! fastest speed known, and after that at most [`BACKOFF_SHARE`] of its age past the reading.
+//! Once such a copy has moved, the bracket since its first reading above 0% (which holds the
+//! completion, where the bracket from its start is late) wakes at its end when it is narrow.
 
 use std::time::Duration;
 
@@ -368,9 +370,10 @@ mod tests {
     }
 
     #[test]
-    fn the_latest_bound_holds_for_a_copy_that_sat_at_zero_percent() {
-        // The rate since the start understates the rate of a copy that sat at 0% first, so
-        // only the latest bound holds; the wait after a 0% reading never trusts the earliest.
+    fn the_brackets_of_a_copy_that_sat_at_zero_percent_hold_its_true_completion() {
+        // The rate since the start understates the rate of a copy that sat at 0% first, so of
+        // the bracket from its start only the latest bound holds; the bracket since it moved
+        // holds both ways.
         for total in [180.0, 1_400.0, 41_080.0] {
             for quiet in [0.05, 0.3, 0.6] {
                 for times in [[0.02, 0.3, 0.62, 0.9], [0.01, 0.25, 0.66, 0.99], [0.01, 0.04, 0.5, 0.8]] {
@@ -386,10 +389,29 @@ mod tests {
                                 "{total} s, quiet {quiet}, at {fraction}: latest before the truth"
                             );
                         }
+                        if let Some((earliest, latest)) = estimate.window_since_moving() {
+                            assert!(
+                                earliest <= truth && truth <= latest + Duration::from_millis(1),
+                                "{total} s, quiet {quiet}, at {fraction}: the bracket since it moved misses the truth"
+                            );
+                        }
                     }
                 }
             }
         }
+    }
+
+    #[test]
+    fn the_first_reading_above_zero_after_zero_bounds_no_speed() {
+        // 4% at 60 s after 0% at 30 s: it may have begun to move at 59 s, so no speed is
+        // measured from it (the run would plan other copies by a rate the copy never had).
+        let (start, mut estimate) = observed(10_000.0, &[30.0]);
+        estimate.observe(start + Duration::from_secs(60), 4);
+        let (slowest, fastest) = estimate.speed().unwrap();
+        assert!(slowest > 0.0 && fastest.is_infinite(), "({slowest}, {fastest})");
+        // A second reading above 0% bounds it again.
+        estimate.observe(start + Duration::from_secs(120), 52);
+        assert!(estimate.speed().unwrap().1.is_finite());
     }
 
     #[test]
