@@ -1,7 +1,8 @@
 //! Benchmark of the engine on simulated time: runs the reconciler against the in-memory EC2 on
 //! tokio's paused clock and prints one `name=value` per line.
 //!
-//! `cargo run --release --example simulate`
+//! `cargo run --release --example simulate` (`-- PREFIX`: only the skewed jobs whose figures
+//! start with PREFIX, e.g. `quiet_start_`, and nothing else)
 //!
 //! - `makespan_over_lower_bound`: 60 sources of skewed sizes, `pending_limit` 5, waiting for
 //!   completion in one run; the lower bound is max(longest copy, total copy time / 5).
@@ -9,6 +10,12 @@
 //! - `irregular_*`: the same jobs with copies that stall at 0% for up to 10 minutes and run at
 //!   0.5–2× the size-based speed, so progress no longer follows size; the lower bound is then
 //!   computed from each copy's real duration (an oracle that knew every speed in advance).
+//! - `quiet_start_*`: the same jobs with copies that report 0% for the first 30% of their
+//!   duration and take 0.05–1.5× the size-based time (small incremental copies among them);
+//!   the lower bound again from each copy's real duration. `quiet_start_60x_*`: the same on
+//!   an emulator 60 times faster than EC2, `POLL_INTERVAL_SECONDS` and
+//!   `MAX_POLL_INTERVAL_SECONDS` scaled with it (0.25 s, 15 s); `quiet_start_60x_max_poll_900_*`
+//!   with the longest poll interval left at 900 s.
 //! - `seconds_for_10000_sources`: a 10,000-source request, copies instant.
 //! - `pruning_10000_*`: retention deleting 10,000 old copies (10 volumes, each with today's
 //!   snapshot and 1,000 older than a week, `retain_days` 7), with their sources still in the
@@ -32,7 +39,7 @@ use std::time::Duration;
 
 use copy_snapshots::reconcile::{RunLimits, reconcile};
 use copy_snapshots::request::{CopyRequest, FilterPayload, RequestPayload, Settings};
-use copy_snapshots::simulated::{CopyTimeModel, Irregularity, SimulatedEc2};
+use copy_snapshots::simulated::{CopyTimeModel, Irregularity, QuietStart, SimulatedEc2};
 use rand::rngs::StdRng;
 use rand::seq::SliceRandom;
 use rand::{RngExt, SeedableRng};
@@ -48,6 +55,28 @@ const STATE_MACHINE_WAIT: Duration = Duration::from_secs(300);
 const ROUNDS_PER_EXECUTION: usize = 250;
 const IRREGULAR: Irregularity =
     Irregularity { max_stall: std::time::Duration::from_secs(600), slowest: 0.5, fastest: 2.0 };
+const QUIET_START: QuietStart = QuietStart { quiet_share: 0.3, shortest: 0.05, longest: 1.5 };
+
+/// How much faster than EC2 the skewed job's world runs: its copies and the poll interval
+/// `speedup` times faster, and `MAX_POLL_INTERVAL_SECONDS` too when `max_poll_scaled`.
+#[derive(Debug, Clone, Copy)]
+struct Pace {
+    speedup: f64,
+    max_poll_scaled: bool,
+}
+
+impl Pace {
+    const REAL: Self = Self { speedup: 1.0, max_poll_scaled: true };
+}
+
+/// How the skewed job's copies progress.
+#[derive(Debug, Clone, Copy)]
+enum Progress {
+    /// As the copy-time model says, steadily from the start.
+    Regular,
+    Irregular(Irregularity),
+    QuietStart(QuietStart),
+}
 
 fn main() {
     let runtime = tokio::runtime::Builder::new_current_thread()
@@ -56,8 +85,23 @@ fn main() {
         .build()
         .expect("a tokio runtime");
 
-    for (prefix, irregular) in [("", None), ("irregular_", Some(IRREGULAR))] {
-        let first = runtime.block_on(skewed_job(1, irregular));
+    let jobs = [
+        ("", Progress::Regular, Pace::REAL),
+        ("irregular_", Progress::Irregular(IRREGULAR), Pace::REAL),
+        ("quiet_start_", Progress::QuietStart(QUIET_START), Pace::REAL),
+        ("quiet_start_60x_", Progress::QuietStart(QUIET_START), Pace { speedup: 60.0, max_poll_scaled: true }),
+        (
+            "quiet_start_60x_max_poll_900_",
+            Progress::QuietStart(QUIET_START),
+            Pace { speedup: 60.0, max_poll_scaled: false },
+        ),
+    ];
+    let only = std::env::args().nth(1);
+    for (prefix, progress, pace) in jobs {
+        if only.as_deref().is_some_and(|only| !prefix.starts_with(only)) {
+            continue;
+        }
+        let first = runtime.block_on(skewed_job(1, progress, pace));
         println!("{prefix}makespan_over_lower_bound={:.3}", first.ratio);
         println!("{prefix}ec2_calls_per_copy={:.2}", first.calls as f64 / SKEWED_SOURCES as f64);
         println!("{prefix}makespan_seconds={:.0}", first.makespan);
@@ -65,12 +109,15 @@ fn main() {
         let mut worst_ratio: f64 = 0.0;
         let mut worst_calls: f64 = 0.0;
         for seed in 1..=SEEDS {
-            let run = runtime.block_on(skewed_job(seed, irregular));
+            let run = runtime.block_on(skewed_job(seed, progress, pace));
             worst_ratio = worst_ratio.max(run.ratio);
             worst_calls = worst_calls.max(run.calls as f64 / SKEWED_SOURCES as f64);
         }
         println!("{prefix}makespan_over_lower_bound_worst_of_{SEEDS}_seeds={worst_ratio:.3}");
         println!("{prefix}ec2_calls_per_copy_worst_of_{SEEDS}_seeds={worst_calls:.2}");
+    }
+    if only.is_some() {
+        return;
     }
 
     let wall = std::time::Instant::now();
@@ -117,8 +164,12 @@ async fn prune_10000(gone: bool, latency: Duration) -> PruneRun {
         }
     }
     let settings = Settings::default();
-    let limits =
-        |deadline| RunLimits { deadline, poll_interval: settings.poll_interval, call_timeout: settings.call_timeout };
+    let limits = |deadline| RunLimits {
+        deadline,
+        poll_interval: settings.poll_interval,
+        max_poll_interval: settings.max_poll_interval,
+        call_timeout: settings.call_timeout,
+    };
     let copy_all = by_filter(None, 1000);
     let response = reconcile(&ec2, &copy_all, limits(None)).await.expect("the copies are made");
     assert_eq!(response.copies.len(), 10_010, "every source copied");
@@ -188,20 +239,34 @@ fn skewed_sizes(rng: &mut StdRng) -> Vec<u64> {
     sizes
 }
 
-async fn skewed_job(seed: u64, irregular: Option<Irregularity>) -> SkewedRun {
+async fn skewed_job(seed: u64, progress: Progress, pace: Pace) -> SkewedRun {
     let mut rng = StdRng::seed_from_u64(seed);
     let sizes = skewed_sizes(&mut rng);
-    let mut ec2 = SimulatedEc2::new();
-    if let Some(irregular) = irregular {
-        ec2 = ec2.with_irregular_copies(irregular);
+    let model = CopyTimeModel {
+        fixed: CopyTimeModel::DEFAULT.fixed.div_f64(pace.speedup),
+        per_gib: CopyTimeModel::DEFAULT.per_gib.div_f64(pace.speedup),
+    };
+    let ec2 = match progress {
+        Progress::Regular => SimulatedEc2::new(),
+        Progress::Irregular(irregular) => SimulatedEc2::new().with_irregular_copies(irregular),
+        Progress::QuietStart(quiet) => SimulatedEc2::new().with_quiet_start_copies(quiet),
     }
+    .with_copy_time(model);
     let ids: Vec<String> = sizes.iter().map(|gib| ec2.add_source(SOURCE, *gib, &[]).to_string()).collect();
 
     let request = request(ids, SKEWED_PENDING_LIMIT as u32, true);
     let settings = Settings::default();
     let started = tokio::time::Instant::now();
-    let limits =
-        RunLimits { deadline: None, poll_interval: settings.poll_interval, call_timeout: settings.call_timeout };
+    let limits = RunLimits {
+        deadline: None,
+        poll_interval: settings.poll_interval.div_f64(pace.speedup),
+        max_poll_interval: if pace.max_poll_scaled {
+            settings.max_poll_interval.div_f64(pace.speedup)
+        } else {
+            settings.max_poll_interval
+        },
+        call_timeout: settings.call_timeout,
+    };
     let response = reconcile(&ec2, &request, limits).await.expect("the skewed job succeeds");
     assert!(response.complete, "the skewed job completes");
     let makespan = started.elapsed().as_secs_f64();
@@ -221,6 +286,7 @@ async fn many_sources(count: usize) -> usize {
     let limits = RunLimits {
         deadline: None,
         poll_interval: Settings::default().poll_interval,
+        max_poll_interval: Settings::default().max_poll_interval,
         call_timeout: Settings::default().call_timeout,
     };
     let response = reconcile(&ec2, &request, limits).await.expect("the large job succeeds");
@@ -345,6 +411,7 @@ async fn backlog_3000() -> BacklogRun {
         let limits = RunLimits {
             deadline: Some(deadline),
             poll_interval: settings.poll_interval,
+            max_poll_interval: settings.max_poll_interval,
             call_timeout: settings.call_timeout,
         };
         let response = reconcile(&ec2, &request, limits).await.expect("a round succeeds");

@@ -167,7 +167,12 @@ async fn reconcile_region<S: SnapshotStore>(
     request.from_event = true;
     request.from_queue = true;
     info!(%region, sources = seen.len(), records = records.len(), "batch of snapshot events");
-    let limits = RunLimits { deadline, poll_interval: settings.poll_interval, call_timeout: settings.call_timeout };
+    let limits = RunLimits {
+        deadline,
+        poll_interval: settings.poll_interval,
+        max_poll_interval: settings.max_poll_interval,
+        call_timeout: settings.call_timeout,
+    };
     reconcile_observed(store, &request, limits, &LogObserver, StopSignal::never()).await
 }
 

@@ -222,8 +222,12 @@ async fn run<S: SnapshotStore>(
                 dry_run = request.dry_run,
                 "copy request"
             );
-            let limits =
-                RunLimits { deadline, poll_interval: settings.poll_interval, call_timeout: settings.call_timeout };
+            let limits = RunLimits {
+                deadline,
+                poll_interval: settings.poll_interval,
+                max_poll_interval: settings.max_poll_interval,
+                call_timeout: settings.call_timeout,
+            };
             reconcile_observed(store, &request, limits, observer, stop).await
         }
     }

@@ -60,6 +60,8 @@ pub struct RunLimits {
     pub deadline: Option<Instant>,
     /// The shortest wait between two polls (`POLL_INTERVAL_SECONDS`).
     pub poll_interval: Duration,
+    /// The longest wait between two polls (`MAX_POLL_INTERVAL_SECONDS`).
+    pub max_poll_interval: Duration,
     /// The longest one store call may take (the SDK's operation timeout): after the look, no
     /// call starts unless it fits before the deadline.
     pub call_timeout: Duration,
@@ -158,7 +160,8 @@ pub async fn plan_observed<S: SnapshotStore>(
     observer: &dyn Observer,
 ) -> Result<Plan, CopySnapshotsError> {
     let call_timeout = crate::request::DEFAULT_CALL_TIMEOUT;
-    let limits = RunLimits { deadline: None, poll_interval: Duration::ZERO, call_timeout };
+    let limits =
+        RunLimits { deadline: None, poll_interval: Duration::ZERO, max_poll_interval: Duration::ZERO, call_timeout };
     let run =
         Run::look(store, request, limits, Timeline::unbounded(call_timeout), observer, StopSignal::never()).await?;
     let mut queue = run.queue.clone();
@@ -1307,7 +1310,9 @@ impl<'a, S: SnapshotStore> Run<'a, S> {
     fn next_wait(&self, now: Instant) -> Duration {
         let context = WaitContext {
             poll_interval: self.limits.poll_interval,
+            max_poll_interval: self.limits.max_poll_interval,
             fastest_gib_per_second: self.fastest_gib_per_second,
+            prior: CopyTimeModel::DEFAULT,
             next_unsure_look: self.next_unsure_look(),
             region_full_rounds: self.region_full.then_some(self.full_rounds),
         };

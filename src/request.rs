@@ -18,6 +18,12 @@ use crate::store::{Filter, OWN_TAGS, RESERVED_TAG_PREFIX, SourceSelector, Tag};
 pub const DEFAULT_PENDING_LIMIT: u32 = 20;
 /// Default for `POLL_INTERVAL_SECONDS`.
 pub const DEFAULT_POLL_INTERVAL: Duration = Duration::from_secs(15);
+/// Default for `MAX_POLL_INTERVAL_SECONDS`: 15 minutes, also the longest a Lambda invocation
+/// lives.
+pub const DEFAULT_MAX_POLL_INTERVAL: Duration = Duration::from_secs(900);
+/// The most `MAX_POLL_INTERVAL_SECONDS` may be: a day (beyond it, a wait would only hide a
+/// mistake, and the clock's arithmetic must not overflow).
+const LONGEST_MAX_POLL_INTERVAL_SECONDS: f64 = 86_400.0;
 /// EC2 allows 50 tags per snapshot; five are this function's (`copy-snapshots:*`).
 pub const MAX_USER_TAGS: usize = 50 - OWN_TAGS;
 /// EC2 accepts at most 200 values in one DescribeSnapshots filter.
@@ -107,6 +113,9 @@ pub struct Settings {
     pub copy_tags: bool,
     /// `POLL_INTERVAL_SECONDS`: the shortest wait between two polls.
     pub poll_interval: Duration,
+    /// `MAX_POLL_INTERVAL_SECONDS`: the longest wait between two polls, however far progress
+    /// says the next completion is (an emulator running at a faster pace scales it down).
+    pub max_poll_interval: Duration,
     /// `EC2_CALL_TIMEOUT_SECONDS`: the SDK's operation timeout, which the engine also uses to
     /// start no call that could end after the invocation's deadline.
     pub call_timeout: Duration,
@@ -132,6 +141,7 @@ impl Default for Settings {
             kms_key: None,
             copy_tags: false,
             poll_interval: DEFAULT_POLL_INTERVAL,
+            max_poll_interval: DEFAULT_MAX_POLL_INTERVAL,
             call_timeout: DEFAULT_CALL_TIMEOUT,
             allowed_source_regions: None,
             allowed_target_regions: None,
@@ -182,6 +192,26 @@ impl Settings {
                 .map(Duration::from_secs_f64)
                 .ok_or_else(|| {
                     invalid("POLL_INTERVAL_SECONDS", &v, "a number of seconds, more than 0 and at most 900")
+                })?,
+        };
+        let max_poll_interval = match get("MAX_POLL_INTERVAL_SECONDS") {
+            None => DEFAULT_MAX_POLL_INTERVAL,
+            Some(v) => v
+                .parse::<f64>()
+                .ok()
+                .filter(|s| s.is_finite() && *s > 0.0 && *s <= LONGEST_MAX_POLL_INTERVAL_SECONDS)
+                .map(Duration::from_secs_f64)
+                .filter(|max| *max >= poll_interval)
+                .ok_or_else(|| {
+                    invalid(
+                        "MAX_POLL_INTERVAL_SECONDS",
+                        &v,
+                        &format!(
+                            "a number of seconds, more than 0, at least POLL_INTERVAL_SECONDS ({}) and at most {}",
+                            poll_interval.as_secs_f64(),
+                            LONGEST_MAX_POLL_INTERVAL_SECONDS
+                        ),
+                    )
                 })?,
         };
         let call_timeout = match get("EC2_CALL_TIMEOUT_SECONDS") {
@@ -239,6 +269,7 @@ impl Settings {
             kms_key,
             copy_tags: flag("COPY_TAGS")?,
             poll_interval,
+            max_poll_interval,
             call_timeout,
             allowed_source_regions: regions("ALLOWED_SOURCE_REGIONS")?,
             allowed_target_regions: regions("ALLOWED_TARGET_REGIONS")?,

@@ -4,7 +4,8 @@
 //! region allows a limited number of pending copies (foreign copies included) and answers
 //! ResourceLimitExceeded beyond it, and chosen copies end in `error`. Faults the real service
 //! shows rarely (refusals, unanswered calls, throttling, access denied, a listing that lags
-//! behind new copies, copies that stall or whose speed does not follow their size) can be
+//! behind new copies, copies that stall or whose speed does not follow their size, copies that
+//! sit at 0% for the first part of their duration) can be
 //! injected, and every call is counted. Like the deployed role, it deletes only snapshots
 //! carrying the tracking tags; chosen snapshots refuse deletion (in use by an AMI, locked).
 //! For retention: sources of chosen volumes and ages, sources that vanish from the source
@@ -90,6 +91,17 @@ pub struct Irregularity {
     pub max_stall: Duration,
     pub slowest: f64,
     pub fastest: f64,
+}
+
+/// Copies that report 0% for the first `quiet_share` of their duration, then progress steadily,
+/// and take `shortest`..`longest` times the model's time, whatever their size: small
+/// incremental copies, and the long 0% phase EC2 often reports for a cross-region copy. With an
+/// [`Irregularity`] too, its stall and speed apply on top.
+#[derive(Debug, Clone, Copy)]
+pub struct QuietStart {
+    pub quiet_share: f64,
+    pub shortest: f64,
+    pub longest: f64,
 }
 
 /// splitmix64: a deterministic spread of per-copy draws without a random-number dependency.
@@ -255,6 +267,7 @@ struct World {
     /// New copies are missing from listings this long (EC2's eventual consistency).
     visibility_lag: Duration,
     irregularity: Option<Irregularity>,
+    quiet_start: Option<QuietStart>,
     /// CopySnapshot calls that made a copy but whose caller went away before the answer.
     orphaned_starts: usize,
     /// Maps simulated instants to wall-clock start times.
@@ -340,6 +353,7 @@ impl SimulatedEc2 {
                 unanswered_finds: 0,
                 visibility_lag: Duration::ZERO,
                 irregularity: None,
+                quiet_start: None,
                 orphaned_starts: 0,
                 epoch: (Instant::now(), SystemTime::now()),
                 next_volume: 0,
@@ -377,6 +391,12 @@ impl SimulatedEc2 {
     /// Copies stall and run at speeds that do not follow their size.
     pub fn with_irregular_copies(self, irregularity: Irregularity) -> Self {
         self.lock().irregularity = Some(irregularity);
+        self
+    }
+
+    /// Copies sit at 0% for a share of their duration, which varies whatever their size.
+    pub fn with_quiet_start_copies(self, quiet_start: QuietStart) -> Self {
+        self.lock().quiet_start = Some(quiet_start);
         self
     }
 
@@ -764,7 +784,7 @@ impl SimulatedEc2 {
             return Err(StoreError::Unknown("timeout waiting for CopySnapshot's answer".to_owned()));
         }
         let id = Self::new_id(world);
-        let (stall, speed) = match world.irregularity {
+        let (mut stall, speed) = match world.irregularity {
             Some(irregular) => {
                 let draw = world.next_id.wrapping_mul(2);
                 let stall = irregular.max_stall.mul_f64(spread(draw));
@@ -772,6 +792,15 @@ impl SimulatedEc2 {
             }
             None => (Duration::ZERO, 1.0),
         };
+        let mut duration = world.model.duration(source.size_gib).div_f64(speed);
+        if let Some(quiet) = world.quiet_start {
+            // Its own draw, apart from the irregularity's.
+            let factor = quiet.shortest + (quiet.longest - quiet.shortest) * spread(world.next_id ^ 0x5157_4945_5400);
+            let total = duration.mul_f64(factor);
+            let quiet_phase = total.mul_f64(quiet.quiet_share.clamp(0.0, 1.0));
+            stall += quiet_phase;
+            duration = total - quiet_phase;
+        }
         let encrypted = spec.encrypted || source.encrypted;
         let kms_key_id = encrypted.then(|| {
             let key = spec.kms_key_id.as_deref().unwrap_or("aws-managed-ebs-key");
@@ -792,7 +821,7 @@ impl SimulatedEc2 {
             started: now,
             stall,
             start_time: world.wall_at(now),
-            duration: world.model.duration(source.size_gib).div_f64(speed),
+            duration,
             fails_with: world.failing_sources.get(&spec.source_id).cloned(),
             volume_id: None,
         };

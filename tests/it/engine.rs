@@ -8,9 +8,9 @@ use crate::support::events::snapshot_notification;
 use copy_snapshots::CopySnapshotsError;
 use copy_snapshots::ids::SnapshotId;
 use copy_snapshots::reconcile::{MAX_ATTEMPTS, RunLimits, reconcile};
-use copy_snapshots::request::{CopyRequest, Settings};
+use copy_snapshots::request::{CopyRequest, DEFAULT_MAX_POLL_INTERVAL, Settings};
 use copy_snapshots::response::Response;
-use copy_snapshots::simulated::{CopyTimeModel, SimulatedEc2};
+use copy_snapshots::simulated::{CopyTimeModel, QuietStart, SimulatedEc2};
 use copy_snapshots::store::{
     CopySpec, ENCRYPTION_TAG, SOURCE_REGION_TAG, SOURCE_SNAPSHOT_TAG, SOURCE_START_TIME_TAG, SnapshotState, Tag,
     find_tag,
@@ -35,11 +35,21 @@ fn request(ids: &[SnapshotId], extra: Value) -> CopyRequest {
 }
 
 fn no_deadline() -> RunLimits {
-    RunLimits { deadline: None, poll_interval: POLL, call_timeout: CALL_TIMEOUT }
+    RunLimits {
+        deadline: None,
+        poll_interval: POLL,
+        max_poll_interval: DEFAULT_MAX_POLL_INTERVAL,
+        call_timeout: CALL_TIMEOUT,
+    }
 }
 
 fn deadline_in(after: Duration) -> RunLimits {
-    RunLimits { deadline: Some(Instant::now() + after), poll_interval: POLL, call_timeout: CALL_TIMEOUT }
+    RunLimits {
+        deadline: Some(Instant::now() + after),
+        poll_interval: POLL,
+        max_poll_interval: DEFAULT_MAX_POLL_INTERVAL,
+        call_timeout: CALL_TIMEOUT,
+    }
 }
 
 /// Sources of sizes `sizes` in the source region.
@@ -326,6 +336,23 @@ async fn polling_uses_one_call_per_round_and_few_rounds_for_long_copies() {
     assert_eq!(calls.start_copy, 20);
     // A fixed 15 s poll would make 2,700 calls; waiting as progress suggests needs few.
     assert!(calls.describe_copies <= 60, "{} polls", calls.describe_copies);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_small_copy_quiet_for_its_first_30_percent_is_polled_soon_after_it_completes() {
+    // 8 GiB: 280 s by the model, here 0.64 of it (179 s, a small incremental copy), reading 0%
+    // for its first 54 s. A 0% reading at 15 s once meant "at least 99 × 15 s more", so the
+    // next poll came 15 minutes later and the slot idled 12 of them.
+    let quiet = QuietStart { quiet_share: 0.3, shortest: 0.64, longest: 0.64 };
+    let ec2 = SimulatedEc2::new().with_quiet_start_copies(quiet);
+    let ids = sources(&ec2, &[8]);
+    let started = Instant::now();
+    let response = reconcile(&ec2, &request(&ids, json!({"wait_for_completion": true})), no_deadline()).await.unwrap();
+    let seen = started.elapsed();
+    assert!(response.complete && response.copies[0].state == "completed");
+    let took = ec2.copy_durations(TARGET)[0];
+    assert!(seen <= took + POLL, "completed after {took:?}, seen after {seen:?}");
+    assert!(ec2.calls().describe_copies <= 6, "{} polls", ec2.calls().describe_copies);
 }
 
 #[tokio::test(start_paused = true)]
@@ -640,6 +667,7 @@ async fn a_slow_store_and_an_unsure_start_near_the_deadline_still_answer_in_time
         let limits = RunLimits {
             deadline: Some(Instant::now() + Duration::from_secs(total)),
             poll_interval: POLL,
+            max_poll_interval: DEFAULT_MAX_POLL_INTERVAL,
             call_timeout: Duration::from_secs(25),
         };
         let deadline = limits.deadline.unwrap();

@@ -188,9 +188,11 @@ fn environment_fills_only_what_the_payload_leaves_out() {
         ("KMS_KEY_ID", "alias/dr"),
         ("COPY_TAGS", "TRUE"),
         ("POLL_INTERVAL_SECONDS", "2.5"),
+        ("MAX_POLL_INTERVAL_SECONDS", "60"),
     ]);
     let settings = Settings::from_lookup(|k| env.get(k).map(|v| v.to_string())).unwrap();
     assert_eq!(settings.poll_interval.as_secs_f64(), 2.5);
+    assert_eq!(settings.max_poll_interval.as_secs_f64(), 60.0);
 
     let Invocation::Copy(request) = parse_payload(json!({"snapshot_ids": [ID_A]}), &settings).unwrap() else {
         panic!("a copy")
@@ -270,6 +272,9 @@ fn bad_environment_names_the_variable() {
         ("TARGET_REGION", "europe"),
         ("KMS_KEY_ID", "my key"),
         ("POLL_INTERVAL_SECONDS", "-1"),
+        ("MAX_POLL_INTERVAL_SECONDS", "0"),
+        ("MAX_POLL_INTERVAL_SECONDS", "soon"),
+        ("MAX_POLL_INTERVAL_SECONDS", "1e30"),
         ("ALLOWED_SOURCE_REGIONS", "us-east-1,Europe"),
         ("ALLOWED_TARGET_REGIONS", "eu-west-1;us-east-1"),
         ("RETAIN_DAYS", "0"),
@@ -279,11 +284,16 @@ fn bad_environment_names_the_variable() {
         let err = Settings::from_lookup(|k| (k == name).then(|| value.to_owned())).unwrap_err();
         assert!(err.to_string().contains(name), "{err}");
     }
+    // The longest wait may not be shorter than the shortest.
+    let env = HashMap::from([("POLL_INTERVAL_SECONDS", "30"), ("MAX_POLL_INTERVAL_SECONDS", "20")]);
+    let err = Settings::from_lookup(|k| env.get(k).map(|v| v.to_string())).unwrap_err().to_string();
+    assert!(err.contains("MAX_POLL_INTERVAL_SECONDS") && err.contains("at least POLL_INTERVAL_SECONDS (30)"), "{err}");
     // CloudFormation passes an unset optional parameter as "".
     let settings = Settings::from_lookup(|k| {
         [
             "KMS_KEY_ID",
             "PENDING_LIMIT",
+            "MAX_POLL_INTERVAL_SECONDS",
             "ALLOWED_SOURCE_REGIONS",
             "ALLOWED_TARGET_REGIONS",
             "RETAIN_DAYS",

@@ -7,7 +7,7 @@ use std::collections::{HashMap, HashSet};
 use std::time::Duration;
 
 use copy_snapshots::reconcile::{RunLimits, plan, reconcile};
-use copy_snapshots::request::{CopyRequest, Settings};
+use copy_snapshots::request::{CopyRequest, DEFAULT_MAX_POLL_INTERVAL, Settings};
 use copy_snapshots::response::Response;
 use copy_snapshots::simulated::{CopyTimeModel, SimulatedEc2};
 use copy_snapshots::store::{
@@ -34,7 +34,12 @@ fn request(extra: Value) -> CopyRequest {
 }
 
 fn limits(deadline: Option<Instant>) -> RunLimits {
-    RunLimits { deadline, poll_interval: Duration::from_secs(15), call_timeout: Duration::from_secs(1) }
+    RunLimits {
+        deadline,
+        poll_interval: Duration::from_secs(15),
+        max_poll_interval: DEFAULT_MAX_POLL_INTERVAL,
+        call_timeout: Duration::from_secs(1),
+    }
 }
 
 async fn run(ec2: &SimulatedEc2, request: &CopyRequest) -> Response {

@@ -31,8 +31,12 @@ fn request(extra: Value) -> CopyRequest {
 }
 
 async fn run(ec2: &SimulatedEc2, request: &CopyRequest) -> Response {
-    let limits =
-        RunLimits { deadline: None, poll_interval: Duration::from_secs(15), call_timeout: Duration::from_secs(1) };
+    let limits = RunLimits {
+        deadline: None,
+        poll_interval: Duration::from_secs(15),
+        max_poll_interval: copy_snapshots::request::DEFAULT_MAX_POLL_INTERVAL,
+        call_timeout: Duration::from_secs(1),
+    };
     reconcile(ec2, request, limits).await.expect("the run succeeds")
 }
 

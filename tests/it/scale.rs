@@ -44,7 +44,12 @@ fn request(ids: &[SnapshotId], extra: Value) -> CopyRequest {
 }
 
 fn limits(deadline: Option<Duration>) -> RunLimits {
-    RunLimits { deadline: deadline.map(|d| Instant::now() + d), poll_interval: POLL, call_timeout: CALL_TIMEOUT }
+    RunLimits {
+        deadline: deadline.map(|d| Instant::now() + d),
+        poll_interval: POLL,
+        max_poll_interval: copy_snapshots::request::DEFAULT_MAX_POLL_INTERVAL,
+        call_timeout: CALL_TIMEOUT,
+    }
 }
 
 /// Live (not `error`) copies per source in the target region.
