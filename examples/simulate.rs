@@ -214,6 +214,9 @@ fn by_filter(retain_days: Option<u32>, pending_limit: u32) -> CopyRequest {
         target_region: Some(TARGET.to_owned()),
         pending_limit: Some(pending_limit),
         retain_days,
+        // Turning a retention on over a backlog of 10,000 old copies is the mass deletion the
+        // breaker holds back unless the request says so.
+        allow_mass_deletion: retain_days.map(|_| true),
         ..Default::default()
     };
     CopyRequest::check(payload, &Settings::default()).expect("a valid request")
