@@ -14,7 +14,7 @@ use tokio::time::Instant;
 use tracing::{error, info, warn};
 
 use crate::error::CopySnapshotsError;
-use crate::event::{Invocation, parse_payload};
+use crate::event::{Invocation, MULTI_VOLUME_COMPLETION, SNAPSHOT_NOTIFICATION, parse_payload};
 use crate::ids::{Region, SnapshotId};
 use crate::progress::{LogObserver, StopSignal};
 use crate::reconcile::{RunLimits, reconcile_observed};
@@ -39,6 +39,9 @@ pub struct BatchOutcome {
     pub result: Result<Response, CopySnapshotsError>,
     /// Records dropped, with why (not a snapshot event, unreadable).
     pub dropped: Vec<(String, String)>,
+    /// The event itself did not parse: the invocation fails, so Lambda hands the whole batch
+    /// back (an empty answer would delete it).
+    pub envelope_unreadable: bool,
 }
 
 impl BatchOutcome {
@@ -67,16 +70,20 @@ pub async fn handle_batch<S: SnapshotStore>(
     let event: SqsEvent = match serde_json::from_value(payload) {
         Ok(event) => event,
         Err(e) => {
-            // Nothing can be reported per record without message ids.
-            error!(error = %e, "an SQS event that does not parse; every record is dropped");
+            // No message ids, so nothing can be answered per record; an empty answer would
+            // tell Lambda the whole batch succeeded and delete it. An error makes Lambda hand
+            // the whole batch back instead.
+            error!(error = %e, "an SQS event that does not parse; the whole batch is handed back");
             return BatchOutcome {
                 answer: SqsBatchResponse::default(),
-                result: Ok(Response::nothing_to_do()),
-                dropped: vec![(String::new(), format!("the SQS event does not parse: {e}"))],
+                result: Err(CopySnapshotsError::InvalidRequest(format!("the SQS event does not parse: {e}"))),
+                dropped: Vec::new(),
+                envelope_unreadable: true,
             };
         }
     };
     let mut records = Vec::new();
+    let mut handed_back = Vec::new();
     for message in event.records {
         let Some(message_id) = message.message_id.filter(|id| !id.is_empty()) else {
             warn!("an SQS record without a message id is dropped: it cannot be reported as failed");
@@ -84,9 +91,13 @@ pub async fn handle_batch<S: SnapshotStore>(
         };
         match record_snapshots(message.body.as_deref(), settings) {
             Ok((region, snapshots)) => records.push(Record { message_id, region, snapshots }),
-            Err(reason) => {
+            Err(NotCopied::Drop(reason)) => {
                 warn!(message_id, %reason, "SQS record dropped");
                 dropped.push((message_id, reason));
+            }
+            Err(NotCopied::HandBack(reason)) => {
+                error!(message_id, %reason, "a snapshot event this deployment refuses; handed back to the queue");
+                handed_back.push(message_id);
             }
         }
     }
@@ -95,6 +106,11 @@ pub async fn handle_batch<S: SnapshotStore>(
         by_region.entry(record.region.clone()).or_default().push(record);
     }
     let mut answer = SqsBatchResponse::default();
+    for message_id in handed_back {
+        let mut failure = BatchItemFailure::default();
+        failure.item_identifier = message_id;
+        answer.batch_item_failures.push(failure);
+    }
     let mut merged: Result<Response, CopySnapshotsError> = Ok(Response { complete: true, ..Response::default() });
     for (region, records) in by_region {
         let result = reconcile_region(&region, &records, settings, store, deadline).await;
@@ -120,23 +136,39 @@ pub async fn handle_batch<S: SnapshotStore>(
         merged = merge(merged, result);
     }
     info!(records_failed = answer.batch_item_failures.len(), records_dropped = dropped.len(), "batch answered");
-    BatchOutcome { answer, result: merged, dropped }
+    BatchOutcome { answer, result: merged, dropped, envelope_unreadable: false }
+}
+
+/// Why a record is not turned into snapshots to copy.
+enum NotCopied {
+    /// Retrying cannot help (not a snapshot event, unreadable, a failed snapshot result):
+    /// the record is dropped.
+    Drop(String),
+    /// A snapshot event this deployment refuses as configured (a setting, an allowed region):
+    /// the record is handed back, so it ends in the dead-letter queue, with its alarm, rather
+    /// than vanishing with a log line.
+    HandBack(String),
 }
 
 /// The source region and snapshots of one record's body: an EventBridge snapshot event.
-fn record_snapshots(body: Option<&str>, settings: &Settings) -> Result<(Region, Vec<SnapshotId>), String> {
-    let body = body.ok_or("the record has no body")?;
-    let payload: Value = serde_json::from_str(body).map_err(|e| format!("the body is not JSON: {e}"))?;
-    if !payload.as_object().is_some_and(|o| o.contains_key("detail-type")) {
-        return Err("the body is not an EventBridge event".to_owned());
-    }
+fn record_snapshots(body: Option<&str>, settings: &Settings) -> Result<(Region, Vec<SnapshotId>), NotCopied> {
+    let body = body.ok_or_else(|| NotCopied::Drop("the record has no body".to_owned()))?;
+    let payload: Value =
+        serde_json::from_str(body).map_err(|e| NotCopied::Drop(format!("the body is not JSON: {e}")))?;
+    let detail_type = payload.get("detail-type").and_then(Value::as_str).map(str::to_owned);
+    let Some(detail_type) = detail_type else {
+        return Err(NotCopied::Drop("the body is not an EventBridge event".to_owned()));
+    };
     match parse_payload(payload, settings) {
         Ok(Invocation::Copy(request)) => match request.sources {
             SourceSelector::Ids(ids) => Ok((request.source_region, ids)),
-            SourceSelector::Filters(_) => Err("the event selects no snapshot ids".to_owned()),
+            SourceSelector::Filters(_) => Err(NotCopied::Drop("the event selects no snapshot ids".to_owned())),
         },
-        Ok(Invocation::Ignore { reason }) => Err(reason),
-        Err(e) => Err(e.to_string()),
+        Ok(Invocation::Ignore { reason }) => Err(NotCopied::Drop(reason)),
+        Err(e) if [SNAPSHOT_NOTIFICATION, MULTI_VOLUME_COMPLETION].contains(&detail_type.as_str()) => {
+            Err(NotCopied::HandBack(e.to_string()))
+        }
+        Err(e) => Err(NotCopied::Drop(e.to_string())),
     }
 }
 

@@ -108,7 +108,7 @@ pub async fn handle_lambda_event<S: SnapshotStore>(
     let (answer, metrics) = match &event.payload {
         Payload::Json(payload) if is_sqs_event(payload) => {
             let (answer, metrics) = answer_sqs_batch(event, settings, store).await;
-            (Ok(LambdaAnswer::Batch(answer)), metrics)
+            (answer.map(LambdaAnswer::Batch), metrics)
         }
         _ => {
             let (answer, metrics) = answer_lambda_event(event, settings, store, log_level).await;
@@ -121,23 +121,32 @@ pub async fn handle_lambda_event<S: SnapshotStore>(
     answer
 }
 
-/// One batch from the SQS queue ([`handle_batch`]): never an error, so Lambda deletes exactly
-/// the records not listed as failures. Returns the answer and the EMF document.
+/// One batch from the SQS queue ([`handle_batch`]): an error only when the event itself does
+/// not parse (Lambda then hands the whole batch back), so otherwise Lambda deletes exactly the
+/// records not listed as failures. Returns the answer and the EMF document.
 pub async fn answer_sqs_batch<S: SnapshotStore>(
     event: LambdaEvent<Payload>,
     settings: &Settings,
     store: &S,
-) -> (SqsBatchResponse, Value) {
+) -> (Result<SqsBatchResponse, CopySnapshotsError>, Value) {
     let deadline = Instant::now() + remaining_time(&event.context);
     let Payload::Json(payload) = event.payload else {
-        return (SqsBatchResponse::default(), Value::Null);
+        let error = CopySnapshotsError::InvalidRequest("the SQS event is not readable JSON".to_owned());
+        return (Err(error), Value::Null);
     };
     let outcome = handle_batch(payload, settings, store, Some(deadline)).await;
     let now = SystemTime::now();
     let now_ms = now.duration_since(SystemTime::UNIX_EPOCH).unwrap_or_default().as_millis();
     let target_region = settings.target_region.as_ref().map(ToString::to_string);
     let metrics = metrics::emf(target_region.as_deref(), InvocationCounts::of(&outcome.result, now), now_ms);
-    (outcome.answer, metrics)
+    if outcome.envelope_unreadable {
+        let error = outcome
+            .result
+            .err()
+            .unwrap_or_else(|| CopySnapshotsError::InvalidRequest("the SQS event does not parse".to_owned()));
+        return (Err(error), metrics);
+    }
+    (Ok(outcome.answer), metrics)
 }
 
 /// The time Lambda's context leaves, or Lambda's longest when a local emulator sends no

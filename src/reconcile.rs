@@ -1005,6 +1005,16 @@ impl<'a, S: SnapshotStore> Run<'a, S> {
             return Ok(());
         }
         let Some(mut free) = self.free_deployment_slots().await? else { return Ok(()) };
+        if free == 0 {
+            // Other invocations' copies fill this deployment's share: a full region as far as
+            // this run is concerned, so the next look comes after a backoff with jitter, not
+            // after the longest poll interval.
+            self.region_full = true;
+            if self.pending_copies().next().is_none() {
+                self.full_rounds += 1;
+            }
+            return Ok(());
+        }
         while free > 0 && !self.region_full && self.may_start(work_until) {
             let Some((_, Reverse(i))) = self.queue.pop() else { break };
             let spec = match copy_spec(&self.entries[i].source, self.request) {

@@ -299,3 +299,52 @@ async fn a_batch_answers_each_record_and_drops_what_is_not_a_snapshot_event() {
     assert_eq!(live_copies_per_source(&ec2).get(&b), Some(&1));
     assert_eq!(live_copies_per_source(&ec2).get(&a), Some(&1));
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_run_whose_deployment_is_full_tries_again_after_a_backoff_not_after_the_longest_poll() {
+    let ec2 = SimulatedEc2::new();
+    // Another invocation's 10 copies fill pending_limit 10 for 3 minutes.
+    let first: Vec<SnapshotId> = (0..10).map(|_| ec2.add_source(SOURCE, 3, &[])).collect();
+    let start_only = json!({"pending_limit": 10, "max_wait_seconds": 0});
+    reconcile(&ec2, &request(&first, start_only), limits(Some(HOUR))).await.unwrap();
+    let second: Vec<SnapshotId> = (0..2).map(|_| ec2.add_source(SOURCE, 8, &[])).collect();
+    let started = Instant::now();
+    let response =
+        reconcile(&ec2, &request(&second, json!({"pending_limit": 10})), limits(Some(Duration::from_secs(900))))
+            .await
+            .unwrap();
+    // A run that waited out the longest poll interval (900 s) would start nothing in its
+    // 15 minutes; backing off, it starts both soon after the first copies complete.
+    assert_eq!(response.copies.len(), 2, "{response:?}");
+    let last_start = ec2.last_copy_started_after(TARGET, started);
+    assert!(last_start <= Duration::from_secs(480), "started {last_start:?} after the run began");
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_batch_hands_back_a_snapshot_event_the_deployment_refuses_instead_of_dropping_it() {
+    let ec2 = SimulatedEc2::new();
+    let id = ec2.add_source(SOURCE, 8, &[]);
+    // Deployed for another source region: the event's region is not one it may copy from. A
+    // setting to fix, not an event to lose.
+    let mut settings = settings(15);
+    settings.allowed_source_regions = Some(vec![Region::parse("ap-south-1").unwrap()]);
+    let batch = json!({"Records": [{
+        "messageId": "m-1", "body": snapshot_notification(SOURCE, id.as_str()).to_string(),
+        "eventSource": "aws:sqs", "attributes": {}, "messageAttributes": {}
+    }]});
+    let outcome = handle_batch(batch, &settings, &ec2, Some(Instant::now() + Duration::from_secs(60))).await;
+    assert_eq!(outcome.failed_message_ids(), ["m-1"]);
+    assert!(outcome.dropped.is_empty(), "{:?}", outcome.dropped);
+    assert_eq!(ec2.calls().total(), 0, "nothing asked of EC2 for a request the deployment refuses");
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_batch_whose_event_does_not_parse_is_handed_back_whole() {
+    let ec2 = SimulatedEc2::new();
+    // Records that claim to come from SQS but carry no usable fields.
+    let batch = json!({"Records": [{"eventSource": "aws:sqs", "messageId": 7}]});
+    assert!(copy_snapshots::batch::is_sqs_event(&batch));
+    let outcome = handle_batch(batch, &settings(15), &ec2, None).await;
+    assert!(outcome.envelope_unreadable, "an empty answer would delete the whole batch");
+    assert!(outcome.result.is_err());
+}
