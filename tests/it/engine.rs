@@ -4,6 +4,7 @@
 use std::collections::HashMap;
 use std::time::Duration;
 
+use crate::support::engine_world::request_with;
 use crate::support::events::snapshot_notification;
 use copy_snapshots::CopySnapshotsError;
 use copy_snapshots::ids::SnapshotId;
@@ -27,11 +28,7 @@ const POLL: Duration = Duration::from_secs(15);
 const CALL_TIMEOUT: Duration = Duration::from_secs(1);
 
 fn request(ids: &[SnapshotId], extra: Value) -> CopyRequest {
-    let mut payload = json!({"snapshot_ids": ids, "region": SOURCE, "target_region": TARGET});
-    if let (Some(payload), Some(extra)) = (payload.as_object_mut(), extra.as_object()) {
-        payload.extend(extra.clone());
-    }
-    CopyRequest::from_json(payload, &Settings::default()).expect("a valid request")
+    request_with(json!({"snapshot_ids": ids, "region": SOURCE, "target_region": TARGET}), extra)
 }
 
 fn no_deadline() -> RunLimits {
@@ -59,13 +56,7 @@ fn sources(ec2: &SimulatedEc2, sizes: &[u64]) -> Vec<SnapshotId> {
 
 /// Live (not `error`) copies per source in the target region.
 fn live_copies_per_source(ec2: &SimulatedEc2) -> HashMap<SnapshotId, usize> {
-    let mut counts = HashMap::new();
-    for copy in ec2.tracked_copies(TARGET) {
-        if copy.state != SnapshotState::Error {
-            *counts.entry(copy.source_id).or_insert(0) += 1;
-        }
-    }
-    counts
+    crate::support::engine_world::live_copies_per_source(ec2, TARGET)
 }
 
 fn assert_each_copied_once(ec2: &SimulatedEc2, ids: &[SnapshotId]) {

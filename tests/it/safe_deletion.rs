@@ -22,12 +22,10 @@ const DAY: Duration = Duration::from_secs(86_400);
 const DAILY: (&str, &str) = ("Backup", "daily");
 
 fn request(extra: Value) -> CopyRequest {
-    let mut payload = json!({"filters": [{"name": "tag:Backup", "values": ["daily"]}], "region": SOURCE,
-                             "target_region": TARGET});
-    if let (Some(payload), Some(extra)) = (payload.as_object_mut(), extra.as_object()) {
-        payload.extend(extra.clone());
-    }
-    CopyRequest::from_json(payload, &Settings::default()).expect("a valid request")
+    crate::support::engine_world::request_with(
+        json!({"filters": [{"name": "tag:Backup", "values": ["daily"]}], "region": SOURCE, "target_region": TARGET}),
+        extra,
+    )
 }
 
 async fn run(ec2: &SimulatedEc2, request: &CopyRequest) -> Response {

@@ -8,6 +8,7 @@
 use std::collections::HashMap;
 use std::time::Duration;
 
+use crate::support::engine_world::request_with;
 use crate::support::events::snapshot_notification;
 use copy_snapshots::CopySnapshotsError;
 use copy_snapshots::batch::handle_batch;
@@ -16,7 +17,7 @@ use copy_snapshots::reconcile::{RunLimits, reconcile};
 use copy_snapshots::request::{CopyRequest, Settings};
 use copy_snapshots::simulated::SimulatedEc2;
 use copy_snapshots::simulated_queue::{QueueSettings, SimulatedQueue};
-use copy_snapshots::store::{SOURCE_REGION_TAG, SOURCE_SNAPSHOT_TAG, SnapshotState};
+use copy_snapshots::store::{SOURCE_REGION_TAG, SOURCE_SNAPSHOT_TAG};
 use serde_json::{Value, json};
 use tokio::time::Instant;
 
@@ -36,11 +37,7 @@ fn settings(pending_limit: u32) -> Settings {
 }
 
 fn request(ids: &[SnapshotId], extra: Value) -> CopyRequest {
-    let mut payload = json!({"snapshot_ids": ids, "region": SOURCE, "target_region": TARGET});
-    if let (Some(payload), Some(extra)) = (payload.as_object_mut(), extra.as_object()) {
-        payload.extend(extra.clone());
-    }
-    CopyRequest::from_json(payload, &Settings::default()).expect("a valid request")
+    request_with(json!({"snapshot_ids": ids, "region": SOURCE, "target_region": TARGET}), extra)
 }
 
 fn limits(deadline: Option<Duration>) -> RunLimits {
@@ -54,13 +51,7 @@ fn limits(deadline: Option<Duration>) -> RunLimits {
 
 /// Live (not `error`) copies per source in the target region.
 fn live_copies_per_source(ec2: &SimulatedEc2) -> HashMap<SnapshotId, usize> {
-    let mut counts = HashMap::new();
-    for copy in ec2.tracked_copies(TARGET) {
-        if copy.state != SnapshotState::Error {
-            *counts.entry(copy.source_id).or_insert(0) += 1;
-        }
-    }
-    counts
+    crate::support::engine_world::live_copies_per_source(ec2, TARGET)
 }
 
 fn assert_each_copied_once(ec2: &SimulatedEc2, ids: &[SnapshotId]) {

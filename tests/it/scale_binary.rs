@@ -202,7 +202,7 @@ fn throttling_seen(lambda: &LambdaHarness) -> (usize, usize, usize) {
     let log = lambda.log();
     let count = |text: &str| log.lines().filter(|l| l.contains(text)).count();
     (
-        count("EC2 throttled a look-up beyond the SDK's retries; trying again"),
+        count("a look-up failed without a definite answer; trying again"),
         count("EC2 throttled beyond the SDK's retries; backing off"),
         count("copy start had no definite answer"),
     )

@@ -1,0 +1,30 @@
+//! What the engine tests on the in-memory EC2 share: a request with extra fields, and the live
+//! copies per source a region holds.
+
+use std::collections::HashMap;
+
+use copy_snapshots::ids::SnapshotId;
+use copy_snapshots::request::{CopyRequest, Settings};
+use copy_snapshots::simulated::SimulatedEc2;
+use copy_snapshots::store::SnapshotState;
+use serde_json::Value;
+
+/// `base` with the fields of `extra` added (or replaced), checked as a request against the
+/// default settings.
+pub fn request_with(mut base: Value, extra: Value) -> CopyRequest {
+    if let (Some(payload), Some(extra)) = (base.as_object_mut(), extra.as_object()) {
+        payload.extend(extra.clone());
+    }
+    CopyRequest::from_json(base, &Settings::default()).expect("a valid request")
+}
+
+/// Live (not `error`) copies per source in `region`.
+pub fn live_copies_per_source(ec2: &SimulatedEc2, region: &str) -> HashMap<SnapshotId, usize> {
+    let mut counts = HashMap::new();
+    for copy in ec2.tracked_copies(region) {
+        if copy.state != SnapshotState::Error {
+            *counts.entry(copy.source_id).or_insert(0) += 1;
+        }
+    }
+    counts
+}
