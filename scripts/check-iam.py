@@ -30,11 +30,16 @@ IAM statements:
   it with batch item failures, the function role may receive, delete, change the visibility of
   and read the attributes of CopyQueue (what Lambda's event source mapping calls) and nothing
   of it without CopyNewSnapshots, and the queue's numbers hold: visibility timeout ≥ 6 × the
-  function's timeout + the batching window, at least 24 hours of tries before the dead-letter
-  queue, retention longer than those tries and shorter than the dead-letter queue's, whose
-  RedriveAllowPolicy names CopyQueue's real ARN;
+  function's timeout + the batching window, at least 24 hours of tries before its own
+  dead-letter queue (CopyQueueDeadLetterQueue), retention longer than those tries and shorter
+  than that queue's, whose RedriveAllowPolicy names CopyQueue's real ARN and nothing else;
+  nothing else sends there (no EventBridge target, no on-failure destination), since SQS's move
+  task replays only messages an SQS redrive put in a queue; and with alarms, that queue has an
+  alarm of its own;
 - with a trigger on, a failed asynchronous invocation (SourcesPending, ...) is retried and then
-  sent to the dead-letter queue, never dropped;
+  sent to the dead-letter queue DeadLetterQueue, never dropped, and so are EventBridge's
+  failed deliveries; no SQS queue may dead-letter into DeadLetterQueue (RedriveAllowPolicy
+  denyAll), so CopyQueue's messages never mix with these;
 - service names and ARNs follow the partition: evaluated for aws and for aws-cn, the
   kms:ViaService values end in that partition's URL suffix, and the template hard-codes no
   `amazonaws.com` except in service principals (which are `<service>.amazonaws.com` in every
@@ -370,13 +375,13 @@ def check_queue(name, evaluator, errors):
         errors.append(f"{name}: the queue's event source has no MaximumConcurrency")
 
     queue = evaluator.eval(resources["CopyQueue"])["Properties"]
-    dlq = evaluator.eval(resources["DeadLetterQueue"])["Properties"]
+    dlq = evaluator.eval(resources["CopyQueueDeadLetterQueue"])["Properties"]
     visibility = int(queue["VisibilityTimeout"])
     if visibility < 6 * timeout + window:
         errors.append(f"{name}: CopyQueue's visibility timeout {visibility} s < 6 × {timeout} s + {window} s (AWS's guidance)")
     redrive = queue.get("RedrivePolicy", {})
-    if redrive.get("deadLetterTargetArn") != "<DeadLetterQueue.Arn>":
-        errors.append(f"{name}: CopyQueue does not dead-letter into DeadLetterQueue: {redrive}")
+    if redrive.get("deadLetterTargetArn") != "<CopyQueueDeadLetterQueue.Arn>":
+        errors.append(f"{name}: CopyQueue does not dead-letter into CopyQueueDeadLetterQueue: {redrive}")
     tries = int(redrive.get("maxReceiveCount", 0))
     # Receives are at least one visibility timeout apart.
     lifetime = (tries - 1) * visibility
@@ -391,7 +396,23 @@ def check_queue(name, evaluator, errors):
     queue_arn = f"arn:{values['AWS::Partition']}:sqs:{values['AWS::Region']}:{values['AWS::AccountId']}:{queue.get('QueueName')}"
     allow = dlq.get("RedriveAllowPolicy", {})
     if allow != {"redrivePermission": "byQueue", "sourceQueueArns": [queue_arn]}:
-        errors.append(f"{name}: the dead-letter queue's RedriveAllowPolicy {allow} does not name CopyQueue ({queue_arn})")
+        errors.append(f"{name}: CopyQueueDeadLetterQueue's RedriveAllowPolicy {allow} does not name CopyQueue ({queue_arn}) only")
+    if int(dlq.get("MessageRetentionPeriod", 0)) != 1209600 or dlq.get("SqsManagedSseEnabled") is not True:
+        errors.append(f"{name}: CopyQueueDeadLetterQueue does not keep messages 14 days encrypted: {dlq}")
+    # Only CopyQueue's redrive may put messages there: every other reference to it is an alarm,
+    # an output, or CopyQueue's RedrivePolicy.
+    for other, resource in resources.items():
+        if other in ("CopyQueueDeadLetterQueue", "CopyQueue", "CopyQueueDeadLetterQueueAlarm"):
+            continue
+        if "<CopyQueueDeadLetterQueue" in json.dumps(evaluator.eval(resource)):
+            errors.append(f"{name}: {other} refers to CopyQueueDeadLetterQueue, which must hold CopyQueue's dead letters only")
+    if evaluator.condition("HasAlarms"):
+        alarm = resources.get("CopyQueueDeadLetterQueueAlarm")
+        dimensions = evaluator.eval(alarm)["Properties"]["Dimensions"] if alarm else []
+        if alarm is None or alarm.get("Condition") != "HasQueueAlarms" or dimensions != [
+            {"Name": "QueueName", "Value": "<CopyQueueDeadLetterQueue.QueueName>"}
+        ]:
+            errors.append(f"{name}: no alarm on CopyQueueDeadLetterQueue's messages")
 
     policy = evaluator.eval(resources["CopyQueuePolicy"])["Properties"]
     statements = as_list(policy["PolicyDocument"]["Statement"])
@@ -431,8 +452,17 @@ def check_async_failures(name, evaluator, errors):
     config = evaluator.eval(resource)["Properties"]
     if int(config.get("MaximumRetryAttempts", 0)) < 1:
         errors.append(f"{name}: failed event invocations are not retried")
-    if not config.get("DestinationConfig", {}).get("OnFailure", {}).get("Destination"):
-        errors.append(f"{name}: failed event invocations have no on-failure destination")
+    if config.get("DestinationConfig", {}).get("OnFailure", {}).get("Destination") != "<DeadLetterQueue.Arn>":
+        errors.append(f"{name}: failed event invocations are not sent to DeadLetterQueue")
+    resources = evaluator.template["Resources"]
+    for rule in ("CopyScheduleRule", "NewSnapshotRule"):
+        if rule in resources and evaluator.condition(resources[rule]["Condition"]):
+            for target in evaluator.eval(resources[rule])["Properties"]["Targets"]:
+                if target.get("DeadLetterConfig", {}).get("Arn") != "<DeadLetterQueue.Arn>":
+                    errors.append(f"{name}: {rule}'s target {target['Id']} does not dead-letter into DeadLetterQueue")
+    allow = evaluator.eval(resources["DeadLetterQueue"])["Properties"].get("RedriveAllowPolicy")
+    if allow != {"redrivePermission": "denyAll"}:
+        errors.append(f"{name}: DeadLetterQueue's RedriveAllowPolicy {allow} lets an SQS queue dead-letter into it")
 
 
 def check_no_hard_coded_suffix(text, errors):
@@ -467,6 +497,12 @@ def main():
         triggers = Evaluator(template, {"TargetRegion": TARGET[partition], "CopyNewSnapshots": "true"}, pseudo)
         check_async_failures(f"{partition}, CopyNewSnapshots", triggers, errors)
         check_queue(f"{partition}, CopyNewSnapshots", triggers, errors)
+        alarmed = Evaluator(template, {
+            "TargetRegion": TARGET[partition], "CopyNewSnapshots": "true", "ScheduleExpression": "rate(1 day)",
+            "AlarmTopicArn": f"arn:{partition}:sns:{pseudo['AWS::Region']}:111122223333:ops",
+        }, pseudo)
+        check_async_failures(f"{partition}, both triggers and alarms", alarmed, errors)
+        check_queue(f"{partition}, both triggers and alarms", alarmed, errors)
         check_no_queue(f"{partition}, default parameters", defaults, errors)
         check_state_machine_role(f"{partition}, default parameters", defaults, errors)
         schedule = Evaluator(template, {"TargetRegion": TARGET[partition], "ScheduleExpression": "rate(1 day)"}, pseudo)

@@ -157,6 +157,7 @@ fn the_alarms_watch_metrics_the_function_emits() {
     for (alarm, expected) in [
         ("FunctionErrorsAlarm", "MetricName: Errors"),
         ("DeadLetterQueueAlarm", "MetricName: ApproximateNumberOfMessagesVisible"),
+        ("CopyQueueDeadLetterQueueAlarm", "MetricName: ApproximateNumberOfMessagesVisible"),
     ] {
         let block = template.split(&format!("  {alarm}:\n")).nth(1).unwrap_or_else(|| panic!("no {alarm}"));
         assert!(block.split("\n\n").next().is_some_and(|b| b.contains(expected)), "{alarm} lacks {expected}");

@@ -104,8 +104,11 @@ impl Execution {
 /// and the StartExecution calls made.
 #[derive(Debug, Default)]
 struct Sfn {
-    /// Names of the other executions RUNNING now (listExecutions lists them after this one).
+    /// Names of the other executions RUNNING now, newest first.
     running: Vec<String>,
+    /// How many of `running` started after this execution: listExecutions (newest first)
+    /// lists them, then this one, then the rest.
+    newer: usize,
     /// Executions started with StartExecution, in order.
     started: Vec<Execution>,
     /// Every execution name in use (unique for 90 days): StartExecution of a taken name fails
@@ -379,6 +382,13 @@ fn evaluate_term(term: &Term, input: &Value, context: &Value) -> Value {
                     json!(sum)
                 }
                 ("States.ArrayLength", [Value::Array(items)]) => json!(items.len()),
+                ("States.ArrayGetItem", [Value::Array(items), index]) => {
+                    let index = integer(index, name);
+                    // Out of range is a States.Runtime error.
+                    usize::try_from(index).ok().and_then(|i| items.get(i)).cloned().unwrap_or_else(|| {
+                        panic!("States.Runtime: States.ArrayGetItem index {index} of {} items", items.len())
+                    })
+                }
                 ("States.Format", [Value::String(template), rest @ ..]) => {
                     let pieces: Vec<&str> = template.split("{}").collect();
                     assert_eq!(
@@ -571,8 +581,11 @@ async fn call(
             let max = parameters.get("MaxResults").and_then(Value::as_u64).unwrap_or(100) as usize;
             assert!((1..=1000).contains(&max), "MaxResults {max}");
             // This execution is RUNNING too; the newest first.
-            let executions: Vec<Value> = std::iter::once(&execution.name)
-                .chain(&sfn.running)
+            let newer = sfn.newer.min(sfn.running.len());
+            let executions: Vec<Value> = sfn.running[..newer]
+                .iter()
+                .chain(std::iter::once(&execution.name))
+                .chain(&sfn.running[newer..])
                 .take(max)
                 .map(|name| {
                     json!({"executionArn": execution_arn(name), "name": name, "stateMachineArn": STATE_MACHINE_ARN,
@@ -755,6 +768,17 @@ async fn execute(
                         let actual = read_path(&data, &context, variable);
                         match rules[0].as_str() {
                             "BooleanEquals" | "StringEquals" => &actual == expected,
+                            "StringEqualsPath" => {
+                                let other = read_path(&data, &context, expected.as_str().expect("a path"));
+                                assert!(
+                                    actual.is_string() && other.is_string(),
+                                    "StringEqualsPath of {actual} and {other}"
+                                );
+                                actual == other
+                            }
+                            "NumericEquals" => {
+                                actual.as_f64().expect("a number") == expected.as_f64().expect("a number")
+                            }
                             "NumericGreaterThan" => {
                                 actual.as_f64().expect("a number") > expected.as_f64().expect("a number")
                             }
@@ -1078,10 +1102,11 @@ async fn a_retried_hand_over_does_not_start_a_second_continuation() {
     assert!(output["continued_as"]["Cause"].as_str().is_some_and(|c| c.contains(&name)), "{output}");
 }
 
-/// The schedule's executions are not doubled: one that finds another execution RUNNING ends at
-/// once, without invoking the function; with none running it runs the request it carries. A
-/// continuation (its predecessor RUNNING for a moment more) and a manual execution are never
-/// stopped by the check.
+/// The schedule's executions are not doubled: one that finds an older execution RUNNING ends at
+/// once, without invoking the function; with none running it runs the request it carries. Of
+/// two ticks running together (EventBridge delivered the tick twice), the older goes ahead and
+/// the newer skips, so the day is not lost. A continuation (its predecessor RUNNING for a moment
+/// more) and a manual execution are never stopped by the check.
 #[tokio::test(start_paused = true)]
 async fn a_scheduled_execution_ends_at_once_while_another_runs() {
     let ec2 = SimulatedEc2::new().with_copy_time(CopyTimeModel::INSTANT);
@@ -1125,4 +1150,22 @@ async fn a_scheduled_execution_ends_at_once_while_another_runs() {
         assert_eq!(record.invocations, 1, "{}", execution.name);
         assert_eq!(record.last_payload, as_invoked(&request), "{}", execution.name);
     }
+
+    // Two ticks delivered together, both RUNNING (ListExecutions: newest first). The newer
+    // skips; the older, which sees the newer listed before it, goes ahead.
+    let mut sfn = Sfn { running: vec!["tick-first".to_owned()], ..Sfn::default() };
+    let newer = Execution::scheduled("tick-second", request.clone());
+    let (outcome, record) = execute(&ec2, &settings(), &mut sfn, &newer, &Faults::default(), usize::MAX).await;
+    let Outcome::Succeeded(output) = outcome else { panic!("{outcome:?}") };
+    assert!(output["skipped"].is_string(), "the newer tick went ahead: {output}");
+    assert_eq!(record.invocations, 0, "the newer tick invoked the function");
+    let mut sfn = Sfn { running: vec!["tick-second".to_owned()], newer: 1, ..Sfn::default() };
+    let older = Execution::scheduled("tick-first", request.clone());
+    let (outcome, record) = execute(&ec2, &settings(), &mut sfn, &older, &Faults::default(), usize::MAX).await;
+    let Outcome::Succeeded(output) = outcome else { panic!("{outcome:?}") };
+    assert_eq!(output["complete"], true, "the older tick did not go ahead: {output}");
+    assert_eq!(record.invocations, 1);
+    assert_eq!(record.last_payload, as_invoked(&request));
+    let check = &definition()["States"]["Already running?"]["Parameters"];
+    assert_eq!(check["MaxResults"], 100, "the check lists fewer than 100 RUNNING executions");
 }
