@@ -106,11 +106,7 @@ pub async fn handle_batch<S: SnapshotStore>(
         by_region.entry(record.region.clone()).or_default().push(record);
     }
     let mut answer = SqsBatchResponse::default();
-    for message_id in handed_back {
-        let mut failure = BatchItemFailure::default();
-        failure.item_identifier = message_id;
-        answer.batch_item_failures.push(failure);
-    }
+    answer.batch_item_failures.extend(handed_back.into_iter().map(item_failure));
     let mut merged: Result<Response, CopySnapshotsError> = Ok(Response { complete: true, ..Response::default() });
     for (region, records) in by_region {
         let result = reconcile_region(&region, &records, settings, store, deadline).await;
@@ -128,15 +124,21 @@ pub async fn handle_batch<S: SnapshotStore>(
         };
         for record in &records {
             if !record.snapshots.iter().all(|id| done.contains(id.as_str())) {
-                let mut failure = BatchItemFailure::default();
-                failure.item_identifier = record.message_id.clone();
-                answer.batch_item_failures.push(failure);
+                answer.batch_item_failures.push(item_failure(record.message_id.clone()));
             }
         }
         merged = merge(merged, result);
     }
     info!(records_failed = answer.batch_item_failures.len(), records_dropped = dropped.len(), "batch answered");
     BatchOutcome { answer, result: merged, dropped, envelope_unreadable: false }
+}
+
+/// A record SQS is to deliver again.
+fn item_failure(message_id: String) -> BatchItemFailure {
+    // The type is non-exhaustive: built from its default.
+    let mut failure = BatchItemFailure::default();
+    failure.item_identifier = message_id;
+    failure
 }
 
 /// Why a record is not turned into snapshots to copy.

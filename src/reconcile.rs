@@ -1009,10 +1009,7 @@ impl<'a, S: SnapshotStore> Run<'a, S> {
             // Other invocations' copies fill this deployment's share: a full region as far as
             // this run is concerned, so the next look comes after a backoff with jitter, not
             // after the longest poll interval.
-            self.region_full = true;
-            if self.pending_copies().next().is_none() {
-                self.full_rounds += 1;
-            }
+            self.no_slot_until_next_poll();
             return Ok(());
         }
         while free > 0 && !self.region_full && self.may_start(work_until) {
@@ -1048,11 +1045,8 @@ impl<'a, S: SnapshotStore> Run<'a, S> {
                 }
                 Err(StoreError::NoSlot(message)) => {
                     debug!(%message, "region's copy quota is full; waiting for a slot");
-                    self.region_full = true;
-                    if self.pending_copies().next().is_none() {
-                        self.full_rounds += 1;
-                    }
                     self.queue.push((source.size_gib, Reverse(i)));
+                    self.no_slot_until_next_poll();
                 }
                 Err(StoreError::Throttled(message)) => {
                     self.queue.push((source.size_gib, Reverse(i)));
@@ -1139,6 +1133,13 @@ impl<'a, S: SnapshotStore> Run<'a, S> {
     fn throttled_now(&mut self, message: &str, doing: &str) {
         warn!(%message, doing, "EC2 throttled beyond the SDK's retries; backing off");
         self.throttled_calls += 1;
+        self.no_slot_until_next_poll();
+    }
+
+    /// No start until the next poll (the region is full, this deployment's share is, or EC2
+    /// throttles): the wait before it is a backoff, longer each round none of this run's copies
+    /// is pending to free a slot.
+    fn no_slot_until_next_poll(&mut self) {
         self.region_full = true;
         if self.pending_copies().next().is_none() {
             self.full_rounds += 1;
