@@ -12,6 +12,9 @@ IAM statements:
   ReEncryptTo), only through EC2 in the stack's region and TargetRegion (kms:ViaService), and
   CreateGrant only for AWS resources (kms:GrantIsForAWSResource);
 - with KmsKeyArns set, those keys and no others;
+- the one KMS call the function makes itself, kms:DescribeKey (resolving the key a request
+  names), is allowed without kms:ViaService on the target region's keys only (any account's:
+  a key may be shared), or on KmsKeyArns only when set; no other KMS action is;
 - ec2:DeleteSnapshot (duplicates and retention) only on target-region snapshots that carry this
   project's tracking tags for the stack's region or TargetRegion (aws:ResourceTag conditions);
 - every EC2 call the function makes is allowed (DescribeVolumes and DescribeImages, the looks
@@ -173,7 +176,7 @@ def role_statements(evaluator):
     return statements
 
 
-def check_kms(name, evaluator, expected_resources, errors):
+def check_kms(name, evaluator, expected_resources, direct_resources, errors):
     region, target, suffix = (
         evaluator.values["AWS::Region"],
         evaluator.values["TargetRegion"],
@@ -181,8 +184,9 @@ def check_kms(name, evaluator, expected_resources, errors):
     )
     via_ec2 = {f"ec2.{region}.{suffix}", f"ec2.{target}.{suffix}"}
     statements = role_statements(evaluator)
+    direct = [s for s in statements if not s.get("Condition", {}).get("StringEquals", {}).get("kms:ViaService")]
     for action in KMS_ACTIONS:
-        granting = [s for s in statements if allows(s, action)]
+        granting = [s for s in statements if allows(s, action) and s not in direct]
         if not granting:
             errors.append(f"{name}: the role does not allow {action}")
         for s in granting:
@@ -197,11 +201,20 @@ def check_kms(name, evaluator, expected_resources, errors):
                 flag = s.get("Condition", {}).get("Bool", {}).get("kms:GrantIsForAWSResource")
                 if str(flag).lower() != "true":
                     errors.append(f"{where}: not limited by Bool kms:GrantIsForAWSResource = true")
-    # Nothing else in the role may reach KMS without going through EC2.
+    # Nothing else in the role may reach KMS without going through EC2, but DescribeKey.
+    if not any(allows(s, "kms:DescribeKey") for s in direct):
+        errors.append(f"{name}: the role may not call kms:DescribeKey itself (resolving the request's key)")
     for s in statements:
         kms_actions = [a for a in as_list(s.get("Action", [])) if a.lower().startswith("kms:") or a == "*"]
-        if kms_actions and not s.get("Condition", {}).get("StringEquals", {}).get("kms:ViaService"):
-            errors.append(f"{name}: statement {s.get('Sid', '?')} allows {kms_actions} without kms:ViaService")
+        if kms_actions and s in direct:
+            if kms_actions != ["kms:DescribeKey"]:
+                errors.append(f"{name}: statement {s.get('Sid', '?')} allows {kms_actions} without kms:ViaService")
+            resources = set(as_list(s.get("Resource", [])))
+            if resources != set(direct_resources) or s.get("Condition"):
+                errors.append(
+                    f"{name}: kms:DescribeKey without kms:ViaService (statement {s.get('Sid', '?')}) on "
+                    f"{sorted(resources)}, expected {sorted(direct_resources)} and no condition"
+                )
         if "kms:CreateGrant" not in kms_actions and any(
             fnmatch.fnmatchcase("kms:CreateGrant", a) for a in kms_actions
         ):
@@ -485,13 +498,14 @@ def main():
     errors = []
     for partition, pseudo in PARTITIONS.items():
         defaults = Evaluator(template, {"TargetRegion": TARGET[partition]}, pseudo)
-        check_kms(f"{partition}, default parameters", defaults, ["*"], errors)
+        target_keys = [f"arn:{partition}:kms:{TARGET[partition]}:*:key/*"]
+        check_kms(f"{partition}, default parameters", defaults, ["*"], target_keys, errors)
         keys = [
             f"arn:{partition}:kms:{pseudo['AWS::Region']}:111122223333:key/1111aaaa-2222-3333-4444-555566667777",
             f"arn:{partition}:kms:{TARGET[partition]}:111122223333:key/8888bbbb-2222-3333-4444-555566667777",
         ]
         narrowed = Evaluator(template, {"TargetRegion": TARGET[partition], "KmsKeyArns": ",".join(keys)}, pseudo)
-        check_kms(f"{partition}, KmsKeyArns set", narrowed, keys, errors)
+        check_kms(f"{partition}, KmsKeyArns set", narrowed, keys, keys, errors)
         check_delete(f"{partition}, default parameters", defaults, errors)
         check_ec2_calls(f"{partition}, default parameters", defaults, errors)
         triggers = Evaluator(template, {"TargetRegion": TARGET[partition], "CopyNewSnapshots": "true"}, pseudo)

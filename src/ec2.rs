@@ -1,5 +1,5 @@
-//! The [`SnapshotStore`] on aws-sdk-ec2: the only module that touches the SDK. It translates
-//! domain types to EC2 calls and back, keeps one client per region (derived from one loaded
+//! The [`SnapshotStore`] on aws-sdk-ec2 (with [`crate::kms`] for the one KMS call): the only
+//! modules that touch the SDK. It translates domain types to EC2 calls and back, keeps one client per region (derived from one loaded
 //! configuration and reused across invocations), and sorts EC2's error codes into the
 //! engine's [`StoreError`]s.
 
@@ -23,11 +23,13 @@ use aws_sdk_ec2::types::{self, ResourceType, StorageTier, TagSpecification};
 use tracing::{debug, warn};
 
 use crate::ids::{Region, SnapshotId};
+use crate::kms::KeyLookup;
 use crate::presign::{CopySnapshotUrl, EXPIRES_IN};
 use crate::request::{MAX_FILTER_VALUES, Settings};
 use crate::store::{
-    CopySpec, CopyStatus, DeleteOutcome, ENCRYPTION_TAG, SOURCE_REGION_TAG, SOURCE_SNAPSHOT_TAG, SnapshotState,
-    SnapshotStore, SourceSelector, SourceSnapshot, StoreError, Tag, find_tag, is_copy_from, real_volume, source_origin,
+    CopySpec, CopyStatus, DeleteOutcome, ENCRYPTION_TAG, KeyDescription, SOURCE_REGION_TAG, SOURCE_SNAPSHOT_TAG,
+    SnapshotState, SnapshotStore, SourceSelector, SourceSnapshot, StoreError, Tag, find_tag, is_copy_from, real_volume,
+    source_origin,
 };
 
 /// The largest page DescribeSnapshots returns.
@@ -67,6 +69,7 @@ pub struct Ec2Store {
     base: aws_sdk_ec2::Config,
     clients: Mutex<HashMap<Region, Client>>,
     presigner: Presigner,
+    keys: KeyLookup,
 }
 
 impl Ec2Store {
@@ -78,6 +81,7 @@ impl Ec2Store {
             base: aws_sdk_ec2::config::Builder::from(sdk_config).build(),
             clients: Mutex::new(HashMap::new()),
             presigner: Presigner::new(sdk_config),
+            keys: KeyLookup::new(sdk_config),
         }
     }
 
@@ -340,6 +344,10 @@ impl SnapshotStore for Ec2Store {
         }
         Ok(using)
     }
+
+    async fn describe_key(&self, region: &Region, key: &str) -> Result<KeyDescription, StoreError> {
+        self.keys.describe(region, key).await
+    }
 }
 
 /// A volume DescribeVolumes lists that is not on its way out (`deleting`, `deleted`).
@@ -462,8 +470,8 @@ impl ClassifyRetry for RetryOnlyThrottling {
     }
 }
 
-/// Sorts an SDK error by what the engine should do about it.
-fn store_error<E>(error: SdkError<E, HttpResponse>) -> StoreError
+/// Sorts an SDK error (EC2's, or KMS's for [`crate::kms`]) by what the engine should do about it.
+pub(crate) fn store_error<E>(error: SdkError<E, HttpResponse>) -> StoreError
 where
     E: ProvideErrorMetadata + std::error::Error + 'static,
 {
@@ -482,9 +490,12 @@ where
     debug!(%code, %message, "EC2 error");
     match code.as_str() {
         "ResourceLimitExceeded" => StoreError::NoSlot(described),
-        "InvalidSnapshot.NotFound" | "InvalidVolume.NotFound" => StoreError::NotFound(described),
+        // KMS's NotFoundException: DescribeKey of a key or alias that does not exist.
+        "InvalidSnapshot.NotFound" | "InvalidVolume.NotFound" | "NotFoundException" => StoreError::NotFound(described),
         "IncorrectState" => StoreError::NotReady(described),
         c if THROTTLING_CODES.contains(&c) => StoreError::Throttled(described),
+        // KMS's own failures (before the KMS* refusals below): no definite answer.
+        "KMSInternalException" | "DependencyTimeoutException" => StoreError::Unknown(described),
         c if c == "UnauthorizedOperation"
             || c == "AuthFailure"
             || c == "OptInRequired"

@@ -9,9 +9,11 @@
 //! - [`store`]: the trait the engine asks EC2 through, in domain types.
 //! - [`reconcile`]: the engine; [`poll_timing`]: when it polls next; [`progress`]: what it
 //!   reports as it works (and the signal that stops it); [`plan`]: what it would do;
-//!   [`retention`]: the one rule for which sources are copied and which copies are deleted.
+//!   [`retention`]: the one rule for which sources are copied and which copies are deleted;
+//!   [`ownership`]: the one rule for which copies belong to a request.
 //! - [`response`], [`error`]: what an invocation answers.
-//! - [`ec2`]: the store on aws-sdk-ec2 (the only module that uses the SDK); [`presign`]:
+//! - [`ec2`]: the store on aws-sdk-ec2; [`kms`]: the key a request names, resolved with
+//!   aws-sdk-kms (the only two modules that use an SDK client); [`presign`]:
 //!   CopySnapshot's PresignedUrl, signed with aws-sigv4 (pure, no SDK client).
 //! - [`batch`]: a batch of new-snapshot events from the SQS queue, answered per record;
 //!   [`timeline`]: each call's share of the invocation's time, and the backoff with jitter.
@@ -30,9 +32,11 @@ pub mod error;
 pub mod event;
 pub mod handler;
 pub mod ids;
+pub mod kms;
 pub mod lambda;
 pub mod logging;
 pub mod metrics;
+pub mod ownership;
 pub mod plan;
 pub mod poll_timing;
 pub mod presign;

@@ -19,6 +19,7 @@ use tracing::{debug, info, warn};
 
 use crate::error::CopySnapshotsError;
 use crate::ids::{SnapshotId, shorten};
+use crate::ownership::{AskedEncryption, Claim};
 use crate::plan::{CopyTimeModel, Plan, PlannedDeletion};
 use crate::poll_timing::{self, CompletionEstimate, WaitContext};
 use crate::progress::{LogObserver, LookedSource, Observer, RunEvent, SourceStatus, StopSignal};
@@ -283,6 +284,8 @@ struct TrackedCopy {
 struct Run<'a, S> {
     store: &'a S,
     request: &'a CopyRequest,
+    /// The request's encryption, its key resolved: which copies are the request's.
+    asked: AskedEncryption,
     observer: &'a dyn Observer,
     stop: StopSignal,
     limits: RunLimits,
@@ -329,6 +332,7 @@ impl<'a, S: SnapshotStore> Run<'a, S> {
         observer: &'a dyn Observer,
         stop: StopSignal,
     ) -> Result<Self, CopySnapshotsError> {
+        let asked = resolve_encryption(store, request, &timeline).await?;
         let region = &request.source_region;
         let doing = format!("looking up {} in {region}", describe_selector(&request.sources));
         let found = timeline.call_retrying(|| store.describe_sources(region, &request.sources)).await;
@@ -351,6 +355,7 @@ impl<'a, S: SnapshotStore> Run<'a, S> {
         let mut run = Self {
             store,
             request,
+            asked,
             observer,
             stop,
             limits,
@@ -432,14 +437,9 @@ impl<'a, S: SnapshotStore> Run<'a, S> {
         let rule = request.retention;
         let region = &request.source_region;
         let now = self.store.wall_clock();
-        let asked = encryption_asked(request);
-        let ours: Vec<&CopyStatus> = copies
-            .iter()
-            .filter(|c| match &c.requested_encryption {
-                Some(tag) => *tag == asked,
-                None => encrypted_as_asked(c, request),
-            })
-            .collect();
+        // The request's copies by the one ownership rule: a copy made for another ask, or under
+        // another key than this request's, is never judged (nor deleted) by it.
+        let ours: Vec<&CopyStatus> = copies.iter().filter(|c| self.asked.claim(c) == Claim::Ours).collect();
         let mut members: Vec<Member> = self
             .entries
             .iter()
@@ -838,9 +838,12 @@ impl<'a, S: SnapshotStore> Run<'a, S> {
             .collect()
     }
 
-    /// Takes over copies found by their tags: an `error` copy encrypted as asked counts as an
-    /// attempt; of the live copies that satisfy the request, the oldest is tracked, and any
-    /// other encrypted alike is queued for deletion, so duplicates heal.
+    /// Takes over copies found by their tags, by the one ownership rule ([`AskedEncryption::claim`]):
+    /// of the request's copies, one in `error` counts as an attempt, and so does one under
+    /// another key than the request's (never adopted, whatever its tags say); of the live ones,
+    /// a completed copy is tracked over a pending one. Duplicates heal only between completed
+    /// copies: deleting a pending copy frees no slot until it completes anyway, and if the
+    /// copy kept then ended in `error` no good copy would be left.
     fn adopt(&mut self, copies: Vec<CopyStatus>, reused: bool) {
         let index: HashMap<SnapshotId, usize> =
             self.entries.iter().enumerate().map(|(i, e)| (e.source.id.clone(), i)).collect();
@@ -848,42 +851,63 @@ impl<'a, S: SnapshotStore> Run<'a, S> {
         for copy in copies {
             let Some(&i) = index.get(&copy.source_id) else { continue };
             let alive = matches!(copy.state, SnapshotState::Pending | SnapshotState::Completed);
-            if copy.state == SnapshotState::Error {
-                // An attempt of this request only if it asked for encryption alike (copies made
-                // before the encryption tag: if EC2 reports them encrypted as asked).
-                let same_ask = match &copy.requested_encryption {
-                    Some(asked) => *asked == encryption_asked(self.request),
-                    None => encrypted_as_asked(&copy, self.request),
-                };
-                if !same_ask {
-                    debug!(copy = %copy.id, source = %copy.source_id, "error copy of a request asking for other encryption");
-                    continue;
+            match self.asked.claim(&copy) {
+                Claim::Foreign => {
+                    debug!(copy = %copy.id, source = %copy.source_id, "copy made for a request asking other encryption");
+                    if alive && !self.entries[i].unfit_copies.contains(&copy.id) {
+                        self.entries[i].unfit_copies.push(copy.id);
+                    }
                 }
-                let errors = &mut self.entries[i].error_copies;
-                if !errors.iter().any(|e| e.id == copy.id) {
-                    let message = copy.state_message.unwrap_or_else(|| "EC2 gave no reason".to_owned());
-                    errors.push(ErrorCopy { id: copy.id, message });
+                Claim::WrongKey { actual } if alive => {
+                    let message = self.asked.wrong_key_reason(&copy, actual.as_deref());
+                    warn!(copy = %copy.id, source = %copy.source_id, %message, "earlier copy under another key; not adopted");
+                    let errors = &mut self.entries[i].error_copies;
+                    if !errors.iter().any(|e| e.id == copy.id) {
+                        errors.push(ErrorCopy { id: copy.id, message });
+                    }
                 }
-            } else if !encrypted_as_asked(&copy, self.request) {
-                debug!(copy = %copy.id, source = %copy.source_id, "earlier copy is not encrypted as asked");
-                if alive && !self.entries[i].unfit_copies.contains(&copy.id) {
-                    self.entries[i].unfit_copies.push(copy.id);
+                Claim::WrongKey { .. } => {}
+                Claim::Ours if copy.state == SnapshotState::Error => {
+                    let errors = &mut self.entries[i].error_copies;
+                    if !errors.iter().any(|e| e.id == copy.id) {
+                        let message = copy.state_message.unwrap_or_else(|| "EC2 gave no reason".to_owned());
+                        errors.push(ErrorCopy { id: copy.id, message });
+                    }
                 }
-            } else if alive {
-                live.entry(i).or_default().push(copy);
-            } else {
-                debug!(copy = %copy.id, source = %copy.source_id, state = copy.state.as_str(), "earlier copy does not count");
+                Claim::Ours if alive => live.entry(i).or_default().push(copy),
+                Claim::Ours => {
+                    debug!(copy = %copy.id, source = %copy.source_id, state = copy.state.as_str(), "earlier copy does not count");
+                }
             }
         }
         let now = Instant::now();
-        for (i, mut copies) in live {
-            copies.sort_by_key(|c| Reverse(keep_rank(c)));
-            let mut copies = copies.into_iter();
-            let Some(kept) = copies.next() else { continue };
-            for extra in copies.filter(|c| same_encryption(c, &kept)) {
-                warn!(source = %kept.source_id, kept = %kept.id, duplicate = %extra.id, "source has a second live copy; removing it");
-                self.duplicates.push((i, extra.id));
-            }
+        for (i, copies) in live {
+            let (mut completed, mut pending): (Vec<_>, Vec<_>) =
+                copies.into_iter().partition(|c| c.state == SnapshotState::Completed);
+            completed.sort_by_key(|c| Reverse(keep_rank(c)));
+            pending.sort_by_key(|c| Reverse(keep_rank(c)));
+            let mut completed = completed.into_iter();
+            let kept = match completed.next() {
+                Some(kept) => {
+                    for extra in completed {
+                        warn!(source = %kept.source_id, kept = %kept.id, duplicate = %extra.id, "source has a second completed copy; removing it");
+                        self.duplicates.push((i, extra.id));
+                    }
+                    if !pending.is_empty() {
+                        let ids: Vec<&str> = pending.iter().map(|c| c.id.as_str()).collect();
+                        debug!(source = %kept.source_id, kept = %kept.id, pending = ?ids, "a second copy is still pending; judged once it completes");
+                    }
+                    kept
+                }
+                None => {
+                    let mut pending = pending.into_iter();
+                    let Some(kept) = pending.next() else { continue };
+                    for other in pending {
+                        debug!(source = %kept.source_id, kept = %kept.id, other = %other.id, "two copies pending; neither is removed while pending");
+                    }
+                    kept
+                }
+            };
             let mut estimate = CompletionEstimate::unknown();
             if let Some(percent) = kept.progress {
                 estimate.observe(now, percent);
@@ -1014,7 +1038,7 @@ impl<'a, S: SnapshotStore> Run<'a, S> {
         }
         while free > 0 && !self.region_full && self.may_start(work_until) {
             let Some((_, Reverse(i))) = self.queue.pop() else { break };
-            let spec = match copy_spec(&self.entries[i].source, self.request) {
+            let spec = match copy_spec(&self.entries[i].source, self.request, &self.asked) {
                 Ok(spec) => spec,
                 Err(reason) => {
                     self.fail(i, reason);
@@ -1257,7 +1281,25 @@ impl<'a, S: SnapshotStore> Run<'a, S> {
                         Some(self.fastest_gib_per_second.map_or(gib_per_second, |s| s.max(gib_per_second)));
                 }
             }
+            let wrong_key = match self.asked.claim(status) {
+                Claim::WrongKey { actual } if status.state != SnapshotState::Error => Some(actual),
+                _ => None,
+            };
             match &status.state {
+                SnapshotState::Pending | SnapshotState::Completed if wrong_key.is_some() => {
+                    // EC2 made the copy under another key than the one asked for (it reports
+                    // the key from the start): not the copy the request asked for, whatever
+                    // its state. Left in place, for a person to judge; never done.
+                    let actual = wrong_key.flatten();
+                    let reason = format!(
+                        "{}; EC2 did not use the key asked for, so the copy does not count (it is left in place)",
+                        self.asked.wrong_key_reason(status, actual.as_deref())
+                    );
+                    self.observer
+                        .observe(RunEvent::SourceFailed { source: entry.source.id.clone(), reason: reason.clone() });
+                    entry.error_copies.push(ErrorCopy { id: copy.id.clone(), message: reason.clone() });
+                    entry.stage = Stage::Failed { copy_id: Some(copy.id.clone()), reason };
+                }
                 SnapshotState::Pending => {}
                 SnapshotState::Completed => {
                     self.observer
@@ -1610,7 +1652,11 @@ fn to_copy_note(entry: &Entry) -> Option<String> {
     let mut notes = Vec::new();
     if !entry.unfit_copies.is_empty() {
         let ids: Vec<&str> = entry.unfit_copies.iter().map(SnapshotId::as_str).collect();
-        notes.push(format!("{} not encrypted as asked: {}", plural(ids.len(), "earlier copy"), ids.join(", ")));
+        notes.push(format!(
+            "{} made for a request asking other encryption: {}",
+            plural(ids.len(), "earlier copy"),
+            ids.join(", ")
+        ));
     }
     if !entry.error_copies.is_empty() {
         notes.push(format!("{} of {MAX_ATTEMPTS} attempts ended in error before", entry.error_copies.len()));
@@ -1625,49 +1671,26 @@ fn not_ready_reason(source: &SourceSnapshot) -> Option<String> {
     (source.state != SnapshotState::Completed).then(|| format!("is {}", source.state.as_str()))
 }
 
-/// The request's [`ENCRYPTION_TAG`] value.
-fn encryption_asked(request: &CopyRequest) -> String {
-    match (&request.kms_key, request.encrypt) {
-        (_, false) => "none".to_owned(),
-        (None, true) => "default".to_owned(),
-        (Some(key), true) => key.as_str().to_owned(),
-    }
-}
-
-/// Whether an earlier copy is encrypted as the request asks: only those serve it.
-fn encrypted_as_asked(copy: &CopyStatus, request: &CopyRequest) -> bool {
-    let encryption_ok = !request.encrypt || copy.encrypted;
-    let key_ok = request.kms_key.as_ref().is_none_or(|key| key.matches(copy.kms_key_id.as_deref()));
-    encryption_ok && key_ok
-}
-
 /// How long the looks for an unsure start span: 1 + 2 + 4 + 8 poll intervals. A copy EC2
 /// confirmed but that is missing from every listing for twice that is taken as gone.
 fn unsure_window(poll_interval: Duration) -> Duration {
     poll_interval * (2u32.pow(UNSURE_LOOKS) - 1)
 }
 
-/// Which of two live copies of one source to keep (the greater): the oldest, then the lower
-/// id. Only what never changes counts, so overlapping invocations, looking at different
-/// moments, all keep the same one: a rule on the state ("completed over pending") would let one
-/// invocation keep a newer completed copy while another, a moment later, sees the older one
-/// completed too and keeps that, and together they would delete both.
+/// Which of two completed copies of one source to keep (the greater): the oldest, then the
+/// lower id. Only what never changes ranks them, so overlapping invocations, looking at
+/// different moments, never delete each other's keeper: a copy is deleted only when a copy
+/// ranked above it is completed, so the best-ranked completed copy always survives. (Which
+/// copy a run *tracks* may follow the state: a completed one over a pending one.)
 fn keep_rank(copy: &CopyStatus) -> (Reverse<SystemTime>, Reverse<SnapshotId>) {
     // A copy without a start time sorts as the newest.
     let started = copy.start_time.unwrap_or(SystemTime::UNIX_EPOCH + Duration::from_secs(u32::MAX.into()));
     (Reverse(started), Reverse(copy.id.clone()))
 }
 
-/// Two live copies of one source are duplicates only when they are encrypted alike: a plain
-/// copy and one under a key serve different requests (a plain request accepts either), and
-/// deleting one would make the other request copy it again, forever.
-fn same_encryption(a: &CopyStatus, b: &CopyStatus) -> bool {
-    a.encrypted == b.encrypted && a.kms_key_id == b.kms_key_id
-}
-
 /// The CopySnapshot call for one source: description, encryption, and the tags, tracking tags
 /// last so nothing overrides them.
-fn copy_spec(source: &SourceSnapshot, request: &CopyRequest) -> Result<CopySpec, String> {
+fn copy_spec(source: &SourceSnapshot, request: &CopyRequest, asked: &AskedEncryption) -> Result<CopySpec, String> {
     let mut tags: BTreeMap<&str, &str> = BTreeMap::new();
     if request.copy_tags {
         for tag in &source.tags {
@@ -1679,12 +1702,11 @@ fn copy_spec(source: &SourceSnapshot, request: &CopyRequest) -> Result<CopySpec,
     for tag in &request.tags {
         tags.insert(&tag.key, &tag.value);
     }
-    let encryption = encryption_asked(request);
     let start_time = source.start_time.map(format_start_time);
     let before = tags.len();
     tags.insert(SOURCE_SNAPSHOT_TAG, source.id.as_str());
     tags.insert(SOURCE_REGION_TAG, request.source_region.as_str());
-    tags.insert(ENCRYPTION_TAG, &encryption);
+    tags.insert(ENCRYPTION_TAG, asked.tag_value());
     // What retention needs to judge the copy even once its source is gone.
     if let Some(volume) = &source.volume_id {
         tags.insert(SOURCE_VOLUME_TAG, volume);
@@ -1705,10 +1727,59 @@ fn copy_spec(source: &SourceSnapshot, request: &CopyRequest) -> Result<CopySpec,
         target_region: request.target_region.clone(),
         description: format!("Copy of {} from {}", source.id, request.source_region),
         encrypted: request.encrypt,
-        kms_key_id: request.kms_key.as_ref().map(|k| k.as_str().to_owned()),
+        // The key's ARN, as resolved: the key verified is the key EC2 is asked for, even if
+        // the alias is moved meanwhile.
+        kms_key_id: asked.key_arn().map(str::to_owned),
         tags: tags.into_iter().map(|(k, v)| Tag::new(k, v)).collect(),
         completion_duration_minutes: request.completion_duration_minutes,
     })
+}
+
+/// The request's encryption, its key resolved in the target region (kms:DescribeKey) to the
+/// key ARN its copies must be under: an alias names one key, not any. A key that does not
+/// exist, cannot be described, is not enabled or cannot encrypt a volume is a bad request,
+/// refused before any copy.
+async fn resolve_encryption<S: SnapshotStore>(
+    store: &S,
+    request: &CopyRequest,
+    timeline: &Timeline,
+) -> Result<AskedEncryption, CopySnapshotsError> {
+    let key = match (&request.kms_key, request.encrypt) {
+        (_, false) => return Ok(AskedEncryption::Plain),
+        (None, true) => return Ok(AskedEncryption::DefaultKey),
+        (Some(key), true) => key.as_str(),
+    };
+    let target = &request.target_region;
+    let valid = format!(
+        "valid: the key id, key ARN, alias name or alias ARN of an enabled symmetric encryption key in {target} \
+         that this function's role may describe (kms:DescribeKey; the stack's KmsKeyArns); nothing was copied"
+    );
+    let invalid = |what: String| CopySnapshotsError::InvalidRequest(format!("kms_key_id: {what}; {valid}"));
+    match timeline.call_retrying(|| store.describe_key(target, key)).await {
+        Ok(found) if found.state != "Enabled" => Err(invalid(format!(
+            "`{}` names the key {}, which is {} (EC2 cannot encrypt a copy under it)",
+            shorten(key),
+            found.arn,
+            found.state
+        ))),
+        Ok(found) if !found.spec.is_empty() && found.spec != "SYMMETRIC_DEFAULT" => Err(invalid(format!(
+            "`{}` names the key {}, a {} key; EBS encrypts only under symmetric encryption keys",
+            shorten(key),
+            found.arn,
+            found.spec
+        ))),
+        Ok(found) => {
+            debug!(key, arn = %found.arn, "KMS key resolved");
+            Ok(AskedEncryption::Key { given: key.to_owned(), arn: found.arn })
+        }
+        Err(StoreError::NotFound(message)) => {
+            Err(invalid(format!("no key `{}` in {target} ({message})", shorten(key))))
+        }
+        Err(StoreError::AccessDenied(message) | StoreError::Refused { message, .. }) => {
+            Err(invalid(format!("`{}` cannot be described in {target} ({message})", shorten(key))))
+        }
+        Err(other) => Err(look_failed(other, &format!("describing the KMS key {key} in {target}"), timeline)),
+    }
 }
 
 /// Maps an error of the look (before any copy) to its errorType. A look cut off by the

@@ -20,8 +20,9 @@ use tokio::time::Instant;
 
 use crate::ids::{Region, SnapshotId};
 use crate::store::{
-    CopySpec, CopyStatus, DeleteOutcome, ENCRYPTION_TAG, SOURCE_REGION_TAG, SOURCE_SNAPSHOT_TAG, SnapshotState,
-    SnapshotStore, SourceSelector, SourceSnapshot, StoreError, Tag, find_tag, is_copy_from, source_origin,
+    CopySpec, CopyStatus, DeleteOutcome, ENCRYPTION_TAG, KeyDescription, SOURCE_REGION_TAG, SOURCE_SNAPSHOT_TAG,
+    SnapshotState, SnapshotStore, SourceSelector, SourceSnapshot, StoreError, Tag, find_tag, is_copy_from,
+    source_origin,
 };
 
 /// AWS's default quota of concurrent copies per destination region.
@@ -56,6 +57,8 @@ pub struct CallCounts {
     pub describe_volumes: usize,
     /// DescribeImages calls (does an AMI use a copy about to be deleted?).
     pub describe_images: usize,
+    /// kms:DescribeKey calls (KMS, not EC2: not in [`total`](Self::total) or `requests`).
+    pub describe_key: usize,
     /// Look-ups answered with throttling (counted in their operation too).
     pub throttled_looks: usize,
     /// The HTTP requests those calls would be to EC2, which pages DescribeSnapshots (1,000 a
@@ -293,9 +296,38 @@ struct World {
     /// definite answer.
     source_looks_before_failure: usize,
     failing_source_looks: usize,
+    /// KMS keys (see [`SimulatedEc2::add_key`]).
+    keys: Vec<SimulatedKey>,
+    /// CopySnapshot ignores KmsKeyId: copies go under the region's default EBS key.
+    keys_ignored: bool,
+    /// EBS encryption by default: every copy is encrypted, under the default key unless the
+    /// call names one.
+    encryption_by_default: bool,
 }
 
+/// A KMS key of the simulated account.
+#[derive(Debug, Clone)]
+struct SimulatedKey {
+    region: String,
+    arn: String,
+    id: String,
+    aliases: Vec<String>,
+    state: String,
+}
+
+/// The simulated account's id, in the ARNs it makes.
+const ACCOUNT: &str = "111122223333";
+
 impl World {
+    /// The key `key` (key id, key ARN, alias name or alias ARN) names in `region`.
+    fn key(&self, region: &str, key: &str) -> Option<&SimulatedKey> {
+        let alias_prefix = format!("arn:aws:kms:{region}:{ACCOUNT}:");
+        let name = key.strip_prefix(&alias_prefix).unwrap_or(key);
+        self.keys
+            .iter()
+            .find(|k| k.region == region && (k.arn == key || k.id == name || k.aliases.iter().any(|a| a == name)))
+    }
+
     /// Denies or throttles this look-up if the test asked for it.
     fn throttle_look(&mut self) -> Result<(), StoreError> {
         if self.deny_looks {
@@ -367,6 +399,9 @@ impl SimulatedEc2 {
                 delete_faults: Vec::new(),
                 source_looks_before_failure: 0,
                 failing_source_looks: 0,
+                keys: Vec::new(),
+                keys_ignored: false,
+                encryption_by_default: false,
             }),
             latency: Duration::ZERO,
         }
@@ -385,6 +420,13 @@ impl SimulatedEc2 {
 
     pub fn with_copy_time(self, model: CopyTimeModel) -> Self {
         self.lock().model = model;
+        self
+    }
+
+    /// EBS encryption by default is on in every region: copies are encrypted whatever the
+    /// call asks, under the region's default key unless it names one.
+    pub fn with_encryption_by_default(self) -> Self {
+        self.lock().encryption_by_default = true;
         self
     }
 
@@ -505,6 +547,53 @@ impl SimulatedEc2 {
     /// Deletes a volume: DescribeVolumes no longer lists it. Its snapshots stay.
     pub fn remove_volume(&self, volume: &str) {
         self.lock().volumes.remove(volume);
+    }
+
+    /// Creates an enabled symmetric KMS key in `region`, with `alias` (`alias/NAME`) when
+    /// given; returns its ARN, which copies under it report.
+    pub fn add_key(&self, region: &str, alias: Option<&str>) -> String {
+        let mut world = self.lock();
+        let id = format!("{:08x}-0000-4000-8000-{:012x}", world.keys.len() + 1, world.keys.len() + 1);
+        let arn = format!("arn:aws:kms:{region}:{ACCOUNT}:key/{id}");
+        let aliases = alias.map(|a| vec![a.to_owned()]).unwrap_or_default();
+        world.keys.push(SimulatedKey {
+            region: region.to_owned(),
+            arn: arn.clone(),
+            id,
+            aliases,
+            state: "Enabled".to_owned(),
+        });
+        arn
+    }
+
+    /// Points `alias` in `region` at the key `arn` (UpdateAlias), away from any other.
+    pub fn move_alias(&self, region: &str, alias: &str, arn: &str) {
+        let mut world = self.lock();
+        for key in world.keys.iter_mut().filter(|k| k.region == region) {
+            key.aliases.retain(|a| a != alias);
+            if key.arn == arn {
+                key.aliases.push(alias.to_owned());
+            }
+        }
+    }
+
+    /// Sets the state DescribeKey reports for the key `arn` (`Disabled`, `PendingDeletion`).
+    pub fn set_key_state(&self, arn: &str, state: &str) {
+        if let Some(key) = self.lock().keys.iter_mut().find(|k| k.arn == arn) {
+            key.state = state.to_owned();
+        }
+    }
+
+    /// From now on CopySnapshot ignores KmsKeyId, as EC2 was reported to without a
+    /// PresignedUrl: copies go under the region's default EBS key.
+    pub fn ignore_requested_keys(&self) {
+        self.lock().keys_ignored = true;
+    }
+
+    /// The ARN EC2 would report for a copy in `region` encrypted under the region's default
+    /// EBS key.
+    pub fn default_key_arn(region: &str) -> String {
+        format!("arn:aws:kms:{region}:{ACCOUNT}:key/aws-managed-ebs-key")
     }
 
     /// Registers an AMI whose block device mappings use `snapshot`.
@@ -801,13 +890,14 @@ impl SimulatedEc2 {
             stall += quiet_phase;
             duration = total - quiet_phase;
         }
-        let encrypted = spec.encrypted || source.encrypted;
+        let encrypted = spec.encrypted || source.encrypted || world.encryption_by_default;
+        let target = spec.target_region.as_str();
         let kms_key_id = encrypted.then(|| {
-            let key = spec.kms_key_id.as_deref().unwrap_or("aws-managed-ebs-key");
-            if key.starts_with("arn:") {
-                key.to_owned()
-            } else {
-                format!("arn:aws:kms:{}:111122223333:key/{}", spec.target_region, key.trim_start_matches("alias/"))
+            // EC2 reports the key's ARN whatever form was sent; a key the account does not
+            // have is reported as sent (and a test that uses one expects the copy to fail).
+            match spec.kms_key_id.as_deref().filter(|_| !world.keys_ignored) {
+                Some(key) => world.key(target, key).map_or_else(|| key.to_owned(), |k| k.arn.clone()),
+                None => Self::default_key_arn(target),
             }
         });
         let copy = Snapshot {
@@ -1105,6 +1195,20 @@ impl SnapshotStore for SimulatedEc2 {
             return Err(StoreError::Unknown("timeout waiting for DescribeImages' answer".to_owned()));
         }
         Ok(snapshot_ids.iter().filter_map(|id| world.images.get(id).map(|ami| (id.clone(), ami.clone()))).collect())
+    }
+
+    async fn describe_key(&self, region: &Region, key: &str) -> Result<KeyDescription, StoreError> {
+        self.call_latency().await;
+        let mut world = self.lock();
+        world.calls.describe_key += 1;
+        match world.key(region.as_str(), key) {
+            Some(found) => Ok(KeyDescription {
+                arn: found.arn.clone(),
+                state: found.state.clone(),
+                spec: "SYMMETRIC_DEFAULT".to_owned(),
+            }),
+            None => Err(StoreError::NotFound(format!("NotFoundException: Key '{key}' does not exist"))),
+        }
     }
 
     fn wall_clock(&self) -> SystemTime {

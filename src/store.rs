@@ -1,5 +1,5 @@
-//! What the engine asks of EC2, in the engine's own words: the [`SnapshotStore`] trait and the
-//! domain types it speaks. No SDK type appears here; `ec2.rs` translates, and the in-memory
+//! What the engine asks of EC2 (and of KMS, for the key a request names), in the engine's own
+//! words: the [`SnapshotStore`] trait and the domain types it speaks. No SDK type appears here; `ec2.rs` translates, and the in-memory
 //! simulator implements the same trait for tests and the benchmark.
 
 use std::collections::{HashMap, HashSet};
@@ -15,7 +15,9 @@ pub const SOURCE_SNAPSHOT_TAG: &str = "copy-snapshots:source-snapshot-id";
 /// Tag on every copy naming the region it was copied from.
 pub const SOURCE_REGION_TAG: &str = "copy-snapshots:source-region";
 /// Tag on every copy saying how its request asked for encryption: `none`, `default` (the
-/// target region's default key) or the key as the request gave it. A source's attempts (its
+/// target region's default key) or the key's ARN (copies made before keys were resolved: the
+/// key as the request gave it). Which copies are a request's is this tag *and* the key the
+/// copy is really under (see [`crate::ownership`]). A source's attempts (its
 /// copies in `error`) are counted among those of requests that asked alike, so a check with an
 /// unusable key does not fail the plain schedule of the same source.
 pub const ENCRYPTION_TAG: &str = "copy-snapshots:encryption";
@@ -156,6 +158,17 @@ pub struct CopySpec {
     pub completion_duration_minutes: Option<u32>,
 }
 
+/// A KMS key, as kms:DescribeKey describes it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KeyDescription {
+    /// The key's ARN: what EC2 reports as a copy's KmsKeyId, whatever form the request used.
+    pub arn: String,
+    /// `Enabled`, `Disabled`, `PendingDeletion`, …: only an enabled key can encrypt a copy.
+    pub state: String,
+    /// `SYMMETRIC_DEFAULT` for the keys EBS can use; asymmetric and HMAC keys it cannot.
+    pub spec: String,
+}
+
 /// What a DeleteSnapshot did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum DeleteOutcome {
@@ -267,6 +280,14 @@ pub trait SnapshotStore: Sync {
         region: &Region,
         snapshot_ids: &[SnapshotId],
     ) -> impl Future<Output = Result<HashMap<SnapshotId, String>, StoreError>> + Send;
+
+    /// The key `key` (a key id, key ARN, alias name or alias ARN) names in `region`
+    /// (kms:DescribeKey). A key that does not exist is [`StoreError::NotFound`].
+    fn describe_key(
+        &self,
+        region: &Region,
+        key: &str,
+    ) -> impl Future<Output = Result<KeyDescription, StoreError>> + Send;
 
     /// The calendar time that sources' ages are measured against: the system clock. The
     /// simulator's calendar follows tokio's paused clock instead, so a test can run a month of

@@ -14,9 +14,11 @@ What it adds to moto:
 - CopySnapshot of chosen sources denied as EC2 answers an SCP or IAM explicit deny (403
   UnauthorizedOperation, nothing copied), with the denial recorded;
 - chosen sources whose copies end in `error` ("Given key ID is not accessible");
-- CopySnapshot honouring Encrypted/KmsKeyId as EC2 does (and a key moto's KMS does not know
-  ends the copy in `error`); an explicit `Encrypted=false`, which the API reference says cannot
-  be set, is recorded;
+- CopySnapshot honouring Encrypted/KmsKeyId as EC2 does: the copy reports the key's ARN
+  whatever form was sent (moto echoes the text sent: an alias), and a key moto's KMS does not
+  know ends the copy in `error`; `ignore_kms_key` makes copies go under the region's default
+  key instead (EC2 ignoring the key asked for, as reported without a PresignedUrl); an explicit
+  `Encrypted=false`, which the API reference says cannot be set, is recorded;
 - CopySnapshot's PresignedUrl checked as EC2 documents it (see _presigned_url_problem): a
   missing or wrong one is accepted, and the copy ends in `error` later, its reason recorded;
 - a share of CopySnapshot calls that make the copy but lose the answer (a 500 after the copy
@@ -116,6 +118,8 @@ CONFIG = {
     "throttle_actions": None,
     # The regions of the role's DeleteSnapshot conditions: the stack's (source) and the target.
     "role_regions": {"stack": "us-east-1", "target": "eu-west-1"},
+    # CopySnapshot ignores KmsKeyId: the copy goes under the region's default key.
+    "ignore_kms_key": False,
 }
 RECORD = {
     "calls": [],
@@ -188,13 +192,22 @@ def _pending_in(backend):
     return [s for s in backend.snapshots.values() if _timing(s) is not None and _status_get(s) == "pending"]
 
 
-def _key_known(region, key_id):
+def _key_arn(region, key_id):
+    """The ARN of the key `key_id` (id, ARN, alias or alias ARN) names, or None."""
     keys = kms_backends[ACCOUNT][region]
     try:
-        keys.describe_key(key_id)
-        return True
+        return keys.describe_key(key_id).arn
     except Exception:  # moto raises NotFoundException and friends
-        return False
+        return None
+
+
+def _key_known(region, key_id):
+    return _key_arn(region, key_id) is not None
+
+
+def _default_key_arn(region):
+    """The key ARN EC2 reports for a copy under the region's default EBS key (aws/ebs)."""
+    return f"arn:aws:kms:{region}:{ACCOUNT}:key/00000000-0000-4000-8000-0000000000eb"
 
 
 # --- CopySnapshot's PresignedUrl --------------------------------------------------------------
@@ -345,7 +358,11 @@ def copy_snapshot(self):
             )
         encrypted = encrypted or source.encrypted
         region = self.region
-        key = kms_key_id or (f"arn:aws:kms:{region}:{ACCOUNT}:alias/aws/ebs" if encrypted else None)
+        # EC2 reports a copy's key by its ARN, however the call named it.
+        if kms_key_id and not CONFIG["ignore_kms_key"]:
+            key = _key_arn(region, kms_key_id) or kms_key_id
+        else:
+            key = _default_key_arn(region) if encrypted else None
         snapshot = self.ec2_backend.copy_snapshot(
             source_snapshot_id=source_snapshot_id, source_region=source_region, description=description, kms_key_id=key
         )

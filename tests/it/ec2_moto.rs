@@ -16,8 +16,9 @@ use copy_snapshots::ids::{Region, SnapshotId};
 use copy_snapshots::presign::{CopySnapshotUrl, EXPIRES_IN};
 use copy_snapshots::request::Settings;
 use copy_snapshots::store::{
-    CopySpec, CopyStatus, DeleteOutcome, ENCRYPTION_TAG, SOURCE_REGION_TAG, SOURCE_SNAPSHOT_TAG, SOURCE_START_TIME_TAG,
-    SOURCE_VOLUME_TAG, SnapshotStore, SourceSelector, SourceSnapshot, StoreError, Tag, parse_start_time,
+    CopySpec, CopyStatus, DeleteOutcome, ENCRYPTION_TAG, KeyDescription, SOURCE_REGION_TAG, SOURCE_SNAPSHOT_TAG,
+    SOURCE_START_TIME_TAG, SOURCE_VOLUME_TAG, SnapshotStore, SourceSelector, SourceSnapshot, StoreError, Tag,
+    parse_start_time,
 };
 use copy_snapshots::{CopySnapshotsError, handle};
 use serde_json::{Value, json};
@@ -108,6 +109,9 @@ impl SnapshotStore for CountingStore {
         ids: &[SnapshotId],
     ) -> Result<HashMap<SnapshotId, String>, StoreError> {
         self.inner.images_using(region, ids).await
+    }
+    async fn describe_key(&self, region: &Region, key: &str) -> Result<KeyDescription, StoreError> {
+        self.inner.describe_key(region, key).await
     }
 }
 

@@ -290,7 +290,8 @@ async fn a_copy_in_error_or_with_other_encryption_is_not_reused() {
     assert_eq!(copies.iter().filter(|c| c.source_id == ids[1]).count(), 1, "the good copy is reused");
 
     // Encrypted with a key: the unencrypted copy of ids[1] does not count.
-    let key = "arn:aws:kms:eu-west-1:111122223333:key/1234abcd-12ab-34cd-56ef-1234567890ab";
+    let key = ec2.add_key(TARGET, None);
+    let key = key.as_str();
     let encrypted = request(&ids[1..], json!({"encrypt": true, "kms_key_id": key, "wait_for_completion": true}));
     let response = reconcile(&ec2, &encrypted, no_deadline()).await.unwrap();
     assert!(!response.copies[0].reused);
@@ -509,34 +510,54 @@ fn earlier_copy_spec(request: &CopyRequest, source: &SnapshotId, kms_key_id: Opt
 }
 
 #[tokio::test(start_paused = true)]
-async fn a_second_live_copy_is_deleted_keeping_the_oldest() {
+async fn a_second_copy_is_deleted_only_once_both_are_completed_keeping_the_oldest() {
     let ec2 = SimulatedEc2::new();
-    let ids = sources(&ec2, &[8, 8, 400]);
+    let ids = sources(&ec2, &[8, 8, 400, 400]);
     let req = request(&ids, json!({}));
     // ids[0]: an old completed copy and a newer pending one. ids[1]: two pending, the older
-    // first. ids[2]: an older copy still pending (400 GiB) and a newer one already completed:
-    // the older is kept all the same, because state changes while start times do not.
+    // first. ids[2]: an older copy still pending (400 GiB) and a newer one already completed.
+    // ids[3]: the same, but the older pending copy will end in `error`.
     let completed = ec2.add_tracked_copy(&earlier_copy_spec(&req, &ids[0], None), None);
     let older = ec2.add_tracked_copy(&earlier_copy_spec(&req, &ids[1], None), None);
     let older_pending = ec2.add_tracked_copy(&earlier_copy_spec(&req, &ids[2], None), None);
+    let failing_pending = ec2.add_tracked_copy(&earlier_copy_spec(&req, &ids[3], None), Some("internal error"));
     tokio::time::sleep(Duration::from_secs(400)).await;
     let newer_of_0 = ec2.add_tracked_copy(&earlier_copy_spec(&req, &ids[0], None), None);
     let newer_completed = ec2.add_tracked_copy(&earlier_copy_spec(&req, &ids[2], None), None);
     ec2.complete_now(TARGET, &newer_completed);
+    let good_of_3 = ec2.add_tracked_copy(&earlier_copy_spec(&req, &ids[3], None), None);
+    ec2.complete_now(TARGET, &good_of_3);
     tokio::time::sleep(Duration::from_secs(10)).await;
     let newer_of_1 = ec2.add_tracked_copy(&earlier_copy_spec(&req, &ids[1], None), None);
 
-    let response = reconcile(&ec2, &req, no_deadline()).await.unwrap();
-    assert_eq!(response.snapshot_ids, [completed.to_string(), older.to_string(), older_pending.to_string()]);
-    let mut removed: Vec<&str> = response.duplicates_removed.iter().map(|r| r.snapshot_id.as_str()).collect();
+    // While one of two copies is pending, neither is deleted, and a completed one is the
+    // source's copy.
+    let first = reconcile(&ec2, &req, no_deadline()).await.unwrap();
+    assert_eq!(
+        first.snapshot_ids,
+        [completed.to_string(), older.to_string(), newer_completed.to_string(), good_of_3.to_string()]
+    );
+    assert!(first.duplicates_removed.is_empty(), "{:?}", first.duplicates_removed);
+    assert_eq!(ec2.calls().delete_copy, 0);
+
+    // Once both are completed, the newer goes; the one that ended in `error` left the good one.
+    tokio::time::sleep(Duration::from_secs(24 * 3600)).await;
+    let second = reconcile(&ec2, &req, no_deadline()).await.unwrap();
+    assert_eq!(
+        second.snapshot_ids,
+        [completed.to_string(), older.to_string(), older_pending.to_string(), good_of_3.to_string()]
+    );
+    let mut removed: Vec<&str> = second.duplicates_removed.iter().map(|r| r.snapshot_id.as_str()).collect();
     removed.sort_unstable();
     let mut expected = [newer_of_0.as_str(), newer_of_1.as_str(), newer_completed.as_str()];
     expected.sort_unstable();
     assert_eq!(removed, expected);
     assert_eq!(ec2.calls().delete_copy, 3);
     assert_eq!(ec2.calls().start_copy, 0);
-    assert_each_copied_once(&ec2, &ids);
-    // Nothing left to heal: a second run deletes nothing.
+    let live = ec2.tracked_copies(TARGET).into_iter().filter(|c| c.state != SnapshotState::Error).count();
+    assert_eq!(live, 4, "one good copy of each source");
+    assert!(ec2.tracked_copies(TARGET).iter().any(|c| c.id == failing_pending && c.state == SnapshotState::Error));
+    // Nothing left to heal: a third run deletes nothing.
     let again = reconcile(&ec2, &req, no_deadline()).await.unwrap();
     assert!(again.duplicates_removed.is_empty());
     assert_eq!(ec2.calls().delete_copy, 3);
@@ -546,7 +567,8 @@ async fn a_second_live_copy_is_deleted_keeping_the_oldest() {
 async fn copies_encrypted_differently_serve_different_requests_and_are_never_duplicates() {
     let ec2 = SimulatedEc2::new();
     let ids = sources(&ec2, &[8]);
-    let key = "arn:aws:kms:eu-west-1:111122223333:key/1234abcd-12ab-34cd-56ef-1234567890ab";
+    let key = ec2.add_key(TARGET, None);
+    let key = key.as_str();
     let plain = request(&ids, json!({"wait_for_completion": true}));
     let encrypted = request(&ids, json!({"encrypt": true, "kms_key_id": key, "wait_for_completion": true}));
     // The schedule's plain copy, then a check with a key (the README's recipe), then both
@@ -735,7 +757,8 @@ async fn error_copies_of_a_request_with_another_key_are_not_this_requests_attemp
     // schedule has not copied yet: three error copies under that key.
     let ec2 = SimulatedEc2::new();
     let ids = sources(&ec2, &[8]);
-    let key = "arn:aws:kms:eu-west-1:111122223333:key/1234abcd-12ab-34cd-56ef-1234567890ab";
+    let key = ec2.add_key(TARGET, None);
+    let key = key.as_str();
     let keyed = request(&ids, json!({"encrypt": true, "kms_key_id": key, "wait_for_completion": true}));
     for _ in 0..MAX_ATTEMPTS {
         ec2.add_tracked_copy(&earlier_copy_spec(&keyed, &ids[0], Some(key)), Some("Given key ID is not accessible"));

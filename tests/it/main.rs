@@ -18,6 +18,7 @@ mod ec2_errors;
 mod ec2_moto;
 mod engine;
 mod handler;
+mod key_ownership;
 mod lambda_binary;
 mod recovery_point;
 mod reliability;

@@ -1,0 +1,180 @@
+//! Issue 16 §2 and §3 on the in-memory EC2 (with its KMS keys) and tokio's paused clock: which
+//! copies are a request's, decided one way everywhere (the encryption tag and the key the copy
+//! is really under): an alias names one key, not any; a key that does not exist or is disabled
+//! is refused before any copy; a copy EC2 makes under another key fails its source and is
+//! never adopted; and under EBS encryption by default a plain request and an `encrypt: true`
+//! request, both with retention, never delete each other's copies.
+
+use std::time::Duration;
+
+use copy_snapshots::CopySnapshotsError;
+use copy_snapshots::ids::{Region, SnapshotId};
+use copy_snapshots::reconcile::{MAX_ATTEMPTS, RunLimits, reconcile};
+use copy_snapshots::request::{CopyRequest, DEFAULT_MAX_POLL_INTERVAL};
+use copy_snapshots::simulated::SimulatedEc2;
+use copy_snapshots::store::{CopySpec, ENCRYPTION_TAG, SOURCE_REGION_TAG, SOURCE_SNAPSHOT_TAG, SnapshotState, Tag};
+use serde_json::{Value, json};
+
+const SOURCE: &str = "us-east-1";
+const TARGET: &str = "eu-west-1";
+const DAY: Duration = Duration::from_secs(86_400);
+
+fn request(ids: &[SnapshotId], extra: Value) -> CopyRequest {
+    crate::support::engine_world::request_with(
+        json!({"snapshot_ids": ids, "region": SOURCE, "target_region": TARGET}),
+        extra,
+    )
+}
+
+fn limits() -> RunLimits {
+    RunLimits {
+        deadline: None,
+        poll_interval: Duration::from_secs(15),
+        max_poll_interval: DEFAULT_MAX_POLL_INTERVAL,
+        call_timeout: Duration::from_secs(1),
+    }
+}
+
+/// The key each live copy of `source` is under.
+fn keys_of_copies(ec2: &SimulatedEc2, source: &SnapshotId) -> Vec<(SnapshotId, Option<String>)> {
+    ec2.tracked_copies(TARGET)
+        .into_iter()
+        .filter(|c| c.source_id == *source && c.state != SnapshotState::Error)
+        .map(|c| (c.id, c.kms_key_id))
+        .collect()
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_alias_adopts_only_a_copy_under_the_key_it_names() {
+    let ec2 = SimulatedEc2::new();
+    let dr_key = ec2.add_key(TARGET, Some("alias/dr"));
+    let source = ec2.add_source(SOURCE, 8, &[]);
+    // An earlier copy tagged as made for `alias/dr`, but under the region's default key (made
+    // before the alias pointed at the DR key, or by EC2 ignoring it).
+    let under_default = ec2.add_tracked_copy(
+        &CopySpec {
+            source_id: source.clone(),
+            source_region: Region::parse(SOURCE).expect("a region"),
+            target_region: Region::parse(TARGET).expect("a region"),
+            description: "an earlier copy".into(),
+            encrypted: true,
+            kms_key_id: None,
+            tags: vec![
+                Tag::new(SOURCE_SNAPSHOT_TAG, source.as_str()),
+                Tag::new(SOURCE_REGION_TAG, SOURCE),
+                Tag::new(ENCRYPTION_TAG, "alias/dr"),
+            ],
+            completion_duration_minutes: None,
+        },
+        None,
+    );
+    tokio::time::sleep(DAY).await;
+
+    let keyed = request(
+        std::slice::from_ref(&source),
+        json!({"encrypt": true, "kms_key_id": "alias/dr", "wait_for_completion": true}),
+    );
+    let response = reconcile(&ec2, &keyed, limits()).await.expect("the run succeeds");
+    assert!(response.complete, "{response:?}");
+    assert!(!response.copies[0].reused, "the copy under the default key was adopted: {response:?}");
+    assert_ne!(response.copies[0].snapshot_id, under_default.as_str());
+    let copies = keys_of_copies(&ec2, &source);
+    let new_copy = copies.iter().find(|(id, _)| *id != under_default).expect("a new copy");
+    assert_eq!(new_copy.1.as_deref(), Some(dr_key.as_str()), "copied under the alias's key, by its ARN");
+    assert_eq!(ec2.calls().delete_copy, 0, "the other copy is not this request's to delete");
+    assert_eq!(ec2.calls().describe_key, 1, "the key is resolved once per run");
+
+    // The key's ARN names the same key: the same request, and the same copy.
+    let by_arn = request(
+        std::slice::from_ref(&source),
+        json!({"encrypt": true, "kms_key_id": dr_key, "wait_for_completion": true}),
+    );
+    let again = reconcile(&ec2, &by_arn, limits()).await.expect("the run succeeds");
+    assert!(again.copies[0].reused, "{again:?}");
+    assert_eq!(again.copies[0].snapshot_id, new_copy.0.as_str());
+    assert_eq!(ec2.calls().start_copy, 1);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_key_that_does_not_exist_or_cannot_encrypt_is_refused_before_any_copy() {
+    let ec2 = SimulatedEc2::new();
+    let disabled = ec2.add_key(TARGET, Some("alias/retired"));
+    ec2.set_key_state(&disabled, "Disabled");
+    let source = ec2.add_source(SOURCE, 8, &[]);
+    for (key, expected) in [("alias/missing", "no key `alias/missing` in eu-west-1"), ("alias/retired", "Disabled")] {
+        let req = request(std::slice::from_ref(&source), json!({"encrypt": true, "kms_key_id": key}));
+        let result = reconcile(&ec2, &req, limits()).await;
+        let Err(CopySnapshotsError::InvalidRequest(message)) = result else { panic!("{key}: {result:?}") };
+        assert!(message.starts_with("kms_key_id: ") && message.contains(expected), "{message}");
+        assert!(message.contains("valid: ") && message.contains("nothing was copied"), "{message}");
+    }
+    assert_eq!(ec2.calls().start_copy, 0);
+    assert_eq!(ec2.calls().describe_sources, 0, "refused before the look");
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_copy_ec2_makes_under_another_key_fails_its_source_and_never_counts() {
+    let ec2 = SimulatedEc2::new();
+    let dr_key = ec2.add_key(TARGET, Some("alias/dr"));
+    let ids: Vec<SnapshotId> = [8, 16].iter().map(|gib| ec2.add_source(SOURCE, *gib, &[])).collect();
+    // EC2 ignores the key of the second source's copies only after the first was made.
+    let keyed = request(&ids[..1], json!({"encrypt": true, "kms_key_id": "alias/dr", "wait_for_completion": true}));
+    reconcile(&ec2, &keyed, limits()).await.expect("the first copy is made under the key");
+    ec2.ignore_requested_keys();
+    let keyed = request(&ids, json!({"encrypt": true, "kms_key_id": "alias/dr", "wait_for_completion": true}));
+    let result = reconcile(&ec2, &keyed, limits()).await;
+    let Err(CopySnapshotsError::CopyFailed { response, message }) = result else { panic!("{result:?}") };
+    let default_key = SimulatedEc2::default_key_arn(TARGET);
+    assert!(message.contains(&dr_key) && message.contains(&default_key), "both keys named: {message}");
+    assert_eq!(response.failed.len(), 1, "{response:?}");
+    assert_eq!(response.failed[0].source_snapshot_id, ids[1].as_str());
+    assert!(!response.complete);
+    assert!(response.copies.iter().all(|c| c.source_snapshot_id != ids[1].as_str()), "not reported done");
+    assert_eq!(ec2.calls().delete_copy, 0, "the copy is left for a person to judge");
+
+    // Later runs never adopt it: each makes a new attempt, and the source fails for good
+    // after MAX_ATTEMPTS copies under the wrong key.
+    for _ in 0..MAX_ATTEMPTS + 1 {
+        let result = reconcile(&ec2, &keyed, limits()).await;
+        assert!(matches!(result, Err(CopySnapshotsError::CopyFailed { .. })), "{result:?}");
+    }
+    let wrong: Vec<_> = keys_of_copies(&ec2, &ids[1]);
+    assert_eq!(wrong.len(), MAX_ATTEMPTS, "{wrong:?}");
+    assert!(wrong.iter().all(|(_, key)| key.as_deref() == Some(default_key.as_str())));
+    assert_eq!(ec2.calls().start_copy, 1 + MAX_ATTEMPTS);
+}
+
+#[tokio::test(start_paused = true)]
+async fn under_encryption_by_default_a_plain_and_an_encrypting_request_keep_each_others_copies() {
+    // Both requests' copies are under the region's default key; only the tags tell them apart.
+    let ec2 = SimulatedEc2::new().with_encryption_by_default();
+    let volume = "vol-0000000000000000a";
+    let older = ec2.add_volume_snapshot(SOURCE, volume, 8, DAY, &[]);
+    let plain = |ids: &[SnapshotId]| request(ids, json!({"retain_count": 1, "wait_for_completion": true}));
+    let encrypting =
+        |ids: &[SnapshotId]| request(ids, json!({"encrypt": true, "retain_count": 1, "wait_for_completion": true}));
+    let ids = [older.clone()];
+    for req in [plain(&ids), encrypting(&ids), plain(&ids), encrypting(&ids)] {
+        let response = reconcile(&ec2, &req, limits()).await.expect("the run succeeds");
+        assert!(response.duplicates_removed.is_empty() && response.deleted.is_empty(), "{response:?}");
+    }
+    assert_eq!(ec2.calls().start_copy, 2, "one copy for each request");
+    let copies = keys_of_copies(&ec2, &older);
+    assert_eq!(copies.len(), 2);
+    assert!(copies.iter().all(|(_, key)| key.as_deref() == Some(SimulatedEc2::default_key_arn(TARGET).as_str())));
+
+    // A newer snapshot of the volume: each request replaces its own copy, and only its own.
+    tokio::time::sleep(DAY).await;
+    let newer = ec2.add_volume_snapshot(SOURCE, volume, 8, Duration::ZERO, &[]);
+    let ids = [older.clone(), newer.clone()];
+    let mut deleted = Vec::new();
+    for req in [plain(&ids), encrypting(&ids)] {
+        let response = reconcile(&ec2, &req, limits()).await.expect("the run succeeds");
+        assert!(response.duplicates_removed.is_empty(), "{response:?}");
+        assert_eq!(response.deleted.len(), 1, "{response:?}");
+        deleted.push(response.deleted[0].snapshot_id.clone());
+    }
+    assert_ne!(deleted[0], deleted[1], "each request deleted its own copy of the older source");
+    assert!(keys_of_copies(&ec2, &older).is_empty());
+    assert_eq!(keys_of_copies(&ec2, &newer).len(), 2);
+}
