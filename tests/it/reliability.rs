@@ -335,7 +335,7 @@ async fn hostile_payloads_get_clear_errors_and_memory_stays_bounded() {
 }
 
 #[tokio::test]
-async fn copies_are_encrypted_as_asked_and_an_unusable_key_fails_the_copy() {
+async fn copies_are_encrypted_under_the_key_an_alias_names_and_a_key_that_is_not_there_copies_nothing() {
     let emulator = FaultEc2::start();
     emulator.configure(json!({"time_scale": TIME_SCALE}));
     let endpoint = emulator.endpoint();
@@ -344,24 +344,67 @@ async fn copies_are_encrypted_as_asked_and_an_unusable_key_fails_the_copy() {
         aws_sdk_kms::config::Builder::from(&config).region(aws_sdk_kms::config::Region::new(TARGET)).build(),
     );
     let key = kms.create_key().send().await.unwrap().key_metadata().unwrap().arn().unwrap().to_owned();
-    let ids = emulator.sources(SOURCE, &[8, 16]);
+    kms.create_alias().alias_name("alias/dr").target_key_id(&key).send().await.unwrap();
+    let ids = emulator.sources(SOURCE, &[8, 16, 24]);
     let mut lambda = function(&emulator).await;
 
-    let payload = request(&ids[..1], json!({"encrypt": true, "kms_key_id": key, "wait_for_completion": true}));
+    // The alias is resolved (kms:DescribeKey) to the key's ARN; EC2 reports the copy under it.
+    let payload = request(&ids[..1], json!({"encrypt": true, "kms_key_id": "alias/dr", "wait_for_completion": true}));
     let response = lambda.invoke(&payload, LONG).await.response();
-    assert_eq!(response["complete"], true);
+    assert_eq!(response["complete"], true, "{response}");
+    let again = lambda.invoke(&payload, LONG).await.response();
+    assert_eq!(again["copies"][0]["reused"], true, "{again}");
+
+    // A key that is not there: refused before any copy, naming the field.
     let unknown_key = format!("arn:aws:kms:{TARGET}:123456789012:key/1234abcd-12ab-34cd-56ef-1234567890ab");
-    let payload = request(&ids[1..], json!({"encrypt": true, "kms_key_id": unknown_key, "wait_for_completion": true}));
+    let payload = request(&ids[1..2], json!({"encrypt": true, "kms_key_id": unknown_key, "wait_for_completion": true}));
+    let (error_type, message) = lambda.invoke(&payload, LONG).await.error();
+    assert_eq!(error_type, "InvalidRequest", "{message}");
+    assert!(message.starts_with("kms_key_id: ") && message.contains(&unknown_key), "{message}");
+
+    // A key that is there but EC2 cannot use (a grant or key policy missing): the copy fails
+    // asynchronously, as EC2 says, and is tried again up to the bound.
+    emulator.configure(json!({"failing_sources": {ids[2].as_str(): "Given key ID is not accessible"}}));
+    let payload = request(&ids[2..], json!({"encrypt": true, "kms_key_id": key, "wait_for_completion": true}));
     let (error_type, message) = lambda.invoke(&payload, LONG).await.error();
     let record = emulator.record();
     report("encryption", &record, "");
 
     let copies: Vec<&Value> = record.copies().collect();
-    assert_eq!(copies.len(), 4, "one good copy, three attempts with the unknown key");
+    assert_eq!(copies.len(), 4, "one good copy, none with the unknown key, three attempts with the unusable one");
     assert_eq!(copies[0]["encrypted"], true);
     assert_eq!(copies[0]["kms_key_id"], key.as_str());
+    assert_eq!(copies[0]["tags"]["copy-snapshots:encryption"], key.as_str(), "tagged with the key's ARN");
+    assert!(copies.iter().all(|c| c["source_snapshot_id"] != ids[1].as_str()));
     assert_eq!(error_type, "CopyFailed");
-    assert!(message.contains(&ids[1]) && message.contains("Given key ID is not accessible"), "{message}");
+    assert!(message.contains(&ids[2]) && message.contains("Given key ID is not accessible"), "{message}");
+}
+
+#[tokio::test]
+async fn a_copy_ec2_makes_under_another_key_than_asked_fails_naming_both_keys() {
+    let emulator = FaultEc2::start();
+    // EC2 ignores KmsKeyId (reported when the PresignedUrl was missing): the copy goes under the
+    // region's default key, and completes.
+    emulator.configure(json!({"time_scale": TIME_SCALE, "ignore_kms_key": true}));
+    let endpoint = emulator.endpoint();
+    let config = aws_config::defaults(aws_config::BehaviorVersion::latest()).endpoint_url(&endpoint).load().await;
+    let kms = aws_sdk_kms::Client::from_conf(
+        aws_sdk_kms::config::Builder::from(&config).region(aws_sdk_kms::config::Region::new(TARGET)).build(),
+    );
+    let key = kms.create_key().send().await.unwrap().key_metadata().unwrap().arn().unwrap().to_owned();
+    let ids = emulator.sources(SOURCE, &[8]);
+    let mut lambda = function(&emulator).await;
+    let payload = request(&ids, json!({"encrypt": true, "kms_key_id": key, "wait_for_completion": true}));
+    let (error_type, message) = lambda.invoke(&payload, LONG).await.error();
+    let record = emulator.record();
+    report("ignored_key", &record, "");
+    let copies: Vec<&Value> = record.copies().collect();
+    assert_eq!(copies.len(), 1, "one copy in this run");
+    let actual = copies[0]["kms_key_id"].as_str().expect("the copy is encrypted");
+    assert_ne!(actual, key.as_str());
+    assert_eq!(error_type, "CopyFailed", "{message}");
+    assert!(message.contains(&ids[0]) && message.contains(&key) && message.contains(actual), "{message}");
+    assert_eq!(record.deleted(), 0, "the copy is left for a person to judge");
 }
 
 /// The state machine's loop: the same request every round with `max_wait_seconds: 0`, a short
@@ -648,4 +691,45 @@ async fn delete_snapshot_is_allowed_only_as_the_roles_conditions_say() {
     assert_eq!(existing, std::collections::HashSet::from([volume]));
     let none = store.images_using(&target, &[SnapshotId::parse("snap-0123456789abcdef0").unwrap()]).await.unwrap();
     assert!(none.is_empty());
+}
+
+#[tokio::test]
+async fn snapshots_another_account_owns_are_neither_sources_nor_copies() {
+    // Another account shares a snapshot tagged like ours, and a snapshot in the target region
+    // carrying this project's tracking tags for our source (its own deployment's copy, shared).
+    // On EC2 a tag filter without `OwnerIds=self` lists both.
+    const OTHER_ACCOUNT: &str = "210987654321";
+    let emulator = FaultEc2::start();
+    emulator.configure(json!({"time_scale": TIME_SCALE}));
+    let daily = json!({"Backup": "daily"});
+    let ours = emulator.tagged_snapshots(SOURCE, &[8], "completed", &daily);
+    let theirs = emulator.snapshots_owned_by(SOURCE, &[8], OTHER_ACCOUNT, &daily);
+    let their_copy = emulator.snapshots_owned_by(
+        TARGET,
+        &[8],
+        OTHER_ACCOUNT,
+        &json!({"copy-snapshots:source-snapshot-id": ours[0], "copy-snapshots:source-region": SOURCE,
+                "copy-snapshots:encryption": "none"}),
+    );
+    let mut lambda = function(&emulator).await;
+    // Without retention the look for earlier copies is by source id; with it, every copy from
+    // the region: both must leave the other account's snapshot out.
+    let daily_filter = json!([{"name": "tag:Backup", "values": ["daily"]}]);
+    let payloads = [
+        json!({"filters": daily_filter, "wait_for_completion": true}),
+        json!({"filters": daily_filter, "retain_count": 1, "delete_orphans_after_days": 1, "wait_for_completion": true}),
+    ];
+    for (round, payload) in payloads.iter().enumerate() {
+        let response = lambda.invoke(payload, LONG).await.response();
+        assert_eq!(response["complete"], true, "{response}");
+        let sources = copied_sources(&response);
+        assert_eq!(sources, [ours[0].clone()], "round {round}: {response}");
+        assert_ne!(response["copies"][0]["snapshot_id"], their_copy[0].as_str(), "another account's snapshot adopted");
+        assert_eq!(response["copies"][0]["reused"], round == 1, "{response}");
+    }
+    let record = emulator.record();
+    report("other_account", &record, "");
+    assert_eq!(record.calls("CopySnapshot"), 1);
+    assert!(record.copies().all(|c| c["source_snapshot_id"] != theirs[0].as_str()));
+    assert_eq!(record.calls("DeleteSnapshot"), 0, "nothing of another account is judged");
 }

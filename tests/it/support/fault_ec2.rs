@@ -98,6 +98,15 @@ impl FaultEc2 {
         made["snapshot_ids"].as_array().expect("ids").iter().map(|v| v.as_str().expect("an id").to_owned()).collect()
     }
 
+    /// Completed snapshots that account `owner_id` owns (and shares with this one, so they are
+    /// visible to it), carrying `tags`: DescribeSnapshots lists them only for that owner, or
+    /// for no owner filter at all.
+    pub fn snapshots_owned_by(&self, region: &str, sizes: &[u64], owner_id: &str, tags: &Value) -> Vec<String> {
+        let body = json!({"region": region, "sizes": sizes, "tags": tags, "owner_id": owner_id});
+        let made = self.call("POST", "/_fault/sources", &body);
+        made["snapshot_ids"].as_array().expect("ids").iter().map(|v| v.as_str().expect("an id").to_owned()).collect()
+    }
+
     /// Completed snapshots of one new volume, started `ages_days` ago, carrying `tags`; returns
     /// their ids and the volume's.
     pub fn volume_snapshots(&self, region: &str, size: u64, ages_days: &[f64], tags: &Value) -> (Vec<String>, String) {
