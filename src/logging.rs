@@ -1,7 +1,8 @@
 //! Logging as Lambda expects it: tracing-subscriber, JSON when `AWS_LAMBDA_LOG_FORMAT=JSON`,
 //! the level from `AWS_LAMBDA_LOG_LEVEL` (Lambda's advanced logging controls) or else
 //! `RUST_LOG`, and a way to raise this crate's logs to debug for one invocation (`debug: true`).
-//! The command line logs plain text on stderr instead ([`init_cli`]).
+//! The command line logs plain text on stderr instead ([`init_cli`]). Neither colours a line
+//! unless it goes to a terminal.
 
 use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
@@ -53,9 +54,12 @@ pub fn init() -> LogLevel {
     let base = base_directives();
     let (filter, handle) = reload::Layer::new(EnvFilter::new(&base));
     let json = std::env::var("AWS_LAMBDA_LOG_FORMAT").is_ok_and(|f| f.eq_ignore_ascii_case("json"));
-    // Lambda stamps every line with the time already.
-    let text = (!json).then(|| tracing_subscriber::fmt::layer().with_target(false).without_time());
-    let json = json.then(|| tracing_subscriber::fmt::layer().json().with_target(false).without_time());
+    // Lambda stamps every line with the time already. Colour only on a terminal (`cargo lambda
+    // watch` in one): CloudWatch shows escape codes as text, `[31mERROR[0m`, and a Logs
+    // Insights query for ERROR would have to match around them.
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stdout());
+    let text = (!json).then(|| tracing_subscriber::fmt::layer().with_ansi(ansi).with_target(false).without_time());
+    let json = json.then(|| tracing_subscriber::fmt::layer().json().with_ansi(false).with_target(false).without_time());
     tracing_subscriber::registry().with(filter).with(text).with(json).init();
     LogLevel { handle, base }
 }

@@ -144,6 +144,33 @@ async fn errors_come_back_with_their_error_type() {
 }
 
 #[tokio::test]
+async fn log_lines_carry_no_terminal_colour_codes_in_either_log_format() {
+    // CloudWatch shows an escape code as text (`[31mERROR[0m`), and a Logs Insights query for
+    // `ERROR` would have to match around it. Warnings, errors and info lines, in Lambda's
+    // text and JSON formats.
+    let source = ec2_in(SOURCE).await;
+    let present = make_snapshot(&source, 8, &[]).await;
+    for format in ["Text", "JSON"] {
+        let mut lambda = LambdaHarness::start(&[
+            ("AWS_REGION", SOURCE),
+            ("TARGET_REGION", TARGET),
+            ("POLL_INTERVAL_SECONDS", "0.2"),
+            ("AWS_LAMBDA_LOG_FORMAT", format),
+        ])
+        .await;
+        let (error_type, _) =
+            lambda.invoke(&json!({"snapshot_ids": ["snap-0ffffffffffffffff"]}), DEADLINE).await.error();
+        assert_eq!(error_type, "SourceNotFound");
+        lambda.invoke(&json!({"snapshot_ids": [present]}), DEADLINE).await.response();
+        let log = lambda.log();
+        assert!(log.lines().count() >= 3, "{format}: too few lines to judge: {log}");
+        assert!(log.contains("ERROR") || log.contains("WARN"), "{format}: no error or warning logged: {log}");
+        let coloured: Vec<&str> = log.lines().filter(|l| l.contains('\u{1b}')).collect();
+        assert!(coloured.is_empty(), "{format}: escape codes in {coloured:?}");
+    }
+}
+
+#[tokio::test]
 async fn deployed_settings_summary_answers_and_the_recovery_point_metric() {
     let source = ec2_in(SOURCE).await;
     // What template.yaml sets for a stack in us-east-1 with TargetRegion eu-west-1.
