@@ -498,6 +498,11 @@ where
         "KMSInternalException" | "DependencyTimeoutException" => StoreError::Unknown(described),
         c if c == "UnauthorizedOperation"
             || c == "AuthFailure"
+            // Credentials a service does not accept (KMS's codes; EC2's is AuthFailure).
+            || c.starts_with("ExpiredToken")
+            || c == "UnrecognizedClientException"
+            || c == "InvalidClientTokenId"
+            || c == "InvalidSignatureException"
             || c == "OptInRequired"
             || c.contains("AccessDenied")
             || c.starts_with("KMS")

@@ -9,7 +9,21 @@
 //! plain request's copy and an `encrypt: true` request's copy are both under the default key,
 //! and judged by keys each request would take the other's copies for duplicates and delete them.
 
-use crate::store::CopyStatus;
+use crate::store::{CopyStatus, SnapshotState};
+
+/// Whether `text` is a KMS key ARN (`arn:PARTITION:kms:REGION:ACCOUNT:key/ID`), as DescribeKey
+/// answers and EC2 reports a copy's key.
+fn is_key_arn(text: &str) -> bool {
+    text.starts_with("arn:") && text.split(':').nth(5).is_some_and(|resource| resource.starts_with("key/"))
+}
+
+/// Whether two copies of one source were made for the same ask and are under the same key:
+/// only such copies are duplicates of each other. Copies tagged differently (a copy from
+/// before the tag, a key tag written as an alias) may be claimed by a request and still be
+/// another request's too: deleting one would take that request's copy.
+pub fn same_ask_and_key(a: &CopyStatus, b: &CopyStatus) -> bool {
+    a.requested_encryption == b.requested_encryption && a.encrypted == b.encrypted && a.kms_key_id == b.kms_key_id
+}
 
 /// What a request asks for its copies' encryption, with its key resolved (kms:DescribeKey) to
 /// the key ARN EC2 reports on a copy.
@@ -71,24 +85,40 @@ impl AskedEncryption {
 
     /// Whether `copy` is a copy made for this ask, by its tag; copies made before the tag
     /// existed by what EC2 reports of them.
+    ///
+    /// A key tag is the key's ARN on copies made since keys are resolved. Before, it was the
+    /// key as its request wrote it (an alias, a key id): such a tag is read by the key the copy
+    /// is really under, never by comparing spellings, so two requests naming one key
+    /// differently (`alias/dr`, its ARN) claim the same copies, and neither takes the other's
+    /// for a duplicate to delete, forever.
     fn asked_alike(&self, copy: &CopyStatus) -> bool {
+        let under_arn = |arn: &str| copy.kms_key_id.as_deref() == Some(arn);
         match (&copy.requested_encryption, self) {
             (Some(tag), Self::Plain) => tag == PLAIN_TAG,
             (Some(tag), Self::DefaultKey) => tag == DEFAULT_KEY_TAG,
-            (Some(tag), Self::Key { given, arn }) => tag == given || tag == arn,
+            (Some(tag), _) if tag == PLAIN_TAG || tag == DEFAULT_KEY_TAG => false,
+            (Some(tag), Self::Key { arn, .. }) if is_key_arn(tag) => tag == arn,
+            // An older tag (alias or key id): by the key; an `error` copy has none to go by.
+            (Some(tag), Self::Key { given, arn }) => {
+                under_arn(arn) || (copy.state == SnapshotState::Error && tag == given)
+            }
             (None, Self::Plain) => true,
             (None, Self::DefaultKey) => copy.encrypted,
-            (None, Self::Key { arn, .. }) => copy.kms_key_id.as_deref() == Some(arn.as_str()),
+            (None, Self::Key { arn, .. }) => under_arn(arn),
         }
     }
 
     /// Whether `copy` is under the key this ask means. A copy in `error` never became one, so
-    /// only its tag says whose attempt it was.
+    /// only its tag says whose attempt it was. A pending copy whose key EC2 does not report
+    /// (yet) is undecided, so taken as under it: the poll that sees it completed decides.
     fn under_the_asked_key(&self, copy: &CopyStatus) -> bool {
         match self {
             Self::Plain => true,
             Self::DefaultKey => copy.encrypted,
-            Self::Key { arn, .. } => copy.encrypted && copy.kms_key_id.as_deref() == Some(arn.as_str()),
+            Self::Key { arn, .. } => match copy.kms_key_id.as_deref() {
+                Some(actual) => copy.encrypted && actual == arn,
+                None => copy.state == SnapshotState::Pending,
+            },
         }
     }
 
@@ -97,7 +127,7 @@ impl AskedEncryption {
         if !self.asked_alike(copy) {
             return Claim::Foreign;
         }
-        if copy.state == crate::store::SnapshotState::Error || self.under_the_asked_key(copy) {
+        if copy.state == SnapshotState::Error || self.under_the_asked_key(copy) {
             Claim::Ours
         } else {
             Claim::WrongKey { actual: copy.kms_key_id.clone() }
@@ -118,7 +148,6 @@ impl AskedEncryption {
 mod tests {
     use super::*;
     use crate::ids::SnapshotId;
-    use crate::store::SnapshotState;
 
     const ARN: &str = "arn:aws:kms:eu-west-1:111122223333:key/1234abcd-12ab-34cd-56ef-1234567890ab";
     const EBS_DEFAULT: &str = "arn:aws:kms:eu-west-1:111122223333:key/ffffffff-12ab-34cd-56ef-1234567890ab";
@@ -157,14 +186,48 @@ mod tests {
 
     #[test]
     fn an_alias_matches_only_the_key_it_names() {
-        let under_ebs = copy(Some("alias/dr"), Some(EBS_DEFAULT), SnapshotState::Completed);
+        let under_ebs = copy(Some(ARN), Some(EBS_DEFAULT), SnapshotState::Completed);
         assert_eq!(keyed().claim(&under_ebs), Claim::WrongKey { actual: Some(EBS_DEFAULT.to_owned()) });
         let under_key = copy(Some("alias/dr"), Some(ARN), SnapshotState::Pending);
         assert_eq!(keyed().claim(&under_key), Claim::Ours);
         let tagged_by_arn = copy(Some(ARN), Some(ARN), SnapshotState::Completed);
         assert_eq!(keyed().claim(&tagged_by_arn), Claim::Ours);
-        let other_request = copy(Some("alias/other"), Some(ARN), SnapshotState::Completed);
+        let other_request = copy(Some("default"), Some(ARN), SnapshotState::Completed);
         assert_eq!(keyed().claim(&other_request), Claim::Foreign);
+    }
+
+    #[test]
+    fn a_key_tag_written_as_an_alias_is_read_by_the_key_the_copy_is_under() {
+        // Tagged before keys were resolved: both spellings of the key claim it, alike.
+        let old = copy(Some("alias/dr"), Some(ARN), SnapshotState::Completed);
+        let by_arn = AskedEncryption::Key { given: ARN.to_owned(), arn: ARN.to_owned() };
+        assert_eq!(keyed().claim(&old), Claim::Ours);
+        assert_eq!(by_arn.claim(&old), Claim::Ours);
+        // A copy tagged with another key's ARN is another request's, whatever key it is under.
+        let other_arn = copy(Some(EBS_DEFAULT), Some(ARN), SnapshotState::Completed);
+        assert_eq!(keyed().claim(&other_arn), Claim::Foreign);
+        // An old alias tag under another key is not the request's copy.
+        let moved = copy(Some("alias/dr"), Some(EBS_DEFAULT), SnapshotState::Completed);
+        assert_eq!(by_arn.claim(&moved), Claim::Foreign);
+    }
+
+    #[test]
+    fn a_pending_copy_whose_key_is_not_reported_yet_is_undecided_until_it_completes() {
+        let pending = copy(Some(ARN), None, SnapshotState::Pending);
+        let pending = CopyStatus { encrypted: true, ..pending };
+        assert_eq!(keyed().claim(&pending), Claim::Ours);
+        let completed = CopyStatus { state: SnapshotState::Completed, ..pending };
+        assert_eq!(keyed().claim(&completed), Claim::WrongKey { actual: None });
+    }
+
+    #[test]
+    fn only_copies_of_one_ask_under_one_key_are_duplicates() {
+        let tagged = copy(Some("none"), Some(EBS_DEFAULT), SnapshotState::Completed);
+        let untagged = copy(None, Some(EBS_DEFAULT), SnapshotState::Completed);
+        assert!(same_ask_and_key(&tagged, &tagged.clone()));
+        assert!(!same_ask_and_key(&tagged, &untagged));
+        let under_dr = copy(Some("none"), Some(ARN), SnapshotState::Completed);
+        assert!(!same_ask_and_key(&tagged, &under_dr));
     }
 
     #[test]

@@ -19,7 +19,7 @@ use tracing::{debug, info, warn};
 
 use crate::error::CopySnapshotsError;
 use crate::ids::{SnapshotId, shorten};
-use crate::ownership::{AskedEncryption, Claim};
+use crate::ownership::{AskedEncryption, Claim, same_ask_and_key};
 use crate::plan::{CopyTimeModel, Plan, PlannedDeletion};
 use crate::poll_timing::{self, CompletionEstimate, WaitContext};
 use crate::progress::{LogObserver, LookedSource, Observer, RunEvent, SourceStatus, StopSignal};
@@ -211,16 +211,15 @@ enum Stage {
 struct Entry {
     source: SourceSnapshot,
     stage: Stage,
-    /// This project's copies of the source that ended in `error`, found by their tags or seen
-    /// failing: the source's attempts so far, kept in EC2 itself.
+    /// This project's copies of the source that ended in `error` (or under another key than
+    /// the request's), found by their tags or seen failing: the source's attempts so far, kept
+    /// in EC2 itself.
     error_copies: Vec<ErrorCopy>,
-    /// Earlier copies that do not serve the request (encrypted otherwise), for the plan.
-    unfit_copies: Vec<SnapshotId>,
 }
 
 impl Entry {
     fn new(source: SourceSnapshot, stage: Stage) -> Self {
-        Self { source, stage, error_copies: Vec::new(), unfit_copies: Vec::new() }
+        Self { source, stage, error_copies: Vec::new() }
     }
 }
 
@@ -854,9 +853,6 @@ impl<'a, S: SnapshotStore> Run<'a, S> {
             match self.asked.claim(&copy) {
                 Claim::Foreign => {
                     debug!(copy = %copy.id, source = %copy.source_id, "copy made for a request asking other encryption");
-                    if alive && !self.entries[i].unfit_copies.contains(&copy.id) {
-                        self.entries[i].unfit_copies.push(copy.id);
-                    }
                 }
                 Claim::WrongKey { actual } if alive => {
                     let message = self.asked.wrong_key_reason(&copy, actual.as_deref());
@@ -889,7 +885,9 @@ impl<'a, S: SnapshotStore> Run<'a, S> {
             let mut completed = completed.into_iter();
             let kept = match completed.next() {
                 Some(kept) => {
-                    for extra in completed {
+                    // Only a copy made for the same ask and under the same key as the one kept:
+                    // an older-tagged copy may be another request's too.
+                    for extra in completed.filter(|c| same_ask_and_key(c, &kept)) {
                         warn!(source = %kept.source_id, kept = %kept.id, duplicate = %extra.id, "source has a second completed copy; removing it");
                         self.duplicates.push((i, extra.id));
                     }
@@ -1281,6 +1279,7 @@ impl<'a, S: SnapshotStore> Run<'a, S> {
                         Some(self.fastest_gib_per_second.map_or(gib_per_second, |s| s.max(gib_per_second)));
                 }
             }
+            // (A pending copy whose key is not reported yet is undecided: see `claim`.)
             let wrong_key = match self.asked.claim(status) {
                 Claim::WrongKey { actual } if status.state != SnapshotState::Error => Some(actual),
                 _ => None,
@@ -1649,19 +1648,8 @@ fn entries_for_filters(mut found: Vec<SourceSnapshot>) -> (Vec<Entry>, Vec<Looke
 
 /// Why a source this run copies has no usable copy, when there is more to say than "none".
 fn to_copy_note(entry: &Entry) -> Option<String> {
-    let mut notes = Vec::new();
-    if !entry.unfit_copies.is_empty() {
-        let ids: Vec<&str> = entry.unfit_copies.iter().map(SnapshotId::as_str).collect();
-        notes.push(format!(
-            "{} made for a request asking other encryption: {}",
-            plural(ids.len(), "earlier copy"),
-            ids.join(", ")
-        ));
-    }
-    if !entry.error_copies.is_empty() {
-        notes.push(format!("{} of {MAX_ATTEMPTS} attempts ended in error before", entry.error_copies.len()));
-    }
-    (!notes.is_empty()).then(|| notes.join("; "))
+    (!entry.error_copies.is_empty())
+        .then(|| format!("{} of {MAX_ATTEMPTS} attempts ended in error before", entry.error_copies.len()))
 }
 
 fn not_ready_reason(source: &SourceSnapshot) -> Option<String> {
@@ -1775,8 +1763,14 @@ async fn resolve_encryption<S: SnapshotStore>(
         Err(StoreError::NotFound(message)) => {
             Err(invalid(format!("no key `{}` in {target} ({message})", shorten(key))))
         }
-        Err(StoreError::AccessDenied(message) | StoreError::Refused { message, .. }) => {
+        // The key policy or the role does not let this function describe the key: as the
+        // issue asks, a bad request (the key must be one the stack allows). Expired or unknown
+        // credentials are not the key's fault: AccessDenied, as for any other call.
+        Err(StoreError::AccessDenied(message)) if message.starts_with("AccessDeniedException") => {
             Err(invalid(format!("`{}` cannot be described in {target} ({message})", shorten(key))))
+        }
+        Err(StoreError::Refused { code, message }) => {
+            Err(invalid(format!("`{}` cannot be described in {target} ({code}: {message})", shorten(key))))
         }
         Err(other) => Err(look_failed(other, &format!("describing the KMS key {key} in {target}"), timeline)),
     }

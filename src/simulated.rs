@@ -303,6 +303,10 @@ struct World {
     /// EBS encryption by default: every copy is encrypted, under the default key unless the
     /// call names one.
     encryption_by_default: bool,
+    /// The next DescribeKey calls fail with these, in order.
+    key_lookup_faults: Vec<StoreError>,
+    /// The KmsKeyId each CopySnapshot sent, in order.
+    kms_keys_sent: Vec<Option<String>>,
 }
 
 /// A KMS key of the simulated account.
@@ -313,6 +317,7 @@ struct SimulatedKey {
     id: String,
     aliases: Vec<String>,
     state: String,
+    spec: String,
 }
 
 /// The simulated account's id, in the ARNs it makes.
@@ -402,6 +407,8 @@ impl SimulatedEc2 {
                 keys: Vec::new(),
                 keys_ignored: false,
                 encryption_by_default: false,
+                key_lookup_faults: Vec::new(),
+                kms_keys_sent: Vec::new(),
             }),
             latency: Duration::ZERO,
         }
@@ -562,6 +569,7 @@ impl SimulatedEc2 {
             id,
             aliases,
             state: "Enabled".to_owned(),
+            spec: "SYMMETRIC_DEFAULT".to_owned(),
         });
         arn
     }
@@ -582,6 +590,23 @@ impl SimulatedEc2 {
         if let Some(key) = self.lock().keys.iter_mut().find(|k| k.arn == arn) {
             key.state = state.to_owned();
         }
+    }
+
+    /// Sets the key spec DescribeKey reports for the key `arn` (`RSA_2048`, `HMAC_256`, …).
+    pub fn set_key_spec(&self, arn: &str, spec: &str) {
+        if let Some(key) = self.lock().keys.iter_mut().find(|k| k.arn == arn) {
+            key.spec = spec.to_owned();
+        }
+    }
+
+    /// The next DescribeKey calls fail with `errors`, one each, in order.
+    pub fn fail_key_lookups(&self, errors: Vec<StoreError>) {
+        self.lock().key_lookup_faults = errors;
+    }
+
+    /// The KmsKeyId sent with each CopySnapshot that made a copy (`None`: none), in order.
+    pub fn kms_keys_sent(&self) -> Vec<Option<String>> {
+        self.lock().kms_keys_sent.clone()
     }
 
     /// From now on CopySnapshot ignores KmsKeyId, as EC2 was reported to without a
@@ -892,6 +917,7 @@ impl SimulatedEc2 {
         }
         let encrypted = spec.encrypted || source.encrypted || world.encryption_by_default;
         let target = spec.target_region.as_str();
+        world.kms_keys_sent.push(spec.kms_key_id.clone());
         let kms_key_id = encrypted.then(|| {
             // EC2 reports the key's ARN whatever form was sent; a key the account does not
             // have is reported as sent (and a test that uses one expects the copy to fail).
@@ -1201,12 +1227,13 @@ impl SnapshotStore for SimulatedEc2 {
         self.call_latency().await;
         let mut world = self.lock();
         world.calls.describe_key += 1;
+        if !world.key_lookup_faults.is_empty() {
+            return Err(world.key_lookup_faults.remove(0));
+        }
         match world.key(region.as_str(), key) {
-            Some(found) => Ok(KeyDescription {
-                arn: found.arn.clone(),
-                state: found.state.clone(),
-                spec: "SYMMETRIC_DEFAULT".to_owned(),
-            }),
+            Some(found) => {
+                Ok(KeyDescription { arn: found.arn.clone(), state: found.state.clone(), spec: found.spec.clone() })
+            }
             None => Err(StoreError::NotFound(format!("NotFoundException: Key '{key}' does not exist"))),
         }
     }

@@ -12,7 +12,9 @@ use copy_snapshots::ids::{Region, SnapshotId};
 use copy_snapshots::reconcile::{MAX_ATTEMPTS, RunLimits, reconcile};
 use copy_snapshots::request::{CopyRequest, DEFAULT_MAX_POLL_INTERVAL};
 use copy_snapshots::simulated::SimulatedEc2;
-use copy_snapshots::store::{CopySpec, ENCRYPTION_TAG, SOURCE_REGION_TAG, SOURCE_SNAPSHOT_TAG, SnapshotState, Tag};
+use copy_snapshots::store::{
+    CopySpec, ENCRYPTION_TAG, SOURCE_REGION_TAG, SOURCE_SNAPSHOT_TAG, SnapshotState, StoreError, Tag,
+};
 use serde_json::{Value, json};
 
 const SOURCE: &str = "us-east-1";
@@ -80,7 +82,10 @@ async fn an_alias_adopts_only_a_copy_under_the_key_it_names() {
     assert_ne!(response.copies[0].snapshot_id, under_default.as_str());
     let copies = keys_of_copies(&ec2, &source);
     let new_copy = copies.iter().find(|(id, _)| *id != under_default).expect("a new copy");
-    assert_eq!(new_copy.1.as_deref(), Some(dr_key.as_str()), "copied under the alias's key, by its ARN");
+    assert_eq!(new_copy.1.as_deref(), Some(dr_key.as_str()), "copied under the alias's key");
+    // CopySnapshot is asked for the key resolved, not the alias: the key checked is the key
+    // used, even if the alias moves meanwhile.
+    assert_eq!(ec2.kms_keys_sent().last(), Some(&Some(dr_key.clone())), "the earlier copy's, then this run's");
     assert_eq!(ec2.calls().delete_copy, 0, "the other copy is not this request's to delete");
     assert_eq!(ec2.calls().describe_key, 1, "the key is resolved once per run");
 
@@ -93,6 +98,131 @@ async fn an_alias_adopts_only_a_copy_under_the_key_it_names() {
     assert!(again.copies[0].reused, "{again:?}");
     assert_eq!(again.copies[0].snapshot_id, new_copy.0.as_str());
     assert_eq!(ec2.calls().start_copy, 1);
+}
+
+/// An earlier copy of `source` made by this project, tagged `encryption` (none: before the
+/// tag existed), under `key` (none: unencrypted), completed.
+fn earlier_copy(ec2: &SimulatedEc2, source: &SnapshotId, encryption: Option<&str>, key: Option<&str>) -> SnapshotId {
+    let mut tags = vec![Tag::new(SOURCE_SNAPSHOT_TAG, source.as_str()), Tag::new(SOURCE_REGION_TAG, SOURCE)];
+    tags.extend(encryption.map(|e| Tag::new(ENCRYPTION_TAG, e)));
+    let spec = CopySpec {
+        source_id: source.clone(),
+        source_region: Region::parse(SOURCE).expect("a region"),
+        target_region: Region::parse(TARGET).expect("a region"),
+        description: "an earlier copy".into(),
+        encrypted: key.is_some(),
+        kms_key_id: key.map(str::to_owned),
+        tags,
+        completion_duration_minutes: None,
+    };
+    let id = ec2.add_tracked_copy(&spec, None);
+    ec2.complete_now(TARGET, &id);
+    id
+}
+
+#[tokio::test(start_paused = true)]
+async fn one_key_named_two_ways_claims_the_same_copies_and_deletes_none() {
+    // A copy tagged before keys were resolved (with the alias as written), and two requests
+    // naming the key by its alias and by its ARN, run in turn as a schedule and a CLI would.
+    let ec2 = SimulatedEc2::new();
+    let dr_key = ec2.add_key(TARGET, Some("alias/dr"));
+    let source = ec2.add_source(SOURCE, 8, &[]);
+    let old = earlier_copy(&ec2, &source, Some("alias/dr"), Some(&dr_key));
+    tokio::time::sleep(DAY).await;
+    let ids = std::slice::from_ref(&source);
+    let by_alias = request(ids, json!({"encrypt": true, "kms_key_id": "alias/dr", "wait_for_completion": true}));
+    let by_arn = request(ids, json!({"encrypt": true, "kms_key_id": dr_key, "wait_for_completion": true}));
+    for req in [&by_arn, &by_alias, &by_arn, &by_alias] {
+        let response = reconcile(&ec2, req, limits()).await.expect("the run succeeds");
+        assert_eq!(response.snapshot_ids, [old.to_string()], "{response:?}");
+        assert!(response.copies[0].reused && response.duplicates_removed.is_empty(), "{response:?}");
+    }
+    assert_eq!(ec2.calls().start_copy, 0);
+    assert_eq!(ec2.calls().delete_copy, 0);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_copy_from_before_the_tag_is_never_deleted_as_a_duplicate_of_a_tagged_one() {
+    // An untagged copy under the DR key (an old keyed request's, which a plain request may
+    // claim too) and the plain request's own tagged copy: neither request deletes either.
+    let ec2 = SimulatedEc2::new();
+    let dr_key = ec2.add_key(TARGET, Some("alias/dr"));
+    let source = ec2.add_source(SOURCE, 8, &[]);
+    let untagged = earlier_copy(&ec2, &source, None, Some(&dr_key));
+    tokio::time::sleep(DAY).await;
+    let plain_copy = earlier_copy(&ec2, &source, Some("none"), None);
+    tokio::time::sleep(DAY).await;
+    let ids = std::slice::from_ref(&source);
+    let plain = request(ids, json!({"wait_for_completion": true}));
+    let keyed = request(ids, json!({"encrypt": true, "kms_key_id": "alias/dr", "wait_for_completion": true}));
+    for req in [&plain, &keyed, &plain, &keyed] {
+        let response = reconcile(&ec2, req, limits()).await.expect("the run succeeds");
+        assert!(response.duplicates_removed.is_empty(), "{response:?}");
+    }
+    let keyed_answer = reconcile(&ec2, &keyed, limits()).await.expect("the run succeeds");
+    assert_eq!(keyed_answer.snapshot_ids, [untagged.to_string()], "the keyed request keeps its copy");
+    assert_eq!(ec2.calls().delete_copy, 0);
+    assert_eq!(ec2.calls().start_copy, 0);
+    assert_eq!(keys_of_copies(&ec2, &source).len(), 2, "{plain_copy} and {untagged} both kept");
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_key_lookup_sorts_kms_answers_and_retries_what_may_pass() {
+    let ec2 = SimulatedEc2::new();
+    let dr_key = ec2.add_key(TARGET, Some("alias/dr"));
+    let source = ec2.add_source(SOURCE, 8, &[]);
+    let ids = std::slice::from_ref(&source);
+    let keyed = request(ids, json!({"encrypt": true, "kms_key_id": "alias/dr", "wait_for_completion": true}));
+
+    // One unanswered and one throttled lookup are retried; the run goes on.
+    ec2.fail_key_lookups(vec![
+        StoreError::Unknown("timeout".into()),
+        StoreError::Throttled("ThrottlingException: slow".into()),
+    ]);
+    let response = reconcile(&ec2, &keyed, limits()).await.expect("transient KMS failures are retried");
+    assert!(response.complete, "{response:?}");
+
+    let cases: Vec<(Vec<StoreError>, &str)> = vec![
+        // KMS never answers: not the request's fault.
+        (vec![StoreError::Unknown("timeout".into()); 20], "Ec2Error"),
+        (vec![StoreError::Throttled("ThrottlingException: slow".into()); 20], "Throttled"),
+        // The key policy or role denies DescribeKey: the key is not one this stack may use.
+        (vec![StoreError::AccessDenied("AccessDeniedException: not allowed".into())], "InvalidRequest"),
+        // The function's credentials are not accepted: not the key's fault.
+        (vec![StoreError::AccessDenied("ExpiredTokenException: expired".into())], "AccessDenied"),
+    ];
+    for (faults, expected) in cases {
+        ec2.fail_key_lookups(faults);
+        let error = reconcile(&ec2, &keyed, limits()).await.expect_err("the lookup fails");
+        assert_eq!(error.error_type(), expected, "{error}");
+        ec2.fail_key_lookups(Vec::new());
+    }
+    // An asymmetric key cannot encrypt a volume.
+    ec2.set_key_spec(&dr_key, "RSA_2048");
+    let result = reconcile(&ec2, &keyed, limits()).await;
+    let Err(CopySnapshotsError::InvalidRequest(message)) = result else { panic!("{result:?}") };
+    assert!(message.contains("RSA_2048") && message.contains("symmetric"), "{message}");
+    assert_eq!(ec2.calls().start_copy, 1, "only the first run copied");
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_copy_reported_under_another_key_while_pending_fails_before_it_completes() {
+    let ec2 = SimulatedEc2::new();
+    ec2.add_key(TARGET, Some("alias/dr"));
+    ec2.ignore_requested_keys();
+    // 4 TiB: hours of copying, far beyond this invocation's 10 minutes.
+    let source = ec2.add_source(SOURCE, 4096, &[]);
+    let keyed = request(
+        std::slice::from_ref(&source),
+        json!({"encrypt": true, "kms_key_id": "alias/dr", "wait_for_completion": true}),
+    );
+    let limits = RunLimits { deadline: Some(tokio::time::Instant::now() + Duration::from_secs(600)), ..limits() };
+    let result = reconcile(&ec2, &keyed, limits).await;
+    let Err(CopySnapshotsError::CopyFailed { message, .. }) = result else { panic!("{result:?}") };
+    assert!(message.contains(&SimulatedEc2::default_key_arn(TARGET)), "{message}");
+    let copies = ec2.tracked_copies(TARGET);
+    assert_eq!(copies.len(), 1);
+    assert_eq!(copies[0].state, SnapshotState::Pending, "decided while the copy was pending");
 }
 
 #[tokio::test(start_paused = true)]
