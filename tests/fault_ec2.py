@@ -14,9 +14,11 @@ What it adds to moto:
 - CopySnapshot of chosen sources denied as EC2 answers an SCP or IAM explicit deny (403
   UnauthorizedOperation, nothing copied), with the denial recorded;
 - chosen sources whose copies end in `error` ("Given key ID is not accessible");
-- CopySnapshot honouring Encrypted/KmsKeyId as EC2 does (and a key moto's KMS does not know
-  ends the copy in `error`); an explicit `Encrypted=false`, which the API reference says cannot
-  be set, is recorded;
+- CopySnapshot honouring Encrypted/KmsKeyId as EC2 does: the copy reports the key's ARN as its
+  KmsKeyId whichever form the call named (moto echoes what was sent), a key moto's KMS does not
+  know ends the copy in `error`, and `ignore_kms_key` makes copies under the region's aws/ebs
+  key instead of the one named; an explicit `Encrypted=false`, which the API reference says
+  cannot be set, is recorded;
 - CopySnapshot's PresignedUrl checked as EC2 documents it (see _presigned_url_problem): a
   missing or wrong one is accepted, and the copy ends in `error` later, its reason recorded;
 - a share of CopySnapshot calls that make the copy but lose the answer (a 500 after the copy
@@ -34,7 +36,7 @@ What it adds to moto:
   in the target region, only on snapshots whose copy-snapshots:source-region tag is the stack's
   region or the target region and whose copy-snapshots:source-snapshot-id tag is like `snap-*`
   (UnauthorizedOperation otherwise; set "role_regions" {"stack": …, "target": …} to match the
-  deployment under test), and refused for chosen snapshots as EC2 refuses one an AMI uses (InvalidSnapshot.InUse) or a
+  deployment under test, or null for a caller with a person's rights, as verify-aws runs), and refused for chosen snapshots as EC2 refuses one an AMI uses (InvalidSnapshot.InUse) or a
   locked one;
 - source snapshots of one volume and of chosen ages (StartTime in the past), and sources that
   vanish (as Data Lifecycle Manager prunes the source region), for retention;
@@ -48,7 +50,9 @@ Control API (JSON), next to the EC2 API on the same port:
                          "visibility_lag_seconds": 2, "page_size": 3, "stall_seconds": 1,
                          "speed_spread": [0.5, 2.0], "throttle_streak": 12,
                          "throttle_actions": ["CopySnapshot"],
-                         "denied_sources": {"snap-…": "message"}, "secrets": {"AKID…": "secret"}}
+                         "denied_sources": {"snap-…": "message"}, "secrets": {"AKID…": "secret"},
+                         "role_regions": {"stack": "us-east-1", "target": "eu-west-1"} | null,
+                         "ignore_kms_key": false}
                         (throttle_streak counts down from the value set, call by call; secrets:
                         access keys besides the environment's whose presigned URLs the emulator
                         can verify)
@@ -115,7 +119,10 @@ CONFIG = {
     "throttle_streak": 0,
     "throttle_actions": None,
     # The regions of the role's DeleteSnapshot conditions: the stack's (source) and the target.
+    # None: the caller is a person with their own rights (verify-aws), not the function's role.
     "role_regions": {"stack": "us-east-1", "target": "eu-west-1"},
+    # CopySnapshot accepts KmsKeyId and makes the copy under the region's aws/ebs key instead.
+    "ignore_kms_key": False,
 }
 RECORD = {
     "calls": [],
@@ -186,6 +193,11 @@ ebs.Snapshot.state_message = property(_state_message_get)
 
 def _pending_in(backend):
     return [s for s in backend.snapshots.values() if _timing(s) is not None and _status_get(s) == "pending"]
+
+
+def _key_arn(region, key_id):
+    """The ARN of the key `key_id` (any of KMS's four forms) names in `region`."""
+    return kms_backends[ACCOUNT][region].describe_key(key_id).arn
 
 
 def _key_known(region, key_id):
@@ -346,6 +358,13 @@ def copy_snapshot(self):
         encrypted = encrypted or source.encrypted
         region = self.region
         key = kms_key_id or (f"arn:aws:kms:{region}:{ACCOUNT}:alias/aws/ebs" if encrypted else None)
+        if CONFIG["ignore_kms_key"] and kms_key_id:
+            # The failure issue 16 guards against: EC2 accepted the key and used another.
+            key = _key_arn(region, "alias/aws/ebs")
+        elif kms_key_id and _key_known(region, kms_key_id):
+            # EC2 reports a copy's KmsKeyId as the key's ARN, whichever form the call named
+            # (key id, key ARN, alias name or alias ARN).
+            key = _key_arn(region, kms_key_id)
         snapshot = self.ec2_backend.copy_snapshot(
             source_snapshot_id=source_snapshot_id, source_region=source_region, description=description, kms_key_id=key
         )
@@ -418,11 +437,11 @@ def delete_snapshot(self):
     snapshot = self.ec2_backend.snapshots.get(snapshot_id)
     tags = _tag_dict(snapshot) if snapshot is not None else {}
     with LOCK:
-        regions = dict(CONFIG["role_regions"])
+        regions = dict(CONFIG["role_regions"]) if CONFIG["role_regions"] is not None else None
     # The role's statement: Resource arn:…:ec2:${TargetRegion}::snapshot/*, StringEquals
     # aws:ResourceTag/copy-snapshots:source-region [AWS::Region, TargetRegion], StringLike
     # aws:ResourceTag/copy-snapshots:source-snapshot-id snap-*.
-    allowed = (
+    allowed = regions is None or (
         self.ec2_backend.region_name == regions["target"]
         and tags.get(SOURCE_REGION_TAG) in (regions["stack"], regions["target"])
         and fnmatch.fnmatchcase(tags.get(TRACKING_TAG, ""), "snap-*")
