@@ -294,7 +294,9 @@ fn check_args(args: &VerifyAwsArgs) -> Result<Plan, String> {
     let source = Region::parse(&args.source_region).map_err(|e| format!("--source-region: {e}"))?;
     let target = Region::parse(&args.target_region).map_err(|e| format!("--target-region: {e}"))?;
     if source == target {
-        return Err(format!("--source-region and --target-region are both {source}; the check is of a cross-region copy"));
+        return Err(format!(
+            "--source-region and --target-region are both {source}; the check is of a cross-region copy"
+        ));
     }
     let key = KmsKeyRef::parse(&args.kms_key).map_err(|e| format!("--kms-key: {e}"))?;
     if args.timeout_minutes == 0 {
@@ -350,7 +352,6 @@ impl Interrupts {
                 return;
             }
             std::future::pending().await
-
         }
         tokio::select! {
             () = next(&mut self.interrupt) => "Ctrl-C",
@@ -377,8 +378,8 @@ async fn verify(
     note(&format!("key     {} is {key_arn}", plan.key.as_str()));
     let volume = phase(ledger, "volume", make_volume(aws, plan, run_id, ledger, remaining())).await?;
     let snapshot = phase(ledger, "snapshot", make_snapshot(aws, plan, run_id, &volume, ledger, remaining())).await?;
-    let copy = phase(ledger, "copy", copy_with_the_function(aws, plan, settings, run_id, &snapshot, ledger, deadline))
-        .await?;
+    let copy =
+        phase(ledger, "copy", copy_with_the_function(aws, plan, settings, run_id, &snapshot, ledger, deadline)).await?;
     phase(ledger, "check", check_copy(aws, &copy, &key_arn, plan)).await?;
     Ok(format!(
         "{snapshot} copied from {} to {} as {copy} by the function; completed, encrypted under {key_arn} (asked as {})",
@@ -400,10 +401,12 @@ async fn resolve_key(aws: &Aws, plan: &Plan) -> Result<String, String> {
         };
         format!("the KMS key {asked} {why} ({}); nothing was made", describe_error(&error))
     })?;
-    let metadata =
-        answer.key_metadata().ok_or_else(|| format!("kms:DescribeKey of {asked} answered without the key's metadata"))?;
+    let metadata = answer
+        .key_metadata()
+        .ok_or_else(|| format!("kms:DescribeKey of {asked} answered without the key's metadata"))?;
     let arn = metadata.arn().ok_or_else(|| format!("kms:DescribeKey of {asked} answered without the key's ARN"))?;
-    let unusable = |why: String| format!("the KMS key {asked} ({arn}) {why}; EBS cannot encrypt with it; nothing was made");
+    let unusable =
+        |why: String| format!("the KMS key {asked} ({arn}) {why}; EBS cannot encrypt with it; nothing was made");
     if let Some(state) = metadata.key_state().filter(|s| **s != KeyState::Enabled) {
         return Err(unusable(format!("is {}", state.as_str())));
     }
@@ -562,11 +565,9 @@ async fn copy_with_the_function(
         }
     };
     record_copies(ledger, &response, &plan.target);
-    let copy = response
-        .copies
-        .iter()
-        .find(|c| c.source_snapshot_id == snapshot)
-        .ok_or_else(|| format!("the function made no copy of {snapshot}: {}", serde_json::to_string(&response).unwrap_or_default()))?;
+    let copy = response.copies.iter().find(|c| c.source_snapshot_id == snapshot).ok_or_else(|| {
+        format!("the function made no copy of {snapshot}: {}", serde_json::to_string(&response).unwrap_or_default())
+    })?;
     if copy.state != "completed" {
         return Err(format!(
             "the copy {} is {} after the timeout ({}); the function reported complete: {}",
@@ -593,13 +594,10 @@ fn record_copies(ledger: &SharedLedger, response: &Response, target: &Region) {
 
 /// The copy as EC2 reports it now: completed, encrypted, under exactly `key_arn`.
 async fn check_copy(aws: &Aws, copy: &str, key_arn: &str, plan: &Plan) -> Result<(), String> {
-    let answer = aws
-        .target
-        .describe_snapshots()
-        .snapshot_ids(copy)
-        .send()
-        .await
-        .map_err(|e| format!("ec2:DescribeSnapshots of the copy {copy} in {}: {}", plan.target, describe_error(&e)))?;
+    let answer =
+        aws.target.describe_snapshots().snapshot_ids(copy).send().await.map_err(|e| {
+            format!("ec2:DescribeSnapshots of the copy {copy} in {}: {}", plan.target, describe_error(&e))
+        })?;
     let snapshot = answer
         .snapshots()
         .iter()
@@ -657,7 +655,13 @@ async fn find_unrecorded(aws: &Aws, plan: &Plan, run_id: &str, ledger: &SharedLe
     let run = filter(&format!("tag:{RUN_TAG}"), run_id);
     let mut problems = Vec::new();
     let unlooked = |kind: Kind, region: &Region, what: String| {
-        let made = Made { kind, id: format!("({RUN_TAG}={run_id})"), region: region.clone(), since: Instant::now(), gone_after: None };
+        let made = Made {
+            kind,
+            id: format!("({RUN_TAG}={run_id})"),
+            region: region.clone(),
+            since: Instant::now(),
+            gone_after: None,
+        };
         (made, what)
     };
     let volumes = ledger.ids(Kind::Volume);
@@ -668,14 +672,21 @@ async fn find_unrecorded(aws: &Aws, plan: &Plan, run_id: &str, ledger: &SharedLe
                     ledger.record(Kind::Volume, id, &plan.source);
                 }
             }
-            Err(e) => problems.push(unlooked(Kind::Volume, &plan.source, format!("could not look: {}", describe_error(&e)))),
+            Err(e) => {
+                problems.push(unlooked(Kind::Volume, &plan.source, format!("could not look: {}", describe_error(&e))))
+            }
         }
     }
     for volume in ledger.ids(Kind::Volume) {
         if !ledger.ids(Kind::Snapshot).is_empty() {
             break;
         }
-        let look = aws.source.describe_snapshots().owner_ids("self").filters(run.clone()).filters(filter("volume-id", &volume));
+        let look = aws
+            .source
+            .describe_snapshots()
+            .owner_ids("self")
+            .filters(run.clone())
+            .filters(filter("volume-id", &volume));
         match look.send().await {
             Ok(found) => {
                 for id in found.snapshots().iter().filter_map(|s| s.snapshot_id()) {
@@ -683,7 +694,11 @@ async fn find_unrecorded(aws: &Aws, plan: &Plan, run_id: &str, ledger: &SharedLe
                 }
             }
             Err(e) => {
-                problems.push(unlooked(Kind::Snapshot, &plan.source, format!("could not look: {}", describe_error(&e))));
+                problems.push(unlooked(
+                    Kind::Snapshot,
+                    &plan.source,
+                    format!("could not look: {}", describe_error(&e)),
+                ));
             }
         }
     }
@@ -700,7 +715,9 @@ async fn find_unrecorded(aws: &Aws, plan: &Plan, run_id: &str, ledger: &SharedLe
                     ledger.record(Kind::Copy, id, &plan.target);
                 }
             }
-            Err(e) => problems.push(unlooked(Kind::Copy, &plan.target, format!("could not look: {}", describe_error(&e)))),
+            Err(e) => {
+                problems.push(unlooked(Kind::Copy, &plan.target, format!("could not look: {}", describe_error(&e))))
+            }
         }
     }
     problems
@@ -714,12 +731,20 @@ async fn delete(aws: &Aws, plan: &Plan, item: &Made, until: Instant) -> Result<&
     let mut pause = Duration::from_millis(500);
     loop {
         let error = match item.kind {
-            Kind::Volume => ec2.delete_volume().volume_id(&item.id).send().await.err().map(|e| {
-                (e.code().map(str::to_owned), describe_error(&e))
-            }),
-            Kind::Snapshot | Kind::Copy => ec2.delete_snapshot().snapshot_id(&item.id).send().await.err().map(|e| {
-                (e.code().map(str::to_owned), describe_error(&e))
-            }),
+            Kind::Volume => ec2
+                .delete_volume()
+                .volume_id(&item.id)
+                .send()
+                .await
+                .err()
+                .map(|e| (e.code().map(str::to_owned), describe_error(&e))),
+            Kind::Snapshot | Kind::Copy => ec2
+                .delete_snapshot()
+                .snapshot_id(&item.id)
+                .send()
+                .await
+                .err()
+                .map(|e| (e.code().map(str::to_owned), describe_error(&e))),
         };
         let Some((code, text)) = error else { return Ok("") };
         match code.as_deref() {
@@ -757,13 +782,7 @@ fn report(
     for made in &ledger.made {
         let existed = made.gone_after.unwrap_or_else(|| made.since.elapsed()).as_secs_f64();
         let status = if made.gone_after.is_some() { "deleted" } else { "NOT DELETED" };
-        let _ = writeln!(
-            out,
-            "{} {} in {}: existed {existed:.1} s, {status}",
-            made.kind.noun(),
-            made.id,
-            made.region
-        );
+        let _ = writeln!(out, "{} {} in {}: existed {existed:.1} s, {status}", made.kind.noun(), made.id, made.region);
     }
     for (made, error) in leftovers {
         let _ = writeln!(

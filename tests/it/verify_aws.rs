@@ -162,7 +162,8 @@ async fn a_copy_under_another_key_fails_naming_both_keys() {
     println!("{stdout}");
     assert_eq!(code, 1, "{stdout}\n{stderr}");
     let verdict = stdout.lines().last().unwrap_or_default();
-    let default_key = emulator.record().copies().next().map(|c| c["kms_key_id"].as_str().unwrap_or_default().to_owned());
+    let default_key =
+        emulator.record().copies().next().map(|c| c["kms_key_id"].as_str().unwrap_or_default().to_owned());
     let default_key = default_key.expect("a copy was made");
     assert_ne!(default_key, key_arn);
     assert!(verdict.starts_with("FAIL: "), "{stdout}");
@@ -192,7 +193,8 @@ async fn ctrl_c_mid_copy_deletes_everything_it_made() {
     let started = Instant::now();
     let mut progress = Vec::new();
     loop {
-        let line = seen.recv_timeout(Duration::from_secs(30)).unwrap_or_else(|_| panic!("no copy started: {progress:?}"));
+        let line =
+            seen.recv_timeout(Duration::from_secs(30)).unwrap_or_else(|_| panic!("no copy started: {progress:?}"));
         progress.push(line.clone());
         if line.starts_with("started ") {
             break;
