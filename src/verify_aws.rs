@@ -134,9 +134,12 @@ impl Made {
 #[derive(Default)]
 struct Ledger {
     made: Vec<Made>,
-    phases: Vec<(&'static str, Duration)>,
+    /// Each phase's time, and whether a signal cut it off.
+    phases: Vec<(&'static str, Duration, bool)>,
     /// The phase in progress and when it began (for an interrupted run's report).
     current: Option<(&'static str, Instant)>,
+    /// The copy's progress display, cleared here when a signal cuts the copy off.
+    view: Option<ProgressView>,
 }
 
 #[derive(Clone, Default)]
@@ -166,9 +169,18 @@ impl SharedLedger {
 
     /// Ends the phase in progress, keeping its time.
     fn end(&self) {
+        self.end_phase(false);
+    }
+
+    /// Ends the phase in progress where a signal cut it off.
+    fn cut_off(&self) {
+        self.end_phase(true);
+    }
+
+    fn end_phase(&self, cut_off: bool) {
         let mut ledger = self.lock();
         if let Some((phase, began)) = ledger.current.take() {
-            ledger.phases.push((phase, began.elapsed()));
+            ledger.phases.push((phase, began.elapsed(), cut_off));
         }
     }
 }
@@ -257,14 +269,19 @@ pub async fn main(args: VerifyAwsArgs) -> u8 {
         plan.key.as_str()
     ));
 
-    let outcome = tokio::select! {
-        outcome = verify(&aws, &plan, &settings, &run_id, &ledger) => outcome,
+    let (outcome, interrupted) = tokio::select! {
+        outcome = verify(&aws, &plan, &settings, &run_id, &ledger) => (outcome, false),
         signal = interrupts.recv() => {
-            ledger.end();
-            Err(format!("interrupted by {signal}"))
+            // The work is dropped where it stood; what it made is in the ledger, or findable
+            // by the run's tag.
+            ledger.cut_off();
+            (Err(format!("interrupted by {signal}")), true)
         }
     };
-    let interrupted = outcome.as_ref().err().is_some_and(|e| e.starts_with("interrupted by"));
+    let view = ledger.lock().view.take();
+    if let Some(view) = view {
+        view.finish();
+    }
     if let Err(reason) = &outcome {
         note(&format!("FAIL so far: {reason}; cleaning up"));
     }
@@ -274,6 +291,7 @@ pub async fn main(args: VerifyAwsArgs) -> u8 {
         leftovers = cleanup(&aws, &plan, &run_id, &ledger) => leftovers,
         signal = interrupts.recv() => {
             // A second signal: stop cleaning; say what is left.
+            ledger.cut_off();
             let ledger_now = ledger.lock();
             let left: Vec<(Made, String)> = ledger_now.made.iter().filter(|m| m.gone_after.is_none())
                 .map(|m| (m.clone(), format!("not deleted: cleanup stopped by a second {signal}"))).collect();
@@ -375,7 +393,7 @@ async fn verify(
     copy_invocation(plan, settings, "snap-00000000000000000", run_id)
         .map_err(|e| format!("the function refuses the request: {e}"))?;
     let key_arn = phase(ledger, "key", resolve_key(aws, plan)).await?;
-    note(&format!("key     {} is {key_arn}", plan.key.as_str()));
+    note(&format!("key       {} is {key_arn}", plan.key.as_str()));
     let volume = phase(ledger, "volume", make_volume(aws, plan, run_id, ledger, remaining())).await?;
     let snapshot = phase(ledger, "snapshot", make_snapshot(aws, plan, run_id, &volume, ledger, remaining())).await?;
     let copy =
@@ -465,7 +483,7 @@ async fn make_volume(
         .map_err(|e| format!("ec2:CreateVolume in {zone}: {}", describe_error(&e)))?;
     let volume = made.volume_id().ok_or("ec2:CreateVolume answered without a volume id")?.to_owned();
     ledger.record(Kind::Volume, &volume, &plan.source);
-    note(&format!("volume  {volume} ({VOLUME_GIB} GiB gp3) in {zone}; waiting until available"));
+    note(&format!("volume    {volume} ({VOLUME_GIB} GiB gp3) in {zone}; waiting until available"));
     aws.source
         .wait_until_volume_available()
         .volume_ids(&volume)
@@ -495,7 +513,7 @@ async fn make_snapshot(
         .map_err(|e| format!("ec2:CreateSnapshot of {volume}: {}", describe_error(&e)))?;
     let snapshot = made.snapshot_id().ok_or("ec2:CreateSnapshot answered without a snapshot id")?.to_owned();
     ledger.record(Kind::Snapshot, &snapshot, &plan.source);
-    note(&format!("snapshot {snapshot} of {volume}; waiting until completed"));
+    note(&format!("snapshot  {snapshot} of {volume}; waiting until completed"));
     aws.source
         .wait_until_snapshot_completed()
         .snapshot_ids(&snapshot)
@@ -548,9 +566,10 @@ async fn copy_with_the_function(
     let invocation = copy_invocation(plan, settings, snapshot, run_id)?;
     let store = Ec2Store::new(&aws.sdk_config);
     let view = ProgressView::new(std::io::stderr().is_terminal());
+    ledger.lock().view = Some(view.clone());
     let observer = Recording { ledger, target: &plan.target, view: view.clone() };
     let engine_deadline = tokio::time::Instant::now() + deadline.saturating_duration_since(Instant::now());
-    note(&format!("copy    {snapshot} → {} through the function's engine", plan.target));
+    note(&format!("copy      {snapshot} → {} through the function's engine", plan.target));
     let answer =
         answer_observed(invocation, settings, &store, Some(engine_deadline), &observer, StopSignal::never()).await;
     view.finish();
@@ -634,7 +653,7 @@ async fn cleanup(aws: &Aws, plan: &Plan, run_id: &str, ledger: &SharedLedger) ->
     for item in made {
         match delete(aws, plan, &item, until).await {
             Ok(gone) => {
-                note(&format!("deleted {} {} in {}{}", item.kind.noun(), item.id, item.region, gone));
+                note(&format!("deleted   {} {} in {}{}", item.kind.noun(), item.id, item.region, gone));
                 let mut ledger = ledger.lock();
                 if let Some(m) = ledger.made.iter_mut().find(|m| m.id == item.id) {
                     m.gone_after = Some(m.since.elapsed());
@@ -775,8 +794,9 @@ fn report(
     let mut out = String::new();
     let _ = writeln!(out, "verify-aws {run_id}: {} → {}, key {}", plan.source, plan.target, plan.key.as_str());
     let _ = writeln!(out, "PHASE     SECONDS");
-    for (phase, took) in &ledger.phases {
-        let _ = writeln!(out, "{phase:<9} {:>7.1}", took.as_secs_f64());
+    for (phase, took, cut_off) in &ledger.phases {
+        let note = if *cut_off { "  (cut off)" } else { "" };
+        let _ = writeln!(out, "{phase:<9} {:>7.1}{note}", took.as_secs_f64());
     }
     let _ = writeln!(out, "{:<9} {:>7.1}", "total", total.as_secs_f64());
     for made in &ledger.made {
