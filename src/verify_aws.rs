@@ -282,20 +282,20 @@ pub async fn main(args: VerifyAwsArgs) -> u8 {
     if let Some(view) = view {
         view.finish();
     }
-    if let Err(reason) = &outcome {
-        note(&format!("FAIL so far: {reason}; cleaning up"));
+    match &outcome {
+        Err(reason) if interrupted => {
+            note(&format!("{reason}: cleaning up (again to stop the cleanup and list what is left)"));
+        }
+        Err(reason) => note(&format!("FAIL: {reason}; cleaning up")),
+        Ok(_) => {}
     }
 
     ledger.begin("cleanup");
     let leftovers = tokio::select! {
         leftovers = cleanup(&aws, &plan, &run_id, &ledger) => leftovers,
         signal = interrupts.recv() => {
-            // A second signal: stop cleaning; say what is left.
             ledger.cut_off();
-            let ledger_now = ledger.lock();
-            let left: Vec<(Made, String)> = ledger_now.made.iter().filter(|m| m.gone_after.is_none())
-                .map(|m| (m.clone(), format!("not deleted: cleanup stopped by a second {signal}"))).collect();
-            left
+            not_deleted(&ledger, &format!("the cleanup was stopped by a second {signal}"))
         }
     };
     ledger.end();
@@ -306,6 +306,12 @@ pub async fn main(args: VerifyAwsArgs) -> u8 {
         (Ok(_), true) => 0,
         _ => EXIT_FAIL,
     }
+}
+
+/// Everything made and not deleted yet, with why it stays.
+fn not_deleted(ledger: &SharedLedger, why: &str) -> Vec<(Made, String)> {
+    let ledger = ledger.lock();
+    ledger.made.iter().filter(|m| m.gone_after.is_none()).map(|m| (m.clone(), why.to_owned())).collect()
 }
 
 fn check_args(args: &VerifyAwsArgs) -> Result<Plan, String> {

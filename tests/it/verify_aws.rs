@@ -2,7 +2,8 @@
 //! checks the PresignedUrl and reports a copy's KmsKeyId as EC2 does, the key's ARN): it passes
 //! with each of KMS's four key forms and leaves nothing behind, and nothing it did not make is
 //! touched; a key that does not exist fails before anything is made; a copy EC2 made under
-//! another key fails, naming both keys; Ctrl-C mid-copy still deletes everything.
+//! another key fails, naming both keys; Ctrl-C mid-copy still deletes everything; what it may
+//! not delete is named with its region, and fails the run.
 
 use std::io::{BufRead, BufReader};
 use std::process::{Command, Output, Stdio};
@@ -215,4 +216,32 @@ async fn ctrl_c_mid_copy_deletes_everything_it_made() {
     assert_eq!(record.pending_deletes(), 1, "the pending copy was deleted (so cancelled)");
     assert!(record.copies().filter(|c| c["tags"][RUN_TAG].is_string()).all(|c| c["deleted"] == true));
     assert_eq!(world(&emulator).await, before, "the interrupted run left something, or deleted a decoy:\n{stdout}");
+}
+
+#[tokio::test]
+async fn what_it_cannot_delete_is_named_with_its_region_and_the_run_fails() {
+    // The deployed role's rights, not a person's: DeleteSnapshot only on this project's copies
+    // in the target region, so the source snapshot cannot be deleted.
+    let emulator = FaultEc2::start();
+    emulator.configure(json!({"time_scale": 0.002}));
+    kms_key(&emulator, "alias/verify-dr").await;
+    let (code, stdout, stderr) = run(&emulator, "alias/verify-dr");
+    println!("{stdout}");
+    assert_eq!(code, 1, "{stdout}\n{stderr}");
+    let left: Vec<&str> = stdout.lines().filter(|l| l.starts_with("LEFT BEHIND: ")).collect();
+    let (_, source_snapshots, target_snapshots) = world(&emulator).await;
+    assert_eq!(source_snapshots.len(), 1, "{stdout}");
+    let snapshot = &source_snapshots[0];
+    assert_eq!(left.len(), 1, "{stdout}");
+    assert!(
+        left[0].starts_with(&format!("LEFT BEHIND: snapshot {snapshot} in {SOURCE}: UnauthorizedOperation")),
+        "{stdout}"
+    );
+    assert!(
+        left[0].ends_with(&format!("aws ec2 delete-snapshot --region {SOURCE} --snapshot-id {snapshot}")),
+        "{stdout}"
+    );
+    let verdict = stdout.lines().last().unwrap_or_default();
+    assert!(verdict.starts_with("FAIL: ") && verdict.contains("but 1 left behind"), "{stdout}");
+    assert!(target_snapshots.is_empty() && world(&emulator).await.0.is_empty(), "the rest is deleted:\n{stdout}");
 }
