@@ -12,7 +12,7 @@ STAMP := $(VENV)/.installed
 EVENT ?= events/manual.json
 ARM64_TARGET := aarch64-unknown-linux-gnu
 
-.PHONY: help venv build install test lint check-templates watch invoke demo deploy simulate clean
+.PHONY: help venv build install test lint check-templates watch invoke demo deploy simulate verify-aws clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-16s %s\n", $$1, $$2}'
@@ -69,6 +69,15 @@ simulate: $(STAMP) ## the engine benchmark on simulated time, and the command li
 	cargo run --release --example simulate
 	cargo build --release --bin copy-snapshots
 	python scripts/cli-startup $(CARGO_TARGET_DIR)/release/copy-snapshots
+
+verify-aws: ## live check on YOUR account: make verify-aws SOURCE=us-east-1 TARGET=eu-west-1 KMS_KEY=alias/dr [PROFILE=…]
+	@if [ -z "$(SOURCE)" ] || [ -z "$(TARGET)" ] || [ -z "$(KMS_KEY)" ]; then \
+	  echo "usage: make verify-aws SOURCE=<region> TARGET=<region> KMS_KEY=<key id, key ARN, alias or alias ARN> [PROFILE=<profile>]" >&2; \
+	  echo "makes a 1 GiB volume, a snapshot and an encrypted copy in your account for a few minutes, then deletes them" >&2; \
+	  exit 2; \
+	fi
+	cargo run --locked --quiet --bin copy-snapshots -- verify-aws --source-region '$(SOURCE)' \
+	  --target-region '$(TARGET)' --kms-key '$(KMS_KEY)' $(if $(PROFILE),--profile '$(PROFILE)')
 
 clean: ## remove build output, .aws-sam/ and .venv/
 	cargo clean

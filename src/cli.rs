@@ -71,6 +71,9 @@ enum Command {
     Copy(RunArgs),
     /// Show what a copy would do and how long it would take; copies nothing.
     Plan(RunArgs),
+    /// The live check on your own account: makes a 1 GiB volume and snapshot, copies it
+    /// encrypted under --kms-key with this function, checks the copy, deletes all it made.
+    VerifyAws(crate::verify_aws::VerifyAwsArgs),
 }
 
 /// Everything a run takes: the request and how to show it.
@@ -225,6 +228,7 @@ pub async fn main() -> ExitCode {
     let (args, planning) = match cli.command {
         Some(Command::Plan(args)) => (args, true),
         Some(Command::Copy(args)) => (args, false),
+        Some(Command::VerifyAws(args)) => return ExitCode::from(crate::verify_aws::main(args).await),
         None => (cli.run, false),
     };
     let planning = planning || args.dry_run;

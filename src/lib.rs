@@ -21,6 +21,8 @@
 //!   [`metrics`]: the per-invocation CloudWatch EMF line; [`lambda`]: the Lambda bootstrap.
 //! - [`cli`]: the command line (flags → the same request); [`terminal`]: its progress display
 //!   and tables.
+//! - [`verify_aws`]: `copy-snapshots verify-aws`, the live check on a user's own account (its
+//!   own volume, snapshot and copy, made and deleted; the copy by the engine).
 //! - `simulated` (feature `simulated`): an in-memory EC2 on tokio's clock, for the tests and
 //!   the benchmark, and `simulated_queue`: the SQS queue and event source mapping in front of
 //!   the function; neither is built into the Lambda.
@@ -52,6 +54,7 @@ pub mod simulated_queue;
 pub mod store;
 pub mod terminal;
 pub mod timeline;
+pub mod verify_aws;
 
 pub use error::CopySnapshotsError;
 pub use handler::handle;

@@ -36,7 +36,7 @@ What it adds to moto:
   in the target region, only on snapshots whose copy-snapshots:source-region tag is the stack's
   region or the target region and whose copy-snapshots:source-snapshot-id tag is like `snap-*`
   (UnauthorizedOperation otherwise; set "role_regions" {"stack": …, "target": …} to match the
-  deployment under test), and refused for chosen snapshots as EC2 refuses one an AMI uses (InvalidSnapshot.InUse) or a
+  deployment under test, or null for a caller with a person's rights, as verify-aws runs), and refused for chosen snapshots as EC2 refuses one an AMI uses (InvalidSnapshot.InUse) or a
   locked one;
 - source snapshots of one volume and of chosen ages (StartTime in the past), and sources that
   vanish (as Data Lifecycle Manager prunes the source region), for retention;
@@ -50,7 +50,9 @@ Control API (JSON), next to the EC2 API on the same port:
                          "visibility_lag_seconds": 2, "page_size": 3, "stall_seconds": 1,
                          "speed_spread": [0.5, 2.0], "throttle_streak": 12,
                          "throttle_actions": ["CopySnapshot"],
-                         "denied_sources": {"snap-…": "message"}, "secrets": {"AKID…": "secret"}}
+                         "denied_sources": {"snap-…": "message"}, "secrets": {"AKID…": "secret"},
+                         "role_regions": {"stack": "us-east-1", "target": "eu-west-1"} | null,
+                         "ignore_kms_key": false}
                         (throttle_streak counts down from the value set, call by call; secrets:
                         access keys besides the environment's whose presigned URLs the emulator
                         can verify)
@@ -117,6 +119,7 @@ CONFIG = {
     "throttle_streak": 0,
     "throttle_actions": None,
     # The regions of the role's DeleteSnapshot conditions: the stack's (source) and the target.
+    # None: the caller is a person with their own rights (verify-aws), not the function's role.
     "role_regions": {"stack": "us-east-1", "target": "eu-west-1"},
     # CopySnapshot ignores KmsKeyId: the copy goes under the region's default key.
     "ignore_kms_key": False,
@@ -193,7 +196,7 @@ def _pending_in(backend):
 
 
 def _key_arn(region, key_id):
-    """The ARN of the key `key_id` (id, ARN, alias or alias ARN) names, or None."""
+    """The ARN of the key `key_id` (any of KMS's four forms) names in `region`, or None."""
     keys = kms_backends[ACCOUNT][region]
     try:
         return keys.describe_key(key_id).arn
@@ -203,11 +206,6 @@ def _key_arn(region, key_id):
 
 def _key_known(region, key_id):
     return _key_arn(region, key_id) is not None
-
-
-def _default_key_arn(region):
-    """The key ARN EC2 reports for a copy under the region's default EBS key (aws/ebs)."""
-    return f"arn:aws:kms:{region}:{ACCOUNT}:key/00000000-0000-4000-8000-0000000000eb"
 
 
 # --- CopySnapshot's PresignedUrl --------------------------------------------------------------
@@ -358,11 +356,15 @@ def copy_snapshot(self):
             )
         encrypted = encrypted or source.encrypted
         region = self.region
-        # EC2 reports a copy's key by its ARN, however the call named it.
+        # EC2 reports a copy's key by its ARN, however the call named it; without one (or when
+        # told to ignore it, as EC2 was reported to), the region's default key, aws/ebs, which
+        # moto makes on first use.
         if kms_key_id and not CONFIG["ignore_kms_key"]:
             key = _key_arn(region, kms_key_id) or kms_key_id
+        elif encrypted:
+            key = _key_arn(region, "alias/aws/ebs") or f"arn:aws:kms:{region}:{ACCOUNT}:alias/aws/ebs"
         else:
-            key = _default_key_arn(region) if encrypted else None
+            key = None
         snapshot = self.ec2_backend.copy_snapshot(
             source_snapshot_id=source_snapshot_id, source_region=source_region, description=description, kms_key_id=key
         )
@@ -435,11 +437,11 @@ def delete_snapshot(self):
     snapshot = self.ec2_backend.snapshots.get(snapshot_id)
     tags = _tag_dict(snapshot) if snapshot is not None else {}
     with LOCK:
-        regions = dict(CONFIG["role_regions"])
+        regions = dict(CONFIG["role_regions"]) if CONFIG["role_regions"] is not None else None
     # The role's statement: Resource arn:…:ec2:${TargetRegion}::snapshot/*, StringEquals
     # aws:ResourceTag/copy-snapshots:source-region [AWS::Region, TargetRegion], StringLike
     # aws:ResourceTag/copy-snapshots:source-snapshot-id snap-*.
-    allowed = (
+    allowed = regions is None or (
         self.ec2_backend.region_name == regions["target"]
         and tags.get(SOURCE_REGION_TAG) in (regions["stack"], regions["target"])
         and fnmatch.fnmatchcase(tags.get(TRACKING_TAG, ""), "snap-*")

@@ -8,7 +8,8 @@
 //! - [`lambda_binary`], [`reliability`], [`scale_binary`]: the built binary under a Lambda Runtime API, against
 //!   moto and the fault-injecting emulator (tests/fault_ec2.py);
 //! - [`cli`]: the same binary as a command line, against the fault-injecting emulator;
-//! - [`deployment`], [`step_functions`]: the template and the state machine.
+//! - [`deployment`], [`step_functions`]: the template and the state machine;
+//! - [`verify_aws`]: the live check on a user's account (`verify-aws`), against the fault emulator.
 
 mod support;
 
@@ -28,3 +29,4 @@ mod safe_deletion;
 mod scale;
 mod scale_binary;
 mod step_functions;
+mod verify_aws;
