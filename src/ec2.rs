@@ -1,4 +1,4 @@
-//! The [`SnapshotStore`] on aws-sdk-ec2: the only module that touches the SDK. It translates
+//! The [`SnapshotStore`] on aws-sdk-ec2: the only module that touches the EC2 SDK. It translates
 //! domain types to EC2 calls and back, keeps one client per region (derived from one loaded
 //! configuration and reused across invocations), and sorts EC2's error codes into the
 //! engine's [`StoreError`]s.
@@ -22,6 +22,7 @@ use aws_sdk_ec2::operation::describe_snapshots::builders::DescribeSnapshotsFluen
 use aws_sdk_ec2::types::{self, ResourceType, StorageTier, TagSpecification};
 use tracing::{debug, warn};
 
+use crate::dynamo_slots::DynamoSlotLedger;
 use crate::ids::{Region, SnapshotId};
 use crate::presign::{CopySnapshotUrl, EXPIRES_IN};
 use crate::request::{MAX_FILTER_VALUES, Settings};
@@ -67,6 +68,9 @@ pub struct Ec2Store {
     base: aws_sdk_ec2::Config,
     clients: Mutex<HashMap<Region, Client>>,
     presigner: Presigner,
+    /// The deployment's slot ledger, when `SLOT_TABLE` names one (see
+    /// [`SnapshotStore::slot_ledger`]).
+    ledger: Option<DynamoSlotLedger>,
 }
 
 impl Ec2Store {
@@ -78,7 +82,14 @@ impl Ec2Store {
             base: aws_sdk_ec2::config::Builder::from(sdk_config).build(),
             clients: Mutex::new(HashMap::new()),
             presigner: Presigner::new(sdk_config),
+            ledger: None,
         }
+    }
+
+    /// This store with the deployment's slot ledger: `pending_limit` is then reserved in it.
+    pub fn with_slot_ledger(mut self, ledger: DynamoSlotLedger) -> Self {
+        self.ledger = Some(ledger);
+        self
     }
 
     fn client(&self, region: &Region) -> Client {
@@ -138,6 +149,10 @@ impl Ec2Store {
 }
 
 impl SnapshotStore for Ec2Store {
+    fn slot_ledger(&self) -> Option<&impl crate::slots::SlotLedger> {
+        self.ledger.as_ref()
+    }
+
     async fn describe_sources(
         &self,
         region: &Region,

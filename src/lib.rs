@@ -11,7 +11,10 @@
 //!   reports as it works (and the signal that stops it); [`plan`]: what it would do;
 //!   [`retention`]: the one rule for which sources are copied and which copies are deleted.
 //! - [`response`], [`error`]: what an invocation answers.
-//! - [`ec2`]: the store on aws-sdk-ec2 (the only module that uses the SDK); [`presign`]:
+//! - [`slots`]: this deployment's copy slots in a target region, reserved in a ledger with
+//!   conditional writes (the accounting and its port); [`dynamo_slots`]: that ledger on
+//!   aws-sdk-dynamodb.
+//! - [`ec2`]: the store on aws-sdk-ec2 (the only module that uses the EC2 SDK); [`presign`]:
 //!   CopySnapshot's PresignedUrl, signed with aws-sigv4 (pure, no SDK client).
 //! - [`batch`]: a batch of new-snapshot events from the SQS queue, answered per record;
 //!   [`timeline`]: each call's share of the invocation's time, and the backoff with jitter.
@@ -25,6 +28,7 @@
 
 pub mod batch;
 pub mod cli;
+pub mod dynamo_slots;
 pub mod ec2;
 pub mod error;
 pub mod event;
@@ -45,6 +49,7 @@ pub mod retention;
 pub mod simulated;
 #[cfg(feature = "simulated")]
 pub mod simulated_queue;
+pub mod slots;
 pub mod store;
 pub mod terminal;
 pub mod timeline;
