@@ -33,12 +33,8 @@ const RECORDED_AT: &str = "recorded_at";
 
 /// Error codes DynamoDB uses for throttling; the SDK retries them, and what is left is a
 /// round without a start.
-const THROTTLING_CODES: &[&str] = &[
-    "ProvisionedThroughputExceededException",
-    "ThrottlingException",
-    "RequestLimitExceeded",
-    "Throttling",
-];
+const THROTTLING_CODES: &[&str] =
+    &["ProvisionedThroughputExceededException", "ThrottlingException", "RequestLimitExceeded", "Throttling"];
 
 /// The ledger in DynamoDB table `table`.
 #[derive(Debug, Clone)]
@@ -71,9 +67,11 @@ impl DynamoSlotLedger {
         let described = format!("{operation} on DynamoDB table {table}: {code}: {message}");
         match code.as_str() {
             c if THROTTLING_CODES.contains(&c) => LedgerError::Unavailable(described),
-            "AccessDeniedException" | "UnrecognizedClientException" | "AccessDenied" => LedgerError::AccessDenied(
-                format!("{described}; the function's role needs dynamodb:GetItem and dynamodb:PutItem on table {table}"),
-            ),
+            "AccessDeniedException" | "UnrecognizedClientException" | "AccessDenied" => {
+                LedgerError::AccessDenied(format!(
+                    "{described}; the function's role needs dynamodb:GetItem and dynamodb:PutItem on table {table}"
+                ))
+            }
             "ResourceNotFoundException" => LedgerError::Misconfigured(format!(
                 "{described}; SLOT_TABLE names a table that does not exist in this region (the stack's SlotTable)"
             )),
@@ -210,10 +208,24 @@ mod tests {
     fn an_item_reads_back_as_written() {
         let region = Region::parse("eu-west-1").unwrap();
         let t = |s: u64| SystemTime::UNIX_EPOCH + Duration::from_millis(1_700_000_000_000 + s);
-        let key = SlotKey::for_copy(&Region::parse("us-east-1").unwrap(), &SnapshotId::parse("snap-0123456789abcdef0").unwrap(), "none");
+        let key = SlotKey::for_copy(
+            &Region::parse("us-east-1").unwrap(),
+            &SnapshotId::parse("snap-0123456789abcdef0").unwrap(),
+            "none",
+        );
         let mut state = LedgerState { entries: BTreeMap::new(), refreshed_at: Some(t(5)) };
-        state.entries.insert(key.clone(), SlotEntry { copy_id: Some("snap-0fedcba9876543210".to_owned()), reserved_at: t(1), recorded_at: Some(t(2)) });
-        state.entries.insert(SlotKey::stored("copy/snap-0aaaaaaaaaaaaaaaa"), SlotEntry { copy_id: None, reserved_at: t(3), recorded_at: None });
+        state.entries.insert(
+            key.clone(),
+            SlotEntry {
+                copy_id: Some("snap-0fedcba9876543210".to_owned()),
+                reserved_at: t(1),
+                recorded_at: Some(t(2)),
+            },
+        );
+        state.entries.insert(
+            SlotKey::stored("copy/snap-0aaaaaaaaaaaaaaaa"),
+            SlotEntry { copy_id: None, reserved_at: t(3), recorded_at: None },
+        );
         let item = to_item(&region, &state, 7);
         assert_eq!(from_item(&item, "t"), (state, 7));
     }
@@ -223,7 +235,10 @@ mod tests {
         let region = Region::parse("eu-west-1").unwrap();
         let state = LedgerState { entries: BTreeMap::new(), refreshed_at: Some(SystemTime::now()) };
         let mut item = to_item(&region, &state, 3);
-        item.insert(ENTRIES.to_owned(), AttributeValue::M(HashMap::from([("k".to_owned(), AttributeValue::S("x".to_owned()))])));
+        item.insert(
+            ENTRIES.to_owned(),
+            AttributeValue::M(HashMap::from([("k".to_owned(), AttributeValue::S("x".to_owned()))])),
+        );
         let (read, version) = from_item(&item, "t");
         assert_eq!(version, 3);
         assert_eq!(read.refreshed_at, None, "a ledger read in part must be rebuilt from EC2");

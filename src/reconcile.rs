@@ -28,12 +28,12 @@ use crate::response::{
     SkippedSource, plural,
 };
 use crate::retention::{self, Member};
+use crate::slots::{self, LedgerError, ReserveError, SlotKey, SlotLedger};
 use crate::store::{
     CopySpec, CopyStatus, DeleteOutcome, ENCRYPTION_TAG, RESERVED_TAG_PREFIX, SOURCE_REGION_TAG, SOURCE_SNAPSHOT_TAG,
     SOURCE_START_TIME_TAG, SOURCE_VOLUME_TAG, SnapshotState, SnapshotStore, SourceSelector, SourceSnapshot, StoreError,
     Tag, format_start_time,
 };
-use crate::slots::{self, LedgerError, ReserveError, SlotKey, SlotLedger};
 use crate::timeline::{Timeline, jittered};
 
 /// The deletion breaker holds a run that would delete more than this many copies …
@@ -1134,7 +1134,12 @@ impl<'a, S: SnapshotStore> Run<'a, S> {
         let own_pending: HashSet<String> = self.pending_copies().map(|c| c.id.to_string()).collect();
         let request = self.request;
         let target = &request.target_region;
-        let ask = slots::Ask { target_region: target, wanted: keys, limit: self.request.pending_limit, own_pending: &own_pending };
+        let ask = slots::Ask {
+            target_region: target,
+            wanted: keys,
+            limit: self.request.pending_limit,
+            own_pending: &own_pending,
+        };
         let (store, timeline) = (self.store, self.timeline);
         let list_pending = || async move {
             let listed = timeline.call(store.list_pending_copies(target)).await?;
@@ -1143,7 +1148,13 @@ impl<'a, S: SnapshotStore> Run<'a, S> {
         match slots::reserve(ledger, &self.timeline, || store.wall_clock(), ask, list_pending).await {
             Ok(granted) => {
                 self.deployment_pending = Some((granted.live, granted.others));
-                debug!(granted = granted.keys.len(), wanted = keys.len(), live = granted.live, refreshed = granted.refreshed, "slots reserved");
+                debug!(
+                    granted = granted.keys.len(),
+                    wanted = keys.len(),
+                    live = granted.live,
+                    refreshed = granted.refreshed,
+                    "slots reserved"
+                );
                 Ok(Some(granted.keys))
             }
             Err(ReserveError::Ledger(error)) => {
@@ -1179,9 +1190,9 @@ impl<'a, S: SnapshotStore> Run<'a, S> {
             LedgerError::AccessDenied(message) => {
                 Err(CopySnapshotsError::AccessDenied(format!("access denied to the slot ledger: {message}; {so_far}")))
             }
-            LedgerError::Misconfigured(message) => {
-                Err(CopySnapshotsError::InvalidRequest(format!("the slot ledger is misconfigured: {message}; {so_far}")))
-            }
+            LedgerError::Misconfigured(message) => Err(CopySnapshotsError::InvalidRequest(format!(
+                "the slot ledger is misconfigured: {message}; {so_far}"
+            ))),
         }
     }
 

@@ -707,6 +707,18 @@ impl SimulatedEc2 {
             .unwrap_or_default()
     }
 
+    /// How long after `since` the first copy this function made in `region` since then started.
+    pub fn first_copy_started_after(&self, region: &str, since: Instant) -> Duration {
+        let world = self.lock();
+        let Some(state) = world.regions.get(region) else { return Duration::ZERO };
+        state
+            .in_order()
+            .filter(|s| find_tag(&s.tags, SOURCE_SNAPSHOT_TAG).is_some() && s.started >= since)
+            .map(|s| s.started.saturating_duration_since(since))
+            .min()
+            .unwrap_or_default()
+    }
+
     /// Snapshots DeleteSnapshot removed, in order.
     pub fn deleted(&self) -> Vec<SnapshotId> {
         self.lock().deleted.clone()

@@ -313,10 +313,7 @@ pub enum ReserveError {
 }
 
 /// One ledger call within the invocation's time: no answer in time is `Unavailable`.
-async fn bounded<T>(
-    timeline: &Timeline,
-    call: impl Future<Output = Result<T, LedgerError>>,
-) -> Result<T, LedgerError> {
+async fn bounded<T>(timeline: &Timeline, call: impl Future<Output = Result<T, LedgerError>>) -> Result<T, LedgerError> {
     timeline.within_budget(call).await.unwrap_or_else(|| {
         Err(LedgerError::Unavailable("no answer from the slot ledger within the time the deadline left".to_owned()))
     })
@@ -345,7 +342,8 @@ where
     Fut: Future<Output = Result<Vec<SnapshotId>, StoreError>>,
 {
     for tries in 1..=SAVE_TRIES {
-        let (mut state, version) = bounded(timeline, ledger.load(ask.target_region)).await.map_err(ReserveError::Ledger)?;
+        let (mut state, version) =
+            bounded(timeline, ledger.load(ask.target_region)).await.map_err(ReserveError::Ledger)?;
         let refresh = needs_refresh(&state, clock(), ask.wanted, ask.limit, ask.own_pending);
         if refresh {
             // Listed after the load: whatever the listing misses was recorded after it, and
@@ -354,8 +352,11 @@ where
             state = refreshed(&state, clock(), &listed);
         }
         let live = state.entries.len();
-        let others =
-            state.entries.values().filter(|e| e.copy_id.as_ref().is_none_or(|id| !ask.own_pending.contains(id))).count();
+        let others = state
+            .entries
+            .values()
+            .filter(|e| e.copy_id.as_ref().is_none_or(|id| !ask.own_pending.contains(id)))
+            .count();
         let keys = grant(&mut state, clock(), ask.wanted, ask.limit);
         if keys.is_empty() && !refresh {
             return Ok(Granted { keys, live, others, refreshed: false });
