@@ -102,14 +102,11 @@ impl SlotLedger for DynamoSlotLedger {
     }
 
     async fn save(&self, target_region: &Region, state: &LedgerState, expected: Version) -> Result<Saved, LedgerError> {
-        let mut put = self
-            .client
-            .put_item()
-            .table_name(&self.table)
-            .set_item(Some(to_item(target_region, state, expected + 1)))
-            .expression_attribute_names("#key", PARTITION_KEY);
+        let mut put =
+            self.client.put_item().table_name(&self.table).set_item(Some(to_item(target_region, state, expected + 1)));
+        // DynamoDB refuses a name the condition does not use: each branch names only its own.
         put = if expected == 0 {
-            put.condition_expression("attribute_not_exists(#key)")
+            put.condition_expression("attribute_not_exists(#key)").expression_attribute_names("#key", PARTITION_KEY)
         } else {
             put.condition_expression("#version = :expected")
                 .expression_attribute_names("#version", VERSION)
