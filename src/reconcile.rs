@@ -28,7 +28,7 @@ use crate::response::{
     SkippedSource, plural,
 };
 use crate::retention::{self, Member};
-use crate::slots::{self, LedgerError, ReserveError, SlotKey, SlotLedger};
+use crate::slots::{self, LedgerError, LedgerState, ReserveError, SlotKey, SlotLedger, Version};
 use crate::store::{
     CopySpec, CopyStatus, DeleteOutcome, ENCRYPTION_TAG, RESERVED_TAG_PREFIX, SOURCE_REGION_TAG, SOURCE_SNAPSHOT_TAG,
     SOURCE_START_TIME_TAG, SOURCE_VOLUME_TAG, SnapshotState, SnapshotStore, SourceSelector, SourceSnapshot, StoreError,
@@ -131,6 +131,8 @@ pub async fn reconcile_observed<S: SnapshotStore>(
         }
         run.poll().await?;
     }
+    // Copies the last poll saw finish, before the answer.
+    run.release_slots().await;
     if stop.is_set() {
         observer.observe(RunEvent::Stopped);
     } else {
@@ -314,6 +316,9 @@ struct Run<'a, S> {
     deployment_pending: Option<(usize, usize)>,
     /// Rounds the slot ledger did not answer (each started nothing and backed off).
     ledger_failures: usize,
+    /// Copies polls saw finish (or vanish) whose slots the ledger still holds: released by the
+    /// next reservation's write, or by a write of their own after the start round.
+    finished_copies: Vec<SnapshotId>,
     /// Consecutive rounds the region was full with none of our copies pending: backs off.
     full_rounds: u32,
     copies_started: usize,
@@ -376,6 +381,7 @@ impl<'a, S: SnapshotStore> Run<'a, S> {
             throttled_calls: 0,
             deployment_pending: None,
             ledger_failures: 0,
+            finished_copies: Vec::new(),
             full_rounds: 0,
             copies_started: 0,
             fastest_gib_per_second: None,
@@ -1017,6 +1023,14 @@ impl<'a, S: SnapshotStore> Run<'a, S> {
     /// A refusal that concerns one source fails that source; EC2 throttling requeues it and
     /// backs off; neither stops the run.
     async fn start_what_fits(&mut self, work_until: Option<Instant>) -> Result<(), CopySnapshotsError> {
+        self.start_round(work_until).await?;
+        // Finished copies a round without a reservation did not release.
+        self.release_slots().await;
+        Ok(())
+    }
+
+    /// [`start_what_fits`](Self::start_what_fits) but the releases left over.
+    async fn start_round(&mut self, work_until: Option<Instant>) -> Result<(), CopySnapshotsError> {
         let limit = self.request.pending_limit;
         let slots_held = self.slots_held();
         if self.queue.is_empty() || slots_held >= limit || self.region_full || !self.may_start(work_until) {
@@ -1057,8 +1071,8 @@ impl<'a, S: SnapshotStore> Run<'a, S> {
     ) -> Result<(), CopySnapshotsError> {
         let candidates: Vec<usize> = (0..want).map_while(|_| self.queue.pop().map(|(_, Reverse(i))| i)).collect();
         let keys: Vec<SlotKey> = candidates.iter().map(|&i| self.slot_key(i)).collect();
-        let granted: HashSet<SlotKey> = match self.reserve_slots(ledger, &keys).await {
-            Ok(Some(granted)) if !granted.is_empty() => granted.into_iter().collect(),
+        let (granted, saved) = match self.reserve_slots(ledger, &keys).await {
+            Ok(Some((granted, saved))) if !granted.is_empty() => (granted.into_iter().collect::<HashSet<_>>(), saved),
             Ok(Some(_)) => {
                 // This deployment's share is full (or every source is being started elsewhere):
                 // as a full region, the next round comes after a backoff with jitter.
@@ -1100,9 +1114,8 @@ impl<'a, S: SnapshotStore> Run<'a, S> {
         let request = self.request;
         let target = &request.target_region;
         let now = self.store.wall_clock();
-        let settled =
-            slots::update(ledger, &self.timeline, target, |state| slots::settle(state, now, &started, &not_started))
-                .await;
+        let settle = |state: &mut LedgerState| slots::settle(state, now, &started, &not_started);
+        let settled = slots::update(ledger, &self.timeline, target, saved, settle).await;
         if let Err(error) = settled {
             // Not fatal, whatever the error: the copies are started and must be reported.
             // Never fewer slots counted than held: an unrecorded start stays a reservation
@@ -1130,8 +1143,9 @@ impl<'a, S: SnapshotStore> Run<'a, S> {
         &mut self,
         ledger: &L,
         keys: &[SlotKey],
-    ) -> Result<Option<Vec<SlotKey>>, CopySnapshotsError> {
+    ) -> Result<Option<(Vec<SlotKey>, Option<(LedgerState, Version)>)>, CopySnapshotsError> {
         let own_pending: HashSet<String> = self.pending_copies().map(|c| c.id.to_string()).collect();
+        let finished = std::mem::take(&mut self.finished_copies);
         let request = self.request;
         let target = &request.target_region;
         let ask = slots::Ask {
@@ -1139,6 +1153,7 @@ impl<'a, S: SnapshotStore> Run<'a, S> {
             wanted: keys,
             limit: self.request.pending_limit,
             own_pending: &own_pending,
+            finished: &finished,
         };
         let (store, timeline) = (self.store, self.timeline);
         let list_pending = || async move {
@@ -1155,9 +1170,10 @@ impl<'a, S: SnapshotStore> Run<'a, S> {
                     refreshed = granted.refreshed,
                     "slots reserved"
                 );
-                Ok(Some(granted.keys))
+                Ok(Some((granted.keys, granted.saved)))
             }
             Err(ReserveError::Ledger(error)) => {
+                self.finished_copies = finished;
                 self.fatal_ledger_error(&error)?;
                 warn!(%error, ledger = ledger.describe(), "the slot ledger did not answer; starting none this round");
                 self.ledger_failures += 1;
@@ -1165,10 +1181,12 @@ impl<'a, S: SnapshotStore> Run<'a, S> {
                 Ok(None)
             }
             Err(ReserveError::Listing(StoreError::Throttled(message))) => {
+                self.finished_copies = finished;
                 self.throttled_now(&message, "listing this deployment's pending copies for the slot ledger");
                 Ok(None)
             }
             Err(ReserveError::Listing(StoreError::Unknown(message))) => {
+                self.finished_copies = finished;
                 warn!(%message, "could not list this deployment's pending copies for the slot ledger; starting none this round");
                 Ok(None)
             }
@@ -1482,21 +1500,27 @@ impl<'a, S: SnapshotStore> Run<'a, S> {
         for i in requeue {
             self.queue_or_fail(i);
         }
-        self.release_slots(&finished).await;
+        self.finished_copies.extend(finished);
         Ok(())
     }
 
-    /// Frees the ledger's slots of copies a poll saw finish or vanish. A release that fails
-    /// only leaves the slots counted until a refresh: never fewer counted than held.
-    async fn release_slots(&mut self, copies: &[SnapshotId]) {
+    /// Frees the ledger's slots of copies polls saw finish or vanish that no reservation has
+    /// released yet (one write for all). A release that fails only leaves the slots counted
+    /// until a refresh: never fewer counted than held.
+    async fn release_slots(&mut self) {
         let store = self.store;
-        let Some(ledger) = store.slot_ledger() else { return };
-        if copies.is_empty() || !self.may_call() {
+        let Some(ledger) = store.slot_ledger() else {
+            self.finished_copies.clear();
+            return;
+        };
+        if self.finished_copies.is_empty() || !self.may_call() {
             return;
         }
+        let copies = std::mem::take(&mut self.finished_copies);
         let request = self.request;
         let target = &request.target_region;
-        if let Err(error) = slots::update(ledger, &self.timeline, target, |state| slots::release(state, copies)).await {
+        let result = slots::update(ledger, &self.timeline, target, None, |state| slots::release(state, &copies)).await;
+        if let Err(error) = result {
             warn!(%error, copies = copies.len(), "could not release finished copies' slots in the slot ledger; a refresh will");
         }
     }

@@ -290,6 +290,8 @@ pub struct Ask<'a> {
     pub limit: usize,
     /// This invocation's own copies it polls as pending (copy ids).
     pub own_pending: &'a HashSet<String>,
+    /// Copies this invocation saw finish since its last write, released in the same write.
+    pub finished: &'a [SnapshotId],
 }
 
 /// What a reservation round came to.
@@ -302,6 +304,9 @@ pub struct Granted {
     pub others: usize,
     /// Whether this round rebuilt the ledger from EC2.
     pub refreshed: bool,
+    /// The ledger as this round saved it, and its version: the next write of this invocation
+    /// (the round's copy ids) tries it first, without a load.
+    pub saved: Option<(LedgerState, Version)>,
 }
 
 /// Why a reservation round granted nothing.
@@ -344,6 +349,7 @@ where
     for tries in 1..=SAVE_TRIES {
         let (mut state, version) =
             bounded(timeline, ledger.load(ask.target_region)).await.map_err(ReserveError::Ledger)?;
+        let released = release(&mut state, ask.finished);
         let refresh = needs_refresh(&state, clock(), ask.wanted, ask.limit, ask.own_pending);
         if refresh {
             // Listed after the load: whatever the listing misses was recorded after it, and
@@ -358,11 +364,14 @@ where
             .filter(|e| e.copy_id.as_ref().is_none_or(|id| !ask.own_pending.contains(id)))
             .count();
         let keys = grant(&mut state, clock(), ask.wanted, ask.limit);
-        if keys.is_empty() && !refresh {
-            return Ok(Granted { keys, live, others, refreshed: false });
+        if keys.is_empty() && !refresh && !released {
+            return Ok(Granted { keys, live, others, refreshed: false, saved: Some((state, version)) });
         }
         match bounded(timeline, ledger.save(ask.target_region, &state, version)).await.map_err(ReserveError::Ledger)? {
-            Saved::Saved => return Ok(Granted { keys, live, others, refreshed: refresh }),
+            Saved::Saved => {
+                let saved = Some((state, version + 1));
+                return Ok(Granted { keys, live, others, refreshed: refresh, saved });
+            }
             Saved::Conflict => {
                 debug!(tries, "another invocation wrote the slot ledger first; loading it again");
                 tokio::time::sleep(conflict_pause(tries)).await;
@@ -376,15 +385,21 @@ where
 
 /// Applies `change` to the ledger of `target_region` (load, change, conditional save, again on
 /// a conflict): recording copy ids, dropping reservations, releasing finished copies. A change
-/// that alters nothing writes nothing.
+/// that alters nothing writes nothing. `known`: the ledger as this invocation last saved it,
+/// tried first without a load (most often nobody wrote since; if someone did, the save fails
+/// on its version and the loop loads).
 pub async fn update<L: SlotLedger>(
     ledger: &L,
     timeline: &Timeline,
     target_region: &Region,
+    mut known: Option<(LedgerState, Version)>,
     mut change: impl FnMut(&mut LedgerState) -> bool,
 ) -> Result<(), LedgerError> {
     for tries in 1..=SAVE_TRIES {
-        let (mut state, version) = bounded(timeline, ledger.load(target_region)).await?;
+        let (mut state, version) = match known.take() {
+            Some(known) => known,
+            None => bounded(timeline, ledger.load(target_region)).await?,
+        };
         if !change(&mut state) {
             return Ok(());
         }
