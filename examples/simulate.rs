@@ -6,7 +6,11 @@
 //!
 //! - `makespan_over_lower_bound`: 60 sources of skewed sizes, `pending_limit` 5, waiting for
 //!   completion in one run; the lower bound is max(longest copy, total copy time / 5).
-//! - `ec2_calls_per_copy`: every store call of that run divided by 60.
+//! - `ec2_calls_per_copy`: every store call of that run divided by 60; `ledger_calls_per_copy`:
+//!   the slot ledger's loads and saves (DynamoDB GetItem and PutItem in the deployed stack)
+//!   divided by 60. The skewed, burst and backlog runs are the deployed stack's, with its slot
+//!   table; `without_slot_table_*`: the first skewed run again counting `pending_limit` with
+//!   one DescribeSnapshots per start round instead, as the command line does.
 //! - `irregular_*`: the same jobs with copies that stall at 0% for up to 10 minutes and run at
 //!   0.5–2× the size-based speed, so progress no longer follows size; the lower bound is then
 //!   computed from each copy's real duration (an oracle that knew every speed in advance).
@@ -27,8 +31,10 @@
 //!   the SQS queue and the queue function as the template sets them up (batches of up to 100,
 //!   two in flight, a 600 s visibility timeout, 288 receives before the dead-letter queue),
 //!   `pending_limit` 15; with the region's quota held by 20 other copies for 6 hours, and free:
-//!   copies made, messages dead-lettered, batch invocations, EC2 calls per copy, and the hours
-//!   from the first event to the last copy started.
+//!   copies made, messages dead-lettered, batch invocations, EC2 and ledger calls per copy, the
+//!   most of the deployment's copies pending at once, and the hours from the first event to the
+//!   last copy started (EC2 answering in 50 ms and the table in 5 ms, so the two batches in
+//!   flight interleave).
 //! - `backlog_3000_sources_*`: a first schedule over 3,000 never-copied sources through the
 //!   state machine's loop (rounds of `max_wait_seconds` 0, a 300 s Wait between them): rounds,
 //!   executions (one per 250 rounds, the continuation bound), simulated days, calls per copy.
@@ -39,7 +45,7 @@ use std::time::Duration;
 
 use copy_snapshots::reconcile::{RunLimits, reconcile};
 use copy_snapshots::request::{CopyRequest, FilterPayload, RequestPayload, Settings};
-use copy_snapshots::simulated::{CopyTimeModel, Irregularity, QuietStart, SimulatedEc2};
+use copy_snapshots::simulated::{CopyTimeModel, Irregularity, MemoryLedger, QuietStart, SimulatedEc2};
 use rand::rngs::StdRng;
 use rand::seq::SliceRandom;
 use rand::{RngExt, SeedableRng};
@@ -67,6 +73,29 @@ struct Pace {
 
 impl Pace {
     const REAL: Self = Self { speedup: 1.0, max_poll_scaled: true };
+}
+
+/// Whether the simulated deployment has the stack's slot table (`SLOT_TABLE`): `pending_limit`
+/// reserved in it, as deployed, or counted with one DescribeSnapshots per start round, as the
+/// command line does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Table {
+    Deployed,
+    None,
+}
+
+impl Table {
+    fn deploy(self, ec2: SimulatedEc2) -> SimulatedEc2 {
+        match self {
+            Self::Deployed => ec2.with_slot_ledger(MemoryLedger::new()),
+            Self::None => ec2,
+        }
+    }
+}
+
+/// The slot ledger's loads and saves so far (none without a table).
+fn ledger_calls(ec2: &SimulatedEc2) -> usize {
+    ec2.ledger().map_or(0, |ledger| ledger.calls().total())
 }
 
 /// How the skewed job's copies progress.
@@ -101,20 +130,28 @@ fn main() {
         if only.as_deref().is_some_and(|only| !prefix.starts_with(only)) {
             continue;
         }
-        let first = runtime.block_on(skewed_job(1, progress, pace));
+        let per_copy = |calls: usize| calls as f64 / SKEWED_SOURCES as f64;
+        let first = runtime.block_on(skewed_job(1, progress, pace, Table::Deployed));
         println!("{prefix}makespan_over_lower_bound={:.3}", first.ratio);
-        println!("{prefix}ec2_calls_per_copy={:.2}", first.calls as f64 / SKEWED_SOURCES as f64);
+        println!("{prefix}ec2_calls_per_copy={:.2}", per_copy(first.calls));
+        println!("{prefix}ledger_calls_per_copy={:.2}", per_copy(first.ledger_calls));
         println!("{prefix}makespan_seconds={:.0}", first.makespan);
         println!("{prefix}lower_bound_seconds={:.0}", first.lower_bound);
+        let counted = runtime.block_on(skewed_job(1, progress, pace, Table::None));
+        println!("{prefix}without_slot_table_ec2_calls_per_copy={:.2}", per_copy(counted.calls));
+        println!("{prefix}without_slot_table_makespan_over_lower_bound={:.3}", counted.ratio);
         let mut worst_ratio: f64 = 0.0;
         let mut worst_calls: f64 = 0.0;
+        let mut worst_ledger_calls: f64 = 0.0;
         for seed in 1..=SEEDS {
-            let run = runtime.block_on(skewed_job(seed, progress, pace));
+            let run = runtime.block_on(skewed_job(seed, progress, pace, Table::Deployed));
             worst_ratio = worst_ratio.max(run.ratio);
-            worst_calls = worst_calls.max(run.calls as f64 / SKEWED_SOURCES as f64);
+            worst_calls = worst_calls.max(per_copy(run.calls));
+            worst_ledger_calls = worst_ledger_calls.max(per_copy(run.ledger_calls));
         }
         println!("{prefix}makespan_over_lower_bound_worst_of_{SEEDS}_seeds={worst_ratio:.3}");
         println!("{prefix}ec2_calls_per_copy_worst_of_{SEEDS}_seeds={worst_calls:.2}");
+        println!("{prefix}ledger_calls_per_copy_worst_of_{SEEDS}_seeds={worst_ledger_calls:.2}");
     }
     if only.is_some() {
         return;
@@ -227,6 +264,8 @@ struct SkewedRun {
     lower_bound: f64,
     ratio: f64,
     calls: usize,
+    /// Slot ledger loads and saves (DynamoDB calls in the deployed stack).
+    ledger_calls: usize,
 }
 
 /// Sizes in GiB: about two thirds 8–64, a quarter 100–500, the rest 1–2 TiB, shuffled.
@@ -242,7 +281,7 @@ fn skewed_sizes(rng: &mut StdRng) -> Vec<u64> {
     sizes
 }
 
-async fn skewed_job(seed: u64, progress: Progress, pace: Pace) -> SkewedRun {
+async fn skewed_job(seed: u64, progress: Progress, pace: Pace, table: Table) -> SkewedRun {
     let mut rng = StdRng::seed_from_u64(seed);
     let sizes = skewed_sizes(&mut rng);
     let model = CopyTimeModel {
@@ -255,6 +294,7 @@ async fn skewed_job(seed: u64, progress: Progress, pace: Pace) -> SkewedRun {
         Progress::QuietStart(quiet) => SimulatedEc2::new().with_quiet_start_copies(quiet),
     }
     .with_copy_time(model);
+    let ec2 = table.deploy(ec2);
     let ids: Vec<String> = sizes.iter().map(|gib| ec2.add_source(SOURCE, *gib, &[]).to_string()).collect();
 
     let request = request(ids, SKEWED_PENDING_LIMIT as u32, true);
@@ -279,7 +319,13 @@ async fn skewed_job(seed: u64, progress: Progress, pace: Pace) -> SkewedRun {
     assert_eq!(durations.len(), SKEWED_SOURCES, "one copy per source");
     let longest = durations.iter().cloned().fold(0.0, f64::max);
     let lower_bound = longest.max(durations.iter().sum::<f64>() / SKEWED_PENDING_LIMIT as f64);
-    SkewedRun { makespan, lower_bound, ratio: makespan / lower_bound, calls: ec2.calls().total() }
+    SkewedRun {
+        makespan,
+        lower_bound,
+        ratio: makespan / lower_bound,
+        calls: ec2.calls().total(),
+        ledger_calls: ledger_calls(&ec2),
+    }
 }
 
 async fn many_sources(count: usize) -> usize {
@@ -327,6 +373,9 @@ struct BurstRun {
     dead_lettered: usize,
     invocations: usize,
     calls_per_copy: f64,
+    ledger_calls_per_copy: f64,
+    /// The most of this deployment's copies pending at once (`pending_limit` 15).
+    max_pending: usize,
     hours_to_last_start: f64,
 }
 
@@ -334,7 +383,8 @@ async fn burst_500(held: Option<Duration>) -> BurstRun {
     use copy_snapshots::ids::Region;
     use copy_snapshots::simulated_queue::{QueueSettings, SimulatedQueue};
     const EVENTS: usize = 500;
-    let ec2 = SimulatedEc2::new();
+    // EC2 answering in 50 ms, the table in 5 ms: the two batches in flight interleave.
+    let ec2 = Table::Deployed.deploy(SimulatedEc2::new().with_latency(Duration::from_millis(50)));
     if let Some(held) = held {
         ec2.add_foreign_pending(TARGET, 20, held);
     }
@@ -363,6 +413,8 @@ async fn burst_500(held: Option<Duration>) -> BurstRun {
         dead_lettered: queue.stats.dead_lettered.len(),
         invocations: queue.stats.invocations,
         calls_per_copy: ec2.calls().total() as f64 / copied.max(1) as f64,
+        ledger_calls_per_copy: ledger_calls(&ec2) as f64 / copied.max(1) as f64,
+        max_pending: ec2.max_tracked_pending(TARGET),
         hours_to_last_start: ec2.last_copy_started_after(TARGET, started).as_secs_f64() / 3600.0,
     }
 }
@@ -387,11 +439,12 @@ struct BacklogRun {
     executions: usize,
     days: f64,
     calls_per_copy: f64,
+    ledger_calls_per_copy: f64,
 }
 
 async fn backlog_3000() -> BacklogRun {
     const SOURCES: usize = 3_000;
-    let ec2 = SimulatedEc2::new();
+    let ec2 = Table::Deployed.deploy(SimulatedEc2::new());
     let mut rng = StdRng::seed_from_u64(11);
     for _ in 0..SOURCES {
         ec2.add_source(SOURCE, rng.random_range(8..=200), &[("Backup", "daily")]);
@@ -429,6 +482,7 @@ async fn backlog_3000() -> BacklogRun {
         executions: rounds.div_ceil(ROUNDS_PER_EXECUTION),
         days: started.elapsed().as_secs_f64() / 86_400.0,
         calls_per_copy: ec2.calls().total() as f64 / SOURCES as f64,
+        ledger_calls_per_copy: ledger_calls(&ec2) as f64 / SOURCES as f64,
     }
 }
 
@@ -439,6 +493,8 @@ fn scale_figures(runtime: &tokio::runtime::Runtime) {
         println!("burst_500_events_{name}_dead_lettered={}", run.dead_lettered);
         println!("burst_500_events_{name}_invocations={}", run.invocations);
         println!("burst_500_events_{name}_ec2_calls_per_copy={:.2}", run.calls_per_copy);
+        println!("burst_500_events_{name}_ledger_calls_per_copy={:.2}", run.ledger_calls_per_copy);
+        println!("burst_500_events_{name}_max_pending={}", run.max_pending);
         println!("burst_500_events_{name}_hours_to_last_start={:.1}", run.hours_to_last_start);
     }
     let backlog = runtime.block_on(backlog_3000());
@@ -446,4 +502,5 @@ fn scale_figures(runtime: &tokio::runtime::Runtime) {
     println!("backlog_3000_sources_executions={}", backlog.executions);
     println!("backlog_3000_sources_days={:.2}", backlog.days);
     println!("backlog_3000_sources_ec2_calls_per_copy={:.2}", backlog.calls_per_copy);
+    println!("backlog_3000_sources_ledger_calls_per_copy={:.2}", backlog.ledger_calls_per_copy);
 }

@@ -19,6 +19,9 @@ IAM statements:
   project's tracking tags for the stack's region or TargetRegion (aws:ResourceTag conditions);
 - every EC2 call the function makes is allowed (DescribeVolumes and DescribeImages, the looks
   before a deletion, included), and nothing that changes a volume or an image;
+- every function that copies names the slot table (SLOT_TABLE), the role may GetItem and
+  PutItem on that table and nothing else of DynamoDB anywhere, and the table is on demand and
+  keyed by target_region as src/dynamo_slots.rs writes it;
 - the schedule starts the state machine (with a role allowing states:StartExecution on it and
   nothing else), and its Input is `{"loop": {"kind": "schedule", "generation": 0}, "request":
   …}` with a valid request carrying RetainDays, RetainCount and DeleteOrphansAfterDays as
@@ -268,6 +271,43 @@ def check_ec2_calls(name, evaluator, errors):
                 errors.append(f"{name}: statement {s.get('Sid', '?')} allows {action}; only looks at volumes and images")
 
 
+# The DynamoDB calls the function makes (src/dynamo_slots.rs), on the slot table only.
+DYNAMODB_CALLS = ["dynamodb:GetItem", "dynamodb:PutItem"]
+COPYING_FUNCTIONS = ["CopySnapshotsFunction", "CopyQueueFunction"]
+
+
+def check_slot_table(name, evaluator, errors):
+    """Every function that copies names the slot table; the role may get and put its items and
+    do nothing else with DynamoDB; the table is on demand and keyed by the target region."""
+    statements = role_statements(evaluator)
+    for action in DYNAMODB_CALLS:
+        if not any(allows(s, action) for s in statements):
+            errors.append(f"{name}: the role does not allow {action}, which the slot ledger calls")
+    for s in statements:
+        actions = [a for a in as_list(s.get("Action", [])) if a.lower().startswith("dynamodb:") or a == "*"]
+        if not actions:
+            continue
+        extra = [a for a in actions if a not in DYNAMODB_CALLS]
+        if extra:
+            errors.append(f"{name}: statement {s.get('Sid', '?')} allows {extra}; the slot ledger needs only {DYNAMODB_CALLS}")
+        if as_list(s.get("Resource", [])) != ["<SlotTable.Arn>"]:
+            errors.append(f"{name}: statement {s.get('Sid', '?')} allows {actions} on {s.get('Resource')}, not the slot table alone")
+    resources = evaluator.template["Resources"]
+    for function in COPYING_FUNCTIONS:
+        spec = resources.get(function)
+        condition = spec and spec.get("Condition")
+        if spec is None or (condition and not evaluator.condition(condition)):
+            continue
+        variables = evaluator.eval(spec["Properties"].get("Environment", {})).get("Variables", {})
+        if variables.get("SLOT_TABLE") != "<SlotTable>":
+            errors.append(f"{name}: {function} copies but its SLOT_TABLE is {variables.get('SLOT_TABLE')!r}, not the slot table")
+    table = evaluator.eval(resources.get("SlotTable", {}).get("Properties", {}))
+    if table.get("BillingMode") != "PAY_PER_REQUEST":
+        errors.append(f"{name}: SlotTable is not on demand (PAY_PER_REQUEST)")
+    if table.get("KeySchema") != [{"AttributeName": "target_region", "KeyType": "HASH"}]:
+        errors.append(f"{name}: SlotTable's key is not target_region, as src/dynamo_slots.rs writes it")
+
+
 def check_schedule_input(name, evaluator, expected, errors):
     """The schedule's Input, as EventBridge would send it to the state machine, wraps a request
     with exactly `expected` besides its filters."""
@@ -508,9 +548,11 @@ def main():
         check_kms(f"{partition}, KmsKeyArns set", narrowed, keys, keys, errors)
         check_delete(f"{partition}, default parameters", defaults, errors)
         check_ec2_calls(f"{partition}, default parameters", defaults, errors)
+        check_slot_table(f"{partition}, default parameters", defaults, errors)
         triggers = Evaluator(template, {"TargetRegion": TARGET[partition], "CopyNewSnapshots": "true"}, pseudo)
         check_async_failures(f"{partition}, CopyNewSnapshots", triggers, errors)
         check_queue(f"{partition}, CopyNewSnapshots", triggers, errors)
+        check_slot_table(f"{partition}, CopyNewSnapshots", triggers, errors)
         alarmed = Evaluator(template, {
             "TargetRegion": TARGET[partition], "CopyNewSnapshots": "true", "ScheduleExpression": "rate(1 day)",
             "AlarmTopicArn": f"arn:{partition}:sns:{pseudo['AWS::Region']}:111122223333:ops",
@@ -548,7 +590,7 @@ def main():
     if errors:
         sys.exit(1)
     print(
-        "template.yaml: the role's KMS, delete, queue and partition checks, the state machine's role,"
+        "template.yaml: the role's KMS, delete, queue, slot table and partition checks, the state machine's role,"
         " the schedule's target and Input pass"
     )
 

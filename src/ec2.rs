@@ -1,5 +1,6 @@
-//! The [`SnapshotStore`] on aws-sdk-ec2 (with [`crate::kms`] for the one KMS call): the only
-//! modules that touch the SDK. It translates domain types to EC2 calls and back, keeps one client per region (derived from one loaded
+//! The [`SnapshotStore`] on aws-sdk-ec2 (with [`crate::kms`] for the one KMS call and
+//! [`crate::dynamo_slots`] for the slot ledger): the only modules that touch an SDK client. It
+//! translates domain types to EC2 calls and back, keeps one client per region (derived from one loaded
 //! configuration and reused across invocations), and sorts EC2's error codes into the
 //! engine's [`StoreError`]s.
 
@@ -22,6 +23,7 @@ use aws_sdk_ec2::operation::describe_snapshots::builders::DescribeSnapshotsFluen
 use aws_sdk_ec2::types::{self, ResourceType, StorageTier, TagSpecification};
 use tracing::{debug, warn};
 
+use crate::dynamo_slots::DynamoSlotLedger;
 use crate::ids::{Region, SnapshotId};
 use crate::kms::KeyLookup;
 use crate::presign::{CopySnapshotUrl, EXPIRES_IN};
@@ -70,6 +72,9 @@ pub struct Ec2Store {
     clients: Mutex<HashMap<Region, Client>>,
     presigner: Presigner,
     keys: KeyLookup,
+    /// The deployment's slot ledger, when `SLOT_TABLE` names one (see
+    /// [`SnapshotStore::slot_ledger`]).
+    ledger: Option<DynamoSlotLedger>,
 }
 
 impl Ec2Store {
@@ -82,7 +87,14 @@ impl Ec2Store {
             clients: Mutex::new(HashMap::new()),
             presigner: Presigner::new(sdk_config),
             keys: KeyLookup::new(sdk_config),
+            ledger: None,
         }
+    }
+
+    /// This store with the deployment's slot ledger: `pending_limit` is then reserved in it.
+    pub fn with_slot_ledger(mut self, ledger: DynamoSlotLedger) -> Self {
+        self.ledger = Some(ledger);
+        self
     }
 
     fn client(&self, region: &Region) -> Client {
@@ -142,6 +154,10 @@ impl Ec2Store {
 }
 
 impl SnapshotStore for Ec2Store {
+    fn slot_ledger(&self) -> Option<&impl crate::slots::SlotLedger> {
+        self.ledger.as_ref()
+    }
+
     async fn describe_sources(
         &self,
         region: &Region,

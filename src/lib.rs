@@ -12,8 +12,11 @@
 //!   [`retention`]: the one rule for which sources are copied and which copies are deleted;
 //!   [`ownership`]: the one rule for which copies belong to a request.
 //! - [`response`], [`error`]: what an invocation answers.
+//! - [`slots`]: this deployment's copy slots in a target region, reserved in a ledger with
+//!   conditional writes (the accounting and its port); [`dynamo_slots`]: that ledger on
+//!   aws-sdk-dynamodb.
 //! - [`ec2`]: the store on aws-sdk-ec2; [`kms`]: the key a request names, resolved with
-//!   aws-sdk-kms (the only two modules that use an SDK client); [`presign`]:
+//!   aws-sdk-kms (with [`dynamo_slots`], the only modules that use an SDK client); [`presign`]:
 //!   CopySnapshot's PresignedUrl, signed with aws-sigv4 (pure, no SDK client).
 //! - [`batch`]: a batch of new-snapshot events from the SQS queue, answered per record;
 //!   [`timeline`]: each call's share of the invocation's time, and the backoff with jitter.
@@ -29,6 +32,7 @@
 
 pub mod batch;
 pub mod cli;
+pub mod dynamo_slots;
 pub mod ec2;
 pub mod error;
 pub mod event;
@@ -51,6 +55,7 @@ pub mod retention;
 pub mod simulated;
 #[cfg(feature = "simulated")]
 pub mod simulated_queue;
+pub mod slots;
 pub mod store;
 pub mod terminal;
 pub mod timeline;

@@ -29,6 +29,7 @@ use crate::response::{
     SkippedSource, plural,
 };
 use crate::retention::{self, Member};
+use crate::slots::{self, LedgerError, LedgerState, ReserveError, SlotKey, SlotLedger, Version};
 use crate::store::{
     CopySpec, CopyStatus, DeleteOutcome, ENCRYPTION_TAG, RESERVED_TAG_PREFIX, SOURCE_REGION_TAG, SOURCE_SNAPSHOT_TAG,
     SOURCE_START_TIME_TAG, SOURCE_VOLUME_TAG, SnapshotState, SnapshotStore, SourceSelector, SourceSnapshot, StoreError,
@@ -131,6 +132,8 @@ pub async fn reconcile_observed<S: SnapshotStore>(
         }
         run.poll().await?;
     }
+    // Copies the last poll saw finish, before the answer.
+    run.release_slots().await;
     if stop.is_set() {
         observer.observe(RunEvent::Stopped);
     } else {
@@ -280,6 +283,17 @@ struct TrackedCopy {
     seen: bool,
 }
 
+/// What one start attempt came to, as far as slots go.
+#[derive(Debug)]
+enum Started {
+    /// EC2 accepted the copy.
+    Copy(SnapshotId),
+    /// No definite answer: a copy may exist; it holds a slot.
+    Unsure,
+    /// EC2 definitely made no copy (refused, no slot, throttled), or no call was made.
+    No,
+}
+
 struct Run<'a, S> {
     store: &'a S,
     request: &'a CopyRequest,
@@ -302,6 +316,11 @@ struct Run<'a, S> {
     throttled_calls: usize,
     /// What the last count of this deployment's pending copies found: (all, of them others').
     deployment_pending: Option<(usize, usize)>,
+    /// Rounds the slot ledger did not answer (each started nothing and backed off).
+    ledger_failures: usize,
+    /// Copies polls saw finish (or vanish) whose slots the ledger still holds: released by the
+    /// next reservation's write, or by a write of their own after the start round.
+    finished_copies: Vec<SnapshotId>,
     /// Consecutive rounds the region was full with none of our copies pending: backs off.
     full_rounds: u32,
     copies_started: usize,
@@ -365,6 +384,8 @@ impl<'a, S: SnapshotStore> Run<'a, S> {
             region_full: false,
             throttled_calls: 0,
             deployment_pending: None,
+            ledger_failures: 0,
+            finished_copies: Vec::new(),
             full_rounds: 0,
             copies_started: 0,
             fastest_gib_per_second: None,
@@ -1017,14 +1038,29 @@ impl<'a, S: SnapshotStore> Run<'a, S> {
     }
 
     /// Starts copies, largest first, while this deployment has fewer than `pending_limit` copies
-    /// pending in the target region (counted just before, whichever invocation started them)
-    /// and the region has room. A refusal that concerns one source fails that source; EC2
-    /// throttling requeues it and backs off; neither stops the run.
+    /// pending in the target region, whichever invocation started them, and the region has
+    /// room. With a slot ledger the slots are reserved in it first (atomic across invocations)
+    /// and only the sources granted start; without one, the deployment's pending copies are
+    /// counted just before (one DescribeSnapshots, which two invocations can pass together).
+    /// A refusal that concerns one source fails that source; EC2 throttling requeues it and
+    /// backs off; neither stops the run.
     async fn start_what_fits(&mut self, work_until: Option<Instant>) -> Result<(), CopySnapshotsError> {
+        self.start_round(work_until).await?;
+        // Finished copies a round without a reservation did not release.
+        self.release_slots().await;
+        Ok(())
+    }
+
+    /// [`start_what_fits`](Self::start_what_fits) but the releases left over.
+    async fn start_round(&mut self, work_until: Option<Instant>) -> Result<(), CopySnapshotsError> {
         let limit = self.request.pending_limit;
-        let mut slots_held = self.slots_held();
+        let slots_held = self.slots_held();
         if self.queue.is_empty() || slots_held >= limit || self.region_full || !self.may_start(work_until) {
             return Ok(());
+        }
+        let store = self.store;
+        if let Some(ledger) = store.slot_ledger() {
+            return self.start_reserved(ledger, limit - slots_held, work_until).await;
         }
         let Some(mut free) = self.free_deployment_slots().await? else { return Ok(()) };
         if free == 0 {
@@ -1036,67 +1072,237 @@ impl<'a, S: SnapshotStore> Run<'a, S> {
         }
         while free > 0 && !self.region_full && self.may_start(work_until) {
             let Some((_, Reverse(i))) = self.queue.pop() else { break };
-            let spec = match copy_spec(&self.entries[i].source, self.request, &self.asked) {
-                Ok(spec) => spec,
-                Err(reason) => {
-                    self.fail(i, reason);
-                    continue;
-                }
-            };
-            let result = self.timeline.call(self.store.start_copy(&spec)).await;
-            let source = &self.entries[i].source;
-            match result {
-                Ok(copy_id) => {
-                    let (source, copy, size_gib) = (source.id.clone(), copy_id.clone(), source.size_gib);
-                    self.observer.observe(RunEvent::CopyStarted { source, copy, size_gib });
-                    slots_held += 1;
-                    free -= 1;
-                    self.copies_started += 1;
-                    self.count_own_start();
-                    self.full_rounds = 0;
-                    self.entries[i].stage = Stage::Copying {
-                        copy: TrackedCopy {
-                            id: copy_id,
-                            state: SnapshotState::Pending,
-                            progress: None,
-                            estimate: CompletionEstimate::started_at(Instant::now()),
-                            seen: false,
-                        },
-                        reused: false,
-                    };
-                }
-                Err(StoreError::NoSlot(message)) => {
-                    debug!(%message, "region's copy quota is full; waiting for a slot");
-                    self.queue.push((source.size_gib, Reverse(i)));
-                    self.no_slot_until_next_poll();
-                }
-                Err(StoreError::Throttled(message)) => {
-                    self.queue.push((source.size_gib, Reverse(i)));
-                    self.throttled_now(&message, "starting a copy");
-                }
-                Err(StoreError::Unknown(message)) => {
-                    self.observer.observe(RunEvent::StartUnsure { source: source.id.clone(), message });
-                    slots_held += 1;
-                    free = free.saturating_sub(1);
-                    self.count_own_start();
-                    self.entries[i].stage = self.unsure(Instant::now());
-                }
-                Err(StoreError::Refused { code, message }) => {
-                    self.fail(i, format!("EC2 refused the copy: {code}: {message}"));
-                }
-                Err(StoreError::NotFound(message) | StoreError::NotReady(message)) => {
-                    self.fail(i, format!("EC2 refused the copy: {message}"));
-                }
-                Err(StoreError::AccessDenied(message)) => {
-                    // One snapshot an SCP denies, one key disabled: that source fails, the
-                    // others go on. A role that may copy nothing fails every source this way,
-                    // each named in CopyFailed.
-                    self.fail(i, format!("access denied starting the copy: {message}"));
-                }
+            match self.start_one(i).await {
+                Started::Copy(_) | Started::Unsure => free = free.saturating_sub(1),
+                Started::No => {}
             }
-            debug_assert_eq!(slots_held, self.slots_held(), "slot count drifted");
         }
         Ok(())
+    }
+
+    /// Start round with a slot ledger: reserves slots for the next `want` sources of the queue
+    /// (one load and one conditional save, rebuilt from EC2 when stale), starts those granted,
+    /// then records their copy ids and drops the reservations of those not started (one more
+    /// load and save). A ledger that does not answer means no start this round, after a
+    /// backoff, as a throttled count does; a ledger the role may not use ends the run.
+    async fn start_reserved<L: SlotLedger>(
+        &mut self,
+        ledger: &L,
+        want: usize,
+        work_until: Option<Instant>,
+    ) -> Result<(), CopySnapshotsError> {
+        let candidates: Vec<usize> = (0..want).map_while(|_| self.queue.pop().map(|(_, Reverse(i))| i)).collect();
+        let keys: Vec<SlotKey> = candidates.iter().map(|&i| self.slot_key(i)).collect();
+        let (granted, saved) = match self.reserve_slots(ledger, &keys).await {
+            Ok(Some((granted, saved))) if !granted.is_empty() => (granted.into_iter().collect::<HashSet<_>>(), saved),
+            Ok(Some(_)) => {
+                // This deployment's share is full (or every source is being started elsewhere):
+                // as a full region, the next round comes after a backoff with jitter.
+                self.requeue(&candidates);
+                self.no_slot_until_next_poll();
+                return Ok(());
+            }
+            Ok(None) => {
+                self.requeue(&candidates);
+                return Ok(());
+            }
+            Err(error) => {
+                self.requeue(&candidates);
+                return Err(error);
+            }
+        };
+        let (mut started, mut not_started) = (Vec::new(), Vec::new());
+        let mut left = Vec::new();
+        for (&i, key) in candidates.iter().zip(keys) {
+            if !granted.contains(&key) {
+                left.push(i);
+            } else if self.region_full || !self.may_start(work_until) {
+                left.push(i);
+                not_started.push(key);
+            } else {
+                match self.start_one(i).await {
+                    Started::Copy(copy) => started.push((key, copy)),
+                    // The start may have made a copy: the reservation stays, and a refresh
+                    // replaces it with the copy EC2 lists, or drops it after its TTL.
+                    Started::Unsure => {}
+                    Started::No => not_started.push(key),
+                }
+            }
+        }
+        self.requeue(&left);
+        if started.is_empty() && not_started.is_empty() {
+            return Ok(());
+        }
+        let request = self.request;
+        let target = &request.target_region;
+        let now = self.store.wall_clock();
+        let settle = |state: &mut LedgerState| slots::settle(state, now, &started, &not_started);
+        let settled = slots::update(ledger, &self.timeline, target, saved, settle).await;
+        if let Err(error) = settled {
+            // Not fatal, whatever the error: the copies are started and must be reported.
+            // Never fewer slots counted than held: an unrecorded start stays a reservation
+            // until a refresh finds its copy, an undropped one counts until its TTL.
+            warn!(%error, started = started.len(), "could not record this round's starts in the slot ledger; a refresh repairs it");
+        }
+        Ok(())
+    }
+
+    /// Puts sources back in the start queue.
+    fn requeue(&mut self, entries: &[usize]) {
+        for &i in entries {
+            self.queue.push((self.entries[i].source.size_gib, Reverse(i)));
+        }
+    }
+
+    /// The slot key of entry `i`'s copy-to-be.
+    fn slot_key(&self, i: usize) -> SlotKey {
+        SlotKey::for_copy(&self.request.source_region, &self.entries[i].source.id, self.asked.tag_value())
+    }
+
+    /// One reservation round in the ledger. `Ok(None)`: nothing granted because the ledger
+    /// or EC2's listing did not answer (no start this round, backing off).
+    async fn reserve_slots<L: SlotLedger>(
+        &mut self,
+        ledger: &L,
+        keys: &[SlotKey],
+    ) -> Result<Option<(Vec<SlotKey>, Option<(LedgerState, Version)>)>, CopySnapshotsError> {
+        let own_pending: HashSet<String> = self.pending_copies().map(|c| c.id.to_string()).collect();
+        let finished = std::mem::take(&mut self.finished_copies);
+        let request = self.request;
+        let target = &request.target_region;
+        let ask = slots::Ask {
+            target_region: target,
+            wanted: keys,
+            limit: self.request.pending_limit,
+            own_pending: &own_pending,
+            finished: &finished,
+        };
+        let (store, timeline) = (self.store, self.timeline);
+        let list_pending = || async move {
+            let listed = timeline.call(store.list_pending_copies(target)).await?;
+            Ok(listed.into_iter().map(|c| c.id).collect())
+        };
+        match slots::reserve(ledger, &self.timeline, || store.wall_clock(), ask, list_pending).await {
+            Ok(granted) => {
+                self.deployment_pending = Some((granted.live, granted.others));
+                debug!(
+                    granted = granted.keys.len(),
+                    wanted = keys.len(),
+                    live = granted.live,
+                    refreshed = granted.refreshed,
+                    "slots reserved"
+                );
+                Ok(Some((granted.keys, granted.saved)))
+            }
+            Err(ReserveError::Ledger(error)) => {
+                self.finished_copies = finished;
+                self.fatal_ledger_error(&error)?;
+                warn!(%error, ledger = ledger.describe(), "the slot ledger did not answer; starting none this round");
+                self.ledger_failures += 1;
+                self.no_slot_until_next_poll();
+                Ok(None)
+            }
+            Err(ReserveError::Listing(StoreError::Throttled(message))) => {
+                self.finished_copies = finished;
+                self.throttled_now(&message, "listing this deployment's pending copies for the slot ledger");
+                Ok(None)
+            }
+            Err(ReserveError::Listing(StoreError::Unknown(message))) => {
+                self.finished_copies = finished;
+                warn!(%message, "could not list this deployment's pending copies for the slot ledger; starting none this round");
+                Ok(None)
+            }
+            Err(ReserveError::Listing(e)) => {
+                Err(fatal(e, "listing this deployment's pending copies for the slot ledger", self.copies_started))
+            }
+        }
+    }
+
+    /// A ledger error the deployment must fix (access denied, no such table) ends the run;
+    /// any other is a round without a start.
+    fn fatal_ledger_error(&self, error: &LedgerError) -> Result<(), CopySnapshotsError> {
+        let so_far = match self.copies_started {
+            0 => "no copy was started".to_owned(),
+            n => format!("{} started before this", plural(n, "copy")),
+        };
+        match error {
+            LedgerError::Unavailable(_) => Ok(()),
+            LedgerError::AccessDenied(message) => {
+                Err(CopySnapshotsError::AccessDenied(format!("access denied to the slot ledger: {message}; {so_far}")))
+            }
+            LedgerError::Misconfigured(message) => Err(CopySnapshotsError::InvalidRequest(format!(
+                "the slot ledger is misconfigured: {message}; {so_far}"
+            ))),
+        }
+    }
+
+    /// Starts the copy of entry `i` (popped from the queue) and records the outcome.
+    async fn start_one(&mut self, i: usize) -> Started {
+        let spec = match copy_spec(&self.entries[i].source, self.request, &self.asked) {
+            Ok(spec) => spec,
+            Err(reason) => {
+                self.fail(i, reason);
+                return Started::No;
+            }
+        };
+        let result = self.timeline.call(self.store.start_copy(&spec)).await;
+        let source = &self.entries[i].source;
+        let slots_held = self.slots_held();
+        let outcome = match result {
+            Ok(copy_id) => {
+                let (source, copy, size_gib) = (source.id.clone(), copy_id.clone(), source.size_gib);
+                self.observer.observe(RunEvent::CopyStarted { source, copy, size_gib });
+                self.copies_started += 1;
+                self.count_own_start();
+                self.full_rounds = 0;
+                self.entries[i].stage = Stage::Copying {
+                    copy: TrackedCopy {
+                        id: copy_id.clone(),
+                        state: SnapshotState::Pending,
+                        progress: None,
+                        estimate: CompletionEstimate::started_at(Instant::now()),
+                        seen: false,
+                    },
+                    reused: false,
+                };
+                Started::Copy(copy_id)
+            }
+            Err(StoreError::NoSlot(message)) => {
+                debug!(%message, "region's copy quota is full; waiting for a slot");
+                self.queue.push((source.size_gib, Reverse(i)));
+                self.no_slot_until_next_poll();
+                Started::No
+            }
+            Err(StoreError::Throttled(message)) => {
+                self.queue.push((source.size_gib, Reverse(i)));
+                self.throttled_now(&message, "starting a copy");
+                Started::No
+            }
+            Err(StoreError::Unknown(message)) => {
+                self.observer.observe(RunEvent::StartUnsure { source: source.id.clone(), message });
+                self.count_own_start();
+                self.entries[i].stage = self.unsure(Instant::now());
+                Started::Unsure
+            }
+            Err(StoreError::Refused { code, message }) => {
+                self.fail(i, format!("EC2 refused the copy: {code}: {message}"));
+                Started::No
+            }
+            Err(StoreError::NotFound(message) | StoreError::NotReady(message)) => {
+                self.fail(i, format!("EC2 refused the copy: {message}"));
+                Started::No
+            }
+            Err(StoreError::AccessDenied(message)) => {
+                // One snapshot an SCP denies, one key disabled: that source fails, the
+                // others go on. A role that may copy nothing fails every source this way,
+                // each named in CopyFailed.
+                self.fail(i, format!("access denied starting the copy: {message}"));
+                Started::No
+            }
+        };
+        let holds = matches!(outcome, Started::Copy(_) | Started::Unsure);
+        debug_assert_eq!(slots_held + usize::from(holds), self.slots_held(), "slot count drifted");
+        outcome
     }
 
     /// Whether a copy may start now: before `work_until`, with time for the call, not stopped.
@@ -1320,13 +1526,44 @@ impl<'a, S: SnapshotStore> Run<'a, S> {
                 }
             }
         }
+        let finished: Vec<SnapshotId> = pending
+            .iter()
+            .filter(|id| by_id.get(*id).is_some_and(|c| c.state != SnapshotState::Pending))
+            .chain(vanished.iter().filter_map(|&i| match &self.entries[i].stage {
+                Stage::Copying { copy, .. } => Some(&copy.id),
+                _ => None,
+            }))
+            .cloned()
+            .collect();
         for i in vanished {
             self.entries[i].stage = self.unsure(now);
         }
         for i in requeue {
             self.queue_or_fail(i);
         }
+        self.finished_copies.extend(finished);
         Ok(())
+    }
+
+    /// Frees the ledger's slots of copies polls saw finish or vanish that no reservation has
+    /// released yet (one write for all). A release that fails only leaves the slots counted
+    /// until a refresh: never fewer counted than held.
+    async fn release_slots(&mut self) {
+        let store = self.store;
+        let Some(ledger) = store.slot_ledger() else {
+            self.finished_copies.clear();
+            return;
+        };
+        if self.finished_copies.is_empty() || !self.may_call() {
+            return;
+        }
+        let copies = std::mem::take(&mut self.finished_copies);
+        let request = self.request;
+        let target = &request.target_region;
+        let result = slots::update(ledger, &self.timeline, target, None, |state| slots::release(state, &copies)).await;
+        if let Err(error) = result {
+            warn!(%error, copies = copies.len(), "could not release finished copies' slots in the slot ledger; a refresh will");
+        }
     }
 
     fn pending_copies(&self) -> impl Iterator<Item = &TrackedCopy> {
@@ -1399,6 +1636,13 @@ impl<'a, S: SnapshotStore> Run<'a, S> {
                 "this deployment has {pending} copies pending in {} (pending_limit {}; {others} started by other \
                  invocations); {waiting_text} wait for a slot",
                 self.request.target_region, self.request.pending_limit
+            ));
+        }
+        if self.ledger_failures > 0 {
+            notes.push(format!(
+                "the slot ledger did not answer in {} (no copy starts without a reserved slot); {waiting_text} wait \
+                 for the next",
+                plural(self.ledger_failures, "round")
             ));
         }
         let ran_out =

@@ -10,7 +10,8 @@
 //! carrying the tracking tags; chosen snapshots refuse deletion (in use by an AMI, locked).
 //! For retention: sources of chosen volumes and ages, sources that vanish from the source
 //! region, and a calendar ([`SnapshotStore::wall_clock`]) that follows tokio's paused clock, so a
-//! month of daily runs takes no time.
+//! month of daily runs takes no time. [`MemoryLedger`] is the deployment's slot table beside
+//! it: conditional writes, a latency that lets invocations interleave, injected failures.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::{Mutex, MutexGuard};
@@ -19,6 +20,7 @@ use std::time::{Duration, SystemTime};
 use tokio::time::Instant;
 
 use crate::ids::{Region, SnapshotId};
+use crate::slots::{LedgerError, LedgerState, Saved, SlotLedger, Version};
 use crate::store::{
     CopySpec, CopyStatus, DeleteOutcome, ENCRYPTION_TAG, KeyDescription, SOURCE_REGION_TAG, SOURCE_SNAPSHOT_TAG,
     SnapshotState, SnapshotStore, SourceSelector, SourceSnapshot, StoreError, Tag, find_tag, is_copy_from,
@@ -360,6 +362,133 @@ impl World {
 pub struct SimulatedEc2 {
     world: Mutex<World>,
     latency: Duration,
+    /// The deployment's slot ledger, when the simulated deployment has one.
+    ledger: Option<MemoryLedger>,
+}
+
+/// Calls the engine made to the slot ledger.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct LedgerCalls {
+    pub loads: usize,
+    pub saves: usize,
+    /// Saves refused because another invocation wrote first.
+    pub conflicts: usize,
+    /// Calls answered with an injected failure.
+    pub failed: usize,
+}
+
+impl LedgerCalls {
+    pub fn total(&self) -> usize {
+        self.loads + self.saves
+    }
+}
+
+#[derive(Debug, Default)]
+struct LedgerWorld {
+    items: HashMap<String, (LedgerState, Version)>,
+    calls: LedgerCalls,
+    /// The next this many calls fail as throttled.
+    failing: usize,
+    denied: bool,
+}
+
+/// The slot ledger in memory, as the DynamoDB table behaves: a load is strongly consistent,
+/// a save lands only on the version it expects. Each call takes `latency` (simulated), the
+/// load before it reads and the save before it writes, so invocations running together
+/// interleave between a load and its save as they do against the real table.
+#[derive(Debug, Default)]
+pub struct MemoryLedger {
+    world: Mutex<LedgerWorld>,
+    latency: Duration,
+}
+
+impl MemoryLedger {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Every call takes this long (simulated): two invocations that reserve together both
+    /// load the same version before either saves.
+    pub fn with_latency(mut self, latency: Duration) -> Self {
+        self.latency = latency;
+        self
+    }
+
+    fn lock(&self) -> MutexGuard<'_, LedgerWorld> {
+        self.world.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    pub fn calls(&self) -> LedgerCalls {
+        self.lock().calls
+    }
+
+    /// The next `count` calls fail as a throttled table answers (after the SDK's retries).
+    pub fn fail_next_calls(&self, count: usize) {
+        self.lock().failing = count;
+    }
+
+    /// Every call is refused as a role without the table's permissions is.
+    pub fn deny(&self) {
+        self.lock().denied = true;
+    }
+
+    /// The ledger of `target_region` as stored, and its version.
+    pub fn state(&self, target_region: &str) -> Option<(LedgerState, Version)> {
+        self.lock().items.get(target_region).cloned()
+    }
+
+    /// Stores `state` as the ledger of `target_region` (a new version), as an invocation
+    /// that then died would have left it.
+    pub fn put(&self, target_region: &str, state: LedgerState) {
+        let mut world = self.lock();
+        let version = world.items.get(target_region).map_or(0, |(_, v)| *v) + 1;
+        world.items.insert(target_region.to_owned(), (state, version));
+    }
+
+    fn fault(world: &mut LedgerWorld) -> Result<(), LedgerError> {
+        if world.denied {
+            world.calls.failed += 1;
+            return Err(LedgerError::AccessDenied(
+                "AccessDeniedException: not authorized to perform dynamodb:GetItem on the simulated table".to_owned(),
+            ));
+        }
+        if world.failing > 0 {
+            world.failing -= 1;
+            world.calls.failed += 1;
+            return Err(LedgerError::Unavailable(
+                "ProvisionedThroughputExceededException: the simulated table throttled the call".to_owned(),
+            ));
+        }
+        Ok(())
+    }
+}
+
+impl SlotLedger for MemoryLedger {
+    fn describe(&self) -> String {
+        "the simulated slot table".to_owned()
+    }
+
+    async fn load(&self, target_region: &Region) -> Result<(LedgerState, Version), LedgerError> {
+        tokio::time::sleep(self.latency).await;
+        let mut world = self.lock();
+        world.calls.loads += 1;
+        Self::fault(&mut world)?;
+        Ok(world.items.get(target_region.as_str()).cloned().unwrap_or_default())
+    }
+
+    async fn save(&self, target_region: &Region, state: &LedgerState, expected: Version) -> Result<Saved, LedgerError> {
+        tokio::time::sleep(self.latency).await;
+        let mut world = self.lock();
+        world.calls.saves += 1;
+        Self::fault(&mut world)?;
+        let stored = world.items.get(target_region.as_str()).map_or(0, |(_, v)| *v);
+        if stored != expected {
+            world.calls.conflicts += 1;
+            return Ok(Saved::Conflict);
+        }
+        world.items.insert(target_region.as_str().to_owned(), (state.clone(), expected + 1));
+        Ok(Saved::Saved)
+    }
 }
 
 impl Default for SimulatedEc2 {
@@ -411,7 +540,19 @@ impl SimulatedEc2 {
                 kms_keys_sent: Vec::new(),
             }),
             latency: Duration::ZERO,
+            ledger: None,
         }
+    }
+
+    /// The simulated deployment with a slot ledger (the deployed stack's table).
+    pub fn with_slot_ledger(mut self, ledger: MemoryLedger) -> Self {
+        self.ledger = Some(ledger);
+        self
+    }
+
+    /// The slot ledger, if the simulated deployment has one.
+    pub fn ledger(&self) -> Option<&MemoryLedger> {
+        self.ledger.as_ref()
     }
 
     /// Every call takes this long (simulated).
@@ -677,6 +818,18 @@ impl SimulatedEc2 {
             .filter(|s| find_tag(&s.tags, SOURCE_SNAPSHOT_TAG).is_some())
             .map(|s| s.started.saturating_duration_since(since))
             .max()
+            .unwrap_or_default()
+    }
+
+    /// How long after `since` the first copy this function made in `region` since then started.
+    pub fn first_copy_started_after(&self, region: &str, since: Instant) -> Duration {
+        let world = self.lock();
+        let Some(state) = world.regions.get(region) else { return Duration::ZERO };
+        state
+            .in_order()
+            .filter(|s| find_tag(&s.tags, SOURCE_SNAPSHOT_TAG).is_some() && s.started >= since)
+            .map(|s| s.started.saturating_duration_since(since))
+            .min()
             .unwrap_or_default()
     }
 
@@ -994,6 +1147,10 @@ fn matches_filters(snapshot: &Snapshot, filters: &[crate::store::Filter]) -> Res
 }
 
 impl SnapshotStore for SimulatedEc2 {
+    fn slot_ledger(&self) -> Option<&impl SlotLedger> {
+        self.ledger.as_ref()
+    }
+
     async fn describe_sources(
         &self,
         region: &Region,

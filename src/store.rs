@@ -1,5 +1,7 @@
 //! What the engine asks of EC2 (and of KMS, for the key a request names), in the engine's own
-//! words: the [`SnapshotStore`] trait and the domain types it speaks. No SDK type appears here; `ec2.rs` translates, and the in-memory
+//! words: the [`SnapshotStore`] trait and the domain types it speaks (and, through
+//! [`SnapshotStore::slot_ledger`], the deployment's slot ledger, whose port lives in
+//! [`crate::slots`]). No SDK type appears here; `ec2.rs` translates, and the in-memory
 //! simulator implements the same trait for tests and the benchmark.
 
 use std::collections::{HashMap, HashSet};
@@ -9,6 +11,7 @@ use std::time::SystemTime;
 use chrono::{DateTime, SecondsFormat, Utc};
 
 use crate::ids::{Region, SnapshotId};
+use crate::slots::{NoLedger, SlotLedger};
 
 /// Tag on every copy naming the snapshot it was copied from.
 pub const SOURCE_SNAPSHOT_TAG: &str = "copy-snapshots:source-snapshot-id";
@@ -288,6 +291,15 @@ pub trait SnapshotStore: Sync {
         region: &Region,
         key: &str,
     ) -> impl Future<Output = Result<KeyDescription, StoreError>> + Send;
+    /// The deployment's slot ledger ([`crate::slots`]), when one is configured (the deployed
+    /// stack's `SLOT_TABLE`): `pending_limit` is then reserved atomically in it before each
+    /// start round, instead of counted with one DescribeSnapshots that two invocations can
+    /// both pass. Carried by the store so that one handle reaches the engine through every
+    /// entry point (handler, SQS batch, command line); `None` (the command line, local runs)
+    /// keeps the count.
+    fn slot_ledger(&self) -> Option<&impl SlotLedger> {
+        None::<&NoLedger>
+    }
 
     /// The calendar time that sources' ages are measured against: the system clock. The
     /// simulator's calendar follows tokio's paused clock instead, so a test can run a month of

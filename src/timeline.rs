@@ -84,6 +84,12 @@ impl Timeline {
         self.call_budget().is_some()
     }
 
+    /// Runs any call (the slot ledger's) within the budget a store call gets; `None` when no
+    /// time is left for it or it did not answer in that time.
+    pub async fn within_budget<T>(&self, call: impl Future<Output = T>) -> Option<T> {
+        tokio::time::timeout(self.call_budget()?, call).await.ok()
+    }
+
     /// Runs one store call within its budget. A call cut off by the deadline had no definite
     /// answer (it may have reached EC2), exactly as if the SDK's own timeout had ended it.
     pub async fn call<T>(&self, call: impl Future<Output = Result<T, StoreError>>) -> Result<T, StoreError> {

@@ -40,6 +40,8 @@ What it adds to moto:
   locked one;
 - source snapshots of one volume and of chosen ages (StartTime in the past), and sources that
   vanish (as Data Lifecycle Manager prunes the source region), for retention;
+- DynamoDB (the slot ledger's table) served one request at a time, so a conditional write is
+  atomic as DynamoDB's is;
 - a record of every EC2 call (DescribeSnapshots with its filters and owners) and every copy,
   with the most copies carrying the tracking tag pending at once (counted over the region,
   whichever invocation started them).
@@ -596,6 +598,9 @@ INTERNAL_ERROR = (
 )
 
 
+DYNAMODB_LOCK = threading.Lock()
+
+
 class FaultMiddleware:
     def __init__(self, app):
         self.app = app
@@ -643,6 +648,13 @@ class FaultMiddleware:
                 )
         environ["wsgi.input"] = __import__("io").BytesIO(body)
         environ["CONTENT_LENGTH"] = str(len(body))
+        if service == "dynamodb":
+            # DynamoDB evaluates a condition and writes as one step; moto checks and then
+            # writes, and this server serves requests on threads. One at a time, the slot
+            # ledger's conditional writes are as atomic here as they are in DynamoDB.
+            with DYNAMODB_LOCK:
+                answer = Response.from_app(self.app, environ)
+            return answer(environ, start_response)
         if action != "CopySnapshot":
             return self.app(environ, start_response)
         answer = Response.from_app(self.app, environ)

@@ -98,6 +98,9 @@ fn the_template_sets_what_the_function_reads() {
     for variable in ["TARGET_REGION", "ENCRYPT", "KMS_KEY_ID", "PENDING_LIMIT", "COPY_TAGS"] {
         assert!(template.contains(&format!("{variable}: !Ref")), "template.yaml does not set {variable}");
     }
+    // The slot table, by the name the bootstrap reads, on both functions that copy.
+    let slot_table = format!("{}: !Ref SlotTable\n", copy_snapshots::lambda::SLOT_TABLE_VARIABLE);
+    assert_eq!(template.matches(&slot_table).count(), 2, "template.yaml names the slot table to both functions");
     // The role copies only from the stack's region (or within TargetRegion) to TargetRegion;
     // the function refuses other regions up front when these are set.
     assert!(template.contains("ALLOWED_SOURCE_REGIONS: !Sub ${AWS::Region},${TargetRegion}\n"));

@@ -1,14 +1,17 @@
 //! How the aws-sdk-ec2 store reads EC2's answers, on a scripted endpoint
 //! (support::scripted_ec2): error codes the emulator cannot produce map to the engine's
 //! outcomes, throttling is retried by the SDK, and a CopySnapshot that may have reached EC2 is
-//! never retried blindly.
+//! never retried blindly. The slot table's adapter likewise: DynamoDB's refusals map to what
+//! the engine does about them, each naming the table.
 
 use std::time::Duration;
 
 use aws_sdk_ec2::config::retry::RetryConfig;
 use aws_sdk_ec2::config::{BehaviorVersion, Credentials, Region as SdkRegion, SharedCredentialsProvider};
+use copy_snapshots::dynamo_slots::DynamoSlotLedger;
 use copy_snapshots::ec2::Ec2Store;
 use copy_snapshots::ids::{Region, SnapshotId};
+use copy_snapshots::slots::{LedgerError, LedgerState, Saved, SlotLedger};
 use copy_snapshots::store::{
     CopySpec, SOURCE_REGION_TAG, SOURCE_SNAPSHOT_TAG, SnapshotState, SnapshotStore, StoreError,
 };
@@ -138,4 +141,49 @@ async fn access_denied_on_describe_is_access_denied() {
     let error = store(&ec2).describe_copies(&Region::parse("eu-west-1").unwrap(), &ids).await.unwrap_err();
     assert!(matches!(error, StoreError::AccessDenied(_)), "{error:?}");
     assert_eq!(ec2.actions(), vec!["DescribeSnapshots"], "a refusal is not retried");
+}
+
+/// A slot ledger on `endpoint` with the same retry policy as [`store`].
+fn ledger(endpoint: &ScriptedEc2) -> DynamoSlotLedger {
+    let config = aws_config::SdkConfig::builder()
+        .behavior_version(BehaviorVersion::latest())
+        .region(SdkRegion::new("us-east-1"))
+        .endpoint_url(endpoint.endpoint())
+        .credentials_provider(SharedCredentialsProvider::new(Credentials::new("akid", "secret", None, None, "test")))
+        .retry_config(
+            RetryConfig::standard()
+                .with_max_attempts(MAX_ATTEMPTS)
+                .with_initial_backoff(Duration::from_millis(1))
+                .with_max_backoff(Duration::from_millis(5)),
+        )
+        .build();
+    DynamoSlotLedger::new(&config, "copy-snapshots-SlotTable-1")
+}
+
+#[tokio::test]
+async fn the_slot_tables_refusals_say_what_to_fix_and_name_the_table() {
+    let target = Region::parse("eu-west-1").unwrap();
+    let table = ScriptedEc2::start(vec![Reply::dynamodb_error(400, "AccessDeniedException")]);
+    let Err(LedgerError::AccessDenied(message)) = ledger(&table).load(&target).await else {
+        panic!("not AccessDenied")
+    };
+    assert!(message.contains("copy-snapshots-SlotTable-1") && message.contains("dynamodb:GetItem"), "{message}");
+
+    let table = ScriptedEc2::start(vec![Reply::dynamodb_error(400, "ResourceNotFoundException")]);
+    let Err(LedgerError::Misconfigured(message)) = ledger(&table).load(&target).await else {
+        panic!("not Misconfigured")
+    };
+    assert!(message.contains("copy-snapshots-SlotTable-1") && message.contains("SLOT_TABLE"), "{message}");
+
+    // Throttling outlasting the SDK's retries: a round without a start, not a failure.
+    let throttled = (0..MAX_ATTEMPTS).map(|_| Reply::dynamodb_error(400, "ProvisionedThroughputExceededException"));
+    let table = ScriptedEc2::start(throttled.collect());
+    let result = ledger(&table).load(&target).await;
+    assert!(matches!(result, Err(LedgerError::Unavailable(_))), "{result:?}");
+    assert_eq!(table.actions().len(), MAX_ATTEMPTS as usize, "the SDK retried the throttled read");
+
+    // Another invocation wrote first: a conflict to retry, not an error.
+    let table = ScriptedEc2::start(vec![Reply::dynamodb_error(400, "ConditionalCheckFailedException")]);
+    let saved = ledger(&table).save(&target, &LedgerState::default(), 4).await;
+    assert_eq!(saved, Ok(Saved::Conflict));
 }

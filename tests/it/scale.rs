@@ -15,8 +15,9 @@ use copy_snapshots::batch::handle_batch;
 use copy_snapshots::ids::{Region, SnapshotId};
 use copy_snapshots::reconcile::{RunLimits, reconcile};
 use copy_snapshots::request::{CopyRequest, Settings};
-use copy_snapshots::simulated::SimulatedEc2;
+use copy_snapshots::simulated::{MemoryLedger, SimulatedEc2};
 use copy_snapshots::simulated_queue::{QueueSettings, SimulatedQueue};
+use copy_snapshots::slots::{LedgerState, RESERVATION_TTL, SlotEntry, SlotKey};
 use copy_snapshots::store::{SOURCE_REGION_TAG, SOURCE_SNAPSHOT_TAG};
 use serde_json::{Value, json};
 use tokio::time::Instant;
@@ -112,16 +113,37 @@ async fn a_burst_of_500_events_waits_in_the_queue_while_other_copies_hold_the_qu
     assert!(ec2.max_tracked_pending(TARGET) <= 15, "pending_limit 15 passed: {}", ec2.max_tracked_pending(TARGET));
 }
 
+/// EC2 answering in 50 ms and the slot table in 5 ms, as across regions: two batches in flight
+/// together count, reserve and start side by side, not one after the other.
+fn deployed_stack() -> SimulatedEc2 {
+    SimulatedEc2::new()
+        .with_latency(Duration::from_millis(50))
+        .with_slot_ledger(MemoryLedger::new().with_latency(Duration::from_millis(5)))
+}
+
 #[tokio::test(start_paused = true)]
 async fn a_burst_with_a_free_quota_never_holds_more_than_pending_limit_even_with_two_batches_in_flight() {
-    let ec2 = SimulatedEc2::new();
+    let ec2 = deployed_stack();
     let settings = settings(10);
     let mut queue = SimulatedQueue::new(QueueSettings::TEMPLATE);
     // All 500 within a minute: more than one batch of 100 is visible at once.
     let ids = burst(&ec2, &mut queue, &settings, 500, Duration::from_secs(60)).await;
     queue.work_until(&ec2, &settings, Instant::now() + 48 * HOUR).await;
 
+    let ledger = ec2.ledger().map(MemoryLedger::calls).unwrap_or_default();
+    let calls = ec2.calls();
+    println!(
+        "burst_500_two_in_flight_ledger: invocations={} ec2_calls_per_copy={:.2} ledger_calls_per_copy={:.2} \
+         conflicts={} refreshes={} max_pending={}",
+        queue.stats.invocations,
+        calls.total() as f64 / ids.len() as f64,
+        ledger.total() as f64 / ids.len() as f64,
+        ledger.conflicts,
+        calls.list_pending_copies,
+        ec2.max_tracked_pending(TARGET)
+    );
     assert_eq!(queue.stats.max_in_flight, 2, "the scenario never had two batches in flight together");
+    assert!(ledger.conflicts > 0, "the two batches never wrote the ledger against each other: {ledger:?}");
     assert!(queue.stats.dead_lettered.is_empty(), "{} dead-lettered", queue.stats.dead_lettered.len());
     assert_each_copied_once(&ec2, &ids);
     assert_eq!(
@@ -129,6 +151,108 @@ async fn a_burst_with_a_free_quota_never_holds_more_than_pending_limit_even_with
         10,
         "this deployment's pending copies must reach, and never pass, pending_limit"
     );
+}
+
+/// What the slot table is for, and why a deployment without one (the command line, a function
+/// deployed by hand) is documented as not atomic: the same two batches, counting with one
+/// DescribeSnapshots each, both see the slots free and both fill them.
+#[tokio::test(start_paused = true)]
+async fn without_a_slot_table_two_batches_in_flight_together_can_pass_pending_limit() {
+    let ec2 = SimulatedEc2::new().with_latency(Duration::from_millis(50));
+    let settings = settings(10);
+    // Two batches of 20 received together, each start-only.
+    let mut queue = SimulatedQueue::new(QueueSettings { batch_size: 20, ..QueueSettings::TEMPLATE });
+    let ids: Vec<SnapshotId> = (0..40).map(|_| ec2.add_source(SOURCE, 100, &[])).collect();
+    for id in &ids {
+        queue.send(&snapshot_notification(SOURCE, id.as_str()));
+    }
+    queue.work_until(&ec2, &settings, Instant::now() + Duration::from_secs(30)).await;
+    assert_eq!(queue.stats.max_in_flight, 2);
+    let pending = ec2.max_tracked_pending(TARGET);
+    assert!(pending > 10, "both counts saw the slots free, both filled them: {pending} of 10");
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_reservation_whose_invocation_died_holds_its_slots_until_its_ttl_then_a_refresh_frees_them() {
+    let ec2 = deployed_stack();
+    let ids: Vec<SnapshotId> = (0..3).map(|_| ec2.add_source(SOURCE, 8, &[])).collect();
+    // An invocation reserved all 3 slots of pending_limit 3 a moment ago, then died before
+    // starting anything (its sources are not these: a batch of other events).
+    let now = ec2.now();
+    let mut dead = LedgerState { refreshed_at: Some(now), ..LedgerState::default() };
+    let source_region = Region::parse(SOURCE).unwrap();
+    for n in 0..3u8 {
+        let other = SnapshotId::parse(&format!("snap-0dead{n:012x}")).unwrap();
+        let entry = SlotEntry { copy_id: None, reserved_at: now, recorded_at: None };
+        dead.entries.insert(SlotKey::for_copy(&source_region, &other, "none"), entry);
+    }
+    let ledger = ec2.ledger().expect("a ledger");
+    ledger.put(TARGET, dead);
+
+    let started = Instant::now();
+    let response = reconcile(&ec2, &request(&ids, json!({"pending_limit": 3})), limits(Some(Duration::from_secs(900))))
+        .await
+        .expect("an answer");
+    assert_eq!(response.copies.len(), 3, "{response:?}");
+    let first_start = ec2.first_copy_started_after(TARGET, started);
+    // Not before the reservations' TTL (they might have been live), and soon after it.
+    assert!(first_start >= RESERVATION_TTL, "started {first_start:?} after the run began, inside the TTL");
+    assert!(first_start <= RESERVATION_TTL + Duration::from_secs(90), "started only {first_start:?} after");
+    let (state, _) = ledger.state(TARGET).expect("the ledger");
+    assert!(
+        state.entries.keys().all(|k| !k.as_str().contains("snap-0dead")),
+        "the dead reservations are gone: {state:?}"
+    );
+    assert_eq!(state.entries.len(), 3, "this run's 3 copies hold the slots: {state:?}");
+    assert!(state.entries.values().all(|e| e.copy_id.is_some()), "{state:?}");
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_slot_table_that_does_not_answer_starts_nothing_and_fails_nothing() {
+    let ec2 = deployed_stack();
+    let ids: Vec<SnapshotId> = (0..4).map(|_| ec2.add_source(SOURCE, 8, &[])).collect();
+    let ledger = ec2.ledger().expect("a ledger");
+    ledger.fail_next_calls(1_000);
+    let response = reconcile(&ec2, &request(&ids, json!({})), limits(Some(Duration::from_secs(120))))
+        .await
+        .expect("a throttled table never fails the run");
+    assert_eq!(ec2.calls().start_copy, 0, "a copy started without a reserved slot");
+    assert_eq!(response.pending_sources.len(), 4);
+    assert!(response.notes.iter().any(|n| n.contains("slot ledger did not answer")), "{:?}", response.notes);
+    // Backed off: a few tries in two minutes, not one per poll interval or faster.
+    let tries = ledger.calls().failed;
+    assert!((2..=12).contains(&tries), "{tries} ledger calls in two minutes");
+    // The table answers again: the next invocation copies everything.
+    ledger.fail_next_calls(0);
+    let again = reconcile(&ec2, &request(&ids, json!({})), limits(Some(Duration::from_secs(120)))).await.unwrap();
+    assert_eq!(again.copies.len(), 4, "{again:?}");
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_slot_table_the_role_may_not_use_is_access_denied_naming_it() {
+    let ec2 = deployed_stack();
+    let ids: Vec<SnapshotId> = (0..2).map(|_| ec2.add_source(SOURCE, 8, &[])).collect();
+    ec2.ledger().expect("a ledger").deny();
+    let result = reconcile(&ec2, &request(&ids, json!({})), limits(Some(HOUR))).await;
+    let Err(CopySnapshotsError::AccessDenied(message)) = result else { panic!("{result:?}") };
+    assert!(message.contains("slot ledger") && message.contains("dynamodb:GetItem"), "{message}");
+    assert_eq!(ec2.calls().start_copy, 0);
+}
+
+#[tokio::test(start_paused = true)]
+async fn with_a_slot_table_pending_limit_counts_the_copies_other_invocations_started() {
+    let ec2 = deployed_stack();
+    let first: Vec<SnapshotId> = (0..8).map(|_| ec2.add_source(SOURCE, 50, &[])).collect();
+    let second: Vec<SnapshotId> = (0..8).map(|_| ec2.add_source(SOURCE, 50, &[])).collect();
+    let start_only = json!({"pending_limit": 10, "max_wait_seconds": 0});
+    let a = reconcile(&ec2, &request(&first, start_only.clone()), limits(Some(HOUR))).await.unwrap();
+    assert_eq!(a.copies.len(), 8);
+    let b = reconcile(&ec2, &request(&second, start_only), limits(Some(HOUR))).await.unwrap();
+    assert_eq!(b.copies.len(), 2, "{b:?}");
+    assert!(b.notes.iter().any(|n| n.contains("started by other invocations")), "{:?}", b.notes);
+    // One refresh (the ledger's first use); the second invocation trusted the ledger.
+    assert_eq!(ec2.calls().list_pending_copies, 1);
+    assert_eq!(ec2.max_tracked_pending(TARGET), 10);
 }
 
 #[tokio::test(start_paused = true)]

@@ -418,17 +418,16 @@ async fn pending_limit_counts_the_deployments_copies_across_invocations() {
 }
 
 /// Two SQS batches in flight together, as the template's `MaximumConcurrency` of 2 allows, each
-/// in its own function process with `PENDING_LIMIT` 5: each counts the deployment's pending
-/// copies before the other's starts are listed, so together they pass the limit (10 pending
-/// measured). The in-memory twin (scale.rs) passes only because its two batches never
-/// interleave: the simulated EC2 answers without yielding.
+/// in its own function process with `PENDING_LIMIT` 5 and the stack's slot table (DynamoDB on
+/// the emulator's endpoint): each reserves its slots in the table with a conditional write
+/// before starting, so together they hold at most 5 (counting with one DescribeSnapshots each,
+/// as a deployment without the table does, they held 10).
 #[tokio::test]
-#[ignore = "engine: the count of pending copies is not atomic with the starts; two batches in flight \
-            together each fill pending_limit (10 pending of a limit of 5 measured)"]
 async fn two_sqs_batches_in_flight_together_hold_at_most_pending_limit() {
     let emulator = FaultEc2::start();
     emulator.configure(json!({"time_scale": TIME_SCALE}));
-    let env = [("PENDING_LIMIT", "5")];
+    let table = emulator.create_slot_table().await;
+    let env = [("PENDING_LIMIT", "5"), ("SLOT_TABLE", table.as_str())];
     let mut one = function(&emulator, &env).await;
     let mut two = function(&emulator, &env).await;
     let batch = |ids: &[String], prefix: &str| {
@@ -447,14 +446,33 @@ async fn two_sqs_batches_in_flight_together_hold_at_most_pending_limit() {
     let failed_a = batch_failures(one.answer(&sent_a, LONG).await);
     let failed_b = batch_failures(two.answer(&sent_b, LONG).await);
     let record = emulator.record();
+    let item = emulator.slot_item(&table, TARGET).await.expect("the ledger's item");
+    let version = item.get("version").and_then(|v| v.as_n().ok()).cloned().unwrap_or_default();
     report(
-        "two_batches_in_flight_pending_limit_5",
+        "two_batches_in_flight_pending_limit_5_slot_table",
         &record,
-        &format!("failed_a={} failed_b={}", failed_a.len(), failed_b.len()),
+        &format!("failed_a={} failed_b={} ledger_version={version}", failed_a.len(), failed_b.len()),
     );
     assert!(
         record.max_pending(TARGET) <= 5,
         "{} of the deployment's copies pending at once",
         record.max_pending(TARGET)
     );
+    assert_eq!(record.copies().count(), 5, "the 5 slots were not all used");
+    assert_eq!(failed_a.len() + failed_b.len(), 16 - 5, "exactly the unstarted records come back");
+    let entries = item.get("entries").and_then(|e| e.as_m().ok()).map_or(0, |m| m.len());
+    assert_eq!(entries, 5, "the ledger holds the 5 copies: {item:?}");
+}
+
+/// A `SLOT_TABLE` that names no table is a deployment to fix, said as such, with the table's
+/// name: not a run that silently counts another way.
+#[tokio::test]
+async fn a_slot_table_that_does_not_exist_is_named_in_the_error() {
+    let emulator = FaultEc2::start();
+    let mut lambda = function(&emulator, &[("SLOT_TABLE", "no-such-table")]).await;
+    let ids = emulator.sources(SOURCE, &[8]);
+    let (error_type, message) = lambda.invoke(&request(&ids, json!({})), Duration::from_secs(30)).await.error();
+    assert_eq!(error_type, "InvalidRequest", "{message}");
+    assert!(message.contains("no-such-table") && message.contains("SLOT_TABLE"), "{message}");
+    assert_eq!(emulator.record().calls("CopySnapshot"), 0);
 }

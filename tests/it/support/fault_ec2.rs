@@ -2,12 +2,16 @@
 //! quota, throttling, failing copies and a record of every call. One emulator per scenario, so
 //! scenarios that change its configuration never meet.
 
+use std::collections::HashMap;
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use aws_sdk_dynamodb::types::{
+    AttributeDefinition, AttributeValue, BillingMode, KeySchemaElement, KeyType, ScalarAttributeType,
+};
 use serde_json::{Value, json};
 
 pub struct FaultEc2 {
@@ -76,6 +80,48 @@ impl FaultEc2 {
         stream.read_to_string(&mut answer).expect("an answer");
         let (_, payload) = answer.split_once("\r\n\r\n").expect("an HTTP answer");
         serde_json::from_str(payload).unwrap_or_else(|e| panic!("{e}: {payload}"))
+    }
+
+    /// A DynamoDB table for the slot ledger, as the template's `SlotTable` declares it (on the
+    /// same endpoint: moto serves DynamoDB beside EC2); returns its name.
+    pub async fn create_slot_table(&self) -> String {
+        let name = "copy-snapshots-SlotTable-test".to_owned();
+        let config = aws_config::defaults(aws_config::BehaviorVersion::latest())
+            .endpoint_url(self.endpoint())
+            .region(aws_config::Region::new("us-east-1"))
+            .load()
+            .await;
+        let dynamodb = aws_sdk_dynamodb::Client::new(&config);
+        let key = "target_region";
+        dynamodb
+            .create_table()
+            .table_name(&name)
+            .billing_mode(BillingMode::PayPerRequest)
+            .attribute_definitions(
+                AttributeDefinition::builder()
+                    .attribute_name(key)
+                    .attribute_type(ScalarAttributeType::S)
+                    .build()
+                    .expect("an attribute definition"),
+            )
+            .key_schema(KeySchemaElement::builder().attribute_name(key).key_type(KeyType::Hash).build().expect("a key"))
+            .send()
+            .await
+            .expect("the emulator creates the table");
+        name
+    }
+
+    /// The slot ledger's item for `target_region` in `table`, as stored.
+    pub async fn slot_item(&self, table: &str, target_region: &str) -> Option<HashMap<String, AttributeValue>> {
+        let config = aws_config::defaults(aws_config::BehaviorVersion::latest())
+            .endpoint_url(self.endpoint())
+            .region(aws_config::Region::new("us-east-1"))
+            .load()
+            .await;
+        let dynamodb = aws_sdk_dynamodb::Client::new(&config);
+        let key = AttributeValue::S(target_region.to_owned());
+        let answer = dynamodb.get_item().table_name(table).key("target_region", key).send().await.expect("GetItem");
+        answer.item().cloned()
     }
 
     pub fn configure(&self, config: Value) {

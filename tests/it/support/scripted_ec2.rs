@@ -1,4 +1,4 @@
-//! An EC2 endpoint on loopback that answers from a script: each request takes the next canned
+//! An EC2 (or DynamoDB) endpoint on loopback that answers from a script: each request takes the next canned
 //! answer (an HTTP status and EC2's XML) and is recorded by its `Action`. The store's reading of
 //! answers the emulator cannot give (error codes, 5xx, throttling) then goes through the real
 //! SDK, its retry policy and a real HTTP exchange, with no test-only features of the SDK's
@@ -22,6 +22,12 @@ impl Reply {
             "<Response><Errors><Error><Code>{code}</Code><Message>{code} happened</Message></Error></Errors>\
              <RequestID>req-1</RequestID></Response>"
         );
+        Self { status, body }
+    }
+
+    /// A DynamoDB error answer (JSON 1.0 protocol, the code in `__type`), for the slot table.
+    pub fn dynamodb_error(status: u16, code: &str) -> Self {
+        let body = format!(r#"{{"__type":"com.amazonaws.dynamodb.v20120810#{code}","message":"{code} happened"}}"#);
         Self { status, body }
     }
 
