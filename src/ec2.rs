@@ -65,11 +65,36 @@ pub async fn load_sdk_config(settings: &Settings, profile: Option<&str>, region:
     loader.load().await
 }
 
+/// One SDK client per region, derived on first use from one configuration (credentials,
+/// retries, timeouts, any `AWS_ENDPOINT_URL[_SERVICE]`) and reused across invocations.
+pub(crate) struct RegionalClients<C> {
+    clients: Mutex<HashMap<Region, C>>,
+    make: Box<dyn Fn(&Region) -> C + Send + Sync>,
+}
+
+impl<C: Clone> RegionalClients<C> {
+    /// `make` builds the client of a region.
+    pub(crate) fn new(make: impl Fn(&Region) -> C + Send + Sync + 'static) -> Self {
+        Self { clients: Mutex::new(HashMap::new()), make: Box::new(make) }
+    }
+
+    pub(crate) fn get(&self, region: &Region) -> C {
+        let mut clients = self.clients.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        clients.entry(region.clone()).or_insert_with(|| (self.make)(region)).clone()
+    }
+}
+
+impl<C> std::fmt::Debug for RegionalClients<C> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let clients = self.clients.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        f.debug_struct("RegionalClients").field("regions", &clients.keys().collect::<Vec<_>>()).finish()
+    }
+}
+
 /// EC2 through aws-sdk-ec2, one client per region.
 #[derive(Debug)]
 pub struct Ec2Store {
-    base: aws_sdk_ec2::Config,
-    clients: Mutex<HashMap<Region, Client>>,
+    clients: RegionalClients<Client>,
     presigner: Presigner,
     keys: KeyLookup,
     /// The deployment's slot ledger, when `SLOT_TABLE` names one (see
@@ -83,8 +108,13 @@ impl Ec2Store {
     /// pointed at an emulator.
     pub fn new(sdk_config: &aws_config::SdkConfig) -> Self {
         Self {
-            base: aws_sdk_ec2::config::Builder::from(sdk_config).build(),
-            clients: Mutex::new(HashMap::new()),
+            clients: {
+                let base = aws_sdk_ec2::config::Builder::from(sdk_config).build();
+                RegionalClients::new(move |region| {
+                    let region = aws_sdk_ec2::config::Region::new(region.as_str().to_owned());
+                    Client::from_conf(base.to_builder().region(region).build())
+                })
+            },
             presigner: Presigner::new(sdk_config),
             keys: KeyLookup::new(sdk_config),
             ledger: None,
@@ -98,15 +128,7 @@ impl Ec2Store {
     }
 
     fn client(&self, region: &Region) -> Client {
-        let mut clients = self.clients.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
-        clients
-            .entry(region.clone())
-            .or_insert_with(|| {
-                let config =
-                    self.base.to_builder().region(aws_sdk_ec2::config::Region::new(region.as_str().to_owned())).build();
-                Client::from_conf(config)
-            })
-            .clone()
+        self.clients.get(region)
     }
 
     /// One paginated DescribeSnapshots.

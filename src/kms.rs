@@ -2,45 +2,34 @@
 //! one client per region, from the same loaded configuration as EC2's, and KMS's errors sorted
 //! into the engine's [`StoreError`]s. Used by [`Ec2Store`](crate::ec2::Ec2Store).
 
-use std::collections::HashMap;
-use std::sync::Mutex;
-
 use aws_sdk_kms::Client;
 
-use crate::ec2::store_error;
+use crate::ec2::{RegionalClients, store_error};
 use crate::ids::Region;
 use crate::store::{KeyDescription, StoreError};
 
 /// kms:DescribeKey, one client per region.
 #[derive(Debug)]
 pub struct KeyLookup {
-    base: aws_sdk_kms::Config,
-    clients: Mutex<HashMap<Region, Client>>,
+    clients: RegionalClients<Client>,
 }
 
 impl KeyLookup {
     /// Clients with the configuration's credentials, retries, timeouts and any
     /// `AWS_ENDPOINT_URL[_KMS]`, with the region set per call.
     pub fn new(sdk_config: &aws_config::SdkConfig) -> Self {
-        Self { base: aws_sdk_kms::config::Builder::from(sdk_config).build(), clients: Mutex::new(HashMap::new()) }
-    }
-
-    fn client(&self, region: &Region) -> Client {
-        let mut clients = self.clients.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
-        clients
-            .entry(region.clone())
-            .or_insert_with(|| {
-                let config =
-                    self.base.to_builder().region(aws_sdk_kms::config::Region::new(region.as_str().to_owned())).build();
-                Client::from_conf(config)
-            })
-            .clone()
+        let base = aws_sdk_kms::config::Builder::from(sdk_config).build();
+        let clients = RegionalClients::new(move |region: &Region| {
+            let region = aws_sdk_kms::config::Region::new(region.as_str().to_owned());
+            Client::from_conf(base.to_builder().region(region).build())
+        });
+        Self { clients }
     }
 
     /// The key `key` names in `region`. DescribeKey accepts all four forms a request may use
     /// (key id, key ARN, alias name, alias ARN) and always answers with the key's ARN.
     pub async fn describe(&self, region: &Region, key: &str) -> Result<KeyDescription, StoreError> {
-        let output = self.client(region).describe_key().key_id(key).send().await.map_err(store_error)?;
+        let output = self.clients.get(region).describe_key().key_id(key).send().await.map_err(store_error)?;
         let Some(metadata) = output.key_metadata() else {
             return Err(StoreError::Unknown(format!("kms:DescribeKey answered without the metadata of {key}")));
         };

@@ -1113,10 +1113,14 @@ impl<'a, S: SnapshotStore> Run<'a, S> {
         };
         let (mut started, mut not_started) = (Vec::new(), Vec::new());
         let mut left = Vec::new();
+        // The round's reservations must not look dead to another invocation while a start of
+        // this round may still be running: a long round gives back what it has not started.
+        let round_began = Instant::now();
+        let round_ends = slots::RESERVATION_TTL.saturating_sub(slots::ROUND_MARGIN + self.limits.call_timeout);
         for (&i, key) in candidates.iter().zip(keys) {
             if !granted.contains(&key) {
                 left.push(i);
-            } else if self.region_full || !self.may_start(work_until) {
+            } else if self.region_full || !self.may_start(work_until) || round_began.elapsed() >= round_ends {
                 left.push(i);
                 not_started.push(key);
             } else {

@@ -27,6 +27,10 @@ use crate::timeline::{Timeline, jittered};
 /// A reservation without a copy id older than this is dead (its invocation died between
 /// reserving and starting, or its start's outcome stayed unknown): the ledger is refreshed.
 pub const RESERVATION_TTL: Duration = Duration::from_secs(120);
+/// A start round begins no start that could still be running when its reservations turn
+/// [`RESERVATION_TTL`] old less this (clock skew between instances, the record's write): the
+/// rest of the round is given back, so no other invocation takes a live round's slots for dead.
+pub const ROUND_MARGIN: Duration = Duration::from_secs(20);
 /// A copy id recorded this recently is kept by a refresh even when EC2 does not list it yet:
 /// DescribeSnapshots is eventually consistent. Once a refresh has seen the copy listed, the
 /// listing alone decides.
@@ -171,9 +175,12 @@ fn grantable(state: &LedgerState, wanted: &[SlotKey], limit: usize) -> usize {
 }
 
 /// Whether the ledger must be rebuilt from EC2 before slots are granted: never refreshed; a
-/// dead reservation in it; or it would refuse some of `wanted`, its last refresh is older
-/// than [`REFRESH_AFTER`], and some slot is held by an entry this invocation cannot vouch for
-/// (anything but its own copies it polls as pending, `own_pending`).
+/// dead reservation in it; or granting `wanted` would take its last free slots (or more), its
+/// last refresh is older than [`REFRESH_AFTER`], and some slot is held by an entry this
+/// invocation cannot vouch for (anything but its own copies it polls as pending,
+/// `own_pending`). The last slots, not only a refusal: copies the ledger does not know (the
+/// command line's, another stack's, those started before the ledger existed) are found before
+/// the limit is reached with them, not after.
 pub fn needs_refresh(
     state: &LedgerState,
     now: SystemTime,
@@ -186,7 +193,8 @@ pub fn needs_refresh(
         return true;
     }
     age(now, refreshed_at) >= REFRESH_AFTER
-        && grantable(state, wanted, limit) < wanted.len()
+        && !wanted.is_empty()
+        && state.entries.len() + grantable(state, wanted, limit) >= limit
         && state.entries.values().any(|e| e.copy_id.as_ref().is_none_or(|id| !own_pending.contains(id)))
 }
 
@@ -245,8 +253,9 @@ pub fn grant(state: &mut LedgerState, now: SystemTime, wanted: &[SlotKey], limit
 }
 
 /// After a start round: the copy id on each started entry (re-created if a refresh dropped it
-/// meanwhile: the copy exists), and the reservations of sources EC2 definitely did not copy
-/// dropped. Returns whether anything changed.
+/// meanwhile: the copy exists, and in place of the entry that refresh made for it from the
+/// listing, so it is counted once), and the reservations of sources EC2 definitely did not
+/// copy dropped. Returns whether anything changed.
 pub fn settle(
     state: &mut LedgerState,
     now: SystemTime,
@@ -255,6 +264,10 @@ pub fn settle(
 ) -> bool {
     let mut changed = false;
     for (key, copy) in started {
+        let listed = SlotKey::listed(copy.as_str());
+        if *key != listed && state.entries.remove(&listed).is_some() {
+            changed = true;
+        }
         let entry = state.entries.entry(key.clone()).or_insert_with(|| SlotEntry::reservation(now));
         if entry.copy_id.as_deref() != Some(copy.as_str()) {
             entry.copy_id = Some(copy.as_str().to_owned());
@@ -462,6 +475,12 @@ mod tests {
         settle(&mut state, at(1), &[(key(1), copy(1)), (key(2), copy(2)), (key(3), copy(3))], &[]);
         let none = HashSet::new();
         assert!(!needs_refresh(&state, at(59), &[key(4)], LIMIT, &none), "refreshed less than a minute ago");
+        // Taking the last free slot is checked too: the ledger may not know every copy.
+        let mut two = fresh(at(0));
+        grant(&mut two, at(0), &[key(1), key(2)], LIMIT);
+        settle(&mut two, at(1), &[(key(1), copy(1)), (key(2), copy(2))], &[]);
+        assert!(needs_refresh(&two, at(60), &[key(4)], LIMIT, &none), "the last slot");
+        assert!(!needs_refresh(&two, at(60), &[key(4)], LIMIT + 1, &none), "not the last slot");
         assert!(needs_refresh(&state, at(60), &[key(4)], LIMIT, &none));
         assert!(!needs_refresh(&state, at(60), &[], LIMIT, &none), "nothing wanted, nothing limited");
         let own: HashSet<String> = [copy(1), copy(2), copy(3)].iter().map(|c| c.to_string()).collect();
@@ -499,8 +518,13 @@ mod tests {
         assert_eq!(state.entries[&key(1)].copy_id.as_deref(), Some(copy(1).as_str()));
         // Dropping a key whose copy exists changes nothing.
         assert!(!settle(&mut state, at(2), &[], &[key(1)]));
-        // A record whose entry a refresh dropped meanwhile re-creates it.
+        // A record whose entry a refresh dropped meanwhile re-creates it, in place of the entry
+        // that refresh made for the copy from the listing: one copy, one slot.
+        let rebuilt = refreshed(&state, at(3), &[copy(1), copy(3)]);
+        assert_eq!(rebuilt.entries.len(), 2);
+        state = rebuilt;
         assert!(settle(&mut state, at(3), &[(key(3), copy(3))], &[]));
+        assert_eq!(state.entries.len(), 2, "{state:?}");
         assert!(release(&mut state, &[copy(1), copy(7)]));
         assert_eq!(state.entries.keys().collect::<Vec<_>>(), [&key(3)]);
         assert!(!release(&mut state, &[copy(1)]));

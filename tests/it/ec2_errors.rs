@@ -20,13 +20,13 @@ use crate::support::scripted_ec2::{Reply, ScriptedEc2};
 
 const MAX_ATTEMPTS: u32 = 3;
 
-/// An EC2 store talking to `ec2`, with the retry policy of production (standard mode) but
-/// millisecond backoff.
-fn store(ec2: &ScriptedEc2) -> Ec2Store {
-    let config = aws_config::SdkConfig::builder()
+/// The SDK configuration of production's retry policy (standard mode) but millisecond
+/// backoff, pointed at `endpoint`.
+fn scripted_config(endpoint: &ScriptedEc2) -> aws_config::SdkConfig {
+    aws_config::SdkConfig::builder()
         .behavior_version(BehaviorVersion::latest())
         .region(SdkRegion::new("us-east-1"))
-        .endpoint_url(ec2.endpoint())
+        .endpoint_url(endpoint.endpoint())
         .credentials_provider(SharedCredentialsProvider::new(Credentials::new("akid", "secret", None, None, "test")))
         .retry_config(
             RetryConfig::standard()
@@ -34,8 +34,12 @@ fn store(ec2: &ScriptedEc2) -> Ec2Store {
                 .with_initial_backoff(Duration::from_millis(1))
                 .with_max_backoff(Duration::from_millis(5)),
         )
-        .build();
-    Ec2Store::new(&config)
+        .build()
+}
+
+/// An EC2 store talking to `ec2`.
+fn store(ec2: &ScriptedEc2) -> Ec2Store {
+    Ec2Store::new(&scripted_config(ec2))
 }
 
 fn spec() -> CopySpec {
@@ -145,19 +149,7 @@ async fn access_denied_on_describe_is_access_denied() {
 
 /// A slot ledger on `endpoint` with the same retry policy as [`store`].
 fn ledger(endpoint: &ScriptedEc2) -> DynamoSlotLedger {
-    let config = aws_config::SdkConfig::builder()
-        .behavior_version(BehaviorVersion::latest())
-        .region(SdkRegion::new("us-east-1"))
-        .endpoint_url(endpoint.endpoint())
-        .credentials_provider(SharedCredentialsProvider::new(Credentials::new("akid", "secret", None, None, "test")))
-        .retry_config(
-            RetryConfig::standard()
-                .with_max_attempts(MAX_ATTEMPTS)
-                .with_initial_backoff(Duration::from_millis(1))
-                .with_max_backoff(Duration::from_millis(5)),
-        )
-        .build();
-    DynamoSlotLedger::new(&config, "copy-snapshots-SlotTable-1")
+    DynamoSlotLedger::new(&scripted_config(endpoint), "copy-snapshots-SlotTable-1")
 }
 
 #[tokio::test]

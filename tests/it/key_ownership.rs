@@ -10,7 +10,7 @@ use std::time::Duration;
 use copy_snapshots::CopySnapshotsError;
 use copy_snapshots::ids::{Region, SnapshotId};
 use copy_snapshots::reconcile::{MAX_ATTEMPTS, RunLimits, reconcile};
-use copy_snapshots::request::{CopyRequest, DEFAULT_MAX_POLL_INTERVAL};
+use copy_snapshots::request::CopyRequest;
 use copy_snapshots::simulated::SimulatedEc2;
 use copy_snapshots::store::{
     CopySpec, ENCRYPTION_TAG, SOURCE_REGION_TAG, SOURCE_SNAPSHOT_TAG, SnapshotState, StoreError, Tag,
@@ -29,12 +29,7 @@ fn request(ids: &[SnapshotId], extra: Value) -> CopyRequest {
 }
 
 fn limits() -> RunLimits {
-    RunLimits {
-        deadline: None,
-        poll_interval: Duration::from_secs(15),
-        max_poll_interval: DEFAULT_MAX_POLL_INTERVAL,
-        call_timeout: Duration::from_secs(1),
-    }
+    crate::support::engine_world::no_deadline()
 }
 
 /// The key each live copy of `source` is under.

@@ -7,7 +7,7 @@ use std::time::{Duration, SystemTime};
 use copy_snapshots::CopySnapshotsError;
 use copy_snapshots::metrics::InvocationCounts;
 use copy_snapshots::reconcile::{RunLimits, reconcile};
-use copy_snapshots::request::{CopyRequest, DEFAULT_MAX_POLL_INTERVAL, Settings};
+use copy_snapshots::request::{CopyRequest, Settings};
 use copy_snapshots::response::RecoveryPoint;
 use copy_snapshots::simulated::SimulatedEc2;
 use serde_json::json;
@@ -26,12 +26,7 @@ fn request(extra: serde_json::Value) -> CopyRequest {
 }
 
 fn limits() -> RunLimits {
-    RunLimits {
-        deadline: None,
-        poll_interval: Duration::from_secs(15),
-        max_poll_interval: DEFAULT_MAX_POLL_INTERVAL,
-        call_timeout: Duration::from_secs(1),
-    }
+    crate::support::engine_world::no_deadline()
 }
 
 #[tokio::test(start_paused = true)]

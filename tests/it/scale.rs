@@ -463,3 +463,31 @@ async fn a_batch_whose_event_does_not_parse_is_handed_back_whole() {
     assert!(outcome.envelope_unreadable, "an empty answer would delete the whole batch");
     assert!(outcome.result.is_err());
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_start_round_longer_than_its_reservations_live_gives_back_what_it_has_not_started() {
+    // Each EC2 call takes 10 s (a throttled account): 15 starts would take 150 s, beyond the
+    // reservations' 120 s TTL. A second invocation arriving meanwhile must not take the round's
+    // reservations for dead and start copies in their slots while the round goes on.
+    let ec2 = SimulatedEc2::new()
+        .with_latency(Duration::from_secs(10))
+        .with_slot_ledger(MemoryLedger::new().with_latency(Duration::from_millis(5)));
+    let first: Vec<SnapshotId> = (0..15).map(|_| ec2.add_source(SOURCE, 400, &[])).collect();
+    let second: Vec<SnapshotId> = (0..15).map(|_| ec2.add_source(SOURCE, 400, &[])).collect();
+    let start_only = json!({"pending_limit": 15, "max_wait_seconds": 0});
+    let later = async {
+        tokio::time::sleep(Duration::from_secs(125)).await;
+        reconcile(&ec2, &request(&second, start_only.clone()), limits(Some(HOUR))).await
+    };
+    let first_request = request(&first, start_only.clone());
+    let (a, b) = tokio::join!(reconcile(&ec2, &first_request, limits(Some(HOUR))), later);
+    let (a, b) = (a.expect("the first run"), b.expect("the second run"));
+    println!(
+        "first started {}, second started {}, most pending {}",
+        a.copies.len(),
+        b.copies.len(),
+        ec2.max_tracked_pending(TARGET)
+    );
+    assert!(a.copies.len() < 15, "the long round gave back what it could not start in time: {}", a.copies.len());
+    assert!(ec2.max_tracked_pending(TARGET) <= 15, "{} pending", ec2.max_tracked_pending(TARGET));
+}

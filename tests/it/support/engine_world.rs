@@ -1,10 +1,12 @@
-//! What the engine tests on the in-memory EC2 share: a request with extra fields, and the live
-//! copies per source a region holds.
+//! What the engine tests on the in-memory EC2 share: a request with extra fields, limits
+//! without a deadline, and the live copies per source a region holds.
 
 use std::collections::HashMap;
+use std::time::Duration;
 
 use copy_snapshots::ids::SnapshotId;
-use copy_snapshots::request::{CopyRequest, Settings};
+use copy_snapshots::reconcile::RunLimits;
+use copy_snapshots::request::{CopyRequest, DEFAULT_MAX_POLL_INTERVAL, Settings};
 use copy_snapshots::simulated::SimulatedEc2;
 use copy_snapshots::store::SnapshotState;
 use serde_json::Value;
@@ -16,6 +18,17 @@ pub fn request_with(mut base: Value, extra: Value) -> CopyRequest {
         payload.extend(extra.clone());
     }
     CopyRequest::from_json(base, &Settings::default()).expect("a valid request")
+}
+
+/// A run without a deadline: polls every 15 s (backing off to the default longest interval),
+/// each call given 1 s.
+pub fn no_deadline() -> RunLimits {
+    RunLimits {
+        deadline: None,
+        poll_interval: Duration::from_secs(15),
+        max_poll_interval: DEFAULT_MAX_POLL_INTERVAL,
+        call_timeout: Duration::from_secs(1),
+    }
 }
 
 /// Live (not `error`) copies per source in `region`.

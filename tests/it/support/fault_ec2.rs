@@ -139,8 +139,12 @@ impl FaultEc2 {
 
     /// Snapshots in `state` carrying `tags` (an object of keys to values).
     pub fn tagged_snapshots(&self, region: &str, sizes: &[u64], state: &str, tags: &Value) -> Vec<String> {
-        let body = json!({"region": region, "sizes": sizes, "state": state, "tags": tags});
-        let made = self.call("POST", "/_fault/sources", &body);
+        self.made_snapshots(&json!({"region": region, "sizes": sizes, "state": state, "tags": tags}))
+    }
+
+    /// The ids of the snapshots `/_fault/sources` makes as `body` says.
+    fn made_snapshots(&self, body: &Value) -> Vec<String> {
+        let made = self.call("POST", "/_fault/sources", body);
         made["snapshot_ids"].as_array().expect("ids").iter().map(|v| v.as_str().expect("an id").to_owned()).collect()
     }
 
@@ -148,9 +152,7 @@ impl FaultEc2 {
     /// visible to it), carrying `tags`: DescribeSnapshots lists them only for that owner, or
     /// for no owner filter at all.
     pub fn snapshots_owned_by(&self, region: &str, sizes: &[u64], owner_id: &str, tags: &Value) -> Vec<String> {
-        let body = json!({"region": region, "sizes": sizes, "tags": tags, "owner_id": owner_id});
-        let made = self.call("POST", "/_fault/sources", &body);
-        made["snapshot_ids"].as_array().expect("ids").iter().map(|v| v.as_str().expect("an id").to_owned()).collect()
+        self.made_snapshots(&json!({"region": region, "sizes": sizes, "tags": tags, "owner_id": owner_id}))
     }
 
     /// Completed snapshots of one new volume, started `ages_days` ago, carrying `tags`; returns
