@@ -12,7 +12,7 @@ use crate::response::{
 };
 use crate::store::{SnapshotState, SnapshotStore, SourceSelector};
 
-use super::judge::DeletionOutcome;
+use super::judge::{Deletion, DeletionOutcome};
 use super::state::{Run, Stage};
 
 impl<'a, S: SnapshotStore> Run<'a, S> {
@@ -65,39 +65,7 @@ impl<'a, S: SnapshotStore> Run<'a, S> {
     /// `SourcesPending` for an event whose sources are not all started.
     pub(super) fn finish(self) -> Result<Response, CopySnapshotsError> {
         let mut response = Response::default();
-        for entry in &self.entries {
-            let source_id = entry.source.id.to_string();
-            match &entry.stage {
-                Stage::Copying { copy, reused } => {
-                    response.snapshot_ids.push(copy.id.to_string());
-                    response.copies.push(CopyReport {
-                        source_snapshot_id: source_id,
-                        snapshot_id: copy.id.to_string(),
-                        state: copy.state.as_str().to_owned(),
-                        progress: copy.progress.map(|p| format!("{p}%")),
-                        reused: *reused,
-                    });
-                }
-                Stage::Failed { copy_id, reason } => response.failed.push(FailureReport {
-                    source_snapshot_id: source_id,
-                    snapshot_id: copy_id.as_ref().map(ToString::to_string),
-                    error_snapshot_ids: entry.error_copies.iter().map(|e| e.id.to_string()).collect(),
-                    error: reason.clone(),
-                }),
-                Stage::Waiting | Stage::NotReady | Stage::Unsure { .. } => response.pending_sources.push(source_id),
-            }
-        }
-        // For the recovery-point metric: a source counts as copied once its copy is completed.
-        // Only a request by filters selects the whole set the metric is about.
-        if let SourceSelector::Filters(_) = self.request.sources {
-            let oldest = crate::response::oldest_uncopied(self.entries.iter().map(|e| {
-                (
-                    e.source.start_time,
-                    matches!(&e.stage, Stage::Copying { copy, .. } if copy.state == SnapshotState::Completed),
-                )
-            }));
-            response.recovery_point = oldest.map_or(RecoveryPoint::AllCopied, RecoveryPoint::OldestUncopied);
-        }
+        self.answer_sources(&mut response);
         let all_done = !self.request.wait_for_completion || self.pending_copies().next().is_none();
         response.notes = self.notes_for();
         if let Some(why) = self.deletions_blocked()
@@ -118,35 +86,7 @@ impl<'a, S: SnapshotStore> Run<'a, S> {
             .collect();
         let held_by_breaker = self.breaker.is_some();
         response.deletion_breaker = self.breaker;
-        for deletion in self.deletions {
-            let (snapshot_id, source_snapshot_id) = (deletion.copy.to_string(), deletion.source.to_string());
-            let not_deleted = |error: String, image_id: Option<String>| NotDeletedCopy {
-                snapshot_id: snapshot_id.clone(),
-                source_snapshot_id: source_snapshot_id.clone(),
-                reason: deletion.reason.clone(),
-                error,
-                image_id,
-            };
-            match deletion.outcome {
-                DeletionOutcome::Deleted => {
-                    response.deleted.push(DeletedCopy { snapshot_id, source_snapshot_id, reason: deletion.reason });
-                }
-                DeletionOutcome::AlreadyGone => {}
-                DeletionOutcome::InUse(image) => response.not_deleted.push(not_deleted(
-                    format!("in use by {image}, a registered AMI; deregister it first"),
-                    Some(image),
-                )),
-                DeletionOutcome::Refused(error) => response.not_deleted.push(not_deleted(error, None)),
-                DeletionOutcome::Denied(error) => {
-                    response.deletions_denied += 1;
-                    response.not_deleted.push(not_deleted(error, None));
-                }
-                // Held by the breaker: not work a later run of the same request does, so not
-                // left (a Step Functions loop would never end); the answer says why.
-                DeletionOutcome::Due if held_by_breaker => {}
-                DeletionOutcome::Due | DeletionOutcome::Unsure => response.deletions_left += 1,
-            }
-        }
+        answer_deletions(self.deletions, held_by_breaker, &mut response);
         response.complete = response.pending_sources.is_empty()
             && response.failed.is_empty()
             && all_done
@@ -182,5 +122,75 @@ impl<'a, S: SnapshotStore> Run<'a, S> {
             return Err(CopySnapshotsError::CopyFailed { message, response: Box::new(response) });
         }
         Ok(response)
+    }
+
+    /// Each source's line of the answer (its copy, its failure, or pending), and the recovery
+    /// point of a request by filters.
+    fn answer_sources(&self, response: &mut Response) {
+        for entry in &self.entries {
+            let source_id = entry.source.id.to_string();
+            match &entry.stage {
+                Stage::Copying { copy, reused } => {
+                    response.snapshot_ids.push(copy.id.to_string());
+                    response.copies.push(CopyReport {
+                        source_snapshot_id: source_id,
+                        snapshot_id: copy.id.to_string(),
+                        state: copy.state.as_str().to_owned(),
+                        progress: copy.progress.map(|p| format!("{p}%")),
+                        reused: *reused,
+                    });
+                }
+                Stage::Failed { copy_id, reason } => response.failed.push(FailureReport {
+                    source_snapshot_id: source_id,
+                    snapshot_id: copy_id.as_ref().map(ToString::to_string),
+                    error_snapshot_ids: entry.error_copies.iter().map(|e| e.id.to_string()).collect(),
+                    error: reason.clone(),
+                }),
+                Stage::Waiting | Stage::NotReady | Stage::Unsure { .. } => response.pending_sources.push(source_id),
+            }
+        }
+        // For the recovery-point metric: a source counts as copied once its copy is completed.
+        // Only a request by filters selects the whole set the metric is about.
+        if let SourceSelector::Filters(_) = self.request.sources {
+            let oldest = crate::response::oldest_uncopied(self.entries.iter().map(|e| {
+                (
+                    e.source.start_time,
+                    matches!(&e.stage, Stage::Copying { copy, .. } if copy.state == SnapshotState::Completed),
+                )
+            }));
+            response.recovery_point = oldest.map_or(RecoveryPoint::AllCopied, RecoveryPoint::OldestUncopied);
+        }
+    }
+}
+
+/// The deletions' lines of the answer: deleted, not deleted (with why), or left for a later run.
+fn answer_deletions(deletions: Vec<Deletion>, held_by_breaker: bool, response: &mut Response) {
+    for deletion in deletions {
+        let (snapshot_id, source_snapshot_id) = (deletion.copy.to_string(), deletion.source.to_string());
+        let not_deleted = |error: String, image_id: Option<String>| NotDeletedCopy {
+            snapshot_id: snapshot_id.clone(),
+            source_snapshot_id: source_snapshot_id.clone(),
+            reason: deletion.reason.clone(),
+            error,
+            image_id,
+        };
+        match deletion.outcome {
+            DeletionOutcome::Deleted => {
+                response.deleted.push(DeletedCopy { snapshot_id, source_snapshot_id, reason: deletion.reason });
+            }
+            DeletionOutcome::AlreadyGone => {}
+            DeletionOutcome::InUse(image) => response
+                .not_deleted
+                .push(not_deleted(format!("in use by {image}, a registered AMI; deregister it first"), Some(image))),
+            DeletionOutcome::Refused(error) => response.not_deleted.push(not_deleted(error, None)),
+            DeletionOutcome::Denied(error) => {
+                response.deletions_denied += 1;
+                response.not_deleted.push(not_deleted(error, None));
+            }
+            // Held by the breaker: not work a later run of the same request does, so not
+            // left (a Step Functions loop would never end); the answer says why.
+            DeletionOutcome::Due if held_by_breaker => {}
+            DeletionOutcome::Due | DeletionOutcome::Unsure => response.deletions_left += 1,
+        }
     }
 }

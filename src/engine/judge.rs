@@ -1,8 +1,8 @@
 //! Retention judging, part of the look: which sources are out of retention (left out of the
-//! entries, reported as skipped) and which of the request's copies are deletions; the AMI
-//! check and the deletion breaker that may hold them.
+//! entries, reported as skipped) and which of the request's copies are deletions (the checks
+//! that may hold them are in `prune`).
 //! May change: the entries (sources out of retention leave), the skipped sources, the
-//! deletions, the newest completed copy of each volume, the breaker, `images_unknown`.
+//! deletions, the newest completed copy of each volume.
 
 use std::collections::{HashMap, HashSet};
 use std::time::SystemTime;
@@ -12,12 +12,10 @@ use tracing::{debug, info, warn};
 use crate::ids::SnapshotId;
 use crate::ownership::Claim;
 use crate::progress::{LookedSource, SourceStatus};
-use crate::response::DeletionBreaker;
 use crate::retention::{self, Member};
 use crate::store::{CopyStatus, SnapshotState, SnapshotStore, SourceSelector};
 
 use super::state::Run;
-use super::{BREAKER_MIN_DELETIONS, BREAKER_SHARE_DENOMINATOR};
 
 /// How a source without a volume names its group of one in [`volume_group`].
 pub(super) const SOURCE_GROUP_PREFIX: &str = "source:";
@@ -61,6 +59,28 @@ pub(super) enum DeletionOutcome {
     Unsure,
 }
 
+/// What the look knows of each source: its volume and start time.
+type Origins = HashMap<SnapshotId, (Option<String>, Option<SystemTime>)>;
+
+/// What retention is judged from ([`Run::find_out`]).
+struct Findings<'c> {
+    /// The wall clock when judging.
+    now: SystemTime,
+    /// The request's copies from the source region, by the one ownership rule.
+    ours: Vec<&'c CopyStatus>,
+    /// The volumes of the sources the request selects.
+    selected_volumes: HashSet<String>,
+    /// Each source's volume and start time: from the source when the look found it, else from
+    /// its copy's tags.
+    origin_of: Origins,
+    /// Sources of the request's copies that are gone from the source region.
+    gone: HashSet<SnapshotId>,
+    /// Gone sources of a selected volume: ranked by the rule with the selected ones.
+    gone_members: HashSet<&'c SnapshotId>,
+    /// Sources out of retention, with why.
+    out: HashMap<SnapshotId, String>,
+}
+
 impl<'a, S: SnapshotStore> Run<'a, S> {
     /// Applies the request's retention to the look: a source out of retention leaves the entries
     /// (reported as skipped, never copied), and this request's copies become deletions when
@@ -86,9 +106,36 @@ impl<'a, S: SnapshotStore> Run<'a, S> {
     ///
     /// [`held_back`]: Self::held_back
     pub(super) async fn judge_retention(&mut self, copies: &[CopyStatus]) {
-        let request = self.request;
-        let rule = request.retention;
-        let region = &request.source_region;
+        let rule = self.request.retention;
+        let findings = self.find_out(copies).await;
+        // Sources out of retention are not copied.
+        self.skip_out_of_retention(&findings.out);
+        // The newest completed copy of each volume as the look found it: kept whatever the
+        // rules say (see `held_back`).
+        self.note_newest_completed(&findings);
+        // Their copies, and the copies of gone sources out of retention or past the grace, go.
+        // Orphans of a volume the request does not select wait for DescribeVolumes.
+        let orphans_of_other_volumes = self.judge_copies(&findings);
+        self.judge_orphans_of_other_volumes(orphans_of_other_volumes, &findings.origin_of).await;
+        self.keep_newest_without_successor();
+        self.check_images().await;
+        self.check_breaker(findings.ours.len());
+        if !self.deletions.is_empty() || !findings.out.is_empty() {
+            info!(
+                out_of_retention = findings.out.len(),
+                gone = findings.gone.len(),
+                deletions = self.deletions.len(),
+                rule = %rule.describe(),
+                breaker = self.breaker.is_some(),
+                "retention judged"
+            );
+        }
+    }
+
+    /// What retention is judged from: the request's copies, what is known of their sources
+    /// (which are gone from the source region), and which sources are out of retention.
+    async fn find_out<'c>(&self, copies: &'c [CopyStatus]) -> Findings<'c> {
+        let rule = self.request.retention;
         let now = self.store.wall_clock();
         // The request's copies by the one ownership rule: a copy made for another ask, or under
         // another key than this request's, is never judged (nor deleted) by it.
@@ -105,10 +152,9 @@ impl<'a, S: SnapshotStore> Run<'a, S> {
             })
             .collect();
         let selected_volumes: HashSet<String> = members.iter().filter_map(|m| m.volume.clone()).collect();
-        let in_entries: HashSet<&SnapshotId> = self.entries.iter().map(|e| &e.source.id).collect();
         // What the look knows of each source: its volume and start time (from the source
         // itself when the look found it, else from its copy's tags).
-        let mut origin_of: HashMap<SnapshotId, (Option<String>, Option<SystemTime>)> = self
+        let mut origin_of: Origins = self
             .entries
             .iter()
             .map(|e| (e.source.id.clone(), (e.source.volume_id.clone(), e.source.start_time)))
@@ -118,40 +164,9 @@ impl<'a, S: SnapshotStore> Run<'a, S> {
                 .entry(copy.source_id.clone())
                 .or_insert_with(|| (copy.source_volume_id.clone(), copy.source_start_time));
         }
-
-        // Copies of sources the look did not resolve: either gone from the source region, or
-        // there but not selected by this request. One look by id tells them apart.
-        let mut unresolved: Vec<SnapshotId> = ours
-            .iter()
-            .filter(|c| !in_entries.contains(&c.source_id))
-            .filter(|c| {
-                rule.orphans_after_days.is_some()
-                    || c.source_volume_id.as_ref().is_some_and(|v| selected_volumes.contains(v))
-            })
-            .map(|c| c.source_id.clone())
-            .collect();
-        unresolved.sort();
-        unresolved.dedup();
-        let gone: HashSet<SnapshotId> = if unresolved.is_empty() {
-            HashSet::new()
-        } else {
-            let by_id = SourceSelector::Ids(unresolved.clone());
-            match self.timeline.call_retrying(|| self.store.describe_sources(region, &by_id)).await {
-                Ok(found) => {
-                    let exists: HashSet<SnapshotId> = found.into_iter().map(|s| s.id).collect();
-                    unresolved.into_iter().filter(|id| !exists.contains(id)).collect()
-                }
-                Err(error) => {
-                    // Without knowing which sources are gone, none is taken for gone: nothing
-                    // of theirs is deleted, and the rule ranks only the selected sources,
-                    // which keeps more, never less.
-                    warn!(%error, "could not tell which sources are gone; their copies are left for a later run");
-                    HashSet::new()
-                }
-            }
-        };
+        let gone = self.gone_sources(&ours, &selected_volumes).await;
         let mut gone_members: HashSet<&SnapshotId> = HashSet::new();
-        for copy in &ours {
+        for &copy in &ours {
             if !gone.contains(&copy.source_id) || gone_members.contains(&copy.source_id) {
                 continue;
             }
@@ -166,8 +181,50 @@ impl<'a, S: SnapshotStore> Run<'a, S> {
             }
         }
         let out = retention::out_of_retention(&rule, now, &members);
+        Findings { now, ours, selected_volumes, origin_of, gone, gone_members, out }
+    }
 
-        // Sources out of retention are not copied.
+    /// Which sources of the request's copies are gone from the source region, of those the look
+    /// did not resolve (and that the rule could judge). Unknown when the look by id fails: then
+    /// none is taken for gone.
+    async fn gone_sources(&self, ours: &[&CopyStatus], selected_volumes: &HashSet<String>) -> HashSet<SnapshotId> {
+        let rule = self.request.retention;
+        let region = &self.request.source_region;
+        let in_entries: HashSet<&SnapshotId> = self.entries.iter().map(|e| &e.source.id).collect();
+        // Copies of sources the look did not resolve: either gone from the source region, or
+        // there but not selected by this request. One look by id tells them apart.
+        let mut unresolved: Vec<SnapshotId> = ours
+            .iter()
+            .filter(|c| !in_entries.contains(&c.source_id))
+            .filter(|c| {
+                rule.orphans_after_days.is_some()
+                    || c.source_volume_id.as_ref().is_some_and(|v| selected_volumes.contains(v))
+            })
+            .map(|c| c.source_id.clone())
+            .collect();
+        unresolved.sort();
+        unresolved.dedup();
+        if unresolved.is_empty() {
+            return HashSet::new();
+        }
+        let by_id = SourceSelector::Ids(unresolved.clone());
+        match self.timeline.call_retrying(|| self.store.describe_sources(region, &by_id)).await {
+            Ok(found) => {
+                let exists: HashSet<SnapshotId> = found.into_iter().map(|s| s.id).collect();
+                unresolved.into_iter().filter(|id| !exists.contains(id)).collect()
+            }
+            Err(error) => {
+                // Without knowing which sources are gone, none is taken for gone: nothing
+                // of theirs is deleted, and the rule ranks only the selected sources,
+                // which keeps more, never less.
+                warn!(%error, "could not tell which sources are gone; their copies are left for a later run");
+                HashSet::new()
+            }
+        }
+    }
+
+    /// Takes the sources out of retention out of the entries: reported as skipped, not copied.
+    fn skip_out_of_retention(&mut self, out: &HashMap<SnapshotId, String>) {
         let mut kept = Vec::with_capacity(self.entries.len());
         for entry in std::mem::take(&mut self.entries) {
             match out.get(&entry.source.id) {
@@ -183,11 +240,12 @@ impl<'a, S: SnapshotStore> Run<'a, S> {
             }
         }
         self.entries = kept;
+    }
 
-        // The newest completed copy of each volume as the look found it: kept whatever the
-        // rules say (see `held_back`).
-        for copy in ours.iter().filter(|c| c.state == SnapshotState::Completed) {
-            let (volume, source_start) = origin_of.get(&copy.source_id).cloned().unwrap_or_default();
+    /// Notes the newest completed copy of each volume group among the request's copies.
+    fn note_newest_completed(&mut self, findings: &Findings<'_>) {
+        for copy in findings.ours.iter().filter(|c| c.state == SnapshotState::Completed) {
+            let (volume, source_start) = findings.origin_of.get(&copy.source_id).cloned().unwrap_or_default();
             let group = volume_group(volume.as_deref(), &copy.source_id);
             let rank = (source_start.or(copy.start_time), copy.id.clone());
             match self.newest_completed.get(&group) {
@@ -197,11 +255,18 @@ impl<'a, S: SnapshotStore> Run<'a, S> {
                 }
             }
         }
+    }
 
-        // Their copies, and the copies of gone sources out of retention or past the grace, go.
-        // Orphans of a volume the request does not select wait for DescribeVolumes.
+    /// Makes deletions of the request's copies whose source is out of retention, or gone past
+    /// the orphan grace; returns the orphans of volumes the request does not select (copy,
+    /// volume, why), which wait for DescribeVolumes.
+    fn judge_copies<'c>(&mut self, findings: &Findings<'c>) -> Vec<(&'c CopyStatus, String, String)> {
+        let request = self.request;
+        let rule = request.retention;
+        let region = &request.source_region;
+        let Findings { now, ours, selected_volumes, origin_of, gone, gone_members, out } = findings;
         let mut orphans_of_other_volumes: Vec<(&CopyStatus, String, String)> = Vec::new();
-        for copy in &ours {
+        for &copy in ours {
             let (volume, _) = origin_of.get(&copy.source_id).cloned().unwrap_or_default();
             let reason = if let Some(out_reason) = out.get(&copy.source_id) {
                 if gone.contains(&copy.source_id) {
@@ -215,7 +280,7 @@ impl<'a, S: SnapshotStore> Run<'a, S> {
                     continue;
                 }
                 let started = copy.source_start_time.or(copy.start_time);
-                let Some(why) = started.and_then(|started| rule.orphan_due(now, started)) else { continue };
+                let Some(why) = started.and_then(|started| rule.orphan_due(*now, started)) else { continue };
                 match volume.as_deref() {
                     Some(v) if selected_volumes.contains(v) => format!("its source is gone from {region} and {why}"),
                     Some(v) => {
@@ -230,41 +295,41 @@ impl<'a, S: SnapshotStore> Run<'a, S> {
             } else {
                 continue;
             };
-            self.push_deletion(copy, reason, &origin_of, false);
+            self.push_deletion(copy, reason, origin_of, false);
         }
-        if !orphans_of_other_volumes.is_empty() {
-            let mut volumes: Vec<String> = orphans_of_other_volumes.iter().map(|(_, v, _)| v.clone()).collect();
-            volumes.sort();
-            volumes.dedup();
-            let existing = self.timeline.call_retrying(|| self.store.existing_volumes(region, &volumes)).await;
-            match existing {
-                Ok(existing) => {
-                    for (copy, volume, why) in orphans_of_other_volumes {
-                        if existing.contains(&volume) {
-                            debug!(copy = %copy.id, %volume, "an orphan of a volume that still exists is kept");
-                            continue;
-                        }
-                        let reason = format!("its source and its volume {volume} are gone from {region}, and {why}");
-                        self.push_deletion(copy, reason, &origin_of, true);
+        orphans_of_other_volumes
+    }
+
+    /// Orphans of volumes the request does not select: deleted only once DescribeVolumes says
+    /// their volume is gone too; without an answer, kept.
+    async fn judge_orphans_of_other_volumes(
+        &mut self,
+        orphans: Vec<(&CopyStatus, String, String)>,
+        origin_of: &Origins,
+    ) {
+        if orphans.is_empty() {
+            return;
+        }
+        let request = self.request;
+        let region = &request.source_region;
+        let mut volumes: Vec<String> = orphans.iter().map(|(_, v, _)| v.clone()).collect();
+        volumes.sort();
+        volumes.dedup();
+        let existing = self.timeline.call_retrying(|| self.store.existing_volumes(region, &volumes)).await;
+        match existing {
+            Ok(existing) => {
+                for (copy, volume, why) in orphans {
+                    if existing.contains(&volume) {
+                        debug!(copy = %copy.id, %volume, "an orphan of a volume that still exists is kept");
+                        continue;
                     }
-                }
-                Err(error) => {
-                    warn!(%error, "could not tell whether the volumes of gone sources still exist; their copies are kept");
+                    let reason = format!("its source and its volume {volume} are gone from {region}, and {why}");
+                    self.push_deletion(copy, reason, origin_of, true);
                 }
             }
-        }
-        self.keep_newest_without_successor();
-        self.check_images().await;
-        self.check_breaker(ours.len());
-        if !self.deletions.is_empty() || !out.is_empty() {
-            info!(
-                out_of_retention = out.len(),
-                gone = gone.len(),
-                deletions = self.deletions.len(),
-                rule = %rule.describe(),
-                breaker = self.breaker.is_some(),
-                "retention judged"
-            );
+            Err(error) => {
+                warn!(%error, "could not tell whether the volumes of gone sources still exist; their copies are kept");
+            }
         }
     }
 
@@ -292,13 +357,7 @@ impl<'a, S: SnapshotStore> Run<'a, S> {
     }
 
     /// Queues `copy` for deletion, unless it is in a state that is never deleted.
-    pub(super) fn push_deletion(
-        &mut self,
-        copy: &CopyStatus,
-        reason: String,
-        origin_of: &HashMap<SnapshotId, (Option<String>, Option<SystemTime>)>,
-        volume_gone: bool,
-    ) {
+    pub(super) fn push_deletion(&mut self, copy: &CopyStatus, reason: String, origin_of: &Origins, volume_gone: bool) {
         if !matches!(copy.state, SnapshotState::Completed | SnapshotState::Error | SnapshotState::Pending) {
             debug!(copy = %copy.id, state = copy.state.as_str(), "a copy in this state is not deleted");
             return;
@@ -314,56 +373,5 @@ impl<'a, S: SnapshotStore> Run<'a, S> {
             volume_gone,
             outcome: DeletionOutcome::Due,
         });
-    }
-
-    /// One DescribeImages for every copy that may be deleted: a copy a registered AMI uses
-    /// stays (reported in `not_deleted` with the AMI). Without an answer, nothing is deleted.
-    pub(super) async fn check_images(&mut self) {
-        let candidates: Vec<SnapshotId> = self
-            .deletions
-            .iter()
-            .filter(|d| d.outcome == DeletionOutcome::Due && d.state != SnapshotState::Pending)
-            .map(|d| d.copy.clone())
-            .collect();
-        if candidates.is_empty() {
-            return;
-        }
-        let target = &self.request.target_region;
-        match self.timeline.call_retrying(|| self.store.images_using(target, &candidates)).await {
-            Ok(using) => {
-                for deletion in &mut self.deletions {
-                    if let Some(image) = using.get(&deletion.copy) {
-                        deletion.outcome = DeletionOutcome::InUse(image.clone());
-                    }
-                }
-            }
-            Err(error) => {
-                warn!(%error, "could not tell which copies an AMI uses; none is deleted this run");
-                self.images_unknown = Some(error.to_string());
-            }
-        }
-    }
-
-    /// The deletion breaker: more than [`BREAKER_MIN_DELETIONS`] and more than a quarter of
-    /// the `managed` copies (this request's, from this source region) is not what a schedule
-    /// does; it is what a source-side incident or a wrong request looks like. None is deleted,
-    /// unless the request says `allow_mass_deletion`.
-    pub(super) fn check_breaker(&mut self, managed: usize) {
-        let would_delete = self.deletions.iter().filter(|d| d.outcome == DeletionOutcome::Due).count();
-        if would_delete <= BREAKER_MIN_DELETIONS || would_delete * BREAKER_SHARE_DENOMINATOR <= managed {
-            return;
-        }
-        if self.request.allow_mass_deletion {
-            warn!(would_delete, managed, "a mass deletion, allowed by the request");
-            return;
-        }
-        let message = format!(
-            "deletion breaker: this run would delete {would_delete} of the {managed} copies it manages (more than \
-             {BREAKER_MIN_DELETIONS} and more than 1/{BREAKER_SHARE_DENOMINATOR} of them), so it deletes none; if that \
-             is meant (a retention turned on over a backlog), check the list with `dry_run: true` and \
-             `allow_mass_deletion: true`, then run with `allow_mass_deletion: true`"
-        );
-        warn!(would_delete, managed, "{message}");
-        self.breaker = Some(DeletionBreaker { would_delete, managed, message });
     }
 }

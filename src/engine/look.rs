@@ -76,6 +76,18 @@ impl<'a, S: SnapshotStore> Run<'a, S> {
             breaker: None,
             images_unknown: None,
         };
+        run.look_for_earlier_copies().await?;
+        run.queue_waiting();
+        run.observer.observe(RunEvent::Looked { sources: run.looked_sources() });
+        Ok(run)
+    }
+
+    /// Finds the copies earlier invocations made of the sources still waiting, and adopts them;
+    /// with a retention, judges every copy from the source region first (one listing serves
+    /// both).
+    async fn look_for_earlier_copies(&mut self) -> Result<(), CopySnapshotsError> {
+        let (store, request, timeline) = (self.store, self.request, self.timeline);
+        let region = &request.source_region;
         let doing = format!("looking for earlier copies in {}", request.target_region);
         if request.retention.is_set() {
             // Retention judges every copy from this region, whatever its source: one listing
@@ -84,29 +96,21 @@ impl<'a, S: SnapshotStore> Run<'a, S> {
                 .call_retrying(|| store.list_copies(&request.target_region, region))
                 .await
                 .map_err(|e| look_failed(e, &doing, &timeline))?;
-            run.judge_retention(&copies).await;
-            let wanted: HashSet<&SnapshotId> =
-                run.entries.iter().filter(|e| matches!(e.stage, Stage::Waiting)).map(|e| &e.source.id).collect();
+            self.judge_retention(&copies).await;
+            let wanted: HashSet<&SnapshotId> = self.waiting_sources().collect();
             let existing = copies.iter().filter(|c| wanted.contains(&c.source_id)).cloned().collect();
-            run.adopt(existing, true);
+            self.adopt(existing, true);
         } else {
-            let wanted: Vec<SnapshotId> =
-                run.entries.iter().filter(|e| matches!(e.stage, Stage::Waiting)).map(|e| e.source.id.clone()).collect();
+            let wanted: Vec<SnapshotId> = self.waiting_sources().cloned().collect();
             if !wanted.is_empty() {
                 let existing = timeline
                     .call_retrying(|| store.find_copies(&request.target_region, region, &wanted))
                     .await
                     .map_err(|e| look_failed(e, &doing, &timeline))?;
-                run.adopt(existing, true);
+                self.adopt(existing, true);
             }
         }
-        for i in 0..run.entries.len() {
-            if matches!(run.entries[i].stage, Stage::Waiting) {
-                run.queue_or_fail(i);
-            }
-        }
-        run.observer.observe(RunEvent::Looked { sources: run.looked_sources() });
-        Ok(run)
+        Ok(())
     }
 }
 

@@ -11,14 +11,14 @@ use tracing::warn;
 
 use crate::error::CopySnapshotsError;
 use crate::ids::SnapshotId;
-use crate::ownership::Claim;
+use crate::ownership::{AskedEncryption, Claim};
 use crate::plan::CopyTimeModel;
 use crate::poll_timing::{self, WaitContext};
-use crate::progress::RunEvent;
+use crate::progress::{Observer, RunEvent};
 use crate::store::{CopyStatus, SnapshotState, SnapshotStore, StoreError};
 
 use super::fatal;
-use super::state::{ErrorCopy, Run, Stage, unsure_window};
+use super::state::{Entry, ErrorCopy, Run, Stage, unsure_window};
 
 impl<'a, S: SnapshotStore> Run<'a, S> {
     /// Polls every pending copy of this request in one call and records what changed.
@@ -43,6 +43,30 @@ impl<'a, S: SnapshotStore> Run<'a, S> {
         };
         let by_id: HashMap<SnapshotId, CopyStatus> = answer.into_iter().map(|c| (c.id.clone(), c)).collect();
         let now = Instant::now();
+        let (requeue, vanished) = self.record_answer(&by_id, now);
+        let finished: Vec<SnapshotId> = pending
+            .iter()
+            .filter(|id| by_id.get(*id).is_some_and(|c| c.state != SnapshotState::Pending))
+            .chain(vanished.iter().filter_map(|&i| match &self.entries[i].stage {
+                Stage::Copying { copy, .. } => Some(&copy.id),
+                _ => None,
+            }))
+            .cloned()
+            .collect();
+        for i in vanished {
+            self.entries[i].stage = self.unsure(now);
+        }
+        for i in requeue {
+            self.queue_or_fail(i);
+        }
+        self.finished_copies.extend(finished);
+        Ok(())
+    }
+
+    /// Records what one poll's answer says of each pending copy this run tracks: progress and
+    /// speed, and the end states (through [`record_state`]). Returns the entries whose copy
+    /// ended in `error` (to queue again or fail) and those whose copy vanished.
+    fn record_answer(&mut self, by_id: &HashMap<SnapshotId, CopyStatus>, now: Instant) -> (Vec<usize>, Vec<usize>) {
         let unlisted_limit = unsure_window(self.limits.poll_interval) * 2;
         let mut requeue = Vec::new();
         let mut vanished = Vec::new();
@@ -83,64 +107,11 @@ impl<'a, S: SnapshotStore> Run<'a, S> {
                         Some(self.fastest_gib_per_second.map_or(gib_per_second, |s| s.max(gib_per_second)));
                 }
             }
-            // (A pending copy whose key is not reported yet is undecided: see `claim`.)
-            let wrong_key = match self.asked.claim(status) {
-                Claim::WrongKey { actual } if status.state != SnapshotState::Error => Some(actual),
-                _ => None,
-            };
-            match &status.state {
-                SnapshotState::Pending | SnapshotState::Completed if wrong_key.is_some() => {
-                    // EC2 made the copy under another key than the one asked for (it reports
-                    // the key from the start): not the copy the request asked for, whatever
-                    // its state. Left in place, for a person to judge; never done.
-                    let actual = wrong_key.flatten();
-                    let reason = format!(
-                        "{}; EC2 did not use the key asked for, so the copy does not count (it is left in place)",
-                        self.asked.wrong_key_reason(status, actual.as_deref())
-                    );
-                    self.observer
-                        .observe(RunEvent::SourceFailed { source: entry.source.id.clone(), reason: reason.clone() });
-                    entry.error_copies.push(ErrorCopy { id: copy.id.clone(), message: reason.clone() });
-                    entry.stage = Stage::Failed { copy_id: Some(copy.id.clone()), reason };
-                }
-                SnapshotState::Pending => {}
-                SnapshotState::Completed => {
-                    self.observer
-                        .observe(RunEvent::CopyCompleted { source: entry.source.id.clone(), copy: copy.id.clone() });
-                }
-                SnapshotState::Error => {
-                    let message = status.state_message.clone().unwrap_or_else(|| "EC2 gave no reason".to_owned());
-                    let (source, copy_id) = (entry.source.id.clone(), copy.id.clone());
-                    self.observer.observe(RunEvent::CopyErrored { source, copy: copy_id, message: message.clone() });
-                    entry.error_copies.push(ErrorCopy { id: copy.id.clone(), message });
-                    requeue.push(i);
-                }
-                SnapshotState::Other(state) => {
-                    let message = status.state_message.as_deref().unwrap_or("EC2 gave no reason");
-                    let reason = format!("copy {} ended in {state}: {message}", copy.id);
-                    self.observer
-                        .observe(RunEvent::SourceFailed { source: entry.source.id.clone(), reason: reason.clone() });
-                    entry.stage = Stage::Failed { copy_id: Some(copy.id.clone()), reason };
-                }
+            if record_state(entry, status, self.observer, &self.asked) {
+                requeue.push(i);
             }
         }
-        let finished: Vec<SnapshotId> = pending
-            .iter()
-            .filter(|id| by_id.get(*id).is_some_and(|c| c.state != SnapshotState::Pending))
-            .chain(vanished.iter().filter_map(|&i| match &self.entries[i].stage {
-                Stage::Copying { copy, .. } => Some(&copy.id),
-                _ => None,
-            }))
-            .cloned()
-            .collect();
-        for i in vanished {
-            self.entries[i].stage = self.unsure(now);
-        }
-        for i in requeue {
-            self.queue_or_fail(i);
-        }
-        self.finished_copies.extend(finished);
-        Ok(())
+        (requeue, vanished)
     }
 
     /// How long to wait before the next poll (see [`poll_timing::next_wait`]).
@@ -159,4 +130,49 @@ impl<'a, S: SnapshotStore> Run<'a, S> {
             self.pending_copies_with_size().map(|(size, copy)| (size, &copy.estimate)),
         )
     }
+}
+
+/// Records the state a poll found a tracked copy in: completed, in `error` (an attempt; returns
+/// true: the source is queued again or failed), in another key than asked (failed, the copy
+/// left in place), or in a state that never completes (failed).
+fn record_state(entry: &mut Entry, status: &CopyStatus, observer: &dyn Observer, asked: &AskedEncryption) -> bool {
+    let Stage::Copying { copy, .. } = &mut entry.stage else { return false };
+    // (A pending copy whose key is not reported yet is undecided: see `claim`.)
+    let wrong_key = match asked.claim(status) {
+        Claim::WrongKey { actual } if status.state != SnapshotState::Error => Some(actual),
+        _ => None,
+    };
+    match &status.state {
+        SnapshotState::Pending | SnapshotState::Completed if wrong_key.is_some() => {
+            // EC2 made the copy under another key than the one asked for (it reports
+            // the key from the start): not the copy the request asked for, whatever
+            // its state. Left in place, for a person to judge; never done.
+            let actual = wrong_key.flatten();
+            let reason = format!(
+                "{}; EC2 did not use the key asked for, so the copy does not count (it is left in place)",
+                asked.wrong_key_reason(status, actual.as_deref())
+            );
+            observer.observe(RunEvent::SourceFailed { source: entry.source.id.clone(), reason: reason.clone() });
+            entry.error_copies.push(ErrorCopy { id: copy.id.clone(), message: reason.clone() });
+            entry.stage = Stage::Failed { copy_id: Some(copy.id.clone()), reason };
+        }
+        SnapshotState::Pending => {}
+        SnapshotState::Completed => {
+            observer.observe(RunEvent::CopyCompleted { source: entry.source.id.clone(), copy: copy.id.clone() });
+        }
+        SnapshotState::Error => {
+            let message = status.state_message.clone().unwrap_or_else(|| "EC2 gave no reason".to_owned());
+            let (source, copy_id) = (entry.source.id.clone(), copy.id.clone());
+            observer.observe(RunEvent::CopyErrored { source, copy: copy_id, message: message.clone() });
+            entry.error_copies.push(ErrorCopy { id: copy.id.clone(), message });
+            return true;
+        }
+        SnapshotState::Other(state) => {
+            let message = status.state_message.as_deref().unwrap_or("EC2 gave no reason");
+            let reason = format!("copy {} ended in {state}: {message}", copy.id);
+            observer.observe(RunEvent::SourceFailed { source: entry.source.id.clone(), reason: reason.clone() });
+            entry.stage = Stage::Failed { copy_id: Some(copy.id.clone()), reason };
+        }
+    }
+    false
 }

@@ -1,20 +1,75 @@
-//! Pruning: deletes what retention judged, in the time the run would otherwise wait, never
-//! the newest completed copy of a volume and never while the breaker holds; and the plan's list
-//! of deletions. May change: the deletions' outcomes only.
+//! The safeguards on retention's deletions and the deleting: the AMI check and the deletion
+//! breaker (run when the look has judged), the newest completed copy of each volume held back;
+//! then the deletions, in the time the run would otherwise wait; and the plan's list of them.
+//! May change: the deletions' outcomes, the breaker, `images_unknown`.
 
 use std::collections::HashSet;
 
 use tokio::time::Instant;
 use tracing::{info, warn};
 
+use crate::ids::SnapshotId;
 use crate::plan::PlannedDeletion;
 use crate::progress::RunEvent;
+use crate::response::DeletionBreaker;
 use crate::store::{DeleteOutcome, SnapshotState, SnapshotStore, StoreError};
 
 use super::judge::{DeletionOutcome, SOURCE_GROUP_PREFIX, volume_group};
 use super::state::{Run, Stage};
+use super::{BREAKER_MIN_DELETIONS, BREAKER_SHARE_DENOMINATOR};
 
 impl<'a, S: SnapshotStore> Run<'a, S> {
+    /// One DescribeImages for every copy that may be deleted: a copy a registered AMI uses
+    /// stays (reported in `not_deleted` with the AMI). Without an answer, nothing is deleted.
+    pub(super) async fn check_images(&mut self) {
+        let candidates: Vec<SnapshotId> = self
+            .deletions
+            .iter()
+            .filter(|d| d.outcome == DeletionOutcome::Due && d.state != SnapshotState::Pending)
+            .map(|d| d.copy.clone())
+            .collect();
+        if candidates.is_empty() {
+            return;
+        }
+        let target = &self.request.target_region;
+        match self.timeline.call_retrying(|| self.store.images_using(target, &candidates)).await {
+            Ok(using) => {
+                for deletion in &mut self.deletions {
+                    if let Some(image) = using.get(&deletion.copy) {
+                        deletion.outcome = DeletionOutcome::InUse(image.clone());
+                    }
+                }
+            }
+            Err(error) => {
+                warn!(%error, "could not tell which copies an AMI uses; none is deleted this run");
+                self.images_unknown = Some(error.to_string());
+            }
+        }
+    }
+
+    /// The deletion breaker: more than [`BREAKER_MIN_DELETIONS`] and more than a quarter of
+    /// the `managed` copies (this request's, from this source region) is not what a schedule
+    /// does; it is what a source-side incident or a wrong request looks like. None is deleted,
+    /// unless the request says `allow_mass_deletion`.
+    pub(super) fn check_breaker(&mut self, managed: usize) {
+        let would_delete = self.deletions.iter().filter(|d| d.outcome == DeletionOutcome::Due).count();
+        if would_delete <= BREAKER_MIN_DELETIONS || would_delete * BREAKER_SHARE_DENOMINATOR <= managed {
+            return;
+        }
+        if self.request.allow_mass_deletion {
+            warn!(would_delete, managed, "a mass deletion, allowed by the request");
+            return;
+        }
+        let message = format!(
+            "deletion breaker: this run would delete {would_delete} of the {managed} copies it manages (more than \
+             {BREAKER_MIN_DELETIONS} and more than 1/{BREAKER_SHARE_DENOMINATOR} of them), so it deletes none; if that \
+             is meant (a retention turned on over a backlog), check the list with `dry_run: true` and \
+             `allow_mass_deletion: true`, then run with `allow_mass_deletion: true`"
+        );
+        warn!(would_delete, managed, "{message}");
+        self.breaker = Some(DeletionBreaker { would_delete, managed, message });
+    }
+
     /// Deletions that must wait: the newest completed copy of each volume (of this request,
     /// counting copies that completed during this run) is never deleted, so a volume always
     /// keeps a recovery copy, whatever happened to its snapshots in the source region. Only the

@@ -168,6 +168,21 @@ impl<'a, S: SnapshotStore> Run<'a, S> {
         }
     }
 
+    /// Queues every source still waiting (after the look), or fails it (see
+    /// [`queue_or_fail`](Self::queue_or_fail)).
+    pub(super) fn queue_waiting(&mut self) {
+        for i in 0..self.entries.len() {
+            if matches!(self.entries[i].stage, Stage::Waiting) {
+                self.queue_or_fail(i);
+            }
+        }
+    }
+
+    /// The ids of the sources with no copy yet.
+    pub(super) fn waiting_sources(&self) -> impl Iterator<Item = &SnapshotId> {
+        self.entries.iter().filter(|e| matches!(e.stage, Stage::Waiting)).map(|e| &e.source.id)
+    }
+
     /// Puts sources back in the start queue.
     pub(super) fn requeue(&mut self, entries: &[usize]) {
         for &i in entries {
