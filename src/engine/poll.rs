@@ -23,7 +23,7 @@ use super::state::{Entry, ErrorCopy, Run, Stage, unsure_window};
 impl<'a, S: SnapshotStore> Run<'a, S> {
     /// Polls every pending copy of this request in one call and records what changed.
     pub(super) async fn poll(&mut self) -> Result<(), CopySnapshotsError> {
-        self.region_full = false;
+        self.poll_began();
         let pending: Vec<SnapshotId> = self.pending_copies().map(|c| c.id.clone()).collect();
         if pending.is_empty() {
             return Ok(());
@@ -54,7 +54,7 @@ impl<'a, S: SnapshotStore> Run<'a, S> {
             .cloned()
             .collect();
         for i in vanished {
-            self.entries[i].stage = self.unsure(now);
+            self.mark_unsure(i, now);
         }
         for i in requeue {
             self.queue_or_fail(i);

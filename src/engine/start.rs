@@ -12,7 +12,6 @@ use tracing::{debug, warn};
 use crate::error::CopySnapshotsError;
 use crate::ids::SnapshotId;
 use crate::ownership::AskedEncryption;
-use crate::poll_timing::CompletionEstimate;
 use crate::progress::RunEvent;
 use crate::request::CopyRequest;
 use crate::store::{
@@ -21,7 +20,7 @@ use crate::store::{
 };
 
 use super::fatal;
-use super::state::{Run, Stage, Started, TrackedCopy};
+use super::state::{Run, Stage, Started};
 
 /// EC2's tag limit per snapshot.
 pub(super) const MAX_TAGS_PER_SNAPSHOT: usize = 50;
@@ -89,33 +88,24 @@ impl<'a, S: SnapshotStore> Run<'a, S> {
                 self.copies_started += 1;
                 self.count_own_start();
                 self.full_rounds = 0;
-                self.entries[i].stage = Stage::Copying {
-                    copy: TrackedCopy {
-                        id: copy_id.clone(),
-                        state: SnapshotState::Pending,
-                        progress: None,
-                        estimate: CompletionEstimate::started_at(Instant::now()),
-                        seen: false,
-                    },
-                    reused: false,
-                };
+                self.track_started(i, copy_id.clone());
                 Started::Copy(copy_id)
             }
             Err(StoreError::NoSlot(message)) => {
                 debug!(%message, "region's copy quota is full; waiting for a slot");
-                self.queue.push((source.size_gib, Reverse(i)));
+                self.requeue(&[i]);
                 self.no_slot_until_next_poll();
                 Started::No
             }
             Err(StoreError::Throttled(message)) => {
-                self.queue.push((source.size_gib, Reverse(i)));
+                self.requeue(&[i]);
                 self.throttled_now(&message, "starting a copy");
                 Started::No
             }
             Err(StoreError::Unknown(message)) => {
                 self.observer.observe(RunEvent::StartUnsure { source: source.id.clone(), message });
                 self.count_own_start();
-                self.entries[i].stage = self.unsure(Instant::now());
+                self.mark_unsure(i, Instant::now());
                 Started::Unsure
             }
             Err(StoreError::Refused { code, message }) => {

@@ -1,12 +1,17 @@
 //! The run's state: where each source stands ([`Entry`], [`Stage`]), the copies being watched
 //! ([`TrackedCopy`]), the start queue, and what counts against `pending_limit`. The steps
-//! change it through the methods here where they can.
+//! change it through the methods here where they can (`queue_or_fail`, `requeue`,
+//! `track_started`, `mark_unsure`, `fail`, `no_slot_until_next_poll`, `poll_began`).
 //!
 //! Invariants it keeps:
-//! - an entry is in the queue only while its stage is `Waiting`, and at most once;
+//! - an entry is in the queue only while its stage is `Waiting`, and at most once: it is
+//!   pushed by `queue_or_fail` or `requeue` and popped before its start is tried;
 //! - a slot is held (`slots_held`) by a pending copy this run tracks or an unsure start, and by
-//!   nothing else: a start that holds one changes the stage in the same step;
-//! - `region_full` is set between a refusal (no slot, throttling) and the next poll only.
+//!   nothing else: `start_one` checks (debug builds) that a start which holds one adds exactly
+//!   one;
+//! - `region_full` is set by `no_slot_until_next_poll` (no slot in the region or this
+//!   deployment's share, throttling, a ledger without an answer) and cleared only by
+//!   `poll_began`: no start in between.
 
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap};
@@ -197,9 +202,29 @@ impl<'a, S: SnapshotStore> Run<'a, S> {
         self.entries[i].stage = Stage::Failed { copy_id: None, reason };
     }
 
-    /// A fresh unsure stage: first look one poll interval after `now`.
-    pub(super) fn unsure(&self, now: Instant) -> Stage {
-        Stage::Unsure { misses: 0, next_look: now + self.limits.poll_interval }
+    /// Entry `i`'s start (or its vanished copy) is unsure: a fresh unsure stage, first looked
+    /// up one poll interval after `now`. It holds a slot.
+    pub(super) fn mark_unsure(&mut self, i: usize, now: Instant) {
+        self.entries[i].stage = Stage::Unsure { misses: 0, next_look: now + self.limits.poll_interval };
+    }
+
+    /// EC2 accepted the copy of entry `i`: it is tracked, pending, from now. It holds a slot.
+    pub(super) fn track_started(&mut self, i: usize, id: SnapshotId) {
+        self.entries[i].stage = Stage::Copying {
+            copy: TrackedCopy {
+                id,
+                state: SnapshotState::Pending,
+                progress: None,
+                estimate: CompletionEstimate::started_at(Instant::now()),
+                seen: false,
+            },
+            reused: false,
+        };
+    }
+
+    /// A poll is due: what kept starts back until it (a full region, throttling) is over.
+    pub(super) fn poll_began(&mut self) {
+        self.region_full = false;
     }
 
     /// Whether a store call started now would end before the deadline.
