@@ -13,11 +13,11 @@ use serde_json::Value;
 use tokio::time::Instant;
 use tracing::{error, info, warn};
 
+use crate::engine::{RunLimits, reconcile_observed};
 use crate::error::CopySnapshotsError;
 use crate::event::{Invocation, MULTI_VOLUME_COMPLETION, SNAPSHOT_NOTIFICATION, parse_payload};
 use crate::ids::{Region, SnapshotId};
 use crate::progress::{LogObserver, StopSignal};
-use crate::reconcile::{RunLimits, reconcile_observed};
 use crate::request::{CopyRequest, RequestPayload, Settings};
 use crate::response::Response;
 use crate::store::{SnapshotStore, SourceSelector};

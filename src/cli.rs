@@ -16,12 +16,12 @@ use serde_json::{Map, Value, json};
 use tokio::signal::unix::{SignalKind, signal};
 
 use crate::ec2::{Ec2Store, load_sdk_config};
+use crate::engine::plan;
 use crate::error::CopySnapshotsError;
 use crate::event::{Invocation, parse_payload};
 use crate::handler::answer_observed;
 use crate::plan::{CopyTimeModel, Plan};
 use crate::progress::stop_signal;
-use crate::reconcile::plan;
 use crate::request::Settings;
 use crate::response::Answer;
 use crate::terminal::{ProgressView, plan_table, result_table};

@@ -13,12 +13,12 @@ use tokio::time::Instant;
 use tracing::{debug, error, info, warn};
 
 use crate::batch::{handle_batch, is_sqs_event};
+use crate::engine::{RunLimits, reconcile_observed};
 use crate::error::CopySnapshotsError;
 use crate::event::{Invocation, parse_payload};
 use crate::logging::LogLevel;
 use crate::metrics::{self, InvocationCounts};
 use crate::progress::{LogObserver, Observer, StopSignal};
-use crate::reconcile::{RunLimits, reconcile_observed};
 use crate::request::Settings;
 use crate::response::{Answer, Response, ResponseFormat, respond};
 use crate::store::SnapshotStore;

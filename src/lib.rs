@@ -7,7 +7,8 @@
 //! - [`request`]: the request, the environment's defaults, validation.
 //! - [`event`]: payload → request (direct request or EventBridge event).
 //! - [`store`]: the trait the engine asks EC2 through, in domain types.
-//! - [`reconcile`]: the engine; [`poll_timing`]: when it polls next; [`progress`]: what it
+//! - [`engine`]: the engine, a module per step over one run's state ([`reconcile`] is its
+//!   first path, re-exported); [`poll_timing`]: when it polls next; [`progress`]: what it
 //!   reports as it works (and the signal that stops it); [`plan`]: what it would do;
 //!   [`retention`]: the one rule for which sources are copied and which copies are deleted;
 //!   [`ownership`]: the one rule for which copies belong to a request.
@@ -34,6 +35,7 @@ pub mod batch;
 pub mod cli;
 pub mod dynamo_slots;
 pub mod ec2;
+pub mod engine;
 pub mod error;
 pub mod event;
 pub mod handler;

@@ -2,7 +2,7 @@
 //! to transfer, and how long the job would take, scheduled as the engine schedules (largest
 //! first, at most `pending_limit` at once) under a stated copy-time model; with a retention, the
 //! copies it would delete. The command line's `plan` prints it, a `dry_run` request answers it;
-//! the engine builds it from its own look ([`crate::reconcile::plan`]).
+//! the engine builds it from its own look ([`crate::engine::plan`]).
 
 use std::cmp::Reverse;
 use std::collections::BinaryHeap;

@@ -1,0 +1,343 @@
+//! The run's state: where each source stands ([`Entry`], [`Stage`]), the copies being watched
+//! ([`TrackedCopy`]), the start queue, and what counts against `pending_limit`. The steps
+//! change it through the methods here where they can (`queue_or_fail`, `requeue`,
+//! `track_started`, `mark_unsure`, `fail`, `no_slot_until_next_poll`, `poll_began`).
+//!
+//! Invariants it keeps:
+//! - an entry is in the queue only while its stage is `Waiting`, and at most once: it is
+//!   pushed by `queue_or_fail` or `requeue` and popped before its start is tried;
+//! - a slot is held (`slots_held`) by a pending copy this run tracks or an unsure start, and by
+//!   nothing else: `start_one` checks (debug builds) that a start which holds one adds exactly
+//!   one;
+//! - `region_full` is set by `no_slot_until_next_poll` (no slot in the region or this
+//!   deployment's share, throttling, a ledger without an answer) and cleared only by
+//!   `poll_began`: no start in between.
+
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, HashMap};
+use std::time::{Duration, SystemTime};
+
+use tokio::time::Instant;
+use tracing::warn;
+
+use crate::ids::SnapshotId;
+use crate::ownership::AskedEncryption;
+use crate::poll_timing::CompletionEstimate;
+use crate::progress::{LookedSource, Observer, RunEvent, SourceStatus, StopSignal};
+use crate::request::CopyRequest;
+use crate::response::{DeletionBreaker, RemovedCopy};
+use crate::store::{SnapshotState, SnapshotStore, SourceSnapshot};
+use crate::timeline::Timeline;
+
+use super::judge::Deletion;
+use super::{MAX_ATTEMPTS, RunLimits, UNSURE_LOOKS};
+
+/// Where one source stands.
+#[derive(Debug)]
+pub(super) enum Stage {
+    /// No copy yet; in the start queue.
+    Waiting,
+    /// A filter matched it but it is not `completed` yet; a later invocation copies it.
+    NotReady,
+    /// A CopySnapshot call failed without a definite answer, or a copy being watched vanished:
+    /// a copy may exist that EC2 does not list yet (it is eventually consistent). It is looked
+    /// up by its tags, with backoff, [`UNSURE_LOOKS`] times before a new attempt, and holds a
+    /// slot meanwhile.
+    Unsure {
+        misses: u32,
+        next_look: Instant,
+    },
+    Copying {
+        copy: TrackedCopy,
+        reused: bool,
+    },
+    Failed {
+        copy_id: Option<SnapshotId>,
+        reason: String,
+    },
+}
+
+#[derive(Debug)]
+pub(super) struct Entry {
+    pub(super) source: SourceSnapshot,
+    pub(super) stage: Stage,
+    /// This project's copies of the source that ended in `error` (or under another key than
+    /// the request's), found by their tags or seen failing: the source's attempts so far, kept
+    /// in EC2 itself.
+    pub(super) error_copies: Vec<ErrorCopy>,
+}
+
+impl Entry {
+    pub(super) fn new(source: SourceSnapshot, stage: Stage) -> Self {
+        Self { source, stage, error_copies: Vec::new() }
+    }
+}
+
+/// A copy that ended in `error`, with EC2's `StateMessage`.
+#[derive(Debug)]
+pub(super) struct ErrorCopy {
+    pub(super) id: SnapshotId,
+    pub(super) message: String,
+}
+
+/// A copy being watched, with what is known of its speed.
+#[derive(Debug)]
+pub(super) struct TrackedCopy {
+    pub(super) id: SnapshotId,
+    pub(super) state: SnapshotState,
+    pub(super) progress: Option<u8>,
+    pub(super) estimate: CompletionEstimate,
+    /// Seen in at least one answer; a seen copy that vanishes was deleted.
+    pub(super) seen: bool,
+}
+
+/// What one start attempt came to, as far as slots go.
+#[derive(Debug)]
+pub(super) enum Started {
+    /// EC2 accepted the copy.
+    Copy(SnapshotId),
+    /// No definite answer: a copy may exist; it holds a slot.
+    Unsure,
+    /// EC2 definitely made no copy (refused, no slot, throttled), or no call was made.
+    No,
+}
+
+/// One invocation's state: the request and its store, the entries, the queue, the slot
+/// bookkeeping and retention's findings.
+pub(super) struct Run<'a, S> {
+    pub(super) store: &'a S,
+    pub(super) request: &'a CopyRequest,
+    /// The request's encryption, its key resolved: which copies are the request's.
+    pub(super) asked: AskedEncryption,
+    pub(super) observer: &'a dyn Observer,
+    pub(super) stop: StopSignal,
+    pub(super) limits: RunLimits,
+    /// How long each call may take, and until when.
+    pub(super) timeline: Timeline,
+    pub(super) entries: Vec<Entry>,
+    /// Snapshots the filters matched that can never be copied, with why (for the look's report).
+    pub(super) skipped: Vec<LookedSource>,
+    /// Sources without a copy, largest first; ties in request order.
+    pub(super) queue: BinaryHeap<(u64, Reverse<usize>)>,
+    /// EC2 answered ResourceLimitExceeded, or throttled a call beyond the SDK's retries, since
+    /// the last poll: no start until then, and the wait before it backs off with jitter.
+    pub(super) region_full: bool,
+    /// Calls EC2 throttled beyond the SDK's retries in this run (each backed off, none fatal).
+    pub(super) throttled_calls: usize,
+    /// What the last count of this deployment's pending copies found: (all, of them others').
+    pub(super) deployment_pending: Option<(usize, usize)>,
+    /// Rounds the slot ledger did not answer (each started nothing and backed off).
+    pub(super) ledger_failures: usize,
+    /// Copies polls saw finish (or vanish) whose slots the ledger still holds: released by the
+    /// next reservation's write, or by a write of their own after the start round.
+    pub(super) finished_copies: Vec<SnapshotId>,
+    /// Consecutive rounds the region was full with none of our copies pending: backs off.
+    pub(super) full_rounds: u32,
+    pub(super) copies_started: usize,
+    /// The fastest copy speed measured in this run, GiB per second: a prior for copies not
+    /// observed yet.
+    pub(super) fastest_gib_per_second: Option<f64>,
+    /// Second live copies found (entry, copy id), to delete.
+    pub(super) duplicates: Vec<(usize, SnapshotId)>,
+    pub(super) duplicates_removed: Vec<RemovedCopy>,
+    /// Copies retention deletes, found by the look, deleted as time allows.
+    pub(super) deletions: Vec<Deletion>,
+    /// The newest completed copy of each volume group the look found (source start, copy id).
+    pub(super) newest_completed: HashMap<String, (Option<SystemTime>, SnapshotId)>,
+    /// The deletion breaker held this run's deletions.
+    pub(super) breaker: Option<DeletionBreaker>,
+    /// DescribeImages gave no answer: no deletion this run.
+    pub(super) images_unknown: Option<String>,
+}
+
+impl<'a, S: SnapshotStore> Run<'a, S> {
+    /// Queues a source with no copy for a new attempt, or fails it once [`MAX_ATTEMPTS`] of its
+    /// copies have ended in `error`.
+    pub(super) fn queue_or_fail(&mut self, i: usize) {
+        let entry = &mut self.entries[i];
+        if entry.error_copies.len() >= MAX_ATTEMPTS {
+            let attempts: Vec<String> =
+                entry.error_copies.iter().map(|e| format!("{} ({})", e.id, e.message)).collect();
+            let reason = format!(
+                "{} of its copies ended in error, the most this function makes of one source: {}; \
+                 fix the cause, then delete those copies to try again",
+                entry.error_copies.len(),
+                attempts.join(", ")
+            );
+            self.observer.observe(RunEvent::SourceFailed { source: entry.source.id.clone(), reason: reason.clone() });
+            let copy_id = entry.error_copies.last().map(|e| e.id.clone());
+            entry.stage = Stage::Failed { copy_id, reason };
+        } else {
+            entry.stage = Stage::Waiting;
+            self.queue.push((entry.source.size_gib, Reverse(i)));
+        }
+    }
+
+    /// Queues every source still waiting (after the look), or fails it (see
+    /// [`queue_or_fail`](Self::queue_or_fail)).
+    pub(super) fn queue_waiting(&mut self) {
+        for i in 0..self.entries.len() {
+            if matches!(self.entries[i].stage, Stage::Waiting) {
+                self.queue_or_fail(i);
+            }
+        }
+    }
+
+    /// The ids of the sources with no copy yet.
+    pub(super) fn waiting_sources(&self) -> impl Iterator<Item = &SnapshotId> {
+        self.entries.iter().filter(|e| matches!(e.stage, Stage::Waiting)).map(|e| &e.source.id)
+    }
+
+    /// Puts sources back in the start queue.
+    pub(super) fn requeue(&mut self, entries: &[usize]) {
+        for &i in entries {
+            self.queue.push((self.entries[i].source.size_gib, Reverse(i)));
+        }
+    }
+
+    /// Fails a source this run will not copy (no copy of it was made).
+    pub(super) fn fail(&mut self, i: usize, reason: String) {
+        self.observer
+            .observe(RunEvent::SourceFailed { source: self.entries[i].source.id.clone(), reason: reason.clone() });
+        self.entries[i].stage = Stage::Failed { copy_id: None, reason };
+    }
+
+    /// Entry `i`'s start (or its vanished copy) is unsure: a fresh unsure stage, first looked
+    /// up one poll interval after `now`. It holds a slot.
+    pub(super) fn mark_unsure(&mut self, i: usize, now: Instant) {
+        self.entries[i].stage = Stage::Unsure { misses: 0, next_look: now + self.limits.poll_interval };
+    }
+
+    /// EC2 accepted the copy of entry `i`: it is tracked, pending, from now. It holds a slot.
+    pub(super) fn track_started(&mut self, i: usize, id: SnapshotId) {
+        self.entries[i].stage = Stage::Copying {
+            copy: TrackedCopy {
+                id,
+                state: SnapshotState::Pending,
+                progress: None,
+                estimate: CompletionEstimate::started_at(Instant::now()),
+                seen: false,
+            },
+            reused: false,
+        };
+    }
+
+    /// A poll is due: what kept starts back until it (a full region, throttling) is over.
+    pub(super) fn poll_began(&mut self) {
+        self.region_full = false;
+    }
+
+    /// Whether a store call started now would end before the deadline.
+    pub(super) fn may_call(&self) -> bool {
+        self.timeline.may_call()
+    }
+
+    /// Whether a copy may start now: before `work_until`, with time for the call, not stopped.
+    pub(super) fn may_start(&self, work_until: Option<Instant>) -> bool {
+        work_until.is_none_or(|until| Instant::now() < until) && self.may_call() && !self.stop.is_set()
+    }
+
+    /// What counts against `pending_limit`: this request's pending copies and unsure starts.
+    pub(super) fn slots_held(&self) -> usize {
+        self.entries
+            .iter()
+            .filter(|e| match &e.stage {
+                Stage::Copying { copy, .. } => copy.state == SnapshotState::Pending,
+                Stage::Unsure { .. } => true,
+                _ => false,
+            })
+            .count()
+    }
+
+    pub(super) fn pending_copies(&self) -> impl Iterator<Item = &TrackedCopy> {
+        self.pending_copies_with_size().map(|(_, copy)| copy)
+    }
+
+    pub(super) fn pending_copies_with_size(&self) -> impl Iterator<Item = (u64, &TrackedCopy)> {
+        self.entries.iter().filter_map(|e| match &e.stage {
+            Stage::Copying { copy, .. } if copy.state == SnapshotState::Pending => Some((e.source.size_gib, copy)),
+            _ => None,
+        })
+    }
+
+    /// When the earliest unsure start is due for a look, if there is one.
+    pub(super) fn next_unsure_look(&self) -> Option<Instant> {
+        self.entries
+            .iter()
+            .filter_map(|e| match e.stage {
+                Stage::Unsure { next_look, .. } => Some(next_look),
+                _ => None,
+            })
+            .min()
+    }
+
+    /// Whether this invocation still has something to start, resolve or wait for.
+    pub(super) fn work_left(&self) -> bool {
+        !self.queue.is_empty()
+            || self.next_unsure_look().is_some()
+            || (self.request.wait_for_completion && self.pending_copies().next().is_some())
+    }
+
+    /// A copy this run started (or may have) since the last count holds one of the deployment's
+    /// slots too.
+    pub(super) fn count_own_start(&mut self) {
+        if let Some((pending, _)) = &mut self.deployment_pending {
+            *pending += 1;
+        }
+    }
+
+    /// EC2 throttled a call beyond the SDK's retries: no start until the next poll, which comes
+    /// after a backoff with jitter (see [`backing_off`](Self::backing_off)).
+    pub(super) fn throttled_now(&mut self, message: &str, doing: &str) {
+        warn!(%message, doing, "EC2 throttled beyond the SDK's retries; backing off");
+        self.throttled_calls += 1;
+        self.no_slot_until_next_poll();
+    }
+
+    /// No start until the next poll (the region is full, this deployment's share is, or EC2
+    /// throttles): the wait before it is a backoff, longer each round none of this run's copies
+    /// is pending to free a slot.
+    pub(super) fn no_slot_until_next_poll(&mut self) {
+        self.region_full = true;
+        if self.pending_copies().next().is_none() {
+            self.full_rounds += 1;
+        }
+    }
+
+    /// Whether the next wait is a backoff (region full, throttled), which gets jitter.
+    pub(super) fn backing_off(&self) -> bool {
+        self.region_full
+    }
+
+    /// Where each source stands, as the look's report and the plan show it.
+    pub(super) fn looked_sources(&self) -> Vec<LookedSource> {
+        let looked = self.entries.iter().map(|entry| {
+            let status = match &entry.stage {
+                Stage::Copying { copy, .. } => SourceStatus::HasCopy {
+                    copy: copy.id.clone(),
+                    state: copy.state.as_str().to_owned(),
+                    progress: copy.progress,
+                },
+                Stage::Waiting | Stage::Unsure { .. } => SourceStatus::ToCopy { note: to_copy_note(entry) },
+                Stage::NotReady => SourceStatus::NotReady {
+                    reason: format!("is {}; a later run copies it once it is completed", entry.source.state.as_str()),
+                },
+                Stage::Failed { reason, .. } => SourceStatus::Failed { reason: reason.clone() },
+            };
+            LookedSource { source: entry.source.id.clone(), size_gib: entry.source.size_gib, status }
+        });
+        looked.chain(self.skipped.iter().cloned()).collect()
+    }
+}
+
+/// Why a source this run copies has no usable copy, when there is more to say than "none".
+pub(super) fn to_copy_note(entry: &Entry) -> Option<String> {
+    (!entry.error_copies.is_empty())
+        .then(|| format!("{} of {MAX_ATTEMPTS} attempts ended in error before", entry.error_copies.len()))
+}
+
+/// How long the looks for an unsure start span: 1 + 2 + 4 + 8 poll intervals. A copy EC2
+/// confirmed but that is missing from every listing for twice that is taken as gone.
+pub(super) fn unsure_window(poll_interval: Duration) -> Duration {
+    poll_interval * (2u32.pow(UNSURE_LOOKS) - 1)
+}
