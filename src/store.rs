@@ -172,6 +172,19 @@ pub struct KeyDescription {
     pub spec: String,
 }
 
+impl KeyDescription {
+    /// Why EBS cannot encrypt a copy under this key (`is Disabled …`), if it cannot: the one
+    /// rule the engine and `verify-aws` both apply before anything is made.
+    pub fn unusable_reason(&self) -> Option<String> {
+        if self.state != "Enabled" {
+            return Some(format!("is {} (EC2 cannot encrypt a copy under it)", self.state));
+        }
+        // A symmetric encryption key is always for ENCRYPT_DECRYPT.
+        (!self.spec.is_empty() && self.spec != "SYMMETRIC_DEFAULT")
+            .then(|| format!("is a {} key (EBS encrypts only under symmetric encryption keys)", self.spec))
+    }
+}
+
 /// What a DeleteSnapshot did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum DeleteOutcome {

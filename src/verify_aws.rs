@@ -418,15 +418,8 @@ async fn resolve_key(aws: &Aws, plan: &Plan) -> Result<String, String> {
         };
         format!("the KMS key {asked} {why} ({error}); nothing was made")
     })?;
-    let arn = &found.arn;
-    let unusable =
-        |why: String| format!("the KMS key {asked} ({arn}) {why}; EBS cannot encrypt with it; nothing was made");
-    if found.state != "Enabled" {
-        return Err(unusable(format!("is {}", found.state)));
-    }
-    // A symmetric encryption key is always for ENCRYPT_DECRYPT.
-    if !found.spec.is_empty() && found.spec != "SYMMETRIC_DEFAULT" {
-        return Err(unusable(format!("is an asymmetric or HMAC key ({})", found.spec)));
+    if let Some(reason) = found.unusable_reason() {
+        return Err(format!("the KMS key {asked} ({}) {reason}; nothing was made", found.arn));
     }
     Ok(found.arn)
 }

@@ -251,18 +251,9 @@ pub(super) async fn resolve_encryption<S: SnapshotStore>(
     );
     let invalid = |what: String| CopySnapshotsError::InvalidRequest(format!("kms_key_id: {what}; {valid}"));
     match timeline.call_retrying(|| store.describe_key(target, key)).await {
-        Ok(found) if found.state != "Enabled" => Err(invalid(format!(
-            "`{}` names the key {}, which is {} (EC2 cannot encrypt a copy under it)",
-            shorten(key),
-            found.arn,
-            found.state
-        ))),
-        Ok(found) if !found.spec.is_empty() && found.spec != "SYMMETRIC_DEFAULT" => Err(invalid(format!(
-            "`{}` names the key {}, a {} key; EBS encrypts only under symmetric encryption keys",
-            shorten(key),
-            found.arn,
-            found.spec
-        ))),
+        Ok(found) if let Some(reason) = found.unusable_reason() => {
+            Err(invalid(format!("`{}` names the key {}, which {reason}", shorten(key), found.arn)))
+        }
         Ok(found) => {
             debug!(key, arn = %found.arn, "KMS key resolved");
             Ok(AskedEncryption::Key { given: key.to_owned(), arn: found.arn })

@@ -140,11 +140,7 @@ fn plan_lists_each_source_and_copies_nothing() {
 }
 
 async fn kms_key(emulator: &FaultEc2) -> String {
-    let endpoint = emulator.endpoint();
-    let config = aws_config::defaults(aws_config::BehaviorVersion::latest()).endpoint_url(&endpoint).load().await;
-    let kms = aws_sdk_kms::Client::from_conf(
-        aws_sdk_kms::config::Builder::from(&config).region(aws_sdk_kms::config::Region::new(TARGET)).build(),
-    );
+    let kms = emulator.kms_in(TARGET).await;
     kms.create_key().send().await.unwrap().key_metadata().unwrap().arn().unwrap().to_owned()
 }
 

@@ -338,11 +338,7 @@ async fn hostile_payloads_get_clear_errors_and_memory_stays_bounded() {
 async fn copies_are_encrypted_under_the_key_an_alias_names_and_a_key_that_is_not_there_copies_nothing() {
     let emulator = FaultEc2::start();
     emulator.configure(json!({"time_scale": TIME_SCALE}));
-    let endpoint = emulator.endpoint();
-    let config = aws_config::defaults(aws_config::BehaviorVersion::latest()).endpoint_url(&endpoint).load().await;
-    let kms = aws_sdk_kms::Client::from_conf(
-        aws_sdk_kms::config::Builder::from(&config).region(aws_sdk_kms::config::Region::new(TARGET)).build(),
-    );
+    let kms = emulator.kms_in(TARGET).await;
     let key = kms.create_key().send().await.unwrap().key_metadata().unwrap().arn().unwrap().to_owned();
     kms.create_alias().alias_name("alias/dr").target_key_id(&key).send().await.unwrap();
     let ids = emulator.sources(SOURCE, &[8, 16, 24]);
@@ -386,11 +382,7 @@ async fn a_copy_ec2_makes_under_another_key_than_asked_fails_naming_both_keys() 
     // EC2 ignores KmsKeyId (reported when the PresignedUrl was missing): the copy goes under the
     // region's default key, and completes.
     emulator.configure(json!({"time_scale": TIME_SCALE, "ignore_kms_key": true}));
-    let endpoint = emulator.endpoint();
-    let config = aws_config::defaults(aws_config::BehaviorVersion::latest()).endpoint_url(&endpoint).load().await;
-    let kms = aws_sdk_kms::Client::from_conf(
-        aws_sdk_kms::config::Builder::from(&config).region(aws_sdk_kms::config::Region::new(TARGET)).build(),
-    );
+    let kms = emulator.kms_in(TARGET).await;
     let key = kms.create_key().send().await.unwrap().key_metadata().unwrap().arn().unwrap().to_owned();
     let ids = emulator.sources(SOURCE, &[8]);
     let mut lambda = function(&emulator).await;

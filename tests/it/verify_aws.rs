@@ -64,10 +64,7 @@ async fn ec2(emulator: &FaultEc2, region: &str) -> Client {
 
 /// A new key in the target region with `alias`; returns its ARN.
 async fn kms_key(emulator: &FaultEc2, alias: &str) -> String {
-    let config = config(emulator).await;
-    let kms = aws_sdk_kms::Client::from_conf(
-        aws_sdk_kms::config::Builder::from(&config).region(aws_sdk_kms::config::Region::new(TARGET)).build(),
-    );
+    let kms = emulator.kms_in(TARGET).await;
     let key = kms.create_key().send().await.unwrap().key_metadata().unwrap().arn().unwrap().to_owned();
     kms.create_alias().alias_name(alias).target_key_id(&key).send().await.unwrap();
     key

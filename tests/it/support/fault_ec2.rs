@@ -82,16 +82,35 @@ impl FaultEc2 {
         serde_json::from_str(payload).unwrap_or_else(|e| panic!("{e}: {payload}"))
     }
 
+    /// SDK configuration for this emulator's endpoint (EC2, KMS and DynamoDB alike).
+    async fn sdk_config(&self) -> aws_config::SdkConfig {
+        aws_config::defaults(aws_config::BehaviorVersion::latest())
+            .endpoint_url(self.endpoint())
+            .region(aws_config::Region::new("us-east-1"))
+            .load()
+            .await
+    }
+
+    /// DynamoDB on this emulator (moto serves it beside EC2), in the stack's region.
+    async fn dynamodb(&self) -> aws_sdk_dynamodb::Client {
+        aws_sdk_dynamodb::Client::new(&self.sdk_config().await)
+    }
+
+    /// KMS on this emulator in `region`.
+    pub async fn kms_in(&self, region: &str) -> aws_sdk_kms::Client {
+        let config = self.sdk_config().await;
+        aws_sdk_kms::Client::from_conf(
+            aws_sdk_kms::config::Builder::from(&config)
+                .region(aws_sdk_kms::config::Region::new(region.to_owned()))
+                .build(),
+        )
+    }
+
     /// A DynamoDB table for the slot ledger, as the template's `SlotTable` declares it (on the
     /// same endpoint: moto serves DynamoDB beside EC2); returns its name.
     pub async fn create_slot_table(&self) -> String {
         let name = "copy-snapshots-SlotTable-test".to_owned();
-        let config = aws_config::defaults(aws_config::BehaviorVersion::latest())
-            .endpoint_url(self.endpoint())
-            .region(aws_config::Region::new("us-east-1"))
-            .load()
-            .await;
-        let dynamodb = aws_sdk_dynamodb::Client::new(&config);
+        let dynamodb = self.dynamodb().await;
         let key = "target_region";
         dynamodb
             .create_table()
@@ -113,12 +132,7 @@ impl FaultEc2 {
 
     /// The slot ledger's item for `target_region` in `table`, as stored.
     pub async fn slot_item(&self, table: &str, target_region: &str) -> Option<HashMap<String, AttributeValue>> {
-        let config = aws_config::defaults(aws_config::BehaviorVersion::latest())
-            .endpoint_url(self.endpoint())
-            .region(aws_config::Region::new("us-east-1"))
-            .load()
-            .await;
-        let dynamodb = aws_sdk_dynamodb::Client::new(&config);
+        let dynamodb = self.dynamodb().await;
         let key = AttributeValue::S(target_region.to_owned());
         let answer = dynamodb.get_item().table_name(table).key("target_region", key).send().await.expect("GetItem");
         answer.item().cloned()
