@@ -33,6 +33,7 @@ build: $(STAMP) ## release build for Lambda (arm64, provided.al2023)
 	cargo lambda build --release --arm64
 
 test: $(STAMP) check-templates ## every test: engine, requests, SDK and binary against moto, templates
+	scripts/check-layers
 	scripts/check-shared-features
 	scripts/with-moto cargo test -- --show-output
 
@@ -47,7 +48,8 @@ check-templates: $(STAMP) ## cfn-lint and sam validate the template, check its r
 	python scripts/check-iam.py
 	python scripts/lint-asl.py
 
-lint: check-templates ## formatting, clippy (warnings as errors) and template checks
+lint: check-templates ## formatting, clippy (warnings as errors), the layers, template checks
+	scripts/check-layers
 	cargo fmt --check
 	cargo clippy --all-targets -- -D warnings
 

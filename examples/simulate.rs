@@ -43,9 +43,9 @@
 
 use std::time::Duration;
 
-use copy_snapshots::reconcile::{RunLimits, reconcile};
-use copy_snapshots::request::{CopyRequest, FilterPayload, RequestPayload, Settings};
-use copy_snapshots::simulated::{CopyTimeModel, Irregularity, MemoryLedger, QuietStart, SimulatedEc2};
+use copy_snapshots::contract::request::{CopyRequest, FilterPayload, RequestPayload, Settings};
+use copy_snapshots::engine::{RunLimits, reconcile};
+use copy_snapshots::store::simulated::{CopyTimeModel, Irregularity, MemoryLedger, QuietStart, SimulatedEc2};
 use rand::rngs::StdRng;
 use rand::seq::SliceRandom;
 use rand::{RngExt, SeedableRng};
@@ -380,8 +380,8 @@ struct BurstRun {
 }
 
 async fn burst_500(held: Option<Duration>) -> BurstRun {
+    use copy_snapshots::entry::simulated_queue::{QueueSettings, SimulatedQueue};
     use copy_snapshots::ids::Region;
-    use copy_snapshots::simulated_queue::{QueueSettings, SimulatedQueue};
     const EVENTS: usize = 500;
     // EC2 answering in 50 ms, the table in 5 ms: the two batches in flight interleave.
     let ec2 = Table::Deployed.deploy(SimulatedEc2::new().with_latency(Duration::from_millis(50)));

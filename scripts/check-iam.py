@@ -21,7 +21,7 @@ IAM statements:
   before a deletion, included), and nothing that changes a volume or an image;
 - every function that copies names the slot table (SLOT_TABLE), the role may GetItem and
   PutItem on that table and nothing else of DynamoDB anywhere, and the table is on demand and
-  keyed by target_region as src/dynamo_slots.rs writes it;
+  keyed by target_region as src/store/dynamo_slots.rs writes it;
 - the schedule starts the state machine (with a role allowing states:StartExecution on it and
   nothing else), and its Input is `{"loop": {"kind": "schedule", "generation": 0}, "request":
   …}` with a valid request carrying RetainDays, RetainCount and DeleteOrphansAfterDays as
@@ -247,7 +247,7 @@ def check_delete(name, evaluator, errors):
             errors.append(f"{where}: not limited to snapshots tagged copy-snapshots:source-snapshot-id = snap-*")
 
 
-# The EC2 calls the function makes (src/ec2.rs), each allowed by the role.
+# The EC2 calls the function makes (src/store/ec2.rs), each allowed by the role.
 EC2_CALLS = [
     "ec2:DescribeSnapshots",
     "ec2:CopySnapshot",
@@ -271,7 +271,7 @@ def check_ec2_calls(name, evaluator, errors):
                 errors.append(f"{name}: statement {s.get('Sid', '?')} allows {action}; only looks at volumes and images")
 
 
-# The DynamoDB calls the function makes (src/dynamo_slots.rs), on the slot table only.
+# The DynamoDB calls the function makes (src/store/dynamo_slots.rs), on the slot table only.
 DYNAMODB_CALLS = ["dynamodb:GetItem", "dynamodb:PutItem"]
 COPYING_FUNCTIONS = ["CopySnapshotsFunction", "CopyQueueFunction"]
 
@@ -305,7 +305,7 @@ def check_slot_table(name, evaluator, errors):
     if table.get("BillingMode") != "PAY_PER_REQUEST":
         errors.append(f"{name}: SlotTable is not on demand (PAY_PER_REQUEST)")
     if table.get("KeySchema") != [{"AttributeName": "target_region", "KeyType": "HASH"}]:
-        errors.append(f"{name}: SlotTable's key is not target_region, as src/dynamo_slots.rs writes it")
+        errors.append(f"{name}: SlotTable's key is not target_region, as src/store/dynamo_slots.rs writes it")
 
 
 def check_schedule_input(name, evaluator, expected, errors):

@@ -8,7 +8,7 @@
 
 use std::process::ExitCode;
 
-use copy_snapshots::{cli, lambda};
+use copy_snapshots::entry::{cli, lambda};
 
 #[tokio::main]
 async fn main() -> ExitCode {

@@ -9,12 +9,12 @@ use std::time::{Duration, SystemTime};
 use tokio::time::Instant;
 use tracing::{debug, warn};
 
+use crate::engine::ownership::{Claim, same_ask_and_key};
+use crate::engine::poll_timing::CompletionEstimate;
 use crate::ids::SnapshotId;
-use crate::ownership::{Claim, same_ask_and_key};
-use crate::poll_timing::CompletionEstimate;
 use crate::store::{CopyStatus, SnapshotState, SnapshotStore};
 
-use super::state::{ErrorCopy, Run, Stage, TrackedCopy};
+use super::state::{ErrorCopy, Run, TrackedCopy};
 
 impl<'a, S: SnapshotStore> Run<'a, S> {
     /// Takes over copies found by their tags, by the one ownership rule ([`AskedEncryption::claim`]):
@@ -90,10 +90,8 @@ impl<'a, S: SnapshotStore> Run<'a, S> {
             if let Some(percent) = kept.progress {
                 estimate.observe(now, percent);
             }
-            self.entries[i].stage = Stage::Copying {
-                copy: TrackedCopy { id: kept.id, state: kept.state, progress: kept.progress, estimate, seen: true },
-                reused,
-            };
+            let copy = TrackedCopy { id: kept.id, state: kept.state, progress: kept.progress, estimate, seen: true };
+            self.adopt_copy(i, copy, reused);
         }
     }
 }

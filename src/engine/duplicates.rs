@@ -3,8 +3,8 @@
 
 use tracing::{info, warn};
 
-use crate::progress::RunEvent;
-use crate::response::RemovedCopy;
+use crate::contract::response::RemovedCopy;
+use crate::engine::progress::RunEvent;
 use crate::store::{DeleteOutcome, SnapshotStore};
 
 use super::state::Run;
@@ -19,7 +19,7 @@ impl<'a, S: SnapshotStore> Run<'a, S> {
                 warn!(%source, copy = %copy_id, "no time left to remove a duplicate copy; a later invocation will");
                 continue;
             }
-            match self.timeline.call(self.store.delete_copy(&self.request.target_region, &copy_id)).await {
+            match self.timeline.call(self.store.delete_copy(&self.target.region, &copy_id)).await {
                 Ok(DeleteOutcome::AlreadyGone) => {
                     info!(%source, copy = %copy_id, "the duplicate copy was already gone");
                 }

@@ -5,14 +5,14 @@
 use tokio::time::Instant;
 use tracing::{info, warn};
 
-use crate::error::CopySnapshotsError;
-use crate::progress::SourceStatus;
-use crate::response::{
+use crate::contract::error::CopySnapshotsError;
+use crate::contract::response::{
     CopyReport, DeletedCopy, FailureReport, NotDeletedCopy, RecoveryPoint, Response, SkippedSource, plural,
 };
+use crate::engine::progress::SourceStatus;
 use crate::store::{SnapshotState, SnapshotStore, SourceSelector};
 
-use super::judge::{Deletion, DeletionOutcome};
+use super::deletion::{Deletion, DeletionOutcome};
 use super::state::{Run, Stage};
 
 impl<'a, S: SnapshotStore> Run<'a, S> {
@@ -20,7 +20,7 @@ impl<'a, S: SnapshotStore> Run<'a, S> {
     /// invocation was too short to start anything, EC2 throttled it, or other invocations'
     /// copies fill this deployment's `pending_limit`.
     pub(super) fn notes_for(&self) -> Vec<String> {
-        let waiting = self.queue.len();
+        let waiting = self.waiting_count();
         if waiting == 0 {
             return Vec::new();
         }
@@ -33,13 +33,13 @@ impl<'a, S: SnapshotStore> Run<'a, S> {
             ));
         }
         if let Some((pending, others)) = self.deployment_pending
-            && pending >= self.request.pending_limit
+            && pending >= self.target.pending_limit
             && others > 0
         {
             notes.push(format!(
                 "this deployment has {pending} copies pending in {} (pending_limit {}; {others} started by other \
                  invocations); {waiting_text} wait for a slot",
-                self.request.target_region, self.request.pending_limit
+                self.target.region, self.target.pending_limit
             ));
         }
         if self.ledger_failures > 0 {
@@ -51,7 +51,7 @@ impl<'a, S: SnapshotStore> Run<'a, S> {
         }
         let ran_out =
             !self.timeline.may_call() || self.timeline.work_until().is_some_and(|until| Instant::now() >= until);
-        if self.copies_started == 0 && ran_out && !self.region_full {
+        if self.copies_started == 0 && ran_out && !self.held_until_next_poll() {
             let total = self.timeline.total().map_or(String::new(), |t| format!("'s {:.1} s", t.as_secs_f64()));
             notes.push(format!(
                 "the invocation{total} left no time to start a copy after the look; {waiting_text} wait for the next \
@@ -104,7 +104,7 @@ impl<'a, S: SnapshotStore> Run<'a, S> {
             complete = response.complete,
             "done"
         );
-        let target_region = self.request.target_region.to_string();
+        let target_region = self.target.region.to_string();
         for note in &response.notes {
             warn!(%note, "sources left for the next invocation");
         }
@@ -152,7 +152,7 @@ impl<'a, S: SnapshotStore> Run<'a, S> {
         // For the recovery-point metric: a source counts as copied once its copy is completed.
         // Only a request by filters selects the whole set the metric is about.
         if let SourceSelector::Filters(_) = self.request.sources {
-            let oldest = crate::response::oldest_uncopied(self.entries.iter().map(|e| {
+            let oldest = crate::contract::response::oldest_uncopied(self.entries.iter().map(|e| {
                 (
                     e.source.start_time,
                     matches!(&e.stage, Stage::Copying { copy, .. } if copy.state == SnapshotState::Completed),

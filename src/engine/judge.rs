@@ -9,55 +9,14 @@ use std::time::SystemTime;
 
 use tracing::{debug, info, warn};
 
+use crate::contract::retention::{self, Member};
+use crate::engine::ownership::Claim;
+use crate::engine::progress::{LookedSource, SourceStatus};
 use crate::ids::SnapshotId;
-use crate::ownership::Claim;
-use crate::progress::{LookedSource, SourceStatus};
-use crate::retention::{self, Member};
 use crate::store::{CopyStatus, SnapshotState, SnapshotStore, SourceSelector};
 
+use super::deletion::{Deletion, DeletionOutcome, volume_group};
 use super::state::Run;
-
-/// How a source without a volume names its group of one in [`volume_group`].
-pub(super) const SOURCE_GROUP_PREFIX: &str = "source:";
-
-/// A copy retention deletes.
-#[derive(Debug)]
-pub(super) struct Deletion {
-    pub(super) copy: SnapshotId,
-    pub(super) source: SnapshotId,
-    pub(super) size_gib: u64,
-    /// As the look saw it: a `pending` copy is never deleted (a later run does, once completed).
-    pub(super) state: SnapshotState,
-    pub(super) reason: String,
-    /// The copy's volume (see [`volume_group`]): the newest completed copy of each stays.
-    pub(super) group: String,
-    /// DescribeVolumes said the source's volume no longer exists: the orphan rule may take
-    /// the volume's last copy.
-    pub(super) volume_gone: bool,
-    pub(super) outcome: DeletionOutcome,
-}
-
-/// The group a source's copies are counted in to keep each volume's newest: its volume, or,
-/// without one (EC2's placeholder), the source alone.
-pub(super) fn volume_group(volume: Option<&str>, source: &SnapshotId) -> String {
-    volume.map_or_else(|| format!("{SOURCE_GROUP_PREFIX}{source}"), str::to_owned)
-}
-
-#[derive(Debug, PartialEq)]
-pub(super) enum DeletionOutcome {
-    Due,
-    Deleted,
-    /// InvalidSnapshot.NotFound: gone before this run deleted it.
-    AlreadyGone,
-    /// A registered AMI uses it (DescribeImages): never deleted; the AMI's id.
-    InUse(String),
-    /// EC2 refused (locked, in use, …), with its answer.
-    Refused(String),
-    /// AccessDenied / UnauthorizedOperation: the role may not delete it (CopiesNotDeleted).
-    Denied(String),
-    /// No definite answer (timeout, 5xx): the next run sees whether it went.
-    Unsure,
-}
 
 /// What the look knows of each source: its volume and start time.
 type Origins = HashMap<SnapshotId, (Option<String>, Option<SystemTime>)>;
@@ -106,7 +65,7 @@ impl<'a, S: SnapshotStore> Run<'a, S> {
     ///
     /// [`held_back`]: Self::held_back
     pub(super) async fn judge_retention(&mut self, copies: &[CopyStatus]) {
-        let rule = self.request.retention;
+        let rule = self.target.retention;
         let findings = self.find_out(copies).await;
         // Sources out of retention are not copied.
         self.skip_out_of_retention(&findings.out);
@@ -135,7 +94,7 @@ impl<'a, S: SnapshotStore> Run<'a, S> {
     /// What retention is judged from: the request's copies, what is known of their sources
     /// (which are gone from the source region), and which sources are out of retention.
     async fn find_out<'c>(&self, copies: &'c [CopyStatus]) -> Findings<'c> {
-        let rule = self.request.retention;
+        let rule = self.target.retention;
         let now = self.store.wall_clock();
         // The request's copies by the one ownership rule: a copy made for another ask, or under
         // another key than this request's, is never judged (nor deleted) by it.
@@ -188,7 +147,7 @@ impl<'a, S: SnapshotStore> Run<'a, S> {
     /// did not resolve (and that the rule could judge). Unknown when the look by id fails: then
     /// none is taken for gone.
     async fn gone_sources(&self, ours: &[&CopyStatus], selected_volumes: &HashSet<String>) -> HashSet<SnapshotId> {
-        let rule = self.request.retention;
+        let rule = self.target.retention;
         let region = &self.request.source_region;
         let in_entries: HashSet<&SnapshotId> = self.entries.iter().map(|e| &e.source.id).collect();
         // Copies of sources the look did not resolve: either gone from the source region, or
@@ -261,9 +220,8 @@ impl<'a, S: SnapshotStore> Run<'a, S> {
     /// the orphan grace; returns the orphans of volumes the request does not select (copy,
     /// volume, why), which wait for DescribeVolumes.
     fn judge_copies<'c>(&mut self, findings: &Findings<'c>) -> Vec<(&'c CopyStatus, String, String)> {
-        let request = self.request;
-        let rule = request.retention;
-        let region = &request.source_region;
+        let rule = self.target.retention;
+        let region = &self.request.source_region;
         let Findings { now, ours, selected_volumes, origin_of, gone, gone_members, out } = findings;
         let mut orphans_of_other_volumes: Vec<(&CopyStatus, String, String)> = Vec::new();
         for &copy in ours {

@@ -3,18 +3,18 @@
 //! May change: the queue (requeues), `finished_copies`, `deployment_pending`,
 //! `ledger_failures` and the backoff state.
 
-use std::cmp::Reverse;
 use std::collections::HashSet;
 
 use tokio::time::Instant;
 use tracing::{debug, warn};
 
-use crate::error::CopySnapshotsError;
-use crate::response::plural;
-use crate::slots::{self, LedgerError, LedgerState, ReserveError, SlotKey, SlotLedger, Version};
+use crate::contract::error::CopySnapshotsError;
+use crate::contract::response::plural;
+use crate::engine::slots::{self, ReserveError};
+use crate::store::ledger::{LedgerError, LedgerState, SlotKey, SlotLedger, Version};
 use crate::store::{SnapshotStore, StoreError};
 
-use super::fatal;
+use super::fatal::fatal;
 use super::state::{Run, Started};
 
 impl<'a, S: SnapshotStore> Run<'a, S> {
@@ -29,7 +29,7 @@ impl<'a, S: SnapshotStore> Run<'a, S> {
         want: usize,
         work_until: Option<Instant>,
     ) -> Result<(), CopySnapshotsError> {
-        let candidates: Vec<usize> = (0..want).map_while(|_| self.queue.pop().map(|(_, Reverse(i))| i)).collect();
+        let candidates: Vec<usize> = (0..want).map_while(|_| self.next_to_start()).collect();
         let keys: Vec<SlotKey> = candidates.iter().map(|&i| self.slot_key(i)).collect();
         let (granted, saved) = match self.reserve_slots(ledger, &keys).await {
             Ok(Some((granted, saved))) if !granted.is_empty() => (granted.into_iter().collect::<HashSet<_>>(), saved),
@@ -58,7 +58,8 @@ impl<'a, S: SnapshotStore> Run<'a, S> {
         for (&i, key) in candidates.iter().zip(keys) {
             if !granted.contains(&key) {
                 left.push(i);
-            } else if self.region_full || !self.may_start(work_until) || round_began.elapsed() >= round_ends {
+            } else if self.held_until_next_poll() || !self.may_start(work_until) || round_began.elapsed() >= round_ends
+            {
                 left.push(i);
                 not_started.push(key);
             } else {
@@ -75,8 +76,7 @@ impl<'a, S: SnapshotStore> Run<'a, S> {
         if started.is_empty() && not_started.is_empty() {
             return Ok(());
         }
-        let request = self.request;
-        let target = &request.target_region;
+        let target = &self.target.region;
         let now = self.store.wall_clock();
         let settle = |state: &mut LedgerState| slots::settle(state, now, &started, &not_started);
         let settled = slots::update(ledger, &self.timeline, target, saved, settle).await;
@@ -103,12 +103,11 @@ impl<'a, S: SnapshotStore> Run<'a, S> {
     ) -> Result<Option<(Vec<SlotKey>, Option<(LedgerState, Version)>)>, CopySnapshotsError> {
         let own_pending: HashSet<String> = self.pending_copies().map(|c| c.id.to_string()).collect();
         let finished = std::mem::take(&mut self.finished_copies);
-        let request = self.request;
-        let target = &request.target_region;
+        let target = &self.target.region;
         let ask = slots::Ask {
             target_region: target,
             wanted: keys,
-            limit: self.request.pending_limit,
+            limit: self.target.pending_limit,
             own_pending: &own_pending,
             finished: &finished,
         };
@@ -184,8 +183,7 @@ impl<'a, S: SnapshotStore> Run<'a, S> {
             return;
         }
         let copies = std::mem::take(&mut self.finished_copies);
-        let request = self.request;
-        let target = &request.target_region;
+        let target = &self.target.region;
         let result = slots::update(ledger, &self.timeline, target, None, |state| slots::release(state, &copies)).await;
         if let Err(error) = result {
             warn!(%error, copies = copies.len(), "could not release finished copies' slots in the slot ledger; a refresh will");

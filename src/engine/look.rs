@@ -2,35 +2,37 @@
 //! the copies earlier invocations made (judging retention first when there is one).
 //! May change: everything (it builds the state); after it, the entries and the queue.
 
-use std::collections::{BinaryHeap, HashMap, HashSet};
+use std::collections::{HashMap, HashSet};
 
 use tracing::{debug, warn};
 
-use crate::error::CopySnapshotsError;
+use crate::contract::error::CopySnapshotsError;
+use crate::contract::request::{CopyRequest, Target};
+use crate::contract::response::plural;
+use crate::engine::ownership::AskedEncryption;
+use crate::engine::progress::{LookedSource, Observer, RunEvent, SourceStatus, StopSignal};
+use crate::engine::timeline::Timeline;
 use crate::ids::{SnapshotId, shorten};
-use crate::ownership::AskedEncryption;
-use crate::progress::{LookedSource, Observer, RunEvent, SourceStatus, StopSignal};
-use crate::request::CopyRequest;
-use crate::response::plural;
 use crate::store::{
     SOURCE_REGION_TAG, SOURCE_SNAPSHOT_TAG, SnapshotState, SnapshotStore, SourceSelector, SourceSnapshot, StoreError,
 };
-use crate::timeline::Timeline;
 
-use super::state::{Entry, Run, Stage};
-use super::{RunLimits, fatal};
+use super::fatal::fatal;
+use super::limits::{MAX_ATTEMPTS, RunLimits};
+use super::state::{Entry, Run, Shared, Stage};
 
 impl<'a, S: SnapshotStore> Run<'a, S> {
     /// Resolves the sources and finds the copies earlier invocations made, live and failed.
     pub(super) async fn look(
         store: &'a S,
         request: &'a CopyRequest,
+        target: &'a Target,
         limits: RunLimits,
         timeline: Timeline,
         observer: &'a dyn Observer,
         stop: StopSignal,
     ) -> Result<Self, CopySnapshotsError> {
-        let asked = resolve_encryption(store, request, &timeline).await?;
+        let asked = resolve_encryption(store, target, &timeline).await?;
         let region = &request.source_region;
         let doing = format!("looking up {} in {region}", describe_selector(&request.sources));
         let found = timeline.call_retrying(|| store.describe_sources(region, &request.sources)).await;
@@ -50,32 +52,8 @@ impl<'a, S: SnapshotStore> Run<'a, S> {
         };
         debug!(sources = entries.len(), "sources resolved");
 
-        let mut run = Self {
-            store,
-            request,
-            asked,
-            observer,
-            stop,
-            limits,
-            timeline,
-            entries,
-            skipped,
-            queue: BinaryHeap::new(),
-            region_full: false,
-            throttled_calls: 0,
-            deployment_pending: None,
-            ledger_failures: 0,
-            finished_copies: Vec::new(),
-            full_rounds: 0,
-            copies_started: 0,
-            fastest_gib_per_second: None,
-            duplicates: Vec::new(),
-            duplicates_removed: Vec::new(),
-            deletions: Vec::new(),
-            newest_completed: HashMap::new(),
-            breaker: None,
-            images_unknown: None,
-        };
+        let shared = Shared { store, request, target, asked, observer, stop, limits, timeline };
+        let mut run = Self::new(shared, entries, skipped);
         run.look_for_earlier_copies().await?;
         run.queue_waiting();
         run.observer.observe(RunEvent::Looked { sources: run.looked_sources() });
@@ -86,14 +64,14 @@ impl<'a, S: SnapshotStore> Run<'a, S> {
     /// with a retention, judges every copy from the source region first (one listing serves
     /// both).
     async fn look_for_earlier_copies(&mut self) -> Result<(), CopySnapshotsError> {
-        let (store, request, timeline) = (self.store, self.request, self.timeline);
+        let (store, request, target, timeline) = (self.store, self.request, self.target, self.timeline);
         let region = &request.source_region;
-        let doing = format!("looking for earlier copies in {}", request.target_region);
-        if request.retention.is_set() {
+        let doing = format!("looking for earlier copies in {}", target.region);
+        if target.retention.is_set() {
             // Retention judges every copy from this region, whatever its source: one listing
             // serves that and the look for earlier copies alike.
             let copies = timeline
-                .call_retrying(|| store.list_copies(&request.target_region, region))
+                .call_retrying(|| store.list_copies(&target.region, region))
                 .await
                 .map_err(|e| look_failed(e, &doing, &timeline))?;
             self.judge_retention(&copies).await;
@@ -104,7 +82,7 @@ impl<'a, S: SnapshotStore> Run<'a, S> {
             let wanted: Vec<SnapshotId> = self.waiting_sources().cloned().collect();
             if !wanted.is_empty() {
                 let existing = timeline
-                    .call_retrying(|| store.find_copies(&request.target_region, region, &wanted))
+                    .call_retrying(|| store.find_copies(&target.region, region, &wanted))
                     .await
                     .map_err(|e| look_failed(e, &doing, &timeline))?;
                 self.adopt(existing, true);
@@ -230,21 +208,21 @@ pub(super) fn not_ready_reason(source: &SourceSnapshot) -> Option<String> {
     (source.state != SnapshotState::Completed).then(|| format!("is {}", source.state.as_str()))
 }
 
-/// The request's encryption, its key resolved in the target region (kms:DescribeKey) to the
+/// The target's encryption, its key resolved in the target region (kms:DescribeKey) to the
 /// key ARN its copies must be under: an alias names one key, not any. A key that does not
 /// exist, cannot be described, is not enabled or cannot encrypt a volume is a bad request,
 /// refused before any copy.
 pub(super) async fn resolve_encryption<S: SnapshotStore>(
     store: &S,
-    request: &CopyRequest,
+    target: &Target,
     timeline: &Timeline,
 ) -> Result<AskedEncryption, CopySnapshotsError> {
-    let key = match (&request.kms_key, request.encrypt) {
+    let key = match (&target.kms_key, target.encrypt) {
         (_, false) => return Ok(AskedEncryption::Plain),
         (None, true) => return Ok(AskedEncryption::DefaultKey),
         (Some(key), true) => key.as_str(),
     };
-    let target = &request.target_region;
+    let target = &target.region;
     let valid = format!(
         "valid: the key id, key ARN, alias name or alias ARN of an enabled symmetric encryption key in {target} \
          that this function's role may describe (kms:DescribeKey; the stack's KmsKeyArns); nothing was copied"
@@ -299,4 +277,32 @@ pub(super) fn describe_selector(selector: &SourceSelector) -> String {
             format!("the snapshots matching filters {}", shown.join(" "))
         }
     }
+}
+
+impl<S: SnapshotStore> Run<'_, S> {
+    /// Where each source stands, as the look's report and the plan show it.
+    pub(super) fn looked_sources(&self) -> Vec<LookedSource> {
+        let looked = self.entries.iter().map(|entry| {
+            let status = match &entry.stage {
+                Stage::Copying { copy, .. } => SourceStatus::HasCopy {
+                    copy: copy.id.clone(),
+                    state: copy.state.as_str().to_owned(),
+                    progress: copy.progress,
+                },
+                Stage::Waiting | Stage::Unsure { .. } => SourceStatus::ToCopy { note: to_copy_note(entry) },
+                Stage::NotReady => SourceStatus::NotReady {
+                    reason: format!("is {}; a later run copies it once it is completed", entry.source.state.as_str()),
+                },
+                Stage::Failed { reason, .. } => SourceStatus::Failed { reason: reason.clone() },
+            };
+            LookedSource { source: entry.source.id.clone(), size_gib: entry.source.size_gib, status }
+        });
+        looked.chain(self.skipped.iter().cloned()).collect()
+    }
+}
+
+/// Why a source this run copies has no usable copy, when there is more to say than "none".
+fn to_copy_note(entry: &Entry) -> Option<String> {
+    (!entry.error_copies.is_empty())
+        .then(|| format!("{} of {MAX_ATTEMPTS} attempts ended in error before", entry.error_copies.len()))
 }

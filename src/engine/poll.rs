@@ -9,16 +9,17 @@ use std::time::Duration;
 use tokio::time::Instant;
 use tracing::warn;
 
-use crate::error::CopySnapshotsError;
+use crate::contract::error::CopySnapshotsError;
+use crate::engine::ownership::{AskedEncryption, Claim};
+use crate::engine::poll_timing::{self, WaitContext};
+use crate::engine::progress::{Observer, RunEvent};
 use crate::ids::SnapshotId;
-use crate::ownership::{AskedEncryption, Claim};
-use crate::plan::CopyTimeModel;
-use crate::poll_timing::{self, WaitContext};
-use crate::progress::{Observer, RunEvent};
+use crate::store::copy_time::CopyTimeModel;
 use crate::store::{CopyStatus, SnapshotState, SnapshotStore, StoreError};
 
-use super::fatal;
-use super::state::{Entry, ErrorCopy, Run, Stage, unsure_window};
+use super::fatal::fatal;
+use super::limits::unsure_window;
+use super::state::{Entry, ErrorCopy, Run, Stage};
 
 impl<'a, S: SnapshotStore> Run<'a, S> {
     /// Polls every pending copy of this request in one call and records what changed.
@@ -28,7 +29,7 @@ impl<'a, S: SnapshotStore> Run<'a, S> {
         if pending.is_empty() {
             return Ok(());
         }
-        let answer = match self.timeline.call(self.store.describe_copies(&self.request.target_region, &pending)).await {
+        let answer = match self.timeline.call(self.store.describe_copies(&self.target.region, &pending)).await {
             Ok(answer) => answer,
             Err(StoreError::Throttled(message)) => {
                 self.throttled_now(&message, "polling the copies");
@@ -122,7 +123,7 @@ impl<'a, S: SnapshotStore> Run<'a, S> {
             fastest_gib_per_second: self.fastest_gib_per_second,
             prior: CopyTimeModel::DEFAULT,
             next_unsure_look: self.next_unsure_look(),
-            region_full_rounds: self.region_full.then_some(self.full_rounds),
+            region_full_rounds: self.held_until_next_poll().then_some(self.full_rounds),
         };
         poll_timing::next_wait(
             now,
@@ -154,7 +155,8 @@ fn record_state(entry: &mut Entry, status: &CopyStatus, observer: &dyn Observer,
             );
             observer.observe(RunEvent::SourceFailed { source: entry.source.id.clone(), reason: reason.clone() });
             entry.error_copies.push(ErrorCopy { id: copy.id.clone(), message: reason.clone() });
-            entry.stage = Stage::Failed { copy_id: Some(copy.id.clone()), reason };
+            let copy_id = copy.id.clone();
+            entry.fail_with(Some(copy_id), reason);
         }
         SnapshotState::Pending => {}
         SnapshotState::Completed => {
@@ -171,7 +173,8 @@ fn record_state(entry: &mut Entry, status: &CopyStatus, observer: &dyn Observer,
             let message = status.state_message.as_deref().unwrap_or("EC2 gave no reason");
             let reason = format!("copy {} ended in {state}: {message}", copy.id);
             observer.observe(RunEvent::SourceFailed { source: entry.source.id.clone(), reason: reason.clone() });
-            entry.stage = Stage::Failed { copy_id: Some(copy.id.clone()), reason };
+            let copy_id = copy.id.clone();
+            entry.fail_with(Some(copy_id), reason);
         }
     }
     false

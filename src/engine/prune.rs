@@ -8,15 +8,15 @@ use std::collections::HashSet;
 use tokio::time::Instant;
 use tracing::{info, warn};
 
+use crate::contract::response::DeletionBreaker;
+use crate::engine::plan::PlannedDeletion;
+use crate::engine::progress::RunEvent;
 use crate::ids::SnapshotId;
-use crate::plan::PlannedDeletion;
-use crate::progress::RunEvent;
-use crate::response::DeletionBreaker;
 use crate::store::{DeleteOutcome, SnapshotState, SnapshotStore, StoreError};
 
-use super::judge::{DeletionOutcome, SOURCE_GROUP_PREFIX, volume_group};
+use super::deletion::{DeletionOutcome, SOURCE_GROUP_PREFIX, volume_group};
+use super::limits::{BREAKER_MIN_DELETIONS, BREAKER_SHARE_DENOMINATOR};
 use super::state::{Run, Stage};
-use super::{BREAKER_MIN_DELETIONS, BREAKER_SHARE_DENOMINATOR};
 
 impl<'a, S: SnapshotStore> Run<'a, S> {
     /// One DescribeImages for every copy that may be deleted: a copy a registered AMI uses
@@ -31,7 +31,7 @@ impl<'a, S: SnapshotStore> Run<'a, S> {
         if candidates.is_empty() {
             return;
         }
-        let target = &self.request.target_region;
+        let target = &self.target.region;
         match self.timeline.call_retrying(|| self.store.images_using(target, &candidates)).await {
             Ok(using) => {
                 for deletion in &mut self.deletions {
@@ -129,7 +129,7 @@ impl<'a, S: SnapshotStore> Run<'a, S> {
             if until.is_some_and(|until| Instant::now() >= until) || !self.may_call() || self.stop.is_set() {
                 break;
             }
-            let result = self.timeline.call(self.store.delete_copy(&self.request.target_region, &deletion.copy)).await;
+            let result = self.timeline.call(self.store.delete_copy(&self.target.region, &deletion.copy)).await;
             let deletion = &mut self.deletions[i];
             let (source, copy) = (deletion.source.clone(), deletion.copy.clone());
             match result {

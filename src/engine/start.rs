@@ -3,23 +3,22 @@
 //! records each start's outcome. May change: the queue, the entries' stages, the slot
 //! bookkeeping (`region_full`, `full_rounds`, `deployment_pending`, `copies_started`).
 
-use std::cmp::Reverse;
 use std::collections::{BTreeMap, HashSet};
 
 use tokio::time::Instant;
 use tracing::{debug, warn};
 
-use crate::error::CopySnapshotsError;
+use crate::contract::error::CopySnapshotsError;
+use crate::contract::request::{CopyRequest, Target};
+use crate::engine::ownership::AskedEncryption;
+use crate::engine::progress::RunEvent;
 use crate::ids::SnapshotId;
-use crate::ownership::AskedEncryption;
-use crate::progress::RunEvent;
-use crate::request::CopyRequest;
 use crate::store::{
     CopySpec, ENCRYPTION_TAG, RESERVED_TAG_PREFIX, SOURCE_REGION_TAG, SOURCE_SNAPSHOT_TAG, SOURCE_START_TIME_TAG,
     SOURCE_VOLUME_TAG, SnapshotState, SnapshotStore, SourceSnapshot, StoreError, Tag, format_start_time,
 };
 
-use super::fatal;
+use super::fatal::fatal;
 use super::state::{Run, Stage, Started};
 
 /// EC2's tag limit per snapshot.
@@ -42,9 +41,13 @@ impl<'a, S: SnapshotStore> Run<'a, S> {
 
     /// [`start_what_fits`](Self::start_what_fits) but the releases left over.
     pub(super) async fn start_round(&mut self, work_until: Option<Instant>) -> Result<(), CopySnapshotsError> {
-        let limit = self.request.pending_limit;
+        let limit = self.target.pending_limit;
         let slots_held = self.slots_held();
-        if self.queue.is_empty() || slots_held >= limit || self.region_full || !self.may_start(work_until) {
+        if self.waiting_count() == 0
+            || slots_held >= limit
+            || self.held_until_next_poll()
+            || !self.may_start(work_until)
+        {
             return Ok(());
         }
         let store = self.store;
@@ -59,8 +62,8 @@ impl<'a, S: SnapshotStore> Run<'a, S> {
             self.no_slot_until_next_poll();
             return Ok(());
         }
-        while free > 0 && !self.region_full && self.may_start(work_until) {
-            let Some((_, Reverse(i))) = self.queue.pop() else { break };
+        while free > 0 && !self.held_until_next_poll() && self.may_start(work_until) {
+            let Some(i) = self.next_to_start() else { break };
             match self.start_one(i).await {
                 Started::Copy(_) | Started::Unsure => free = free.saturating_sub(1),
                 Started::No => {}
@@ -71,7 +74,7 @@ impl<'a, S: SnapshotStore> Run<'a, S> {
 
     /// Starts the copy of entry `i` (popped from the queue) and records the outcome.
     pub(super) async fn start_one(&mut self, i: usize) -> Started {
-        let spec = match copy_spec(&self.entries[i].source, self.request, &self.asked) {
+        let spec = match copy_spec(&self.entries[i].source, self.request, self.target, &self.asked) {
             Ok(spec) => spec,
             Err(reason) => {
                 self.fail(i, reason);
@@ -134,7 +137,7 @@ impl<'a, S: SnapshotStore> Run<'a, S> {
     /// them now (with this run's own starts not listed yet). `None`: unknown this round
     /// (throttled, no answer); nothing starts until the next.
     pub(super) async fn free_deployment_slots(&mut self) -> Result<Option<usize>, CopySnapshotsError> {
-        let target = &self.request.target_region;
+        let target = &self.target.region;
         let listed = match self.timeline.call(self.store.list_pending_copies(target)).await {
             Ok(listed) => listed,
             Err(StoreError::Throttled(message)) => {
@@ -160,9 +163,9 @@ impl<'a, S: SnapshotStore> Run<'a, S> {
         let own_listed = self.pending_copies().filter(|c| listed.contains(&c.id)).count();
         let pending = listed.len() + own_unlisted;
         self.deployment_pending = Some((pending, listed.len() - own_listed));
-        let free = self.request.pending_limit.saturating_sub(pending);
+        let free = self.target.pending_limit.saturating_sub(pending);
         if free == 0 {
-            debug!(pending, limit = self.request.pending_limit, "this deployment's copies fill pending_limit");
+            debug!(pending, limit = self.target.pending_limit, "this deployment's copies fill pending_limit");
         }
         Ok(Some(free))
     }
@@ -173,6 +176,7 @@ impl<'a, S: SnapshotStore> Run<'a, S> {
 pub(super) fn copy_spec(
     source: &SourceSnapshot,
     request: &CopyRequest,
+    target: &Target,
     asked: &AskedEncryption,
 ) -> Result<CopySpec, String> {
     let mut tags: BTreeMap<&str, &str> = BTreeMap::new();
@@ -208,9 +212,9 @@ pub(super) fn copy_spec(
     Ok(CopySpec {
         source_id: source.id.clone(),
         source_region: request.source_region.clone(),
-        target_region: request.target_region.clone(),
+        target_region: target.region.clone(),
         description: format!("Copy of {} from {}", source.id, request.source_region),
-        encrypted: request.encrypt,
+        encrypted: target.encrypt,
         // The key's ARN, as resolved: the key verified is the key EC2 is asked for, even if
         // the alias is moved meanwhile.
         kms_key_id: asked.key_arn().map(str::to_owned),

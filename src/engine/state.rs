@@ -15,22 +15,22 @@
 
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap};
-use std::time::{Duration, SystemTime};
+use std::time::SystemTime;
 
 use tokio::time::Instant;
 use tracing::warn;
 
+use crate::contract::request::{CopyRequest, Target};
+use crate::contract::response::{DeletionBreaker, RemovedCopy};
+use crate::engine::ownership::AskedEncryption;
+use crate::engine::poll_timing::CompletionEstimate;
+use crate::engine::progress::{LookedSource, Observer, RunEvent, StopSignal};
+use crate::engine::timeline::Timeline;
 use crate::ids::SnapshotId;
-use crate::ownership::AskedEncryption;
-use crate::poll_timing::CompletionEstimate;
-use crate::progress::{LookedSource, Observer, RunEvent, SourceStatus, StopSignal};
-use crate::request::CopyRequest;
-use crate::response::{DeletionBreaker, RemovedCopy};
 use crate::store::{SnapshotState, SnapshotStore, SourceSnapshot};
-use crate::timeline::Timeline;
 
-use super::judge::Deletion;
-use super::{MAX_ATTEMPTS, RunLimits, UNSURE_LOOKS};
+use super::deletion::Deletion;
+use super::limits::{MAX_ATTEMPTS, RunLimits};
 
 /// Where one source stands.
 #[derive(Debug)]
@@ -71,6 +71,11 @@ impl Entry {
     pub(super) fn new(source: SourceSnapshot, stage: Stage) -> Self {
         Self { source, stage, error_copies: Vec::new() }
     }
+
+    /// The source fails: its copy `copy_id` (if any) cannot serve, for `reason`.
+    pub(super) fn fail_with(&mut self, copy_id: Option<SnapshotId>, reason: String) {
+        self.stage = Stage::Failed { copy_id, reason };
+    }
 }
 
 /// A copy that ended in `error`, with EC2's `StateMessage`.
@@ -102,11 +107,15 @@ pub(super) enum Started {
     No,
 }
 
-/// One invocation's state: the request and its store, the entries, the queue, the slot
-/// bookkeeping and retention's findings.
+/// One target's run in an invocation: what it shares with the request's other targets (the
+/// store, the request, the clock, the observer) and what is its own — its entries (where each
+/// source stands *in this target*), start queue, slot bookkeeping, polls and retention's
+/// findings. A request with several targets runs one of these per target side by side.
 pub(super) struct Run<'a, S> {
     pub(super) store: &'a S,
     pub(super) request: &'a CopyRequest,
+    /// Where this run's copies go: region, encryption, `pending_limit`, retention.
+    pub(super) target: &'a Target,
     /// The request's encryption, its key resolved: which copies are the request's.
     pub(super) asked: AskedEncryption,
     pub(super) observer: &'a dyn Observer,
@@ -118,10 +127,10 @@ pub(super) struct Run<'a, S> {
     /// Snapshots the filters matched that can never be copied, with why (for the look's report).
     pub(super) skipped: Vec<LookedSource>,
     /// Sources without a copy, largest first; ties in request order.
-    pub(super) queue: BinaryHeap<(u64, Reverse<usize>)>,
+    queue: BinaryHeap<(u64, Reverse<usize>)>,
     /// EC2 answered ResourceLimitExceeded, or throttled a call beyond the SDK's retries, since
     /// the last poll: no start until then, and the wait before it backs off with jitter.
-    pub(super) region_full: bool,
+    region_full: bool,
     /// Calls EC2 throttled beyond the SDK's retries in this run (each backed off, none fatal).
     pub(super) throttled_calls: usize,
     /// What the last count of this deployment's pending copies found: (all, of them others').
@@ -150,7 +159,83 @@ pub(super) struct Run<'a, S> {
     pub(super) images_unknown: Option<String>,
 }
 
+/// What a run is given: shared with the request's other targets, or (the key resolved) this
+/// target's own, fixed for the run.
+pub(super) struct Shared<'a, S> {
+    pub(super) store: &'a S,
+    pub(super) request: &'a CopyRequest,
+    pub(super) target: &'a Target,
+    pub(super) asked: AskedEncryption,
+    pub(super) observer: &'a dyn Observer,
+    pub(super) stop: StopSignal,
+    pub(super) limits: RunLimits,
+    pub(super) timeline: Timeline,
+}
+
 impl<'a, S: SnapshotStore> Run<'a, S> {
+    /// A run at the end of the look: its entries, and what the look skipped; nothing queued,
+    /// started, counted or judged yet.
+    pub(super) fn new(shared: Shared<'a, S>, entries: Vec<Entry>, skipped: Vec<LookedSource>) -> Self {
+        let Shared { store, request, target, asked, observer, stop, limits, timeline } = shared;
+        Self {
+            store,
+            request,
+            target,
+            asked,
+            observer,
+            stop,
+            limits,
+            timeline,
+            entries,
+            skipped,
+            queue: BinaryHeap::new(),
+            region_full: false,
+            throttled_calls: 0,
+            deployment_pending: None,
+            ledger_failures: 0,
+            finished_copies: Vec::new(),
+            full_rounds: 0,
+            copies_started: 0,
+            fastest_gib_per_second: None,
+            duplicates: Vec::new(),
+            duplicates_removed: Vec::new(),
+            deletions: Vec::new(),
+            newest_completed: HashMap::new(),
+            breaker: None,
+            images_unknown: None,
+        }
+    }
+
+    /// How many sources wait in the start queue.
+    pub(super) fn waiting_count(&self) -> usize {
+        self.queue.len()
+    }
+
+    /// The next source to try to start, largest first, taken out of the queue: the caller
+    /// starts it, fails it, or gives it back with [`requeue`](Self::requeue).
+    pub(super) fn next_to_start(&mut self) -> Option<usize> {
+        self.queue.pop().map(|(_, Reverse(i))| i)
+    }
+
+    /// The order the queue would start its sources in, leaving it as it is (the plan's).
+    pub(super) fn start_order(&self) -> Vec<usize> {
+        let mut queue = self.queue.clone();
+        std::iter::from_fn(|| queue.pop().map(|(_, Reverse(i))| i)).collect()
+    }
+
+    /// Whether starts are held back until the next poll (see
+    /// [`no_slot_until_next_poll`](Self::no_slot_until_next_poll)): the wait before it is a
+    /// backoff, with jitter.
+    pub(super) fn held_until_next_poll(&self) -> bool {
+        self.region_full
+    }
+
+    /// The look found copy `copy` of entry `i` (`reused`: made by an earlier invocation): it is
+    /// tracked from what the look saw.
+    pub(super) fn adopt_copy(&mut self, i: usize, copy: TrackedCopy, reused: bool) {
+        self.entries[i].stage = Stage::Copying { copy, reused };
+    }
+
     /// Queues a source with no copy for a new attempt, or fails it once [`MAX_ATTEMPTS`] of its
     /// copies have ended in `error`.
     pub(super) fn queue_or_fail(&mut self, i: usize) {
@@ -287,7 +372,7 @@ impl<'a, S: SnapshotStore> Run<'a, S> {
     }
 
     /// EC2 throttled a call beyond the SDK's retries: no start until the next poll, which comes
-    /// after a backoff with jitter (see [`backing_off`](Self::backing_off)).
+    /// after a backoff with jitter (see [`held_until_next_poll`](Self::held_until_next_poll)).
     pub(super) fn throttled_now(&mut self, message: &str, doing: &str) {
         warn!(%message, doing, "EC2 throttled beyond the SDK's retries; backing off");
         self.throttled_calls += 1;
@@ -303,41 +388,4 @@ impl<'a, S: SnapshotStore> Run<'a, S> {
             self.full_rounds += 1;
         }
     }
-
-    /// Whether the next wait is a backoff (region full, throttled), which gets jitter.
-    pub(super) fn backing_off(&self) -> bool {
-        self.region_full
-    }
-
-    /// Where each source stands, as the look's report and the plan show it.
-    pub(super) fn looked_sources(&self) -> Vec<LookedSource> {
-        let looked = self.entries.iter().map(|entry| {
-            let status = match &entry.stage {
-                Stage::Copying { copy, .. } => SourceStatus::HasCopy {
-                    copy: copy.id.clone(),
-                    state: copy.state.as_str().to_owned(),
-                    progress: copy.progress,
-                },
-                Stage::Waiting | Stage::Unsure { .. } => SourceStatus::ToCopy { note: to_copy_note(entry) },
-                Stage::NotReady => SourceStatus::NotReady {
-                    reason: format!("is {}; a later run copies it once it is completed", entry.source.state.as_str()),
-                },
-                Stage::Failed { reason, .. } => SourceStatus::Failed { reason: reason.clone() },
-            };
-            LookedSource { source: entry.source.id.clone(), size_gib: entry.source.size_gib, status }
-        });
-        looked.chain(self.skipped.iter().cloned()).collect()
-    }
-}
-
-/// Why a source this run copies has no usable copy, when there is more to say than "none".
-pub(super) fn to_copy_note(entry: &Entry) -> Option<String> {
-    (!entry.error_copies.is_empty())
-        .then(|| format!("{} of {MAX_ATTEMPTS} attempts ended in error before", entry.error_copies.len()))
-}
-
-/// How long the looks for an unsure start span: 1 + 2 + 4 + 8 poll intervals. A copy EC2
-/// confirmed but that is missing from every listing for twice that is taken as gone.
-pub(super) fn unsure_window(poll_interval: Duration) -> Duration {
-    poll_interval * (2u32.pow(UNSURE_LOOKS) - 1)
 }

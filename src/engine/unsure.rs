@@ -6,12 +6,13 @@
 use tokio::time::Instant;
 use tracing::{info, warn};
 
-use crate::error::CopySnapshotsError;
+use crate::contract::error::CopySnapshotsError;
 use crate::ids::SnapshotId;
 use crate::store::{SnapshotStore, StoreError};
 
+use super::fatal::fatal;
+use super::limits::UNSURE_LOOKS;
 use super::state::{Run, Stage};
-use super::{UNSURE_LOOKS, fatal};
 
 impl<'a, S: SnapshotStore> Run<'a, S> {
     /// Looks up, by their tags, the copies of unsure starts that are due for a look: adopts
@@ -27,7 +28,7 @@ impl<'a, S: SnapshotStore> Run<'a, S> {
         }
         let ids: Vec<SnapshotId> = due.iter().map(|&i| self.entries[i].source.id.clone()).collect();
         let attempts_before: Vec<usize> = due.iter().map(|&i| self.entries[i].error_copies.len()).collect();
-        let (target, source) = (&self.request.target_region, &self.request.source_region);
+        let (target, source) = (&self.target.region, &self.request.source_region);
         let found = match self.timeline.call(self.store.find_copies(target, source, &ids)).await {
             Ok(found) => found,
             Err(StoreError::Unknown(message)) => {

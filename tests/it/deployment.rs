@@ -99,7 +99,7 @@ fn the_template_sets_what_the_function_reads() {
         assert!(template.contains(&format!("{variable}: !Ref")), "template.yaml does not set {variable}");
     }
     // The slot table, by the name the bootstrap reads, on both functions that copy.
-    let slot_table = format!("{}: !Ref SlotTable\n", copy_snapshots::lambda::SLOT_TABLE_VARIABLE);
+    let slot_table = format!("{}: !Ref SlotTable\n", copy_snapshots::entry::lambda::SLOT_TABLE_VARIABLE);
     assert_eq!(template.matches(&slot_table).count(), 2, "template.yaml names the slot table to both functions");
     // The role copies only from the stack's region (or within TargetRegion) to TargetRegion;
     // the function refuses other regions up front when these are set.
@@ -134,8 +134,9 @@ fn the_template_sets_what_the_function_reads() {
 #[test]
 fn the_alarms_watch_metrics_the_function_emits() {
     let template = read("template.yaml");
-    let counts = copy_snapshots::metrics::InvocationCounts { oldest_uncopied_seconds: Some(0), ..Default::default() };
-    let emitted = copy_snapshots::metrics::emf(Some("eu-west-1"), counts, 0);
+    let counts =
+        copy_snapshots::contract::metrics::InvocationCounts { oldest_uncopied_seconds: Some(0), ..Default::default() };
+    let emitted = copy_snapshots::contract::metrics::emf(Some("eu-west-1"), counts, 0);
     let declared: Vec<&str> = emitted["_aws"]["CloudWatchMetrics"][0]["Metrics"]
         .as_array()
         .expect("Metrics")
@@ -148,7 +149,7 @@ fn the_alarms_watch_metrics_the_function_emits() {
         if let Some(ns) = line.strip_prefix("Namespace: ") {
             namespace = ns;
         } else if let Some(name) = line.strip_prefix("MetricName: ")
-            && namespace == copy_snapshots::metrics::NAMESPACE
+            && namespace == copy_snapshots::contract::metrics::NAMESPACE
         {
             assert!(declared.contains(&name), "alarm on {name}, which the function does not emit: {declared:?}");
             watched.push(name);

@@ -8,10 +8,10 @@ use std::time::Duration;
 
 use aws_sdk_ec2::config::retry::RetryConfig;
 use aws_sdk_ec2::config::{BehaviorVersion, Credentials, Region as SdkRegion, SharedCredentialsProvider};
-use copy_snapshots::dynamo_slots::DynamoSlotLedger;
-use copy_snapshots::ec2::Ec2Store;
 use copy_snapshots::ids::{Region, SnapshotId};
-use copy_snapshots::slots::{LedgerError, LedgerState, Saved, SlotLedger};
+use copy_snapshots::store::dynamo_slots::DynamoSlotLedger;
+use copy_snapshots::store::ec2::Ec2Store;
+use copy_snapshots::store::ledger::{LedgerError, LedgerState, Saved, SlotLedger};
 use copy_snapshots::store::{
     CopySpec, SOURCE_REGION_TAG, SOURCE_SNAPSHOT_TAG, SnapshotState, SnapshotStore, StoreError,
 };

@@ -11,10 +11,10 @@ use crate::support::moto::{ec2_in, make_snapshot, sdk_config};
 use aws_sdk_ec2::Client;
 use aws_sdk_ec2::config::Credentials;
 use aws_sdk_ec2::types;
-use copy_snapshots::ec2::Ec2Store;
+use copy_snapshots::contract::request::Settings;
 use copy_snapshots::ids::{Region, SnapshotId};
-use copy_snapshots::presign::{CopySnapshotUrl, EXPIRES_IN};
-use copy_snapshots::request::Settings;
+use copy_snapshots::store::ec2::Ec2Store;
+use copy_snapshots::store::presign::{CopySnapshotUrl, EXPIRES_IN};
 use copy_snapshots::store::{
     CopySpec, CopyStatus, DeleteOutcome, ENCRYPTION_TAG, KeyDescription, SOURCE_REGION_TAG, SOURCE_SNAPSHOT_TAG,
     SOURCE_START_TIME_TAG, SOURCE_VOLUME_TAG, SnapshotStore, SourceSelector, SourceSnapshot, StoreError, Tag,

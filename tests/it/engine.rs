@@ -7,11 +7,11 @@ use std::time::Duration;
 use crate::support::engine_world::request_with;
 use crate::support::events::snapshot_notification;
 use copy_snapshots::CopySnapshotsError;
+use copy_snapshots::contract::request::{CopyRequest, DEFAULT_MAX_POLL_INTERVAL, Settings};
+use copy_snapshots::contract::response::Response;
+use copy_snapshots::engine::{MAX_ATTEMPTS, RunLimits, reconcile};
 use copy_snapshots::ids::SnapshotId;
-use copy_snapshots::reconcile::{MAX_ATTEMPTS, RunLimits, reconcile};
-use copy_snapshots::request::{CopyRequest, DEFAULT_MAX_POLL_INTERVAL, Settings};
-use copy_snapshots::response::Response;
-use copy_snapshots::simulated::{CopyTimeModel, QuietStart, SimulatedEc2};
+use copy_snapshots::store::simulated::{CopyTimeModel, QuietStart, SimulatedEc2};
 use copy_snapshots::store::{
     CopySpec, ENCRYPTION_TAG, SOURCE_REGION_TAG, SOURCE_SNAPSHOT_TAG, SOURCE_START_TIME_TAG, SnapshotState, Tag,
     find_tag,

@@ -7,12 +7,12 @@ use std::sync::OnceLock;
 use std::time::{Duration, SystemTime};
 
 use crate::support::events::snapshot_notification;
-use copy_snapshots::handler::{Payload, answer_lambda_event};
+use copy_snapshots::contract::response::Answer;
+use copy_snapshots::entry::handler::{Payload, answer_lambda_event};
+use copy_snapshots::entry::logging::{self, LogLevel};
 use copy_snapshots::ids::{Region, SnapshotId};
-use copy_snapshots::logging::{self, LogLevel};
-use copy_snapshots::response::Answer;
-use copy_snapshots::simulated::SimulatedEc2;
 use copy_snapshots::store::SnapshotState;
+use copy_snapshots::store::simulated::SimulatedEc2;
 use copy_snapshots::{CopySnapshotsError, Settings};
 use lambda_runtime::{Context, LambdaEvent};
 use serde_json::{Value, json};

@@ -8,10 +8,10 @@
 use std::time::Duration;
 
 use copy_snapshots::CopySnapshotsError;
+use copy_snapshots::contract::request::CopyRequest;
+use copy_snapshots::engine::{MAX_ATTEMPTS, RunLimits, reconcile};
 use copy_snapshots::ids::{Region, SnapshotId};
-use copy_snapshots::reconcile::{MAX_ATTEMPTS, RunLimits, reconcile};
-use copy_snapshots::request::CopyRequest;
-use copy_snapshots::simulated::SimulatedEc2;
+use copy_snapshots::store::simulated::SimulatedEc2;
 use copy_snapshots::store::{
     CopySpec, ENCRYPTION_TAG, SOURCE_REGION_TAG, SOURCE_SNAPSHOT_TAG, SnapshotState, StoreError, Tag,
 };

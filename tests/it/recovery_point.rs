@@ -5,11 +5,11 @@
 use std::time::{Duration, SystemTime};
 
 use copy_snapshots::CopySnapshotsError;
-use copy_snapshots::metrics::InvocationCounts;
-use copy_snapshots::reconcile::{RunLimits, reconcile};
-use copy_snapshots::request::{CopyRequest, Settings};
-use copy_snapshots::response::RecoveryPoint;
-use copy_snapshots::simulated::SimulatedEc2;
+use copy_snapshots::contract::metrics::InvocationCounts;
+use copy_snapshots::contract::request::{CopyRequest, Settings};
+use copy_snapshots::contract::response::RecoveryPoint;
+use copy_snapshots::engine::{RunLimits, reconcile};
+use copy_snapshots::store::simulated::SimulatedEc2;
 use serde_json::json;
 
 const SOURCE: &str = "us-east-1";

@@ -647,8 +647,8 @@ async fn retention_by_age_deletes_old_copies_reports_refused_ones_and_a_second_r
 /// store tells a deletion from a snapshot already gone, and an existing volume from a gone one.
 #[tokio::test]
 async fn delete_snapshot_is_allowed_only_as_the_roles_conditions_say() {
-    use copy_snapshots::ec2::Ec2Store;
     use copy_snapshots::ids::{Region, SnapshotId};
+    use copy_snapshots::store::ec2::Ec2Store;
     use copy_snapshots::store::{DeleteOutcome, SnapshotStore, StoreError};
 
     let emulator = FaultEc2::start();

@@ -5,12 +5,12 @@
 use std::collections::HashMap;
 
 use crate::support::events::load_event;
-use copy_snapshots::event::{Invocation, parse_payload};
+use copy_snapshots::contract::event::{Invocation, parse_payload};
+use copy_snapshots::contract::request::Settings;
+use copy_snapshots::contract::retention::Retention;
 use copy_snapshots::ids::{KmsKeyRef, Region};
-use copy_snapshots::request::Settings;
-use copy_snapshots::retention::Retention;
-use copy_snapshots::simulated::SimulatedEc2;
 use copy_snapshots::store::SourceSelector;
+use copy_snapshots::store::simulated::SimulatedEc2;
 use copy_snapshots::{CopySnapshotsError, handle};
 use serde_json::{Value, json};
 
@@ -367,7 +367,7 @@ async fn regions_the_deployment_cannot_reach_are_refused_before_any_call() {
 
 #[test]
 fn response_format_defaults_to_full() {
-    use copy_snapshots::response::ResponseFormat;
+    use copy_snapshots::contract::response::ResponseFormat;
     let format = |payload: Value| match parse_payload(payload, &settings_with_target()).unwrap() {
         Invocation::Copy(request) => request.response_format,
         other => panic!("{other:?}"),
@@ -397,7 +397,7 @@ fn every_sample_event_parses() {
     assert!(names.len() >= 5, "events/ holds {names:?}");
     for name in &names {
         let event = load_event(name);
-        if copy_snapshots::batch::is_sqs_event(&event) {
+        if copy_snapshots::entry::batch::is_sqs_event(&event) {
             // A batch from the queue: each record's body is one of the events below.
             let body = event["Records"][0]["body"].as_str().unwrap_or_else(|| panic!("{name}: a record body"));
             let inner: serde_json::Value = serde_json::from_str(body).unwrap_or_else(|e| panic!("{name}: {e}"));

@@ -6,10 +6,10 @@
 use std::collections::{HashMap, HashSet};
 use std::time::Duration;
 
-use copy_snapshots::reconcile::{RunLimits, plan, reconcile};
-use copy_snapshots::request::{CopyRequest, DEFAULT_MAX_POLL_INTERVAL, Settings};
-use copy_snapshots::response::Response;
-use copy_snapshots::simulated::{CopyTimeModel, SimulatedEc2};
+use copy_snapshots::contract::request::{CopyRequest, DEFAULT_MAX_POLL_INTERVAL, Settings};
+use copy_snapshots::contract::response::Response;
+use copy_snapshots::engine::{RunLimits, plan, reconcile};
+use copy_snapshots::store::simulated::{CopyTimeModel, SimulatedEc2};
 use copy_snapshots::store::{
     CopySpec, ENCRYPTION_TAG, SOURCE_REGION_TAG, SOURCE_SNAPSHOT_TAG, SOURCE_START_TIME_TAG, SOURCE_VOLUME_TAG,
     SnapshotState, Tag, format_start_time,

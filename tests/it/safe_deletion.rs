@@ -7,13 +7,13 @@
 use std::collections::{HashMap, HashSet};
 use std::time::{Duration, SystemTime};
 
+use copy_snapshots::contract::metrics::InvocationCounts;
+use copy_snapshots::contract::request::{CopyRequest, Settings};
+use copy_snapshots::contract::response::Response;
+use copy_snapshots::engine::{RunLimits, reconcile};
 use copy_snapshots::ids::SnapshotId;
-use copy_snapshots::metrics::InvocationCounts;
-use copy_snapshots::reconcile::{RunLimits, reconcile};
-use copy_snapshots::request::{CopyRequest, Settings};
-use copy_snapshots::response::Response;
-use copy_snapshots::simulated::{DeleteFault, SimulatedEc2};
 use copy_snapshots::store::SnapshotState;
+use copy_snapshots::store::simulated::{DeleteFault, SimulatedEc2};
 use serde_json::{Value, json};
 
 const SOURCE: &str = "us-east-1";
@@ -32,7 +32,7 @@ async fn run(ec2: &SimulatedEc2, request: &CopyRequest) -> Response {
     let limits = RunLimits {
         deadline: None,
         poll_interval: Duration::from_secs(15),
-        max_poll_interval: copy_snapshots::request::DEFAULT_MAX_POLL_INTERVAL,
+        max_poll_interval: copy_snapshots::contract::request::DEFAULT_MAX_POLL_INTERVAL,
         call_timeout: Duration::from_secs(1),
     };
     reconcile(ec2, request, limits).await.expect("the run succeeds")
@@ -114,7 +114,7 @@ async fn emptying_the_source_region_loses_no_volume_its_newest_copy_and_the_brea
     }
     let counts = InvocationCounts::of(&Ok(response.clone()), SystemTime::now());
     assert_eq!(counts.deletions_held, 50);
-    let emf = copy_snapshots::metrics::emf(Some(TARGET), counts, 0);
+    let emf = copy_snapshots::contract::metrics::emf(Some(TARGET), counts, 0);
     assert_eq!(emf["DeletionsHeld"], 50);
 
     // The dry run says the same, and with the override lists what would go.
@@ -265,7 +265,7 @@ async fn delete_snapshot_outcomes_are_told_apart() {
     assert!(!response.complete);
     let counts = InvocationCounts::of(&Ok(response.clone()), SystemTime::now());
     assert_eq!((counts.copies_deleted, counts.copies_not_deleted), (0, 1));
-    assert_eq!(copy_snapshots::metrics::emf(Some(TARGET), counts, 0)["CopiesNotDeleted"], 1);
+    assert_eq!(copy_snapshots::contract::metrics::emf(Some(TARGET), counts, 0)["CopiesNotDeleted"], 1);
     assert_eq!(ec2.deleted().len(), 1, "the unanswered call that did delete");
 
     // The next run: what is left goes, the one already gone is not deleted again.

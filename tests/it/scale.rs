@@ -11,13 +11,14 @@ use std::time::Duration;
 use crate::support::engine_world::request_with;
 use crate::support::events::snapshot_notification;
 use copy_snapshots::CopySnapshotsError;
-use copy_snapshots::batch::handle_batch;
+use copy_snapshots::contract::request::{CopyRequest, Settings};
+use copy_snapshots::engine::slots::RESERVATION_TTL;
+use copy_snapshots::engine::{RunLimits, reconcile};
+use copy_snapshots::entry::batch::handle_batch;
+use copy_snapshots::entry::simulated_queue::{QueueSettings, SimulatedQueue};
 use copy_snapshots::ids::{Region, SnapshotId};
-use copy_snapshots::reconcile::{RunLimits, reconcile};
-use copy_snapshots::request::{CopyRequest, Settings};
-use copy_snapshots::simulated::{MemoryLedger, SimulatedEc2};
-use copy_snapshots::simulated_queue::{QueueSettings, SimulatedQueue};
-use copy_snapshots::slots::{LedgerState, RESERVATION_TTL, SlotEntry, SlotKey};
+use copy_snapshots::store::ledger::{LedgerState, SlotEntry, SlotKey};
+use copy_snapshots::store::simulated::{MemoryLedger, SimulatedEc2};
 use copy_snapshots::store::{SOURCE_REGION_TAG, SOURCE_SNAPSHOT_TAG};
 use serde_json::{Value, json};
 use tokio::time::Instant;
@@ -45,7 +46,7 @@ fn limits(deadline: Option<Duration>) -> RunLimits {
     RunLimits {
         deadline: deadline.map(|d| Instant::now() + d),
         poll_interval: POLL,
-        max_poll_interval: copy_snapshots::request::DEFAULT_MAX_POLL_INTERVAL,
+        max_poll_interval: copy_snapshots::contract::request::DEFAULT_MAX_POLL_INTERVAL,
         call_timeout: CALL_TIMEOUT,
     }
 }
@@ -458,7 +459,7 @@ async fn a_batch_whose_event_does_not_parse_is_handed_back_whole() {
     let ec2 = SimulatedEc2::new();
     // Records that claim to come from SQS but carry no usable fields.
     let batch = json!({"Records": [{"eventSource": "aws:sqs", "messageId": 7}]});
-    assert!(copy_snapshots::batch::is_sqs_event(&batch));
+    assert!(copy_snapshots::entry::batch::is_sqs_event(&batch));
     let outcome = handle_batch(batch, &settings(15), &ec2, None).await;
     assert!(outcome.envelope_unreadable, "an empty answer would delete the whole batch");
     assert!(outcome.result.is_err());

@@ -23,10 +23,10 @@
 use std::collections::{HashSet, VecDeque};
 use std::time::Duration;
 
-use copy_snapshots::handler::handle_answer;
-use copy_snapshots::request::Settings;
-use copy_snapshots::simulated::{CopyTimeModel, SimulatedEc2};
+use copy_snapshots::contract::request::Settings;
+use copy_snapshots::entry::handler::handle_answer;
 use copy_snapshots::store::SnapshotState;
+use copy_snapshots::store::simulated::{CopyTimeModel, SimulatedEc2};
 use serde_json::{Map, Value, json};
 
 /// Step Functions' quota for a task result, a state's input or output, an execution's output.

@@ -17,7 +17,7 @@ use crate::support::fault_ec2::FaultEc2;
 
 const SOURCE: &str = "us-east-1";
 const TARGET: &str = "eu-west-1";
-const RUN_TAG: &str = copy_snapshots::verify_aws::RUN_TAG;
+const RUN_TAG: &str = copy_snapshots::entry::verify_aws::RUN_TAG;
 
 /// The binary as a user runs it, pointed at `emulator`.
 fn verify_aws(emulator: &FaultEc2, key: &str) -> Command {

@@ -4,11 +4,11 @@
 use std::collections::HashMap;
 use std::time::Duration;
 
+use copy_snapshots::contract::request::{CopyRequest, DEFAULT_MAX_POLL_INTERVAL, Settings};
+use copy_snapshots::engine::RunLimits;
 use copy_snapshots::ids::SnapshotId;
-use copy_snapshots::reconcile::RunLimits;
-use copy_snapshots::request::{CopyRequest, DEFAULT_MAX_POLL_INTERVAL, Settings};
-use copy_snapshots::simulated::SimulatedEc2;
 use copy_snapshots::store::SnapshotState;
+use copy_snapshots::store::simulated::SimulatedEc2;
 use serde_json::Value;
 
 /// `base` with the fields of `extra` added (or replaced), checked as a request against the

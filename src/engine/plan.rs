@@ -2,7 +2,7 @@
 //! to transfer, and how long the job would take, scheduled as the engine schedules (largest
 //! first, at most `pending_limit` at once) under a stated copy-time model; with a retention, the
 //! copies it would delete. The command line's `plan` prints it, a `dry_run` request answers it;
-//! the engine builds it from its own look ([`crate::engine::plan`]).
+//! the engine builds it from its own look ([`plan`](fn@crate::engine::plan)).
 
 use std::cmp::Reverse;
 use std::collections::BinaryHeap;
@@ -10,41 +10,10 @@ use std::time::Duration;
 
 use serde::Serialize;
 
-use crate::progress::{LookedSource, SourceStatus};
+use crate::contract::response::{CopyReport, DeletedCopy, FailureReport, Response, SkippedSource};
+use crate::store::copy_time::CopyTimeModel;
 
-/// How long a copy takes: a fixed start-up plus a time per GiB. EC2 publishes no copy speed
-/// (it varies with the region pair, the snapshot's history and load); the default is a
-/// middle-of-the-road figure, and a plan always states the model it used.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct CopyTimeModel {
-    pub fixed: Duration,
-    pub per_gib: Duration,
-}
-
-impl CopyTimeModel {
-    /// 2 minutes plus 20 s per GiB (180 GiB an hour).
-    pub const DEFAULT: Self = Self { fixed: Duration::from_secs(120), per_gib: Duration::from_secs(20) };
-
-    /// The model with the default start-up and `gib_per_hour`.
-    pub fn at_gib_per_hour(gib_per_hour: f64) -> Self {
-        Self { fixed: Self::DEFAULT.fixed, per_gib: Duration::from_secs_f64(3600.0 / gib_per_hour) }
-    }
-
-    pub fn duration(&self, size_gib: u64) -> Duration {
-        self.fixed.saturating_add(self.per_gib.saturating_mul(u32::try_from(size_gib).unwrap_or(u32::MAX)))
-    }
-
-    /// What is left of a copy at `percent`.
-    pub fn remaining(&self, size_gib: u64, percent: u8) -> Duration {
-        self.duration(size_gib).mul_f64(f64::from(100 - percent.min(100)) / 100.0)
-    }
-
-    /// In words, for the plan's output.
-    pub fn describe(&self) -> String {
-        let gib_per_hour = if self.per_gib.is_zero() { f64::INFINITY } else { 3600.0 / self.per_gib.as_secs_f64() };
-        format!("{} s start-up + {gib_per_hour:.0} GiB per hour for each copy", self.fixed.as_secs())
-    }
-}
+use crate::engine::progress::{LookedSource, SourceStatus};
 
 /// The plan of one request.
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -66,7 +35,7 @@ pub struct Plan {
     pub gib_to_delete: u64,
     /// The deletion breaker would hold a run of this request: it deletes none of them.
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub deletion_breaker: Option<crate::response::DeletionBreaker>,
+    pub deletion_breaker: Option<crate::contract::response::DeletionBreaker>,
 }
 
 fn is_zero<T: Default + PartialEq>(n: &T) -> bool {
@@ -134,6 +103,55 @@ impl PlannedSource {
 }
 
 impl Plan {
+    /// The answer to a dry run, from this plan (the look of a run): what a run would copy, skip
+    /// and delete. `complete` says whether a run now would find nothing to do.
+    pub fn dry_run_response(&self, wait_for_completion: bool) -> Response {
+        let plan = self;
+        let mut response =
+            Response { dry_run: true, deletion_breaker: plan.deletion_breaker.clone(), ..Response::default() };
+        for planned in &plan.sources {
+            let source = planned.source_snapshot_id.clone();
+            let reason = || planned.reason.clone().unwrap_or_default();
+            match (planned.action, &planned.snapshot_id) {
+                ("has_copy", Some(copy)) => {
+                    response.snapshot_ids.push(copy.clone());
+                    response.copies.push(CopyReport {
+                        source_snapshot_id: source,
+                        snapshot_id: copy.clone(),
+                        state: planned.state.clone().unwrap_or_default(),
+                        progress: planned.progress.clone(),
+                        reused: true,
+                    });
+                }
+                ("copy", _) => response.to_copy.push(source),
+                ("not_ready", _) => response.pending_sources.push(source),
+                ("skip", _) => response.skipped.push(SkippedSource { source_snapshot_id: source, reason: reason() }),
+                ("failed", _) => response.failed.push(FailureReport {
+                    source_snapshot_id: source,
+                    snapshot_id: None,
+                    error_snapshot_ids: Vec::new(),
+                    error: reason(),
+                }),
+                ("delete", Some(copy)) => response.deleted.push(DeletedCopy {
+                    snapshot_id: copy.clone(),
+                    source_snapshot_id: source,
+                    reason: reason(),
+                }),
+                _ => response.deletions_left += 1,
+            }
+        }
+        let waiting = wait_for_completion && response.copies.iter().any(|c| c.state != "completed");
+        response.complete = response.to_copy.is_empty()
+            && response.pending_sources.is_empty()
+            && response.failed.is_empty()
+            && response.deleted.is_empty()
+            && response.deletions_left == 0
+            && !waiting;
+        response
+    }
+}
+
+impl Plan {
     /// The plan for `sources` as the look found them; `start_order` is the engine's start
     /// queue (largest first), as indexes into `sources`.
     pub fn new(
@@ -168,7 +186,7 @@ impl Plan {
     }
 
     /// The plan with the deletion breaker's verdict.
-    pub fn with_breaker(mut self, breaker: Option<crate::response::DeletionBreaker>) -> Self {
+    pub fn with_breaker(mut self, breaker: Option<crate::contract::response::DeletionBreaker>) -> Self {
         self.deletion_breaker = breaker;
         self
     }

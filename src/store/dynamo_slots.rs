@@ -1,4 +1,4 @@
-//! The slot ledger ([`crate::slots`]) in a DynamoDB table (the stack's `SlotTable`, named by
+//! The slot ledger ([`crate::engine::slots`]) in a DynamoDB table (the stack's `SlotTable`, named by
 //! `SLOT_TABLE`): the only module that uses aws-sdk-dynamodb. One item per target region,
 //! read with GetItem (strongly consistent) and written whole with PutItem on the condition
 //! that its `version` is still the one read, so of two invocations that read the same version
@@ -20,7 +20,7 @@ use aws_sdk_dynamodb::types::AttributeValue;
 use tracing::warn;
 
 use crate::ids::Region;
-use crate::slots::{LedgerError, LedgerState, Saved, SlotEntry, SlotKey, SlotLedger, Version};
+use crate::store::ledger::{LedgerError, LedgerState, Saved, SlotEntry, SlotKey, SlotLedger, Version};
 
 const PARTITION_KEY: &str = "target_region";
 const VERSION: &str = "version";

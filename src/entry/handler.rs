@@ -12,15 +12,16 @@ use serde_json::Value;
 use tokio::time::Instant;
 use tracing::{debug, error, info, warn};
 
-use crate::batch::{handle_batch, is_sqs_event};
+use crate::contract::error::CopySnapshotsError;
+use crate::contract::error::respond;
+use crate::contract::event::{Invocation, parse_payload};
+use crate::contract::metrics::{self, InvocationCounts};
+use crate::contract::request::Settings;
+use crate::contract::response::{Answer, Response, ResponseFormat};
+use crate::engine::progress::{LogObserver, Observer, StopSignal};
 use crate::engine::{RunLimits, reconcile_observed};
-use crate::error::CopySnapshotsError;
-use crate::event::{Invocation, parse_payload};
-use crate::logging::LogLevel;
-use crate::metrics::{self, InvocationCounts};
-use crate::progress::{LogObserver, Observer, StopSignal};
-use crate::request::Settings;
-use crate::response::{Answer, Response, ResponseFormat, respond};
+use crate::entry::batch::{handle_batch, is_sqs_event};
+use crate::entry::logging::LogLevel;
 use crate::store::SnapshotStore;
 
 /// An invocation's payload as the runtime hands it over: JSON, or why it is not. Taking

@@ -15,16 +15,18 @@ use clap::{Args, Parser, Subcommand};
 use serde_json::{Map, Value, json};
 use tokio::signal::unix::{SignalKind, signal};
 
-use crate::ec2::{Ec2Store, load_sdk_config};
+use crate::contract::error::CopySnapshotsError;
+use crate::contract::event::{Invocation, parse_payload};
+use crate::contract::request::Settings;
+use crate::contract::response::Answer;
 use crate::engine::plan;
-use crate::error::CopySnapshotsError;
-use crate::event::{Invocation, parse_payload};
-use crate::handler::answer_observed;
-use crate::plan::{CopyTimeModel, Plan};
-use crate::progress::stop_signal;
-use crate::request::Settings;
-use crate::response::Answer;
-use crate::terminal::{ProgressView, plan_table, result_table};
+use crate::engine::plan::Plan;
+use crate::engine::progress::stop_signal;
+use crate::entry::handler::answer_observed;
+use crate::entry::terminal::{ProgressView, plan_table, result_table};
+use crate::store::copy_time::CopyTimeModel;
+use crate::store::ec2::Ec2Store;
+use crate::store::sdk::load_sdk_config;
 
 /// Exit status for a run that left sources for a later run (not ready, or not started).
 pub const EXIT_INCOMPLETE: u8 = 3;
@@ -73,7 +75,7 @@ enum Command {
     Plan(RunArgs),
     /// The live check on your own account: makes a 1 GiB volume and snapshot, copies it
     /// encrypted under --kms-key with this function, checks the copy, deletes all it made.
-    VerifyAws(crate::verify_aws::VerifyAwsArgs),
+    VerifyAws(crate::entry::verify_aws::VerifyAwsArgs),
 }
 
 /// Everything a run takes: the request and how to show it.
@@ -228,7 +230,7 @@ pub async fn main() -> ExitCode {
     let (args, planning) = match cli.command {
         Some(Command::Plan(args)) => (args, true),
         Some(Command::Copy(args)) => (args, false),
-        Some(Command::VerifyAws(args)) => return ExitCode::from(crate::verify_aws::main(args).await),
+        Some(Command::VerifyAws(args)) => return ExitCode::from(crate::entry::verify_aws::main(args).await),
         None => (cli.run, false),
     };
     let planning = planning || args.dry_run;
@@ -250,7 +252,7 @@ async fn run(args: RunArgs, planning: bool, started: Instant) -> u8 {
         None => args.request.payload(args.debug),
     };
     let debug = args.debug || payload.get("debug").and_then(Value::as_bool).unwrap_or(false);
-    crate::logging::init_cli(debug);
+    crate::entry::logging::init_cli(debug);
 
     let mut settings = match Settings::from_env() {
         Ok(settings) => settings,
@@ -259,9 +261,9 @@ async fn run(args: RunArgs, planning: bool, started: Instant) -> u8 {
     // Deletion is asked for on the command line (flags, or --request FILE), never by what the
     // caller's shell happens to export: RETAIN_DAYS, RETAIN_COUNT and DELETE_ORPHANS_AFTER_DAYS
     // are the deployment's settings, and apply only inside Lambda.
-    settings.retention = crate::retention::Retention::default();
+    settings.retention = crate::contract::retention::Retention::default();
     let region = payload.get("region").and_then(Value::as_str).map(str::to_owned);
-    let sdk_config = load_sdk_config(&settings, args.profile.as_deref(), region.as_deref()).await;
+    let sdk_config = load_sdk_config(settings.call_timeout, args.profile.as_deref(), region.as_deref()).await;
     // As the reference's `region`: the session's region when the request names none.
     if settings.source_region.is_none() {
         settings.source_region = sdk_config.region().and_then(|r| crate::ids::Region::parse(r.as_ref()).ok());

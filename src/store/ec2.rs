@@ -1,5 +1,5 @@
-//! The [`SnapshotStore`] on aws-sdk-ec2 (with [`crate::kms`] for the one KMS call and
-//! [`crate::dynamo_slots`] for the slot ledger): the only modules that touch an SDK client. It
+//! The [`SnapshotStore`] on aws-sdk-ec2 (with [`crate::store::kms`] for the one KMS call and
+//! [`crate::store::dynamo_slots`] for the slot ledger): the only modules that touch an SDK client. It
 //! translates domain types to EC2 calls and back, keeps one client per region (derived from one loaded
 //! configuration and reused across invocations), and sorts EC2's error codes into the
 //! engine's [`StoreError`]s.
@@ -8,88 +8,31 @@ use std::collections::{HashMap, HashSet};
 use std::sync::Mutex;
 use std::time::{Duration, SystemTime};
 
-use aws_config::retry::RetryConfig;
-use aws_config::timeout::TimeoutConfig;
-use aws_config::{BehaviorVersion, SdkConfig};
+use aws_config::SdkConfig;
 use aws_sdk_ec2::Client;
 use aws_sdk_ec2::config::endpoint::{self, ResolveEndpoint};
-use aws_sdk_ec2::config::http::HttpResponse;
 use aws_sdk_ec2::config::interceptors::InterceptorContext;
 use aws_sdk_ec2::config::retry::{ClassifyRetry, RetryAction};
 use aws_sdk_ec2::config::{Credentials, ProvideCredentials, SharedCredentialsProvider};
-use aws_sdk_ec2::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
+use aws_sdk_ec2::error::{DisplayErrorContext, ProvideErrorMetadata};
 use aws_sdk_ec2::operation::copy_snapshot::CopySnapshotError;
 use aws_sdk_ec2::operation::describe_snapshots::builders::DescribeSnapshotsFluentBuilder;
 use aws_sdk_ec2::types::{self, ResourceType, StorageTier, TagSpecification};
-use tracing::{debug, warn};
+use tracing::warn;
 
-use crate::dynamo_slots::DynamoSlotLedger;
 use crate::ids::{Region, SnapshotId};
-use crate::kms::KeyLookup;
-use crate::presign::{CopySnapshotUrl, EXPIRES_IN};
-use crate::request::{MAX_FILTER_VALUES, Settings};
+use crate::store::dynamo_slots::DynamoSlotLedger;
+use crate::store::kms::KeyLookup;
+use crate::store::presign::{CopySnapshotUrl, EXPIRES_IN};
+use crate::store::sdk::{RegionalClients, THROTTLING_CODES, store_error};
 use crate::store::{
-    CopySpec, CopyStatus, DeleteOutcome, ENCRYPTION_TAG, KeyDescription, SOURCE_REGION_TAG, SOURCE_SNAPSHOT_TAG,
-    SnapshotState, SnapshotStore, SourceSelector, SourceSnapshot, StoreError, Tag, find_tag, is_copy_from, real_volume,
-    source_origin,
+    CopySpec, CopyStatus, DeleteOutcome, ENCRYPTION_TAG, KeyDescription, MAX_FILTER_VALUES, SOURCE_REGION_TAG,
+    SOURCE_SNAPSHOT_TAG, SnapshotState, SnapshotStore, SourceSelector, SourceSnapshot, StoreError, Tag, find_tag,
+    is_copy_from, real_volume, source_origin,
 };
 
 /// The largest page DescribeSnapshots returns.
 const PAGE_SIZE: i32 = 1000;
-
-/// Error codes EC2 uses for throttling; the SDK retries them, and what is left is `Throttled`.
-const THROTTLING_CODES: &[&str] =
-    &["RequestLimitExceeded", "Throttling", "ThrottlingException", "ThrottledException", "EC2ThrottledException"];
-
-/// The AWS configuration both the Lambda and the command line use: the default chain for
-/// credentials (`profile` picks a named profile), `region` when given (no look-up then), and
-/// retries and timeouts the engine's deadline arithmetic relies on.
-pub async fn load_sdk_config(settings: &Settings, profile: Option<&str>, region: Option<&str>) -> SdkConfig {
-    let mut loader = aws_config::defaults(BehaviorVersion::latest())
-        // EC2 throttles per account; generous retries keep a busy account from failing runs.
-        .retry_config(RetryConfig::standard().with_max_attempts(8))
-        // Bounded calls keep the engine's deadline margin honest.
-        .timeout_config(
-            TimeoutConfig::builder()
-                .connect_timeout(Duration::from_secs(5))
-                .operation_attempt_timeout(settings.call_timeout.min(Duration::from_secs(15)))
-                .operation_timeout(settings.call_timeout)
-                .build(),
-        );
-    if let Some(profile) = profile {
-        loader = loader.profile_name(profile);
-    }
-    if let Some(region) = region {
-        loader = loader.region(aws_config::Region::new(region.to_owned()));
-    }
-    loader.load().await
-}
-
-/// One SDK client per region, derived on first use from one configuration (credentials,
-/// retries, timeouts, any `AWS_ENDPOINT_URL[_SERVICE]`) and reused across invocations.
-pub(crate) struct RegionalClients<C> {
-    clients: Mutex<HashMap<Region, C>>,
-    make: Box<dyn Fn(&Region) -> C + Send + Sync>,
-}
-
-impl<C: Clone> RegionalClients<C> {
-    /// `make` builds the client of a region.
-    pub(crate) fn new(make: impl Fn(&Region) -> C + Send + Sync + 'static) -> Self {
-        Self { clients: Mutex::new(HashMap::new()), make: Box::new(make) }
-    }
-
-    pub(crate) fn get(&self, region: &Region) -> C {
-        let mut clients = self.clients.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
-        clients.entry(region.clone()).or_insert_with(|| (self.make)(region)).clone()
-    }
-}
-
-impl<C> std::fmt::Debug for RegionalClients<C> {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let clients = self.clients.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
-        f.debug_struct("RegionalClients").field("regions", &clients.keys().collect::<Vec<_>>()).finish()
-    }
-}
 
 /// EC2 through aws-sdk-ec2, one client per region.
 #[derive(Debug)]
@@ -176,7 +119,7 @@ impl Ec2Store {
 }
 
 impl SnapshotStore for Ec2Store {
-    fn slot_ledger(&self) -> Option<&impl crate::slots::SlotLedger> {
+    fn slot_ledger(&self) -> Option<&impl crate::store::ledger::SlotLedger> {
         self.ledger.as_ref()
     }
 
@@ -505,54 +448,6 @@ impl ClassifyRetry for RetryOnlyThrottling {
 
     fn name(&self) -> &'static str {
         "copy-snapshots: retry CopySnapshot only when throttled"
-    }
-}
-
-/// Sorts an SDK error (EC2's, or KMS's for [`crate::kms`]) by what the engine should do about it.
-pub(crate) fn store_error<E>(error: SdkError<E, HttpResponse>) -> StoreError
-where
-    E: ProvideErrorMetadata + std::error::Error + 'static,
-{
-    let text = DisplayErrorContext(&error).to_string();
-    let code = error.code().unwrap_or_default().to_owned();
-    let message = error.message().unwrap_or_default().to_owned();
-    let described = if code.is_empty() { text.clone() } else { format!("{code}: {message}") };
-    match &error {
-        SdkError::ServiceError(_) => {}
-        SdkError::ConstructionFailure(_) => {
-            return StoreError::Refused { code: "ConstructionFailure".to_owned(), message: text };
-        }
-        // Timeouts, connection failures, unreadable answers: the call may have taken effect.
-        _ => return StoreError::Unknown(text),
-    }
-    debug!(%code, %message, "EC2 error");
-    match code.as_str() {
-        "ResourceLimitExceeded" => StoreError::NoSlot(described),
-        // KMS's NotFoundException: DescribeKey of a key or alias that does not exist.
-        "InvalidSnapshot.NotFound" | "InvalidVolume.NotFound" | "NotFoundException" => StoreError::NotFound(described),
-        "IncorrectState" => StoreError::NotReady(described),
-        c if THROTTLING_CODES.contains(&c) => StoreError::Throttled(described),
-        // KMS's own failures (before the KMS* refusals below): no definite answer.
-        "KMSInternalException" | "DependencyTimeoutException" => StoreError::Unknown(described),
-        c if c == "UnauthorizedOperation"
-            || c == "AuthFailure"
-            // Credentials a service does not accept (KMS's codes; EC2's is AuthFailure).
-            || c.starts_with("ExpiredToken")
-            || c == "UnrecognizedClientException"
-            || c == "InvalidClientTokenId"
-            || c == "InvalidSignatureException"
-            || c == "OptInRequired"
-            || c.contains("AccessDenied")
-            || c.starts_with("KMS")
-            || c.contains("KmsKey")
-            || c.contains("KMSKey") =>
-        {
-            StoreError::AccessDenied(described)
-        }
-        "InternalError" | "InternalFailure" | "ServiceUnavailable" | "Unavailable" => StoreError::Unknown(described),
-        // Any other server-side failure may have taken effect; a 4xx is a definite refusal.
-        _ if error.raw_response().is_some_and(|raw| raw.status().is_server_error()) => StoreError::Unknown(described),
-        _ => StoreError::Refused { code, message },
     }
 }
 

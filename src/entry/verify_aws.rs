@@ -27,16 +27,17 @@ use clap::Args;
 use serde_json::json;
 use tokio::signal::unix::{Signal, SignalKind, signal};
 
-use crate::ec2::{Ec2Store, load_sdk_config};
-use crate::event::{Invocation, parse_payload};
-use crate::handler::answer_observed;
+use crate::contract::event::{Invocation, parse_payload};
+use crate::contract::request::Settings;
+use crate::contract::response::{Answer, Response};
+use crate::engine::progress::{Observer, RunEvent, StopSignal};
+use crate::entry::handler::answer_observed;
+use crate::entry::terminal::ProgressView;
 use crate::ids::{KmsKeyRef, Region};
-use crate::kms::KeyLookup;
-use crate::progress::{Observer, RunEvent, StopSignal};
-use crate::request::Settings;
-use crate::response::{Answer, Response};
+use crate::store::ec2::Ec2Store;
+use crate::store::kms::KeyLookup;
+use crate::store::sdk::load_sdk_config;
 use crate::store::{SOURCE_SNAPSHOT_TAG, StoreError};
-use crate::terminal::ProgressView;
 
 /// The tag on everything a run makes (volume, snapshot, copy), valued with the run's id, so a
 /// user can find what a killed run left. Not under `copy-snapshots:`, which the request's
@@ -230,7 +231,7 @@ fn describe_error<E: ProvideErrorMetadata + std::error::Error>(error: &E) -> Str
 /// Runs `copy-snapshots verify-aws`; returns the exit status.
 pub async fn main(args: VerifyAwsArgs) -> u8 {
     let started = Instant::now();
-    crate::logging::init_cli(args.debug);
+    crate::entry::logging::init_cli(args.debug);
     let plan = match check_args(&args) {
         Ok(plan) => plan,
         Err(message) => {
@@ -247,10 +248,10 @@ pub async fn main(args: VerifyAwsArgs) -> u8 {
     };
     // The check copies one snapshot and deletes nothing but what it made: no retention from
     // the caller's shell.
-    settings.retention = crate::retention::Retention::default();
+    settings.retention = crate::contract::retention::Retention::default();
     // Registered before anything is made, so a Ctrl-C at any point reaches the cleanup.
     let mut interrupts = Interrupts::register();
-    let sdk_config = load_sdk_config(&settings, args.profile.as_deref(), Some(plan.source.as_str())).await;
+    let sdk_config = load_sdk_config(settings.call_timeout, args.profile.as_deref(), Some(plan.source.as_str())).await;
     let aws = Aws::new(sdk_config, &plan);
     let run_id = new_run_id();
     let ledger = SharedLedger::default();

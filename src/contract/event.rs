@@ -5,9 +5,9 @@
 use aws_lambda_events::eventbridge::EventBridgeEvent;
 use serde_json::Value;
 
-use crate::error::CopySnapshotsError;
+use crate::contract::error::CopySnapshotsError;
+use crate::contract::request::{CopyRequest, RequestPayload, Settings};
 use crate::ids::SnapshotArn;
-use crate::request::{CopyRequest, RequestPayload, Settings};
 
 pub const SNAPSHOT_NOTIFICATION: &str = "EBS Snapshot Notification";
 pub const MULTI_VOLUME_COMPLETION: &str = "EBS Multi-Volume Snapshots Completion Status";

@@ -1,7 +1,7 @@
 //! The errors an invocation can end with. Each variant is a Lambda `errorType` named in
 //! DESIGN.md, so Step Functions `Retry`/`Catch` can tell them apart.
 
-use crate::response::Response;
+use crate::contract::response::{Answer, Response, ResponseFormat, Summary};
 
 /// Why an invocation failed. The message names the offending value and what would be valid.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
@@ -62,5 +62,23 @@ impl CopySnapshotsError {
 impl From<CopySnapshotsError> for lambda_runtime::Diagnostic {
     fn from(error: CopySnapshotsError) -> Self {
         Self { error_type: error.error_type().to_owned(), error_message: error.to_string() }
+    }
+}
+
+/// The result as the caller asked for it. A summary caller keeps errors in state too (a
+/// Catch's ResultPath), so a `CopyFailed` message, which names every failure and copy, is
+/// replaced by the summary's bounded one.
+pub fn respond(
+    result: Result<Response, CopySnapshotsError>,
+    format: ResponseFormat,
+    target_region: &str,
+) -> Result<Answer, CopySnapshotsError> {
+    match (result, format) {
+        (Ok(response), format) => Ok(Answer::new(response, format)),
+        (Err(CopySnapshotsError::CopyFailed { response, .. }), ResponseFormat::Summary) => {
+            let message = Summary::of(&response).failure_message(target_region);
+            Err(CopySnapshotsError::CopyFailed { message, response })
+        }
+        (Err(error), _) => Err(error),
     }
 }

@@ -5,10 +5,11 @@
 use lambda_runtime::{Error, LambdaEvent, service_fn};
 
 use crate::Settings;
-use crate::dynamo_slots::DynamoSlotLedger;
-use crate::ec2::{Ec2Store, load_sdk_config};
-use crate::handler::{Payload, handle_lambda_event};
-use crate::logging;
+use crate::entry::handler::{Payload, handle_lambda_event};
+use crate::entry::logging;
+use crate::store::dynamo_slots::DynamoSlotLedger;
+use crate::store::ec2::Ec2Store;
+use crate::store::sdk::load_sdk_config;
 
 /// The environment variable Lambda sets for the runtime API; its presence means "in Lambda".
 pub const RUNTIME_API_VARIABLE: &str = "AWS_LAMBDA_RUNTIME_API";
@@ -19,7 +20,7 @@ pub const SLOT_TABLE_VARIABLE: &str = "SLOT_TABLE";
 pub async fn run() -> Result<(), Error> {
     let log_level = logging::init();
     let settings = Settings::from_env().inspect_err(|e| tracing::error!(error = %e, "bad settings"))?;
-    let sdk_config = load_sdk_config(&settings, None, None).await;
+    let sdk_config = load_sdk_config(settings.call_timeout, None, None).await;
     let store = Ec2Store::new(&sdk_config);
     // Only the deployed stack sets SLOT_TABLE: there `pending_limit` is reserved atomically in
     // the table; without it (a function deployed by hand) the engine counts with EC2.

@@ -10,10 +10,10 @@ use std::time::Duration;
 
 use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
 
+use crate::contract::response::{Answer, Summary, plural};
+use crate::engine::plan::Plan;
+use crate::engine::progress::{LookedSource, Observer, RunEvent, SourceStatus};
 use crate::ids::SnapshotId;
-use crate::plan::Plan;
-use crate::progress::{LookedSource, Observer, RunEvent, SourceStatus};
-use crate::response::{Answer, Summary, plural};
 
 /// The run's progress as the command line shows it; an [`Observer`] of the engine.
 #[derive(Clone)]

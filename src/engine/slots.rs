@@ -2,11 +2,10 @@
 //! writes with a condition on its version (a conditional-write semaphore), so two invocations
 //! that reserve at the same moment cannot both take the last slots of `pending_limit`.
 //!
-//! This module owns the accounting, free of any SDK: the ledger's state ([`LedgerState`]),
-//! the pure rules over it ([`needs_refresh`], [`refreshed`], [`grant`], [`settle`],
-//! [`release`]), the [`SlotLedger`] port an adapter implements (DynamoDB in
-//! `dynamo_slots.rs`, memory in the simulator), and the load → decide → conditional save loop
-//! ([`reserve`], [`update`]) the engine calls.
+//! This module owns the accounting, free of any SDK: the pure rules over the ledger's state
+//! ([`needs_refresh`], [`refreshed`], [`grant`], [`settle`], [`release`]) and the load → decide
+//! → conditional save loop ([`reserve`], [`update`]) the engine calls. The state and the port an
+//! adapter implements are [`crate::store::ledger`]'s.
 //!
 //! The ledger is a cache of EC2's truth, never the truth itself: entries are reserved before a
 //! start, get their copy id after it, and are released when a poll sees the copy finished; an
@@ -20,9 +19,10 @@ use std::time::{Duration, SystemTime};
 
 use tracing::{debug, warn};
 
+use crate::engine::timeline::{Timeline, jittered};
 use crate::ids::{Region, SnapshotId};
 use crate::store::StoreError;
-use crate::timeline::{Timeline, jittered};
+use crate::store::ledger::{LedgerError, LedgerState, Saved, SlotEntry, SlotKey, SlotLedger, Version};
 
 /// A reservation without a copy id older than this is dead (its invocation died between
 /// reserving and starting, or its start's outcome stayed unknown): the ledger is refreshed.
@@ -44,123 +44,8 @@ pub const SAVE_TRIES: u32 = 6;
 /// The first pause after a lost conditional write; it doubles per try, with jitter.
 const FIRST_CONFLICT_PAUSE: Duration = Duration::from_millis(50);
 
-/// What identifies a copy-to-be: source region, source snapshot and the encryption asked
-/// (`us-east-1/snap-…/none`), so a second reservation of the same copy is refused instead of
-/// counted twice (an event delivered twice, an invocation retried), and a copy another
-/// invocation is starting is not started again. Entries a refresh adds for copies EC2 lists
-/// but the ledger did not know are keyed `copy/snap-…`.
-#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub struct SlotKey(String);
-
-impl SlotKey {
-    pub fn for_copy(source_region: &Region, source: &SnapshotId, encryption: &str) -> Self {
-        Self(format!("{source_region}/{source}/{encryption}"))
-    }
-
-    fn listed(copy_id: &str) -> Self {
-        Self(format!("copy/{copy_id}"))
-    }
-
-    /// A key as an adapter stored it.
-    pub fn stored(key: impl Into<String>) -> Self {
-        Self(key.into())
-    }
-
-    pub fn as_str(&self) -> &str {
-        &self.0
-    }
-}
-
-/// One slot held: reserved, then (once started) with its copy's id.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct SlotEntry {
-    pub copy_id: Option<String>,
-    pub reserved_at: SystemTime,
-    /// When the copy id was recorded, until a refresh has seen the copy in EC2's listing (see
-    /// [`RECORD_GRACE`]); `None` once seen, or for an entry a refresh made from the listing.
-    pub recorded_at: Option<SystemTime>,
-}
-
-impl SlotEntry {
-    fn reservation(now: SystemTime) -> Self {
-        Self { copy_id: None, reserved_at: now, recorded_at: None }
-    }
-
-    fn is_dead_reservation(&self, now: SystemTime) -> bool {
-        self.copy_id.is_none() && age(now, self.reserved_at) >= RESERVATION_TTL
-    }
-}
-
-/// The ledger of one target region.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct LedgerState {
-    pub entries: BTreeMap<SlotKey, SlotEntry>,
-    /// When the entries were last rebuilt from EC2's listing; `None`: never (a new ledger, or
-    /// one an adapter could not read whole).
-    pub refreshed_at: Option<SystemTime>,
-}
-
-/// The version a conditional save expects: 0 when the ledger has no item yet.
-pub type Version = u64;
-
-/// What a conditional save came to.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Saved {
-    Saved,
-    /// Another invocation wrote the ledger since this one loaded it: nothing was written.
-    Conflict,
-}
-
-/// What can go wrong asking the ledger.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum LedgerError {
-    /// Throttled, a 5xx, a timeout: no start this round, try again after a backoff.
-    #[error("{0}")]
-    Unavailable(String),
-    /// The role may not read or write the ledger: a deployment to fix.
-    #[error("{0}")]
-    AccessDenied(String),
-    /// The ledger does not exist or refuses the request as malformed: a deployment to fix.
-    #[error("{0}")]
-    Misconfigured(String),
-}
-
-/// The ledger's storage: one record per target region, loaded strongly consistent and saved
-/// only if its version is still the one loaded. `Sync` because concurrent invocations' futures
-/// share it.
-pub trait SlotLedger: Sync {
-    /// Names the ledger for messages ("DynamoDB table copy-snapshots-Slots…").
-    fn describe(&self) -> String;
-
-    /// The ledger of `target_region` and its version (an empty state, version 0, when none).
-    fn load(&self, target_region: &Region) -> impl Future<Output = Result<(LedgerState, Version), LedgerError>> + Send;
-
-    /// Writes `state` as version `expected + 1`, only if the stored version is `expected`.
-    fn save(
-        &self,
-        target_region: &Region,
-        state: &LedgerState,
-        expected: Version,
-    ) -> impl Future<Output = Result<Saved, LedgerError>> + Send;
-}
-
-/// The type of "no ledger configured" ([`crate::store::SnapshotStore::slot_ledger`]'s
-/// default): uninhabited, so it is never called.
-#[derive(Debug)]
-pub enum NoLedger {}
-
-impl SlotLedger for NoLedger {
-    fn describe(&self) -> String {
-        match *self {}
-    }
-
-    async fn load(&self, _: &Region) -> Result<(LedgerState, Version), LedgerError> {
-        match *self {}
-    }
-
-    async fn save(&self, _: &Region, _: &LedgerState, _: Version) -> Result<Saved, LedgerError> {
-        match *self {}
-    }
+fn is_dead_reservation(entry: &SlotEntry, now: SystemTime) -> bool {
+    entry.copy_id.is_none() && age(now, entry.reserved_at) >= RESERVATION_TTL
 }
 
 fn age(now: SystemTime, then: SystemTime) -> Duration {
@@ -189,7 +74,7 @@ pub fn needs_refresh(
     own_pending: &HashSet<String>,
 ) -> bool {
     let Some(refreshed_at) = state.refreshed_at else { return true };
-    if state.entries.values().any(|e| e.is_dead_reservation(now)) {
+    if state.entries.values().any(|e| is_dead_reservation(e, now)) {
         return true;
     }
     age(now, refreshed_at) >= REFRESH_AFTER
@@ -217,7 +102,7 @@ pub fn refreshed(state: &LedgerState, now: SystemTime, listed: &[SnapshotId]) ->
                 continue;
             }
             Some(_) => entry.recorded_at.is_some_and(|at| age(now, at) < RECORD_GRACE),
-            None => !entry.is_dead_reservation(now),
+            None => !is_dead_reservation(entry, now),
         };
         if keep {
             entries.insert(key.clone(), entry.clone());
@@ -426,107 +311,4 @@ pub async fn update<L: SlotLedger>(
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    const LIMIT: usize = 3;
-
-    fn at(seconds: u64) -> SystemTime {
-        SystemTime::UNIX_EPOCH + Duration::from_secs(1_700_000_000 + seconds)
-    }
-
-    fn key(n: u8) -> SlotKey {
-        let source = SnapshotId::parse(&format!("snap-{n:017x}")).unwrap();
-        SlotKey::for_copy(&Region::parse("us-east-1").unwrap(), &source, "none")
-    }
-
-    fn copy(n: u8) -> SnapshotId {
-        SnapshotId::parse(&format!("snap-0c{n:015x}")).unwrap()
-    }
-
-    fn fresh(now: SystemTime) -> LedgerState {
-        LedgerState { entries: BTreeMap::new(), refreshed_at: Some(now) }
-    }
-
-    #[test]
-    fn grants_up_to_the_limit_and_never_a_key_already_held() {
-        let mut state = fresh(at(0));
-        assert_eq!(grant(&mut state, at(0), &[key(1), key(2)], LIMIT), [key(1), key(2)]);
-        // key(2) is held: granted are the new ones, up to the one slot left.
-        assert_eq!(grant(&mut state, at(1), &[key(2), key(3), key(4)], LIMIT), [key(3)]);
-        assert!(grant(&mut state, at(2), &[key(5)], LIMIT).is_empty());
-        assert_eq!(state.entries.len(), LIMIT);
-    }
-
-    #[test]
-    fn a_ledger_never_refreshed_or_with_a_dead_reservation_is_refreshed() {
-        let none = HashSet::new();
-        assert!(needs_refresh(&LedgerState::default(), at(0), &[key(1)], LIMIT, &none));
-        let mut state = fresh(at(0));
-        grant(&mut state, at(0), &[key(1)], LIMIT);
-        assert!(!needs_refresh(&state, at(119), &[key(2)], LIMIT, &none));
-        assert!(needs_refresh(&state, at(120), &[key(2)], LIMIT, &none), "a reservation past its TTL");
-    }
-
-    #[test]
-    fn a_limiting_ledger_is_refreshed_once_a_minute_unless_it_holds_only_own_polled_copies() {
-        let mut state = fresh(at(0));
-        grant(&mut state, at(0), &[key(1), key(2), key(3)], LIMIT);
-        settle(&mut state, at(1), &[(key(1), copy(1)), (key(2), copy(2)), (key(3), copy(3))], &[]);
-        let none = HashSet::new();
-        assert!(!needs_refresh(&state, at(59), &[key(4)], LIMIT, &none), "refreshed less than a minute ago");
-        // Taking the last free slot is checked too: the ledger may not know every copy.
-        let mut two = fresh(at(0));
-        grant(&mut two, at(0), &[key(1), key(2)], LIMIT);
-        settle(&mut two, at(1), &[(key(1), copy(1)), (key(2), copy(2))], &[]);
-        assert!(needs_refresh(&two, at(60), &[key(4)], LIMIT, &none), "the last slot");
-        assert!(!needs_refresh(&two, at(60), &[key(4)], LIMIT + 1, &none), "not the last slot");
-        assert!(needs_refresh(&state, at(60), &[key(4)], LIMIT, &none));
-        assert!(!needs_refresh(&state, at(60), &[], LIMIT, &none), "nothing wanted, nothing limited");
-        let own: HashSet<String> = [copy(1), copy(2), copy(3)].iter().map(|c| c.to_string()).collect();
-        assert!(!needs_refresh(&state, at(600), &[key(4)], LIMIT, &own), "this run polls every holder itself");
-    }
-
-    #[test]
-    fn a_refresh_keeps_listed_copies_fresh_records_and_live_reservations_and_adds_unknown_copies() {
-        let mut state = fresh(at(0));
-        grant(&mut state, at(0), &[key(1), key(2), key(3), key(4)], 10);
-        // 1: started, listed. 2: started just now, not listed yet. 3: started long ago, no
-        // longer listed (finished). 4: reserved, not started, young.
-        settle(&mut state, at(10), &[(key(1), copy(1)), (key(3), copy(3))], &[]);
-        settle(&mut state, at(200), &[(key(2), copy(2))], &[]);
-        let rebuilt = refreshed(&state, at(210), &[copy(1), copy(9)]);
-        let kept: Vec<&str> = rebuilt.entries.keys().map(SlotKey::as_str).collect();
-        let unknown = format!("copy/{}", copy(9));
-        assert_eq!(kept, [unknown.as_str(), key(1).as_str(), key(2).as_str()]);
-        assert_eq!(rebuilt.refreshed_at, Some(at(210)));
-        assert_eq!(rebuilt.entries[&key(1)].recorded_at, None, "seen listed: the listing alone decides now");
-        // The reservation of key(4) (at 0) is past its TTL at 210: dropped.
-        assert!(!rebuilt.entries.contains_key(&key(4)));
-        // Once seen listed, an unlisted copy goes at once, grace or not.
-        let later = refreshed(&rebuilt, at(220), &[copy(2)]);
-        assert!(!later.entries.contains_key(&key(1)));
-        assert!(later.entries.contains_key(&key(2)));
-    }
-
-    #[test]
-    fn settle_records_copies_drops_bare_reservations_only_and_release_frees_finished_copies() {
-        let mut state = fresh(at(0));
-        grant(&mut state, at(0), &[key(1), key(2)], LIMIT);
-        assert!(settle(&mut state, at(1), &[(key(1), copy(1))], &[key(2)]));
-        assert_eq!(state.entries.len(), 1);
-        assert_eq!(state.entries[&key(1)].copy_id.as_deref(), Some(copy(1).as_str()));
-        // Dropping a key whose copy exists changes nothing.
-        assert!(!settle(&mut state, at(2), &[], &[key(1)]));
-        // A record whose entry a refresh dropped meanwhile re-creates it, in place of the entry
-        // that refresh made for the copy from the listing: one copy, one slot.
-        let rebuilt = refreshed(&state, at(3), &[copy(1), copy(3)]);
-        assert_eq!(rebuilt.entries.len(), 2);
-        state = rebuilt;
-        assert!(settle(&mut state, at(3), &[(key(3), copy(3))], &[]));
-        assert_eq!(state.entries.len(), 2, "{state:?}");
-        assert!(release(&mut state, &[copy(1), copy(7)]));
-        assert_eq!(state.entries.keys().collect::<Vec<_>>(), [&key(3)]);
-        assert!(!release(&mut state, &[copy(1)]));
-    }
-}
+mod tests;

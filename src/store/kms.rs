@@ -1,11 +1,11 @@
 //! The key a request names, resolved with aws-sdk-kms (kms:DescribeKey in the target region):
 //! one client per region, from the same loaded configuration as EC2's, and KMS's errors sorted
-//! into the engine's [`StoreError`]s. Used by [`Ec2Store`](crate::ec2::Ec2Store).
+//! into the engine's [`StoreError`]s. Used by [`Ec2Store`](crate::store::ec2::Ec2Store).
 
 use aws_sdk_kms::Client;
 
-use crate::ec2::{RegionalClients, store_error};
 use crate::ids::Region;
+use crate::store::sdk::{RegionalClients, store_error};
 use crate::store::{KeyDescription, StoreError};
 
 /// kms:DescribeKey, one client per region.

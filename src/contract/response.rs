@@ -12,9 +12,6 @@ use std::time::SystemTime;
 
 use serde::{Deserialize, Serialize};
 
-use crate::error::CopySnapshotsError;
-use crate::plan::Plan;
-
 /// Most failures a summary lists; the count says how many there are in all.
 pub const SUMMARY_MAX_FAILURES: usize = 20;
 /// Longest error text (in characters) a summary keeps per failure.
@@ -95,51 +92,6 @@ impl Response {
     /// The answer to an event that asks for no copy.
     pub fn nothing_to_do() -> Self {
         Self { complete: true, ..Self::default() }
-    }
-
-    /// The answer to a dry run, from the plan of the same look: what a run would copy, skip and
-    /// delete. `complete` says whether a run now would find nothing to do.
-    pub fn dry_run(plan: &Plan, wait_for_completion: bool) -> Self {
-        let mut response = Self { dry_run: true, deletion_breaker: plan.deletion_breaker.clone(), ..Self::default() };
-        for planned in &plan.sources {
-            let source = planned.source_snapshot_id.clone();
-            let reason = || planned.reason.clone().unwrap_or_default();
-            match (planned.action, &planned.snapshot_id) {
-                ("has_copy", Some(copy)) => {
-                    response.snapshot_ids.push(copy.clone());
-                    response.copies.push(CopyReport {
-                        source_snapshot_id: source,
-                        snapshot_id: copy.clone(),
-                        state: planned.state.clone().unwrap_or_default(),
-                        progress: planned.progress.clone(),
-                        reused: true,
-                    });
-                }
-                ("copy", _) => response.to_copy.push(source),
-                ("not_ready", _) => response.pending_sources.push(source),
-                ("skip", _) => response.skipped.push(SkippedSource { source_snapshot_id: source, reason: reason() }),
-                ("failed", _) => response.failed.push(FailureReport {
-                    source_snapshot_id: source,
-                    snapshot_id: None,
-                    error_snapshot_ids: Vec::new(),
-                    error: reason(),
-                }),
-                ("delete", Some(copy)) => response.deleted.push(DeletedCopy {
-                    snapshot_id: copy.clone(),
-                    source_snapshot_id: source,
-                    reason: reason(),
-                }),
-                _ => response.deletions_left += 1,
-            }
-        }
-        let waiting = wait_for_completion && response.copies.iter().any(|c| c.state != "completed");
-        response.complete = response.to_copy.is_empty()
-            && response.pending_sources.is_empty()
-            && response.failed.is_empty()
-            && response.deleted.is_empty()
-            && response.deletions_left == 0
-            && !waiting;
-        response
     }
 
     /// The `SourcesPending` message: which of an event's snapshots have no copy started.
@@ -365,24 +317,6 @@ impl Summary {
             self.copies,
             self.completed,
         )
-    }
-}
-
-/// The result as the caller asked for it. A summary caller keeps errors in state too (a
-/// Catch's ResultPath), so a `CopyFailed` message, which names every failure and copy, is
-/// replaced by the summary's bounded one.
-pub fn respond(
-    result: Result<Response, CopySnapshotsError>,
-    format: ResponseFormat,
-    target_region: &str,
-) -> Result<Answer, CopySnapshotsError> {
-    match (result, format) {
-        (Ok(response), format) => Ok(Answer::new(response, format)),
-        (Err(CopySnapshotsError::CopyFailed { response, .. }), ResponseFormat::Summary) => {
-            let message = Summary::of(&response).failure_message(target_region);
-            Err(CopySnapshotsError::CopyFailed { message, response })
-        }
-        (Err(error), _) => Err(error),
     }
 }
 

@@ -1,8 +1,18 @@
 //! What the engine asks of EC2 (and of KMS, for the key a request names), in the engine's own
 //! words: the [`SnapshotStore`] trait and the domain types it speaks (and, through
 //! [`SnapshotStore::slot_ledger`], the deployment's slot ledger, whose port lives in
-//! [`crate::slots`]). No SDK type appears here; `ec2.rs` translates, and the in-memory
+//! [`crate::engine::slots`]). No SDK type appears here; `ec2.rs` translates, and the in-memory
 //! simulator implements the same trait for tests and the benchmark.
+
+pub mod copy_time;
+pub mod dynamo_slots;
+pub mod ec2;
+pub mod kms;
+pub mod ledger;
+pub mod presign;
+pub mod sdk;
+#[cfg(feature = "simulated")]
+pub mod simulated;
 
 use std::collections::{HashMap, HashSet};
 use std::future::Future;
@@ -11,7 +21,10 @@ use std::time::SystemTime;
 use chrono::{DateTime, SecondsFormat, Utc};
 
 use crate::ids::{Region, SnapshotId};
-use crate::slots::{NoLedger, SlotLedger};
+use crate::store::ledger::{NoLedger, SlotLedger};
+
+/// EC2 accepts at most 200 values in one DescribeSnapshots filter.
+pub const MAX_FILTER_VALUES: usize = 200;
 
 /// Tag on every copy naming the snapshot it was copied from.
 pub const SOURCE_SNAPSHOT_TAG: &str = "copy-snapshots:source-snapshot-id";
@@ -20,7 +33,7 @@ pub const SOURCE_REGION_TAG: &str = "copy-snapshots:source-region";
 /// Tag on every copy saying how its request asked for encryption: `none`, `default` (the
 /// target region's default key) or the key's ARN (copies made before keys were resolved: the
 /// key as the request gave it). Which copies are a request's is this tag *and* the key the
-/// copy is really under (see [`crate::ownership`]). A source's attempts (its
+/// copy is really under (see [`crate::engine::ownership`]). A source's attempts (its
 /// copies in `error`) are counted among those of requests that asked alike, so a check with an
 /// unusable key does not fail the plain schedule of the same source.
 pub const ENCRYPTION_TAG: &str = "copy-snapshots:encryption";
@@ -139,7 +152,7 @@ pub enum SourceSelector {
     Filters(Vec<Filter>),
 }
 
-/// One DescribeSnapshots filter, e.g. `tag:Backup` = [`daily`].
+/// One DescribeSnapshots filter, e.g. `tag:Backup` = `["daily"]`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Filter {
     pub name: String,
@@ -304,7 +317,7 @@ pub trait SnapshotStore: Sync {
         region: &Region,
         key: &str,
     ) -> impl Future<Output = Result<KeyDescription, StoreError>> + Send;
-    /// The deployment's slot ledger ([`crate::slots`]), when one is configured (the deployed
+    /// The deployment's slot ledger ([`crate::engine::slots`]), when one is configured (the deployed
     /// stack's `SLOT_TABLE`): `pending_limit` is then reserved atomically in it before each
     /// start round, instead of counted with one DescribeSnapshots that two invocations can
     /// both pass. Carried by the store so that one handle reaches the engine through every

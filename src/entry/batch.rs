@@ -13,13 +13,13 @@ use serde_json::Value;
 use tokio::time::Instant;
 use tracing::{error, info, warn};
 
+use crate::contract::error::CopySnapshotsError;
+use crate::contract::event::{Invocation, MULTI_VOLUME_COMPLETION, SNAPSHOT_NOTIFICATION, parse_payload};
+use crate::contract::request::{CopyRequest, RequestPayload, Settings};
+use crate::contract::response::Response;
+use crate::engine::progress::{LogObserver, StopSignal};
 use crate::engine::{RunLimits, reconcile_observed};
-use crate::error::CopySnapshotsError;
-use crate::event::{Invocation, MULTI_VOLUME_COMPLETION, SNAPSHOT_NOTIFICATION, parse_payload};
 use crate::ids::{Region, SnapshotId};
-use crate::progress::{LogObserver, StopSignal};
-use crate::request::{CopyRequest, RequestPayload, Settings};
-use crate::response::Response;
 use crate::store::{SnapshotStore, SourceSelector};
 
 /// Whether a payload is an SQS event (Lambda's event source mapping hands over `Records`, each

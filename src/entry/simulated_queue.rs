@@ -11,8 +11,8 @@ use std::time::Duration;
 use serde_json::{Value, json};
 use tokio::time::Instant;
 
-use crate::batch::handle_batch;
-use crate::request::Settings;
+use crate::contract::request::Settings;
+use crate::entry::batch::handle_batch;
 use crate::store::SnapshotStore;
 
 /// The queue's and the event source mapping's settings (the template's values by default).

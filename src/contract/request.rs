@@ -8,11 +8,11 @@ use std::time::Duration;
 use serde::Deserialize;
 use serde_json::Value;
 
-use crate::error::CopySnapshotsError;
+use crate::contract::error::CopySnapshotsError;
+use crate::contract::response::ResponseFormat;
+use crate::contract::retention::Retention;
 use crate::ids::{KmsKeyRef, Region, SnapshotId, shorten};
-use crate::response::ResponseFormat;
-use crate::retention::Retention;
-use crate::store::{Filter, OWN_TAGS, RESERVED_TAG_PREFIX, SourceSelector, Tag};
+use crate::store::{Filter, MAX_FILTER_VALUES, OWN_TAGS, RESERVED_TAG_PREFIX, SourceSelector, Tag};
 
 /// Default for `pending_limit`: AWS's concurrent-copy quota per destination region.
 pub const DEFAULT_PENDING_LIMIT: u32 = 20;
@@ -26,8 +26,6 @@ pub const DEFAULT_MAX_POLL_INTERVAL: Duration = Duration::from_secs(900);
 const LONGEST_MAX_POLL_INTERVAL_SECONDS: f64 = 86_400.0;
 /// EC2 allows 50 tags per snapshot; five are this function's (`copy-snapshots:*`).
 pub const MAX_USER_TAGS: usize = 50 - OWN_TAGS;
-/// EC2 accepts at most 200 values in one DescribeSnapshots filter.
-pub const MAX_FILTER_VALUES: usize = 200;
 /// Default for `EC2_CALL_TIMEOUT_SECONDS`: the longest one EC2 call (with the SDK's retries)
 /// may take.
 pub const DEFAULT_CALL_TIMEOUT: Duration = Duration::from_secs(25);
@@ -278,6 +276,18 @@ impl Settings {
     }
 }
 
+/// One destination of a request: the region its copies go to, and the encryption, copy limit
+/// and retention they follow. The engine runs one reconciler per target.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Target {
+    pub region: Region,
+    pub pending_limit: usize,
+    pub encrypt: bool,
+    /// The key as the request gave it (`kms_key_id`); `None`: the region's default EBS key.
+    pub kms_key: Option<KmsKeyRef>,
+    pub retention: Retention,
+}
+
 /// A request the engine can trust: every field checked, every default applied.
 #[derive(Debug, Clone, PartialEq)]
 pub struct CopyRequest {
@@ -304,7 +314,7 @@ pub struct CopyRequest {
     /// record (batch item failures), never `SourcesPending`.
     pub from_queue: bool,
     pub response_format: ResponseFormat,
-    /// Which sources are copied and which copies are deleted ([`crate::retention`]).
+    /// Which sources are copied and which copies are deleted ([`crate::contract::retention`]).
     pub retention: Retention,
     /// Look only: answer what a run would copy, skip and delete, calling neither CopySnapshot
     /// nor DeleteSnapshot.
@@ -319,6 +329,17 @@ fn invalid(message: String) -> CopySnapshotsError {
 }
 
 impl CopyRequest {
+    /// The request's destination.
+    pub fn target(&self) -> Target {
+        Target {
+            region: self.target_region.clone(),
+            pending_limit: self.pending_limit,
+            encrypt: self.encrypt,
+            kms_key: self.kms_key.clone(),
+            retention: self.retention,
+        }
+    }
+
     /// Parses and checks a direct request payload.
     pub fn from_json(payload: Value, settings: &Settings) -> Result<Self, CopySnapshotsError> {
         if !payload.is_object() {
@@ -437,7 +458,7 @@ impl CopyRequest {
         let allow_mass_deletion = payload.allow_mass_deletion.unwrap_or(false);
         if allow_mass_deletion && !retention.is_set() {
             return Err(invalid(
-                "allow_mass_deletion: true only lifts the deletion breaker of a retention, and this request has none                  (retain_days, retain_count, delete_orphans_after_days); valid: leave it out, or set a retention"
+                "allow_mass_deletion: true only lifts the deletion breaker of a retention, and this request has none (retain_days, retain_count, delete_orphans_after_days); valid: leave it out, or set a retention"
                     .to_owned(),
             ));
         }

@@ -11,8 +11,8 @@ use std::time::SystemTime;
 
 use serde_json::{Value, json};
 
-use crate::error::CopySnapshotsError;
-use crate::response::{RecoveryPoint, Response};
+use crate::contract::error::CopySnapshotsError;
+use crate::contract::response::{RecoveryPoint, Response};
 
 pub const NAMESPACE: &str = "CopySnapshots";
 
@@ -110,7 +110,7 @@ pub fn emf(target_region: Option<&str>, counts: InvocationCounts, timestamp_ms: 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::response::{CopyReport, FailureReport};
+    use crate::contract::response::{CopyReport, FailureReport};
 
     fn copy(reused: bool) -> CopyReport {
         CopyReport {
@@ -181,7 +181,7 @@ mod tests {
     fn copies_deleted_counts_a_runs_deletions_and_never_a_dry_runs() {
         let deleted = |n: usize| {
             (0..n)
-                .map(|_| crate::response::DeletedCopy {
+                .map(|_| crate::contract::response::DeletedCopy {
                     snapshot_id: "snap-4567abcd".into(),
                     source_snapshot_id: "snap-0123abcd".into(),
                     reason: "out of retention".into(),
@@ -192,7 +192,7 @@ mod tests {
         let counts = InvocationCounts::of(&Ok(run), SystemTime::now());
         assert_eq!(counts.copies_deleted, 3);
         assert_eq!(emf(Some("eu-west-1"), counts, 0)["CopiesDeleted"], 3);
-        let failed = crate::response::FailureReport {
+        let failed = crate::contract::response::FailureReport {
             source_snapshot_id: "snap-0123abcd".into(),
             snapshot_id: None,
             error_snapshot_ids: Vec::new(),

@@ -20,7 +20,7 @@ use std::time::{Duration, SystemTime};
 use tokio::time::Instant;
 
 use crate::ids::{Region, SnapshotId};
-use crate::slots::{LedgerError, LedgerState, Saved, SlotLedger, Version};
+use crate::store::ledger::{LedgerError, LedgerState, Saved, SlotLedger, Version};
 use crate::store::{
     CopySpec, CopyStatus, DeleteOutcome, ENCRYPTION_TAG, KeyDescription, SOURCE_REGION_TAG, SOURCE_SNAPSHOT_TAG,
     SnapshotState, SnapshotStore, SourceSelector, SourceSnapshot, StoreError, Tag, find_tag, is_copy_from,
@@ -37,7 +37,7 @@ const FILTER_VALUES: usize = 200;
 /// How long a simulated copy takes: the plan's model (`fixed + per_gib × size`). Its
 /// `DEFAULT` is the benchmark's copy time too, so the plan's assumed speed and the figures of
 /// `make simulate` move together.
-pub use crate::plan::CopyTimeModel;
+pub use crate::store::copy_time::CopyTimeModel;
 
 impl CopyTimeModel {
     /// Copies complete at once: for tests about everything but timing.
