@@ -38,12 +38,15 @@
 //! - `backlog_3000_sources_*`: a first schedule over 3,000 never-copied sources through the
 //!   state machine's loop (rounds of `max_wait_seconds` 0, a 300 s Wait between them): rounds,
 //!   executions (one per 250 rounds, the continuation bound), simulated days, calls per copy.
+//! - `three_targets_*`: the skewed job to three target regions in one request, `pending_limit`
+//!   5 in each: makespan over the largest of the targets' own lower bounds, EC2 calls per copy.
 //! - `peak_rss_mib`: the benchmark process, whose largest world is the pruning one (20,010
 //!   snapshots).
 
 use std::time::Duration;
 
 use copy_snapshots::contract::request::{CopyRequest, FilterPayload, RequestPayload, Settings};
+use copy_snapshots::contract::targets::TargetPayload;
 use copy_snapshots::engine::{RunLimits, reconcile};
 use copy_snapshots::store::simulated::{CopyTimeModel, Irregularity, MemoryLedger, QuietStart, SimulatedEc2};
 use rand::rngs::StdRng;
@@ -152,6 +155,9 @@ fn main() {
         println!("{prefix}makespan_over_lower_bound_worst_of_{SEEDS}_seeds={worst_ratio:.3}");
         println!("{prefix}ec2_calls_per_copy_worst_of_{SEEDS}_seeds={worst_calls:.2}");
         println!("{prefix}ledger_calls_per_copy_worst_of_{SEEDS}_seeds={worst_ledger_calls:.2}");
+    }
+    if only.as_deref().is_none_or(|only| "three_targets_".starts_with(only)) {
+        three_targets_figures(&runtime);
     }
     if only.is_some() {
         return;
@@ -319,6 +325,77 @@ async fn skewed_job(seed: u64, progress: Progress, pace: Pace, table: Table) -> 
     assert_eq!(durations.len(), SKEWED_SOURCES, "one copy per source");
     let longest = durations.iter().cloned().fold(0.0, f64::max);
     let lower_bound = longest.max(durations.iter().sum::<f64>() / SKEWED_PENDING_LIMIT as f64);
+    SkewedRun {
+        makespan,
+        lower_bound,
+        ratio: makespan / lower_bound,
+        calls: ec2.calls().total(),
+        ledger_calls: ledger_calls(&ec2),
+    }
+}
+
+/// The target regions of the several-targets job.
+const TARGETS: [&str; 3] = ["eu-west-1", "us-west-2", "ap-southeast-2"];
+
+/// The skewed job to three target regions at once, `pending_limit` 5 in each: makespan over
+/// the largest of the targets' own lower bounds, and EC2 calls per copy made.
+fn three_targets_figures(runtime: &tokio::runtime::Runtime) {
+    let prefix = "three_targets_";
+    let copies = (SKEWED_SOURCES * TARGETS.len()) as f64;
+    let first = runtime.block_on(three_targets_job(1));
+    println!("{prefix}makespan_over_lower_bound={:.3}", first.ratio);
+    println!("{prefix}ec2_calls_per_copy={:.2}", first.calls as f64 / copies);
+    println!("{prefix}ledger_calls_per_copy={:.2}", first.ledger_calls as f64 / copies);
+    println!("{prefix}makespan_seconds={:.0}", first.makespan);
+    println!("{prefix}lower_bound_seconds={:.0}", first.lower_bound);
+    let (mut worst_ratio, mut worst_calls): (f64, f64) = (0.0, 0.0);
+    for seed in 1..=SEEDS {
+        let run = runtime.block_on(three_targets_job(seed));
+        worst_ratio = worst_ratio.max(run.ratio);
+        worst_calls = worst_calls.max(run.calls as f64 / copies);
+    }
+    println!("{prefix}makespan_over_lower_bound_worst_of_{SEEDS}_seeds={worst_ratio:.3}");
+    println!("{prefix}ec2_calls_per_copy_worst_of_{SEEDS}_seeds={worst_calls:.2}");
+}
+
+async fn three_targets_job(seed: u64) -> SkewedRun {
+    let mut rng = StdRng::seed_from_u64(seed);
+    let sizes = skewed_sizes(&mut rng);
+    let ec2 = Table::Deployed.deploy(SimulatedEc2::new().with_copy_time(CopyTimeModel::DEFAULT));
+    let ids: Vec<String> = sizes.iter().map(|gib| ec2.add_source(SOURCE, *gib, &[]).to_string()).collect();
+    let payload = RequestPayload {
+        snapshot_ids: Some(ids),
+        region: Some(SOURCE.to_owned()),
+        targets: Some(
+            TARGETS.iter().map(|region| TargetPayload { region: (*region).to_owned(), ..Default::default() }).collect(),
+        ),
+        pending_limit: Some(SKEWED_PENDING_LIMIT as u32),
+        wait_for_completion: Some(true),
+        ..Default::default()
+    };
+    let request = CopyRequest::check(payload, &Settings::default()).expect("a valid request");
+    let settings = Settings::default();
+    let limits = RunLimits {
+        deadline: None,
+        poll_interval: settings.poll_interval,
+        max_poll_interval: settings.max_poll_interval,
+        call_timeout: settings.call_timeout,
+    };
+    let started = tokio::time::Instant::now();
+    let response = reconcile(&ec2, &request, limits).await.expect("the three-target job succeeds");
+    assert!(response.complete, "the three-target job completes");
+    let makespan = started.elapsed().as_secs_f64();
+    // Each target's own bound (its longest copy, or its work over its limit); the job's is
+    // the largest of them.
+    let lower_bound = TARGETS
+        .iter()
+        .map(|region| {
+            let durations: Vec<f64> = ec2.copy_durations(region).iter().map(|d| d.as_secs_f64()).collect();
+            assert_eq!(durations.len(), SKEWED_SOURCES, "one copy per source in {region}");
+            let longest = durations.iter().cloned().fold(0.0, f64::max);
+            longest.max(durations.iter().sum::<f64>() / SKEWED_PENDING_LIMIT as f64)
+        })
+        .fold(0.0, f64::max);
     SkewedRun {
         makespan,
         lower_bound,

@@ -207,6 +207,54 @@ impl SnapshotArn {
     }
 }
 
+/// What a role ARN looks like, for messages.
+pub const ROLE_ARN_FORMAT: &str = "an IAM role ARN such as `arn:aws:iam::111122223333:role/copy-snapshots-target` (a 12-digit account, `role/`, \
+     an optional path, the role's name)";
+
+/// An IAM role in a target account, which the function assumes to copy there.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct RoleArn {
+    arn: String,
+    account: String,
+}
+
+impl RoleArn {
+    /// `arn:PARTITION:iam::ACCOUNT:role/[PATH/]NAME`: IAM is global, so the region field is
+    /// empty; names are 1–64 characters of `[\w+=,.@-]`, the path up to 512 with `/`.
+    pub fn parse(text: &str) -> Result<Self, String> {
+        let invalid = || format!("`{}` is not an IAM role ARN; valid: {ROLE_ARN_FORMAT}", shorten(text));
+        let fields: Vec<&str> = text.splitn(6, ':').collect();
+        let ["arn", partition, "iam", "", account, resource] = fields[..] else {
+            return Err(invalid());
+        };
+        let account_ok = account.len() == 12 && account.bytes().all(|b| b.is_ascii_digit());
+        let Some(path_and_name) = resource.strip_prefix("role/") else { return Err(invalid()) };
+        let (path, name) = path_and_name.rsplit_once('/').unwrap_or(("", path_and_name));
+        let name_char = |b: u8| b.is_ascii_alphanumeric() || b"_+=,.@-".contains(&b);
+        let name_ok = (1..=64).contains(&name.len()) && name.bytes().all(name_char);
+        let path_ok = path.len() <= 510 && path.bytes().all(|b| b == b'/' || name_char(b));
+        if !partition.starts_with("aws") || !account_ok || !name_ok || !path_ok {
+            return Err(invalid());
+        }
+        Ok(Self { arn: text.to_owned(), account: account.to_owned() })
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.arn
+    }
+
+    /// The account the role is in: where the copies are made.
+    pub fn account(&self) -> &str {
+        &self.account
+    }
+}
+
+impl fmt::Display for RoleArn {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.arn)
+    }
+}
+
 /// Quotes user input in an error message without echoing megabytes of it back.
 pub fn shorten(text: &str) -> String {
     const MAX: usize = 80;
@@ -295,5 +343,25 @@ mod tests {
     fn long_input_is_shortened_in_messages() {
         let err = SnapshotId::parse(&"x".repeat(10_000)).unwrap_err();
         assert!(err.len() < 300, "{err}");
+    }
+
+    #[test]
+    fn role_arns() {
+        let role = RoleArn::parse("arn:aws:iam::111122223333:role/dr/copy-snapshots-target").expect("valid");
+        assert_eq!(role.account(), "111122223333");
+        assert!(RoleArn::parse("arn:aws-us-gov:iam::111122223333:role/x").is_ok());
+        for bad in [
+            "",
+            "arn:aws:iam::111122223333:user/alice",
+            "arn:aws:iam::11112222333:role/x",
+            "arn:aws:iam:us-east-1:111122223333:role/x",
+            "arn:aws:sts::111122223333:assumed-role/x/y",
+            "arn:aws:iam::111122223333:role/",
+            "arn:aws:iam::111122223333:role/has space",
+            "111122223333",
+        ] {
+            let err = RoleArn::parse(bad).unwrap_err();
+            assert!(err.contains("is not an IAM role ARN"), "{bad}: {err}");
+        }
     }
 }

@@ -76,7 +76,7 @@ pub fn respond(
     match (result, format) {
         (Ok(response), format) => Ok(Answer::new(response, format)),
         (Err(CopySnapshotsError::CopyFailed { response, .. }), ResponseFormat::Summary) => {
-            let message = Summary::of(&response).failure_message(target_region);
+            let message = Summary::of(&response).failure_message_of_request(target_region);
             Err(CopySnapshotsError::CopyFailed { message, response })
         }
         (Err(error), _) => Err(error),

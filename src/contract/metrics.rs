@@ -107,6 +107,44 @@ pub fn emf(target_region: Option<&str>, counts: InvocationCounts, timestamp_ms: 
     document
 }
 
+/// The EMF documents of one invocation: one, or with several targets one per target (each
+/// target's counts under its own region, so a region's alarms see only its copies), as a JSON
+/// list. An error that ends the invocation counts once, under `default_region`.
+pub fn emf_of(
+    result: &Result<Response, CopySnapshotsError>,
+    default_region: Option<&str>,
+    now: SystemTime,
+    timestamp_ms: u128,
+) -> Value {
+    let response = match result {
+        Ok(response) => response,
+        Err(CopySnapshotsError::CopyFailed { response, .. } | CopySnapshotsError::SourcesPending { response, .. }) => {
+            response
+        }
+        Err(_) => return emf(default_region, InvocationCounts::of(result, now), timestamp_ms),
+    };
+    if response.targets.is_empty() {
+        return emf(default_region, InvocationCounts::of(result, now), timestamp_ms);
+    }
+    let lines = response
+        .targets
+        .iter()
+        .map(|target| {
+            let counts = InvocationCounts::of(&Ok(target.response.clone()), now);
+            emf(Some(&target.target_region), counts, timestamp_ms)
+        })
+        .collect();
+    Value::Array(lines)
+}
+
+/// The lines to print: one per document of [`emf_of`].
+pub fn lines(documents: &Value) -> Vec<String> {
+    match documents {
+        Value::Array(documents) => documents.iter().map(Value::to_string).collect(),
+        document => vec![document.to_string()],
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

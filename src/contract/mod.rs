@@ -10,3 +10,4 @@ pub mod metrics;
 pub mod request;
 pub mod response;
 pub mod retention;
+pub mod targets;

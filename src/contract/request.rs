@@ -11,6 +11,9 @@ use serde_json::Value;
 use crate::contract::error::CopySnapshotsError;
 use crate::contract::response::ResponseFormat;
 use crate::contract::retention::Retention;
+use crate::contract::targets::{
+    Target, TargetDefaults, TargetEnvironment, TargetPayload, check_targets, parse_targets_variable,
+};
 use crate::ids::{KmsKeyRef, Region, SnapshotId, shorten};
 use crate::store::{Filter, MAX_FILTER_VALUES, OWN_TAGS, RESERVED_TAG_PREFIX, SourceSelector, Tag};
 
@@ -37,6 +40,7 @@ pub struct RequestPayload {
     pub snapshot_ids: Option<Vec<String>>,
     pub filters: Option<Vec<FilterPayload>>,
     pub target_region: Option<String>,
+    pub targets: Option<Vec<TargetPayload>>,
     pub region: Option<String>,
     pub pending_limit: Option<u32>,
     pub encrypt: Option<bool>,
@@ -71,6 +75,10 @@ fn valid_values(field: &str) -> &'static str {
         "name" => "a filter name such as `tag:Backup`",
         "values" => "a list of strings",
         "target_region" | "region" => crate::ids::REGION_FORMAT,
+        "targets" => {
+            "a list of 1 to 5 {\"region\": …} objects, each with optional role_arn, encrypt, kms_key_id, \
+                      pending_limit, retain_days and retain_count"
+        }
         "pending_limit" => "an integer ≥ 1",
         "encrypt" | "copy_tags" | "wait_for_completion" | "debug" | "dry_run" | "allow_mass_deletion" => {
             "true or false"
@@ -97,6 +105,9 @@ pub struct Settings {
     pub source_region: Option<Region>,
     /// `TARGET_REGION`.
     pub target_region: Option<Region>,
+    /// `TARGETS` (a JSON list of targets, instead of `TARGET_REGION`): each still checked per
+    /// request, with the request's and the environment's other defaults.
+    pub targets: Option<Vec<TargetPayload>>,
     /// `PENDING_LIMIT`.
     pub pending_limit: u32,
     /// `PENDING_LIMIT` when the environment sets it: the deployment's share of the target
@@ -133,6 +144,7 @@ impl Default for Settings {
         Self {
             source_region: None,
             target_region: None,
+            targets: None,
             pending_limit: DEFAULT_PENDING_LIMIT,
             pending_limit_ceiling: None,
             encrypt: false,
@@ -149,6 +161,20 @@ impl Default for Settings {
 }
 
 impl Settings {
+    /// What the environment says of targets.
+    pub fn target_environment(&self) -> TargetEnvironment<'_> {
+        TargetEnvironment {
+            target_region: self.target_region.as_ref(),
+            targets: self.targets.as_deref(),
+            pending_limit: self.pending_limit,
+            pending_limit_ceiling: self.pending_limit_ceiling,
+            encrypt: self.encrypt,
+            kms_key: self.kms_key.as_ref(),
+            allowed_target_regions: self.allowed_target_regions.as_deref(),
+            retention: self.retention,
+        }
+    }
+
     /// Reads the process environment.
     pub fn from_env() -> Result<Self, CopySnapshotsError> {
         Self::from_lookup(|name| std::env::var(name).ok())
@@ -258,9 +284,17 @@ impl Settings {
         let kms_key = get("KMS_KEY_ID")
             .map(|v| KmsKeyRef::parse(&v).map_err(|_| invalid("KMS_KEY_ID", &v, crate::ids::KMS_KEY_FORMAT)))
             .transpose()?;
+        let target_region = region("TARGET_REGION")?;
+        let targets = get("TARGETS").map(|v| parse_targets_variable(&v)).transpose()?;
+        if targets.is_some() && target_region.is_some() {
+            return Err(CopySnapshotsError::InvalidRequest(
+                "environment variables TARGETS and TARGET_REGION: set one or the other, not both".to_owned(),
+            ));
+        }
         Ok(Self {
             source_region: region("AWS_REGION")?,
-            target_region: region("TARGET_REGION")?,
+            target_region,
+            targets,
             pending_limit,
             pending_limit_ceiling,
             encrypt: flag("ENCRYPT")?,
@@ -276,28 +310,14 @@ impl Settings {
     }
 }
 
-/// One destination of a request: the region its copies go to, and the encryption, copy limit
-/// and retention they follow. The engine runs one reconciler per target.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Target {
-    pub region: Region,
-    pub pending_limit: usize,
-    pub encrypt: bool,
-    /// The key as the request gave it (`kms_key_id`); `None`: the region's default EBS key.
-    pub kms_key: Option<KmsKeyRef>,
-    pub retention: Retention,
-}
-
 /// A request the engine can trust: every field checked, every default applied.
 #[derive(Debug, Clone, PartialEq)]
 pub struct CopyRequest {
     pub sources: SourceSelector,
     pub source_region: Region,
-    pub target_region: Region,
-    pub pending_limit: usize,
-    pub encrypt: bool,
-    /// Only with `encrypt`; `None` means the target region's AWS managed key.
-    pub kms_key: Option<KmsKeyRef>,
+    /// Where the copies go: one target or several, each with its own encryption, copy limit
+    /// and retention.
+    pub targets: Vec<Target>,
     pub copy_tags: bool,
     /// Extra tags for every copy, sorted by key.
     pub tags: Vec<Tag>,
@@ -314,8 +334,6 @@ pub struct CopyRequest {
     /// record (batch item failures), never `SourcesPending`.
     pub from_queue: bool,
     pub response_format: ResponseFormat,
-    /// Which sources are copied and which copies are deleted ([`crate::contract::retention`]).
-    pub retention: Retention,
     /// Look only: answer what a run would copy, skip and delete, calling neither CopySnapshot
     /// nor DeleteSnapshot.
     pub dry_run: bool,
@@ -329,15 +347,9 @@ fn invalid(message: String) -> CopySnapshotsError {
 }
 
 impl CopyRequest {
-    /// The request's destination.
-    pub fn target(&self) -> Target {
-        Target {
-            region: self.target_region.clone(),
-            pending_limit: self.pending_limit,
-            encrypt: self.encrypt,
-            kms_key: self.kms_key.clone(),
-            retention: self.retention,
-        }
+    /// Whether any target has a retention: the request then deletes copies.
+    pub fn has_retention(&self) -> bool {
+        self.targets.iter().any(|target| target.retention.is_set())
     }
 
     /// Parses and checks a direct request payload.
@@ -390,57 +402,18 @@ impl CopyRequest {
                 ))
             })?,
         };
-        let target_region = match payload.target_region {
-            Some(text) => Region::parse(&text).map_err(|e| invalid(format!("target_region: {e}")))?,
-            None => settings.target_region.clone().ok_or_else(|| {
-                invalid(format!(
-                    "target_region: not in the request and TARGET_REGION is not set; valid: {}",
-                    crate::ids::REGION_FORMAT
-                ))
-            })?,
-        };
-
         // Before any call: the deployment's role could not copy elsewhere, and a late
         // AccessDenied would come after other work.
         check_allowed("region", &source_region, settings.allowed_source_regions.as_deref(), "ALLOWED_SOURCE_REGIONS")?;
-        check_allowed(
-            "target_region",
-            &target_region,
-            settings.allowed_target_regions.as_deref(),
-            "ALLOWED_TARGET_REGIONS",
-        )?;
-
-        let pending_limit = payload.pending_limit.unwrap_or(settings.pending_limit);
-        if pending_limit == 0 {
-            return Err(invalid("pending_limit: 0 would never start a copy; valid: an integer ≥ 1".to_owned()));
-        }
-        if let Some(ceiling) = settings.pending_limit_ceiling.filter(|ceiling| pending_limit > *ceiling) {
-            return Err(invalid(format!(
-                "pending_limit: {pending_limit} is more than this deployment's PENDING_LIMIT of {ceiling}, its share of \
-                 the target region's copy quota; valid: an integer from 1 to {ceiling}"
-            )));
-        }
-
-        let encrypt = payload.encrypt.unwrap_or(settings.encrypt);
-        let kms_key = match payload.kms_key_id {
-            Some(_) if !encrypt => {
-                return Err(invalid(
-                    "kms_key_id: given without `encrypt: true`; set encrypt to true, or leave kms_key_id out"
-                        .to_owned(),
-                ));
-            }
-            Some(text) => Some(KmsKeyRef::parse(&text).map_err(|e| invalid(format!("kms_key_id: {e}")))?),
-            None if encrypt => settings.kms_key.clone(),
-            None => None,
+        let defaults = TargetDefaults {
+            pending_limit: payload.pending_limit,
+            encrypt: payload.encrypt,
+            kms_key_id: payload.kms_key_id,
+            retain_days: payload.retain_days,
+            retain_count: payload.retain_count,
+            delete_orphans_after_days: payload.delete_orphans_after_days,
         };
-        if let Some(key_region) = kms_key.as_ref().and_then(KmsKeyRef::region)
-            && key_region != &target_region
-        {
-            return Err(invalid(format!(
-                "kms_key_id: the key is in {key_region} but the copies are made in {target_region}; \
-                     valid: a key in the target region {target_region}"
-            )));
-        }
+        let targets = check_targets(payload.target_region, payload.targets, &defaults, &settings.target_environment())?;
 
         let tags = check_tags(payload.tags.unwrap_or_default())?;
 
@@ -453,10 +426,8 @@ impl CopyRequest {
             )));
         }
 
-        let retention =
-            check_retention(payload.retain_days, payload.retain_count, payload.delete_orphans_after_days, settings)?;
         let allow_mass_deletion = payload.allow_mass_deletion.unwrap_or(false);
-        if allow_mass_deletion && !retention.is_set() {
+        if allow_mass_deletion && !targets.iter().any(|target| target.retention.is_set()) {
             return Err(invalid(
                 "allow_mass_deletion: true only lifts the deletion breaker of a retention, and this request has none (retain_days, retain_count, delete_orphans_after_days); valid: leave it out, or set a retention"
                     .to_owned(),
@@ -466,10 +437,7 @@ impl CopyRequest {
         Ok(Self {
             sources,
             source_region,
-            target_region,
-            pending_limit: pending_limit as usize,
-            encrypt,
-            kms_key,
+            targets,
             copy_tags: payload.copy_tags.unwrap_or(settings.copy_tags),
             tags,
             completion_duration_minutes: payload.completion_duration_minutes,
@@ -479,35 +447,10 @@ impl CopyRequest {
             from_event: false,
             from_queue: false,
             response_format: payload.response_format.unwrap_or_default(),
-            retention,
             dry_run: payload.dry_run.unwrap_or(false),
             allow_mass_deletion,
         })
     }
-}
-
-/// The request's retention, each field filled from the environment when the payload leaves it
-/// out, as every other field is.
-fn check_retention(
-    days: Option<u32>,
-    count: Option<u32>,
-    orphans_after_days: Option<u32>,
-    settings: &Settings,
-) -> Result<Retention, CopySnapshotsError> {
-    for (field, value) in [("retain_days", days), ("retain_count", count)] {
-        if value == Some(0) {
-            return Err(invalid(format!(
-                "{field}: 0 is not a retention (the newest source of each volume is kept whatever the rule, so 0 \
-                 would mean 1); valid: {}",
-                valid_values(field)
-            )));
-        }
-    }
-    Ok(Retention {
-        days: days.or(settings.retention.days),
-        count: count.or(settings.retention.count),
-        orphans_after_days: orphans_after_days.or(settings.retention.orphans_after_days),
-    })
 }
 
 /// `region` must be one of `allowed`, when the deployment restricts it.

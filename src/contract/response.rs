@@ -71,6 +71,36 @@ pub struct Response {
     /// For the recovery-point metric only, not part of the answer.
     #[serde(skip)]
     pub recovery_point: RecoveryPoint,
+    /// A request with several targets: each target's own answer, in the order of `targets`.
+    /// The fields above then hold `complete` (every target's), `snapshot_ids` (every target's
+    /// copies, target by target, each in source order), `dry_run` and `notes`; each list of
+    /// copies, failures and deletions is its target's.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub targets: Vec<TargetResponse>,
+}
+
+/// One target's part of the answer to a request with several targets.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TargetResponse {
+    pub target_region: String,
+    /// The account of the target's role, when the copies are made in another account.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub account: Option<String>,
+    #[serde(flatten)]
+    pub response: Response,
+}
+
+impl RecoveryPoint {
+    /// The recovery point of several targets: the oldest uncopied source of any (`first`: this
+    /// is the first target's, taken as it is).
+    pub fn worst_with(self, other: Self, first: bool) -> Self {
+        match (self, other) {
+            _ if first => other,
+            (Self::NotMeasured, _) | (_, Self::NotMeasured) => Self::NotMeasured,
+            (Self::AllCopied, other) | (other, Self::AllCopied) => other,
+            (Self::OldestUncopied(a), Self::OldestUncopied(b)) => Self::OldestUncopied(a.min(b)),
+        }
+    }
 }
 
 /// What an invocation can say of the recovery point: the age of the oldest source without a
@@ -89,6 +119,14 @@ pub enum RecoveryPoint {
 }
 
 impl Response {
+    /// Each target's answer with its target (one target: the answer itself).
+    pub fn by_target(&self) -> Vec<(Option<&str>, &Response)> {
+        if self.targets.is_empty() {
+            return vec![(None, self)];
+        }
+        self.targets.iter().map(|t| (Some(t.target_region.as_str()), &t.response)).collect()
+    }
+
     /// The answer to an event that asks for no copy.
     pub fn nothing_to_do() -> Self {
         Self { complete: true, ..Self::default() }
@@ -273,12 +311,62 @@ pub struct Summary {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub deletion_breaker: Option<String>,
     /// The first [`SUMMARY_MAX_FAILURES`] failures, each error cut to
-    /// [`SUMMARY_MAX_ERROR_CHARS`] characters.
+    /// [`SUMMARY_MAX_ERROR_CHARS`] characters (with several targets, each target's share of
+    /// them is in its own summary).
     pub failures: Vec<FailureReport>,
+    /// A request with several targets: each target's summary; the counts above are their sums.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub targets: Vec<TargetSummary>,
+}
+
+/// One target's summary, in a request with several.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TargetSummary {
+    pub target_region: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub account: Option<String>,
+    pub complete: bool,
+    #[serde(flatten)]
+    pub summary: Summary,
 }
 
 impl Summary {
     pub fn of(response: &Response) -> Self {
+        if response.targets.is_empty() {
+            return Self::of_one(response, SUMMARY_MAX_FAILURES);
+        }
+        // The failures listed stay SUMMARY_MAX_FAILURES in all, shared among the targets.
+        let share = (SUMMARY_MAX_FAILURES / response.targets.len()).max(1);
+        let targets: Vec<TargetSummary> = response
+            .targets
+            .iter()
+            .map(|t| TargetSummary {
+                target_region: t.target_region.clone(),
+                account: t.account.clone(),
+                complete: t.response.complete,
+                summary: Self::of_one(&t.response, share),
+            })
+            .collect();
+        let sum = |count: fn(&Summary) -> usize| targets.iter().map(|t| count(&t.summary)).sum();
+        Self {
+            sources: sum(|s| s.sources),
+            copies: sum(|s| s.copies),
+            reused: sum(|s| s.reused),
+            completed: sum(|s| s.completed),
+            pending: sum(|s| s.pending),
+            pending_sources: sum(|s| s.pending_sources),
+            failed: sum(|s| s.failed),
+            skipped: sum(|s| s.skipped),
+            deleted: sum(|s| s.deleted),
+            not_deleted: sum(|s| s.not_deleted),
+            deletions_left: sum(|s| s.deletions_left),
+            deletion_breaker: None,
+            failures: Vec::new(),
+            targets,
+        }
+    }
+
+    fn of_one(response: &Response, max_failures: usize) -> Self {
         let completed = response.copies.iter().filter(|c| c.state == "completed").count();
         Self {
             sources: response.copies.len() + response.pending_sources.len() + response.failed.len(),
@@ -296,10 +384,26 @@ impl Summary {
             failures: response
                 .failed
                 .iter()
-                .take(SUMMARY_MAX_FAILURES)
+                .take(max_failures)
                 .map(|f| FailureReport { error: cut(&f.error, SUMMARY_MAX_ERROR_CHARS), ..f.clone() })
                 .collect(),
+            targets: Vec::new(),
         }
+    }
+
+    /// A `CopyFailed` message of bounded size for the whole request: one target's, or each
+    /// failing target's.
+    pub fn failure_message_of_request(&self, target_region: &str) -> String {
+        if self.targets.is_empty() {
+            return self.failure_message(target_region);
+        }
+        let parts: Vec<String> = self
+            .targets
+            .iter()
+            .filter(|t| t.summary.failed > 0)
+            .map(|t| t.summary.failure_message(&t.target_region))
+            .collect();
+        parts.join("; ")
     }
 
     /// A `CopyFailed` message of bounded size: the counts and the listed failures.

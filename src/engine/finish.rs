@@ -6,9 +6,12 @@ use tokio::time::Instant;
 use tracing::{info, warn};
 
 use crate::contract::error::CopySnapshotsError;
+use crate::contract::request::CopyRequest;
+use crate::contract::response::TargetResponse;
 use crate::contract::response::{
     CopyReport, DeletedCopy, FailureReport, NotDeletedCopy, RecoveryPoint, Response, SkippedSource, plural,
 };
+use crate::contract::targets::Target;
 use crate::engine::progress::SourceStatus;
 use crate::store::{SnapshotState, SnapshotStore, SourceSelector};
 
@@ -61,9 +64,8 @@ impl<'a, S: SnapshotStore> Run<'a, S> {
         notes
     }
 
-    /// The response; `CopyFailed` when failures remain and nothing else is left to do;
-    /// `SourcesPending` for an event whose sources are not all started.
-    pub(super) fn finish(self) -> Result<Response, CopySnapshotsError> {
+    /// This target's answer: where each of its sources stands, its deletions and notes.
+    pub(super) fn answer(self) -> TargetAnswer {
         let mut response = Response::default();
         self.answer_sources(&mut response);
         let all_done = !self.request.wait_for_completion || self.pending_copies().next().is_none();
@@ -92,6 +94,7 @@ impl<'a, S: SnapshotStore> Run<'a, S> {
             && all_done
             && response.deletions_left == 0;
         info!(
+            target_region = %self.target.region,
             copies = response.copies.len(),
             started = self.copies_started,
             pending_sources = response.pending_sources.len(),
@@ -104,24 +107,10 @@ impl<'a, S: SnapshotStore> Run<'a, S> {
             complete = response.complete,
             "done"
         );
-        let target_region = self.target.region.to_string();
         for note in &response.notes {
-            warn!(%note, "sources left for the next invocation");
+            warn!(target_region = %self.target.region, %note, "sources left for the next invocation");
         }
-        if self.request.from_queue {
-            // A batch answers per record (its handler turns pending and failed sources into
-            // batch item failures); no error would say more.
-            return Ok(response);
-        }
-        if self.request.from_event && !response.pending_sources.is_empty() {
-            let message = response.sources_pending_message(&target_region);
-            return Err(CopySnapshotsError::SourcesPending { message, response: Box::new(response) });
-        }
-        if !response.failed.is_empty() && response.pending_sources.is_empty() && all_done {
-            let message = response.copy_failed_message(&target_region);
-            return Err(CopySnapshotsError::CopyFailed { message, response: Box::new(response) });
-        }
-        Ok(response)
+        TargetAnswer { target: self.target.describe(), response, all_done }
     }
 
     /// Each source's line of the answer (its copy, its failure, or pending), and the recovery
@@ -193,4 +182,68 @@ fn answer_deletions(deletions: Vec<Deletion>, held_by_breaker: bool, response: &
             DeletionOutcome::Due | DeletionOutcome::Unsure => response.deletions_left += 1,
         }
     }
+}
+
+/// One target's answer, and whether it waited for everything it was asked to.
+pub(super) struct TargetAnswer {
+    /// The target, for messages.
+    target: String,
+    response: Response,
+    all_done: bool,
+}
+
+/// The invocation's answer from its targets' answers (one target's as it is, several nested):
+/// `CopyFailed` when failures remain and no target has anything left to do; `SourcesPending`
+/// for an event whose sources are not all started in every target.
+pub(super) fn conclude(request: &CopyRequest, answers: Vec<TargetAnswer>) -> Result<Response, CopySnapshotsError> {
+    let pending: Vec<String> = answers
+        .iter()
+        .filter(|a| !a.response.pending_sources.is_empty())
+        .map(|a| a.response.sources_pending_message(&a.target))
+        .collect();
+    let all_done = answers.iter().all(|a| a.all_done);
+    let failed: Vec<String> = answers
+        .iter()
+        .filter(|a| !a.response.failed.is_empty())
+        .map(|a| a.response.copy_failed_message(&a.target))
+        .collect();
+    let response = combine(&request.targets, answers.into_iter().map(|a| a.response).collect());
+    if request.from_queue {
+        // A batch answers per record (its handler turns pending and failed sources into batch
+        // item failures); no error would say more.
+        return Ok(response);
+    }
+    if request.from_event && !pending.is_empty() {
+        let message = pending.join("; ");
+        return Err(CopySnapshotsError::SourcesPending { message, response: Box::new(response) });
+    }
+    if !failed.is_empty() && pending.is_empty() && all_done {
+        let message = failed.join("; ");
+        return Err(CopySnapshotsError::CopyFailed { message, response: Box::new(response) });
+    }
+    Ok(response)
+}
+
+/// The answer of a request from its targets' answers, in the order of `targets`: one target's
+/// as it is, several nested (see [`Response::targets`]).
+pub(super) fn combine(targets: &[Target], mut answers: Vec<Response>) -> Response {
+    if answers.len() == 1
+        && let Some(only) = answers.pop()
+    {
+        return only;
+    }
+    let mut all = Response { complete: true, ..Response::default() };
+    for (target, answer) in targets.iter().zip(answers) {
+        all.snapshot_ids.extend(answer.snapshot_ids.iter().cloned());
+        all.complete &= answer.complete;
+        all.dry_run |= answer.dry_run;
+        all.deletions_denied += answer.deletions_denied;
+        all.recovery_point = all.recovery_point.worst_with(answer.recovery_point, all.targets.is_empty());
+        all.targets.push(TargetResponse {
+            target_region: target.region.to_string(),
+            account: target.role.as_ref().map(|role| role.account().to_owned()),
+            response: answer,
+        });
+    }
+    all
 }

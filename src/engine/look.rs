@@ -1,5 +1,6 @@
-//! Step 1, the look: resolves the request's key and sources, builds the run's state, and finds
-//! the copies earlier invocations made (judging retention first when there is one).
+//! Step 1, the look: resolves each target's key, the request's sources (once for every
+//! target), builds each target's run, and finds the copies earlier invocations made there
+//! (judging retention first when there is one).
 //! May change: everything (it builds the state); after it, the entries and the queue.
 
 use std::collections::{HashMap, HashSet};
@@ -7,10 +8,11 @@ use std::collections::{HashMap, HashSet};
 use tracing::{debug, warn};
 
 use crate::contract::error::CopySnapshotsError;
-use crate::contract::request::{CopyRequest, Target};
+use crate::contract::request::CopyRequest;
 use crate::contract::response::plural;
+use crate::contract::targets::Target;
 use crate::engine::ownership::AskedEncryption;
-use crate::engine::progress::{LookedSource, Observer, RunEvent, SourceStatus, StopSignal};
+use crate::engine::progress::{LookedSource, RunEvent, SourceStatus};
 use crate::engine::timeline::Timeline;
 use crate::ids::{SnapshotId, shorten};
 use crate::store::{
@@ -18,42 +20,48 @@ use crate::store::{
 };
 
 use super::fatal::fatal;
-use super::limits::{MAX_ATTEMPTS, RunLimits};
+use super::limits::MAX_ATTEMPTS;
 use super::state::{Entry, Run, Shared, Stage};
 
-impl<'a, S: SnapshotStore> Run<'a, S> {
-    /// Resolves the sources and finds the copies earlier invocations made, live and failed.
-    pub(super) async fn look(
-        store: &'a S,
-        request: &'a CopyRequest,
-        target: &'a Target,
-        limits: RunLimits,
-        timeline: Timeline,
-        observer: &'a dyn Observer,
-        stop: StopSignal,
-    ) -> Result<Self, CopySnapshotsError> {
-        let asked = resolve_encryption(store, target, &timeline).await?;
-        let region = &request.source_region;
-        let doing = format!("looking up {} in {region}", describe_selector(&request.sources));
-        let found = timeline.call_retrying(|| store.describe_sources(region, &request.sources)).await;
-        let found = found.map_err(|e| match e {
-            // A definite refusal of the request's own filters or ids (a misspelled filter
-            // name, a bad value) fails the same way on every retry: the request must change.
-            StoreError::Refused { code, message } => CopySnapshotsError::InvalidRequest(format!(
-                "EC2 refused {doing}: {code}: {message}; valid: DescribeSnapshots filter names (`tag:<key>`, \
-                 `tag-key`, `volume-id`, `status`, … as the EC2 API reference lists them), at most 200 values each; \
-                 nothing was copied"
-            )),
-            other => look_failed(other, &doing, &timeline),
-        })?;
-        let (entries, skipped) = match &request.sources {
-            SourceSelector::Ids(ids) => entries_for_ids(ids, found, request)?,
-            SourceSelector::Filters(_) => entries_for_filters(found),
-        };
-        debug!(sources = entries.len(), "sources resolved");
+/// The request's sources as the look found them, for every target alike: each source's entry
+/// (waiting, not ready, or failed before any copy) and what the look skipped.
+pub(super) struct LookedUp {
+    entries: Vec<Entry>,
+    skipped: Vec<LookedSource>,
+}
 
-        let shared = Shared { store, request, target, asked, observer, stop, limits, timeline };
-        let mut run = Self::new(shared, entries, skipped);
+/// Looks up the request's sources in the source region, once for all its targets.
+pub(super) async fn look_sources<S: SnapshotStore>(
+    store: &S,
+    request: &CopyRequest,
+    timeline: &Timeline,
+) -> Result<LookedUp, CopySnapshotsError> {
+    let region = &request.source_region;
+    let doing = format!("looking up {} in {region}", describe_selector(&request.sources));
+    let found = timeline.call_retrying(|| store.describe_sources(region, &request.sources)).await;
+    let found = found.map_err(|e| match e {
+        // A definite refusal of the request's own filters or ids (a misspelled filter name, a
+        // bad value) fails the same way on every retry: the request must change.
+        StoreError::Refused { code, message } => CopySnapshotsError::InvalidRequest(format!(
+            "EC2 refused {doing}: {code}: {message}; valid: DescribeSnapshots filter names (`tag:<key>`, `tag-key`, \
+             `volume-id`, `status`, … as the EC2 API reference lists them), at most 200 values each; nothing was \
+             copied"
+        )),
+        other => look_failed(other, &doing, timeline),
+    })?;
+    let (entries, skipped) = match &request.sources {
+        SourceSelector::Ids(ids) => entries_for_ids(ids, found, request)?,
+        SourceSelector::Filters(_) => entries_for_filters(found),
+    };
+    debug!(sources = entries.len(), "sources resolved");
+    Ok(LookedUp { entries, skipped })
+}
+
+impl<'a, S: SnapshotStore> Run<'a, S> {
+    /// One target's look: its run over the sources looked up, and the copies earlier
+    /// invocations made there, live and failed.
+    pub(super) async fn look(shared: Shared<'a, S>, sources: &LookedUp) -> Result<Self, CopySnapshotsError> {
+        let mut run = Self::new(shared, sources.entries.clone(), sources.skipped.clone());
         run.look_for_earlier_copies().await?;
         run.queue_waiting();
         run.observer.observe(RunEvent::Looked { sources: run.looked_sources() });

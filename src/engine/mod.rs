@@ -50,7 +50,7 @@ use crate::engine::timeline::{Timeline, jittered};
 use crate::store::SnapshotStore;
 use crate::store::copy_time::CopyTimeModel;
 
-use state::Run;
+use state::{Run, Shared};
 
 pub use limits::{BREAKER_MIN_DELETIONS, BREAKER_SHARE_DENOMINATOR, MAX_ATTEMPTS, RunLimits, UNSURE_LOOKS};
 
@@ -65,6 +65,11 @@ pub async fn reconcile<S: SnapshotStore>(
 
 /// Runs one invocation, telling `observer` what it does; once `stop` is set it makes no new
 /// call and answers with what it got to (copies already started go on in EC2).
+///
+/// One run per target, side by side: each round every target resolves its unsure starts,
+/// heals its duplicates and starts what fits its own `pending_limit`; the invocation then
+/// sleeps until the soonest target's next poll (retention's deletions fill the wait) and polls
+/// the targets whose poll is due. A full or throttled target backs off alone.
 pub async fn reconcile_observed<S: SnapshotStore>(
     store: &S,
     request: &CopyRequest,
@@ -73,97 +78,147 @@ pub async fn reconcile_observed<S: SnapshotStore>(
     stop: StopSignal,
 ) -> Result<Response, CopySnapshotsError> {
     if request.dry_run {
-        let plan = plan_observed(store, request, CopyTimeModel::DEFAULT, observer).await?;
-        return Ok(plan.dry_run_response(request.wait_for_completion));
+        let plans = plan_observed(store, request, CopyTimeModel::DEFAULT, observer).await?;
+        let answers = plans.iter().map(|plan| plan.dry_run_response(request.wait_for_completion)).collect();
+        return Ok(finish::combine(&request.targets, answers));
     }
     let started = Instant::now();
     let timeline = Timeline::new(started, limits.deadline, limits.call_timeout);
-    let target = request.target();
-    let mut run = Run::look(store, request, &target, limits, timeline, observer, stop.clone()).await?;
+    let mut runs = look(store, request, limits, timeline, observer, &stop).await?;
     let mut stop = stop;
     // Starting copies may go on until the margin before the deadline; waiting also ends at
     // `max_wait_seconds`.
     let work_until = timeline.work_until();
     let wait_until = [work_until, request.max_wait.map(|max| started + max)].into_iter().flatten().min();
+    // Each target's next poll, kept across rounds in which another target's came first.
+    let mut next_poll: Vec<Option<Instant>> = vec![None; runs.len()];
     loop {
         if stop.is_set() {
             break;
         }
-        run.resolve_unsure().await?;
-        // Second live copies found by the look, or by a look for an unsure start.
-        run.remove_duplicates().await;
-        run.start_what_fits(work_until).await?;
-        if !run.work_left() {
+        for run in &mut runs {
+            run.resolve_unsure().await?;
+            // Second live copies found by the look, or by a look for an unsure start.
+            run.remove_duplicates().await;
+            run.start_what_fits(work_until).await?;
+        }
+        if !runs.iter().any(|run| run.work_left()) {
             break;
         }
         let now = Instant::now();
         if wait_until.is_some_and(|until| now >= until) {
             break;
         }
-        let mut wait = run.next_wait(now);
-        if run.held_until_next_poll() {
-            // Invocations throttled or refused a slot together come back apart, not in step.
-            wait = jittered(wait);
+        for (run, due) in runs.iter().zip(&mut next_poll) {
+            if !run.work_left() {
+                *due = None;
+            } else if due.is_none() {
+                let mut wait = run.next_wait(now);
+                if run.held_until_next_poll() {
+                    // Invocations throttled or refused a slot together come back apart, not in step.
+                    wait = jittered(wait);
+                }
+                *due = Some(now + wait);
+            }
         }
-        let wake = now + wait;
+        let Some(wake) = next_poll.iter().flatten().min().copied() else { break };
         let wake = wait_until.map_or(wake, |until| wake.min(until));
         // Retention's deletions fill the wait for the next poll.
-        run.prune(Some(wake)).await;
+        for run in &mut runs {
+            run.prune(Some(wake)).await;
+        }
         tokio::select! {
             () = tokio::time::sleep_until(wake) => {}
             () = stop.wait() => {}
         }
-        if stop.is_set() || !run.may_call() {
+        if stop.is_set() || !timeline.may_call() {
             break;
         }
-        run.poll().await?;
+        let now = Instant::now();
+        for (run, due) in runs.iter_mut().zip(&mut next_poll) {
+            if due.is_some_and(|due| due <= now) {
+                *due = None;
+                run.poll().await?;
+            }
+        }
     }
-    // Copies the last poll saw finish, before the answer.
-    run.release_slots().await;
+    for run in &mut runs {
+        // Copies the last poll saw finish, before the answer.
+        run.release_slots().await;
+    }
     if stop.is_set() {
         observer.observe(RunEvent::Stopped);
     } else {
         // What is left of the deletions, while the work may go on; the next run continues.
-        run.prune(work_until).await;
+        for run in &mut runs {
+            run.prune(work_until).await;
+        }
     }
-    run.finish()
+    finish::conclude(request, runs.into_iter().map(Run::answer).collect())
 }
 
-/// What `request` would do now, without copying or deleting anything: the look alone (one
-/// DescribeSnapshots of the sources, one for their copies, and with a retention one by id for
-/// sources its copies name that the first did not find), with the start order the engine would
-/// use and the time it would take under `model`. A `dry_run` request is answered from it.
+/// The look of every target: each target's key resolved first (a bad key is refused before
+/// anything else), the sources looked up once, then each target's earlier copies.
+async fn look<'a, S: SnapshotStore>(
+    store: &'a S,
+    request: &'a CopyRequest,
+    limits: RunLimits,
+    timeline: Timeline,
+    observer: &'a dyn Observer,
+    stop: &StopSignal,
+) -> Result<Vec<Run<'a, S>>, CopySnapshotsError> {
+    let mut asked = Vec::with_capacity(request.targets.len());
+    for target in &request.targets {
+        asked.push(look::resolve_encryption(store, target, &timeline).await?);
+    }
+    let sources = look::look_sources(store, request, &timeline).await?;
+    let mut runs = Vec::with_capacity(request.targets.len());
+    for (target, asked) in request.targets.iter().zip(asked) {
+        let shared = Shared { store, request, target, asked, observer, stop: stop.clone(), limits, timeline };
+        runs.push(Run::look(shared, &sources).await?);
+    }
+    Ok(runs)
+}
+
+/// What `request` would do now, without copying or deleting anything, one plan per target:
+/// the look alone (one DescribeSnapshots of the sources, one per target for their copies, and
+/// with a retention one by id for sources its copies name that the first did not find), with
+/// the start order the engine would use and the time it would take under `model`. A
+/// `dry_run` request is answered from it.
 pub async fn plan<S: SnapshotStore>(
     store: &S,
     request: &CopyRequest,
     model: CopyTimeModel,
-) -> Result<Plan, CopySnapshotsError> {
+) -> Result<Vec<Plan>, CopySnapshotsError> {
     plan_observed(store, request, model, &LogObserver).await
 }
 
-/// [`plan()`], telling `observer` what the look found. With a retention, the plan also lists the
+/// [`plan()`], telling `observer` what the look found. With a retention, a plan also lists the
 /// copies a run would delete (`delete`) and those it would delete later (`delete_later`).
 pub async fn plan_observed<S: SnapshotStore>(
     store: &S,
     request: &CopyRequest,
     model: CopyTimeModel,
     observer: &dyn Observer,
-) -> Result<Plan, CopySnapshotsError> {
+) -> Result<Vec<Plan>, CopySnapshotsError> {
     let call_timeout = crate::contract::request::DEFAULT_CALL_TIMEOUT;
     let limits =
         RunLimits { deadline: None, poll_interval: Duration::ZERO, max_poll_interval: Duration::ZERO, call_timeout };
-    let target = request.target();
     let timeline = Timeline::unbounded(call_timeout);
-    let run = Run::look(store, request, &target, limits, timeline, observer, StopSignal::never()).await?;
-    let start_order = run.start_order();
-    Ok(Plan::new(
-        request.source_region.to_string(),
-        target.region.to_string(),
-        target.pending_limit,
-        &run.looked_sources(),
-        &start_order,
-        model,
-    )
-    .with_deletions(&run.planned_deletions())
-    .with_breaker(run.breaker.clone()))
+    let runs = look(store, request, limits, timeline, observer, &StopSignal::never()).await?;
+    Ok(runs
+        .iter()
+        .map(|run| {
+            Plan::new(
+                request.source_region.to_string(),
+                run.target.region.to_string(),
+                run.target.pending_limit,
+                &run.looked_sources(),
+                &run.start_order(),
+                model,
+            )
+            .with_deletions(&run.planned_deletions())
+            .with_breaker(run.breaker.clone())
+        })
+        .collect())
 }

@@ -9,7 +9,8 @@ use tokio::time::Instant;
 use tracing::{debug, warn};
 
 use crate::contract::error::CopySnapshotsError;
-use crate::contract::request::{CopyRequest, Target};
+use crate::contract::request::CopyRequest;
+use crate::contract::targets::Target;
 use crate::engine::ownership::AskedEncryption;
 use crate::engine::progress::RunEvent;
 use crate::ids::SnapshotId;

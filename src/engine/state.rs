@@ -20,8 +20,9 @@ use std::time::SystemTime;
 use tokio::time::Instant;
 use tracing::warn;
 
-use crate::contract::request::{CopyRequest, Target};
+use crate::contract::request::CopyRequest;
 use crate::contract::response::{DeletionBreaker, RemovedCopy};
+use crate::contract::targets::Target;
 use crate::engine::ownership::AskedEncryption;
 use crate::engine::poll_timing::CompletionEstimate;
 use crate::engine::progress::{LookedSource, Observer, RunEvent, StopSignal};
@@ -33,7 +34,7 @@ use super::deletion::Deletion;
 use super::limits::{MAX_ATTEMPTS, RunLimits};
 
 /// Where one source stands.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub(super) enum Stage {
     /// No copy yet; in the start queue.
     Waiting,
@@ -57,7 +58,7 @@ pub(super) enum Stage {
     },
 }
 
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub(super) struct Entry {
     pub(super) source: SourceSnapshot,
     pub(super) stage: Stage,
@@ -79,14 +80,14 @@ impl Entry {
 }
 
 /// A copy that ended in `error`, with EC2's `StateMessage`.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub(super) struct ErrorCopy {
     pub(super) id: SnapshotId,
     pub(super) message: String,
 }
 
 /// A copy being watched, with what is known of its speed.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub(super) struct TrackedCopy {
     pub(super) id: SnapshotId,
     pub(super) state: SnapshotState,
@@ -97,7 +98,7 @@ pub(super) struct TrackedCopy {
 }
 
 /// What one start attempt came to, as far as slots go.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub(super) enum Started {
     /// EC2 accepted the copy.
     Copy(SnapshotId),

@@ -111,12 +111,7 @@ pub async fn handle_batch<S: SnapshotStore>(
     for (region, records) in by_region {
         let result = reconcile_region(&region, &records, settings, store, deadline).await;
         let done: HashSet<&str> = match &result {
-            Ok(response) => response
-                .copies
-                .iter()
-                .map(|c| c.source_snapshot_id.as_str())
-                .chain(response.skipped.iter().map(|s| s.source_snapshot_id.as_str()))
-                .collect(),
+            Ok(response) => done_in_every_target(response),
             Err(e) => {
                 error!(error_type = e.error_type(), error_message = %e, %region, "a batch's reconcile failed; its records are delivered again");
                 HashSet::new()
@@ -210,7 +205,23 @@ async fn reconcile_region<S: SnapshotStore>(
     reconcile_observed(store, &request, limits, &LogObserver, StopSignal::never()).await
 }
 
-/// Two reconciles' responses as one, for the metrics: lists appended; an error wins.
+/// The sources with a copy started (or skipped) in every target of the request: a record is
+/// done only when each of its snapshots is, everywhere.
+fn done_in_every_target(response: &Response) -> HashSet<&str> {
+    let mut per_target = response.by_target().into_iter().map(|(_, answer)| {
+        answer
+            .copies
+            .iter()
+            .map(|c| c.source_snapshot_id.as_str())
+            .chain(answer.skipped.iter().map(|s| s.source_snapshot_id.as_str()))
+            .collect::<HashSet<&str>>()
+    });
+    let first = per_target.next().unwrap_or_default();
+    per_target.fold(first, |done, target| done.intersection(&target).copied().collect())
+}
+
+/// Two reconciles' responses as one, for the metrics: lists appended (target by target when
+/// there are several); an error wins.
 fn merge(
     left: Result<Response, CopySnapshotsError>,
     right: Result<Response, CopySnapshotsError>,
@@ -219,6 +230,22 @@ fn merge(
         (Ok(left), Ok(right)) => (left, right),
         (Err(e), _) | (_, Err(e)) => return Err(e),
     };
+    if left.targets.is_empty() && left.copies.is_empty() && left.failed.is_empty() && left.pending_sources.is_empty() {
+        // The first reconcile's answer (the merge starts from an empty one).
+        let complete = left.complete && right.complete;
+        return Ok(Response { complete, ..right });
+    }
+    let complete = left.complete && right.complete;
+    let right_targets = right.targets.clone();
+    merge_lists(&mut left, right);
+    for (mine, theirs) in left.targets.iter_mut().zip(right_targets) {
+        merge_lists(&mut mine.response, theirs.response);
+    }
+    left.complete = complete;
+    Ok(left)
+}
+
+fn merge_lists(left: &mut Response, right: Response) {
     left.snapshot_ids.extend(right.snapshot_ids);
     left.copies.extend(right.copies);
     left.pending_sources.extend(right.pending_sources);
@@ -227,5 +254,4 @@ fn merge(
     left.skipped.extend(right.skipped);
     left.notes.extend(right.notes);
     left.complete &= right.complete;
-    Ok(left)
 }

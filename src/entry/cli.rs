@@ -121,8 +121,13 @@ struct RequestArgs {
     #[arg(long)]
     region: Option<String>,
     /// The region to copy to (default: TARGET_REGION).
-    #[arg(long, alias = "target_region")]
+    #[arg(long, alias = "target_region", conflicts_with = "targets")]
     target_region: Option<String>,
+    /// A target, repeatable (up to 5): `REGION[,FIELD=VALUE…]` with the fields encrypt,
+    /// kms_key_id, pending_limit, retain_days, retain_count (and role_arn), or the target as
+    /// JSON; a field a target leaves out comes from the other flags.
+    #[arg(long = "target", value_name = "REGION[,FIELD=VALUE…]", value_parser = parse_target)]
+    targets: Vec<Value>,
     /// At most this many of this request's copies pending at once (default 20, AWS's quota).
     #[arg(long, alias = "pending_limit")]
     pending_limit: Option<u32>,
@@ -204,6 +209,7 @@ impl RequestArgs {
         };
         set("region", self.region.as_ref().map(|r| json!(r)));
         set("target_region", self.target_region.as_ref().map(|r| json!(r)));
+        set("targets", (!self.targets.is_empty()).then(|| Value::Array(self.targets.clone())));
         set("pending_limit", self.pending_limit.map(|n| json!(n)));
         set("encrypt", self.encrypt.then_some(json!(true)));
         set("kms_key_id", self.kms_key_id.as_ref().map(|k| json!(k)));
@@ -221,6 +227,42 @@ impl RequestArgs {
         set("debug", debug.then_some(json!(true)));
         Value::Object(payload)
     }
+}
+
+/// `--target`: `REGION[,FIELD=VALUE…]` or a JSON object, as one `targets` entry (its fields are
+/// checked with the request, as the Lambda checks them).
+fn parse_target(text: &str) -> Result<Value, String> {
+    if text.trim_start().starts_with('{') {
+        return serde_json::from_str(text).map_err(|e| format!("not a JSON target object: {e}"));
+    }
+    let mut parts = text.split(',');
+    let region = parts.next().unwrap_or_default().trim();
+    if region.is_empty() || region.contains('=') {
+        return Err("valid: REGION[,FIELD=VALUE…], e.g. `us-west-2,kms_key_id=alias/dr,retain_days=30`".to_owned());
+    }
+    let mut target = serde_json::Map::new();
+    target.insert("region".into(), json!(region));
+    for part in parts {
+        let Some((field, value)) = part.split_once('=') else {
+            return Err(format!("`{part}` is not FIELD=VALUE"));
+        };
+        let field = field.trim().replace('-', "_");
+        let value = match field.as_str() {
+            "encrypt" => json!(value.parse::<bool>().map_err(|_| format!("encrypt={value}: valid: true or false"))?),
+            "pending_limit" | "retain_days" | "retain_count" => {
+                json!(value.parse::<u32>().map_err(|_| format!("{field}={value}: valid: an integer ≥ 0"))?)
+            }
+            "kms_key_id" | "role_arn" => json!(value),
+            _ => {
+                return Err(format!(
+                    "`{field}` is not a target field; valid: encrypt, kms_key_id, pending_limit, retain_days, \
+                     retain_count, role_arn"
+                ));
+            }
+        };
+        target.insert(field, value);
+    }
+    Ok(Value::Object(target))
 }
 
 /// Runs the command line; returns the process's exit status.
@@ -288,19 +330,25 @@ async fn run_plan(invocation: Invocation, store: &Ec2Store, args: &RunArgs) -> u
     };
     let model = CopyTimeModel::at_gib_per_hour(args.assume_gib_per_hour);
     match plan(store, &request, model).await {
-        Ok(plan) => {
-            print_plan(&plan, args.json);
+        Ok(plans) => {
+            print_plans(&plans, args.json);
             0
         }
         Err(error) => fail(&error, args.json),
     }
 }
 
-fn print_plan(plan: &Plan, json: bool) {
+/// One target's plan as it is; several as a JSON list, or one table per target.
+fn print_plans(plans: &[Plan], json: bool) {
     if json {
-        out(&format!("{}\n", serde_json::to_string_pretty(plan).unwrap_or_default()));
+        let text = match plans {
+            [plan] => serde_json::to_string_pretty(plan),
+            plans => serde_json::to_string_pretty(plans),
+        };
+        out(&format!("{}\n", text.unwrap_or_default()));
     } else {
-        out(&plan_table(plan));
+        let tables: Vec<String> = plans.iter().map(plan_table).collect();
+        out(&tables.join("\n"));
     }
 }
 

@@ -15,9 +15,10 @@ use tracing::{debug, error, info, warn};
 use crate::contract::error::CopySnapshotsError;
 use crate::contract::error::respond;
 use crate::contract::event::{Invocation, parse_payload};
-use crate::contract::metrics::{self, InvocationCounts};
-use crate::contract::request::Settings;
+use crate::contract::metrics;
+use crate::contract::request::{CopyRequest, Settings};
 use crate::contract::response::{Answer, Response, ResponseFormat};
+use crate::contract::targets::Target;
 use crate::engine::progress::{LogObserver, Observer, StopSignal};
 use crate::engine::{RunLimits, reconcile_observed};
 use crate::entry::batch::{handle_batch, is_sqs_event};
@@ -84,9 +85,21 @@ pub async fn answer_observed<S: SnapshotStore>(
 /// How the invocation wants its answer, and the target region its messages name.
 fn answer_shape(invocation: &Invocation) -> (ResponseFormat, String) {
     match invocation {
-        Invocation::Copy(request) => (request.response_format, request.target_region.to_string()),
+        Invocation::Copy(request) => (request.response_format, target_regions(request)),
         Invocation::Ignore { .. } => (ResponseFormat::Full, String::new()),
     }
+}
+
+/// The deployment's (first) target region: where a request rejected before its targets were
+/// known is counted, where the alarms look.
+fn default_target_region(settings: &Settings) -> Option<String> {
+    let listed = settings.targets.as_ref().and_then(|targets| targets.first()).map(|target| target.region.clone());
+    settings.target_region.as_ref().map(ToString::to_string).or(listed)
+}
+
+/// The request's target regions, for messages and the metrics' dimension.
+fn target_regions(request: &CopyRequest) -> String {
+    request.targets.iter().map(Target::describe).collect::<Vec<_>>().join(", ")
 }
 
 /// What the function returns to Lambda: the answer to a request or event, or, for a batch
@@ -118,7 +131,9 @@ pub async fn handle_lambda_event<S: SnapshotStore>(
     };
     // Straight to stdout, not through tracing: CloudWatch extracts metrics only from a line
     // that is the EMF document itself.
-    println!("{metrics}");
+    for line in metrics::lines(&metrics) {
+        println!("{line}");
+    }
     answer
 }
 
@@ -138,8 +153,7 @@ pub async fn answer_sqs_batch<S: SnapshotStore>(
     let outcome = handle_batch(payload, settings, store, Some(deadline)).await;
     let now = SystemTime::now();
     let now_ms = now.duration_since(SystemTime::UNIX_EPOCH).unwrap_or_default().as_millis();
-    let target_region = settings.target_region.as_ref().map(ToString::to_string);
-    let metrics = metrics::emf(target_region.as_deref(), InvocationCounts::of(&outcome.result, now), now_ms);
+    let metrics = metrics::emf_of(&outcome.result, default_target_region(settings).as_deref(), now, now_ms);
     if outcome.envelope_unreadable {
         let error = outcome
             .result
@@ -185,7 +199,7 @@ pub async fn answer_lambda_event<S: SnapshotStore>(
         };
         let invocation = parse_payload(payload, settings)?;
         if let Invocation::Copy(request) = &invocation {
-            target_region = Some(request.target_region.to_string());
+            target_region = request.targets.first().map(|target| target.region.to_string());
         }
         format = answer_shape(&invocation).0;
         let _debug = match &invocation {
@@ -201,10 +215,10 @@ pub async fn answer_lambda_event<S: SnapshotStore>(
     }
     // A request rejected before its target region was known is still counted under the
     // deployment's default, where the alarms look.
-    let target_region = target_region.or_else(|| settings.target_region.as_ref().map(ToString::to_string));
+    let target_region = target_region.or_else(|| default_target_region(settings));
     let now = SystemTime::now();
     let now_ms = now.duration_since(SystemTime::UNIX_EPOCH).unwrap_or_default().as_millis();
-    let metrics = metrics::emf(target_region.as_deref(), InvocationCounts::of(&result, now), now_ms);
+    let metrics = metrics::emf_of(&result, target_region.as_deref(), now, now_ms);
     (respond(result, format, target_region.as_deref().unwrap_or("the target region")), metrics)
 }
 
@@ -224,11 +238,10 @@ async fn run<S: SnapshotStore>(
         Invocation::Copy(request) => {
             info!(
                 source_region = %request.source_region,
-                target_region = %request.target_region,
-                pending_limit = request.pending_limit,
-                encrypt = request.encrypt,
-                retention = %request.retention.describe(),
-                orphans_after_days = request.retention.orphans_after_days,
+                targets = %target_regions(&request),
+                pending_limit = ?request.targets.iter().map(|t| t.pending_limit).collect::<Vec<_>>(),
+                encrypt = ?request.targets.iter().map(|t| t.encrypt).collect::<Vec<_>>(),
+                retention = ?request.targets.iter().map(|t| t.retention.describe()).collect::<Vec<_>>(),
                 dry_run = request.dry_run,
                 "copy request"
             );

@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
 
-use crate::contract::response::{Answer, Summary, plural};
+use crate::contract::response::{Answer, Response, Summary, plural};
 use crate::engine::plan::Plan;
 use crate::engine::progress::{LookedSource, Observer, RunEvent, SourceStatus};
 use crate::ids::SnapshotId;
@@ -277,6 +277,20 @@ pub fn result_table(answer: &Answer, sizes: &HashMap<String, u64>) -> String {
             return format!("{}\n", serde_json::to_string_pretty(summary).unwrap_or_default());
         }
     };
+    if response.targets.is_empty() {
+        return target_table(response, sizes);
+    }
+    let mut out = String::new();
+    for target in &response.targets {
+        let _ = writeln!(out, "== {}", target.target_region);
+        out.push_str(&target_table(&target.response, sizes));
+    }
+    let _ = writeln!(out, "complete (every target): {}", response.complete);
+    out
+}
+
+/// One target's copies, deletions and failures, and its counts.
+fn target_table(response: &Response, sizes: &HashMap<String, u64>) -> String {
     let size = |source: &str| sizes.get(source).map_or_else(|| "?".to_owned(), |gib| format!("{gib} GiB"));
     let rows: Vec<Vec<String>> = response
         .copies

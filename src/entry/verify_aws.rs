@@ -857,7 +857,7 @@ mod tests {
         let plan = check_args(&args("us-east-1", "eu-west-1", "alias/dr")).expect("valid");
         let invocation = copy_invocation(&plan, &Settings::default(), "snap-0123456789abcdef0", "1-2");
         let Ok(Invocation::Copy(request)) = invocation else { panic!("a copy request: {invocation:?}") };
-        assert!(request.encrypt && request.wait_for_completion);
-        assert_eq!(request.kms_key.as_ref().map(KmsKeyRef::as_str), Some("alias/dr"));
+        assert!(request.targets[0].encrypt && request.wait_for_completion);
+        assert_eq!(request.targets[0].kms_key.as_ref().map(KmsKeyRef::as_str), Some("alias/dr"));
     }
 }

@@ -29,4 +29,5 @@ mod safe_deletion;
 mod scale;
 mod scale_binary;
 mod step_functions;
+mod targets;
 mod verify_aws;

@@ -197,20 +197,20 @@ fn environment_fills_only_what_the_payload_leaves_out() {
     let Invocation::Copy(request) = parse_payload(json!({"snapshot_ids": [ID_A]}), &settings).unwrap() else {
         panic!("a copy")
     };
-    assert_eq!(request.target_region.as_str(), "eu-west-1");
+    assert_eq!(request.targets[0].region.as_str(), "eu-west-1");
     assert_eq!(request.source_region.as_str(), "us-east-1");
-    assert_eq!(request.pending_limit, 7);
-    assert!(request.encrypt && request.copy_tags);
-    assert_eq!(request.kms_key, Some(KmsKeyRef::AliasName("alias/dr".into())));
+    assert_eq!(request.targets[0].pending_limit, 7);
+    assert!(request.targets[0].encrypt && request.copy_tags);
+    assert_eq!(request.targets[0].kms_key, Some(KmsKeyRef::AliasName("alias/dr".into())));
 
     let payload = json!({"snapshot_ids": [ID_A], "target_region": "ap-south-1", "region": "eu-central-1",
                          "pending_limit": 3, "encrypt": false, "copy_tags": false});
     let Invocation::Copy(request) = parse_payload(payload, &settings).unwrap() else { panic!("a copy") };
-    assert_eq!(request.target_region.as_str(), "ap-south-1");
+    assert_eq!(request.targets[0].region.as_str(), "ap-south-1");
     assert_eq!(request.source_region.as_str(), "eu-central-1");
-    assert_eq!(request.pending_limit, 3);
-    assert!(!request.encrypt && !request.copy_tags);
-    assert_eq!(request.kms_key, None, "KMS_KEY_ID applies only to encrypted copies");
+    assert_eq!(request.targets[0].pending_limit, 3);
+    assert!(!request.targets[0].encrypt && !request.copy_tags);
+    assert_eq!(request.targets[0].kms_key, None, "KMS_KEY_ID applies only to encrypted copies");
 }
 
 #[test]
@@ -220,7 +220,7 @@ fn a_request_may_lower_the_deployments_pending_limit_but_not_raise_it() {
     let deployed = Settings::from_lookup(|k| env.get(k).map(|v| v.to_string())).unwrap();
     let lower = parse_payload(json!({"snapshot_ids": [ID_A], "pending_limit": 5}), &deployed).unwrap();
     let Invocation::Copy(lower) = lower else { panic!("a copy") };
-    assert_eq!(lower.pending_limit, 5);
+    assert_eq!(lower.targets[0].pending_limit, 5);
     let Err(CopySnapshotsError::InvalidRequest(message)) =
         parse_payload(json!({"snapshot_ids": [ID_A], "pending_limit": 20}), &deployed)
     else {
@@ -232,7 +232,7 @@ fn a_request_may_lower_the_deployments_pending_limit_but_not_raise_it() {
     let free =
         parse_payload(json!({"snapshot_ids": [ID_A], "pending_limit": 50, "target_region": "eu-west-1"}), &settings());
     let Ok(Invocation::Copy(free)) = free else { panic!("{free:?}") };
-    assert_eq!(free.pending_limit, 50);
+    assert_eq!(free.targets[0].pending_limit, 50);
 }
 
 #[test]
@@ -249,15 +249,15 @@ fn retention_comes_from_the_payload_else_from_the_environment_field_by_field() {
         other => panic!("a copy, not {other:?}"),
     };
     let plain = request(json!({"snapshot_ids": [ID_A]}));
-    assert_eq!(plain.retention, Retention { days: Some(30), count: None, orphans_after_days: Some(0) });
+    assert_eq!(plain.targets[0].retention, Retention { days: Some(30), count: None, orphans_after_days: Some(0) });
     assert!(!plain.dry_run);
     let asked = request(json!({"snapshot_ids": [ID_A], "retain_days": 7, "retain_count": 3, "dry_run": true}));
-    assert_eq!(asked.retention, Retention { days: Some(7), count: Some(3), orphans_after_days: Some(0) });
+    assert_eq!(asked.targets[0].retention, Retention { days: Some(7), count: Some(3), orphans_after_days: Some(0) });
     assert!(asked.dry_run);
     // An event takes its retention from the environment, like everything but its sources.
     let mut event = load_event("snapshot-notification.json");
     event["detail"]["snapshot_id"] = json!(format!("arn:aws:ec2::us-east-1:snapshot/{ID_A}"));
-    assert_eq!(request(event).retention.days, Some(30));
+    assert_eq!(request(event).targets[0].retention.days, Some(30));
     // Without any of it, nothing is pruned.
     let none = Settings::from_lookup(|k| (k == "AWS_REGION").then(|| "us-east-1".to_owned())).unwrap();
     assert!(!none.retention.is_set());
@@ -415,8 +415,8 @@ fn every_sample_event_parses() {
     let Invocation::Copy(encrypted) = parse_payload(load_event("encrypted-kms.json"), &settings).unwrap() else {
         panic!()
     };
-    assert!(encrypted.encrypt);
-    assert!(matches!(encrypted.kms_key, Some(KmsKeyRef::KeyArn { .. })));
+    assert!(encrypted.targets[0].encrypt);
+    assert!(matches!(encrypted.targets[0].kms_key, Some(KmsKeyRef::KeyArn { .. })));
 
     let Invocation::Copy(filter) = parse_payload(load_event("tag-filter.json"), &settings).unwrap() else { panic!() };
     assert!(matches!(&filter.sources, SourceSelector::Filters(f) if f[0].name == "tag:Backup"));
@@ -443,7 +443,7 @@ fn snapshot_events_take_the_region_from_the_arn_in_both_spellings() {
         event["detail"]["snapshot_id"] = json!(arn);
         let Invocation::Copy(request) = parse_payload(event, &settings).unwrap() else { panic!() };
         assert_eq!(request.source_region.as_str(), "ap-southeast-2");
-        assert_eq!(request.target_region.as_str(), "eu-west-1");
+        assert_eq!(request.targets[0].region.as_str(), "eu-west-1");
     }
 }
 

@@ -263,7 +263,7 @@ async fn snapshots_without_the_tags_or_from_another_region_or_request_are_never_
         &CopySpec {
             source_id: old.clone(),
             source_region: req.source_region.clone(),
-            target_region: req.target_region.clone(),
+            target_region: req.targets[0].region.clone(),
             description: "another request's copy".into(),
             encrypted: true,
             kms_key_id: Some(key.into()),
@@ -408,7 +408,7 @@ async fn a_pending_copy_is_never_deleted_and_a_volume_keeps_its_last_completed_c
     let response = run(&ec2, &req).await;
     assert!(response.deleted.is_empty(), "{response:?}");
     assert_eq!(response.deletions_left, 1);
-    let planned = plan(&ec2, &req, CopyTimeModel::DEFAULT).await.unwrap();
+    let planned = plan(&ec2, &req, CopyTimeModel::DEFAULT).await.unwrap().remove(0);
     let later: Vec<&str> =
         planned.sources.iter().filter(|s| s.action == "delete_later").map(|s| s.source_snapshot_id.as_str()).collect();
     assert_eq!(later, [first.as_str()]);

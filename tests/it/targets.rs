@@ -1,0 +1,258 @@
+//! Several targets in one request: `targets` checked (each bad combination named by its target),
+//! and the engine on the in-memory EC2 running one reconciler per target region side by side —
+//! each region within its own `pending_limit`, a full region holding back none of the others,
+//! each target with its own key and retention, the answer per target.
+
+use std::collections::HashSet;
+use std::time::Duration;
+
+use crate::support::engine_world::{live_copies_per_source, no_deadline};
+use copy_snapshots::CopySnapshotsError;
+use copy_snapshots::contract::request::{CopyRequest, Settings};
+use copy_snapshots::contract::response::{Answer, ResponseFormat};
+use copy_snapshots::engine::{plan, reconcile};
+use copy_snapshots::ids::{Region, SnapshotId};
+use copy_snapshots::store::simulated::{CopyTimeModel, SimulatedEc2};
+use serde_json::{Value, json};
+use tokio::time::Instant;
+
+const SOURCE: &str = "us-east-1";
+const REGIONS: [&str; 3] = ["eu-west-1", "us-west-2", "ap-southeast-2"];
+
+fn settings() -> Settings {
+    Settings { source_region: Region::parse(SOURCE).ok(), ..Settings::default() }
+}
+
+fn check(payload: Value) -> Result<CopyRequest, CopySnapshotsError> {
+    CopyRequest::from_json(payload, &settings())
+}
+
+fn invalid(payload: Value) -> String {
+    match check(payload) {
+        Err(CopySnapshotsError::InvalidRequest(message)) => message,
+        other => panic!("expected InvalidRequest, got {other:?}"),
+    }
+}
+
+fn sources(ec2: &SimulatedEc2, sizes: &[u64]) -> Vec<SnapshotId> {
+    sizes.iter().map(|gib| ec2.add_source(SOURCE, *gib, &[])).collect()
+}
+
+fn three_targets(ids: &[SnapshotId], pending_limit: u32, extra: Value) -> CopyRequest {
+    let targets: Vec<Value> = REGIONS.iter().map(|r| json!({"region": r})).collect();
+    let mut payload = json!({"snapshot_ids": ids, "targets": targets, "pending_limit": pending_limit});
+    if let (Some(payload), Some(extra)) = (payload.as_object_mut(), extra.as_object()) {
+        payload.extend(extra.clone());
+    }
+    check(payload).expect("a valid request")
+}
+
+#[test]
+fn each_target_takes_what_it_leaves_out_from_the_request() {
+    let request = check(json!({
+        "snapshot_ids": ["snap-0123abcd"],
+        "encrypt": true,
+        "kms_key_id": "alias/dr",
+        "pending_limit": 7,
+        "retain_days": 30,
+        "targets": [
+            {"region": "eu-west-1"},
+            {"region": "us-west-2", "pending_limit": 3, "retain_count": 2, "retain_days": 10,
+             "kms_key_id": "arn:aws:kms:us-west-2:111122223333:key/1111aaaa-2222-3333-4444-555566667777"},
+            {"region": "ap-southeast-2", "encrypt": false},
+        ],
+    }))
+    .expect("valid");
+    let [first, second, third] = &request.targets[..] else { panic!("three targets: {:?}", request.targets) };
+    assert_eq!((first.region.as_str(), first.pending_limit, first.encrypt), ("eu-west-1", 7, true));
+    assert_eq!(first.kms_key.as_ref().map(|k| k.as_str()), Some("alias/dr"));
+    assert_eq!(first.retention.days, Some(30));
+    assert_eq!((second.pending_limit, second.retention.days, second.retention.count), (3, Some(10), Some(2)));
+    assert!(second.kms_key.as_ref().is_some_and(|k| k.as_str().contains("us-west-2")));
+    assert!(!third.encrypt && third.kms_key.is_none(), "a target without encryption takes no key: {third:?}");
+}
+
+#[test]
+fn bad_target_combinations_are_refused_naming_the_target() {
+    let one = json!({"snapshot_ids": ["snap-0123abcd"]});
+    let with = |extra: Value| {
+        let mut payload = one.clone();
+        payload.as_object_mut().expect("object").extend(extra.as_object().expect("object").clone());
+        payload
+    };
+    let both = invalid(with(json!({"target_region": "eu-west-1", "targets": [{"region": "us-west-2"}]})));
+    assert!(both.contains("target_region and targets"), "{both}");
+    let twice = invalid(with(json!({"targets": [{"region": "eu-west-1"}, {"region": "eu-west-1", "encrypt": true}]})));
+    assert!(twice.contains("targets[1].region") && twice.contains("targets[0]"), "{twice}");
+    let key = "arn:aws:kms:eu-west-1:111122223333:key/1111aaaa-2222-3333-4444-555566667777";
+    let elsewhere = invalid(with(json!({"targets": [{"region": "us-west-2", "encrypt": true, "kms_key_id": key}]})));
+    assert!(elsewhere.contains("targets[0].kms_key_id") && elsewhere.contains("us-west-2"), "{elsewhere}");
+    // The request's key for every target: an ARN fits only its own region's.
+    let inherited = invalid(with(json!({"encrypt": true, "kms_key_id": key,
+        "targets": [{"region": "eu-west-1"}, {"region": "us-west-2"}]})));
+    assert!(inherited.contains("kms_key_id (for us-west-2)"), "{inherited}");
+    let role =
+        invalid(with(json!({"targets": [{"region": "eu-west-1", "role_arn": "arn:aws:iam::111122223333:user/x"}]})));
+    assert!(role.contains("targets[0].role_arn") && role.contains("is not an IAM role ARN"), "{role}");
+    let six: Vec<Value> = ["eu-west-1", "eu-west-2", "eu-west-3", "us-west-1", "us-west-2", "ap-south-1"]
+        .iter()
+        .map(|r| json!({"region": r}))
+        .collect();
+    let too_many = invalid(with(json!({"targets": six})));
+    assert!(too_many.contains("targets: 6 targets; valid: 1 to 5"), "{too_many}");
+    let none = invalid(with(json!({"targets": []})));
+    assert!(none.contains("targets: 0 targets"), "{none}");
+    let zero = invalid(with(json!({"targets": [{"region": "eu-west-1", "pending_limit": 0}]})));
+    assert!(zero.contains("targets[0].pending_limit"), "{zero}");
+    let unknown = invalid(with(json!({"targets": [{"region": "eu-west-1", "retain": 3}]})));
+    assert!(unknown.contains("unknown field `retain`"), "{unknown}");
+}
+
+#[test]
+fn the_environment_names_the_targets_when_the_request_does_not() {
+    let lookup = |name: &str| match name {
+        "AWS_REGION" => Some(SOURCE.to_owned()),
+        "TARGETS" => Some(r#"[{"region": "eu-west-1"}, {"region": "us-west-2", "retain_days": 7}]"#.to_owned()),
+        _ => None,
+    };
+    let deployed = Settings::from_lookup(lookup).expect("valid settings");
+    let request = CopyRequest::from_json(json!({"snapshot_ids": ["snap-0123abcd"]}), &deployed).expect("valid");
+    let regions: Vec<&str> = request.targets.iter().map(|t| t.region.as_str()).collect();
+    assert_eq!(regions, ["eu-west-1", "us-west-2"]);
+    assert_eq!(request.targets[1].retention.days, Some(7));
+    // A request's own target replaces the deployment's list.
+    let own =
+        CopyRequest::from_json(json!({"snapshot_ids": ["snap-0123abcd"], "target_region": "ap-south-1"}), &deployed)
+            .expect("valid");
+    assert_eq!(own.targets.len(), 1);
+    let both = Settings::from_lookup(|name| match name {
+        "TARGETS" => Some(r#"[{"region": "eu-west-1"}]"#.to_owned()),
+        "TARGET_REGION" => Some("eu-west-1".to_owned()),
+        _ => None,
+    });
+    assert!(matches!(both, Err(CopySnapshotsError::InvalidRequest(m)) if m.contains("TARGETS and TARGET_REGION")));
+    let bad = Settings::from_lookup(|name| (name == "TARGETS").then(|| "eu-west-1".to_owned()));
+    assert!(matches!(bad, Err(CopySnapshotsError::InvalidRequest(m)) if m.contains("environment variable TARGETS")));
+}
+
+#[tokio::test(start_paused = true)]
+async fn every_target_gets_a_copy_of_every_source_within_its_own_limit() {
+    let ec2 = SimulatedEc2::new().with_copy_time(CopyTimeModel::DEFAULT);
+    let ids = sources(&ec2, &[500, 400, 300, 200, 100, 50, 40, 30]);
+    let request = three_targets(&ids, 3, json!({"wait_for_completion": true}));
+    let response = reconcile(&ec2, &request, no_deadline()).await.expect("copies everywhere");
+    assert!(response.complete);
+    assert_eq!(response.targets.len(), 3, "one answer per target");
+    assert_eq!(response.snapshot_ids.len(), ids.len() * 3, "every target's copies, target by target");
+    for (region, target) in REGIONS.iter().zip(&response.targets) {
+        assert_eq!(target.target_region, *region);
+        assert!(target.response.complete);
+        let copied: HashSet<&str> = target.response.copies.iter().map(|c| c.source_snapshot_id.as_str()).collect();
+        assert_eq!(copied.len(), ids.len(), "{region}: a copy of every source");
+        let live = live_copies_per_source(&ec2, region);
+        assert!(ids.iter().all(|id| live.get(id) == Some(&1)), "{region}: exactly one copy each: {live:?}");
+        assert!(ec2.max_tracked_pending(region) <= 3, "{region}: {} pending at once", ec2.max_tracked_pending(region));
+    }
+    // The first target's ids come first, in source order.
+    let first: Vec<&str> = response.targets[0].response.snapshot_ids.iter().map(String::as_str).collect();
+    assert_eq!(response.snapshot_ids[..ids.len()].iter().map(String::as_str).collect::<Vec<_>>(), first);
+    // Run again: every copy is reused, none made twice.
+    let again = reconcile(&ec2, &request, no_deadline()).await.expect("a second run");
+    assert!(again.targets.iter().all(|t| t.response.copies.iter().all(|c| c.reused)));
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_region_held_full_by_foreign_copies_does_not_slow_the_others() {
+    let sizes = [300, 200, 100, 80, 60, 40];
+    // Alone: how long the job takes to one free region.
+    let alone = {
+        let ec2 = SimulatedEc2::new().with_copy_time(CopyTimeModel::DEFAULT).with_region_copy_limit(20);
+        let ids = sources(&ec2, &sizes);
+        let targets = json!([{"region": REGIONS[1]}]);
+        let request =
+            check(json!({"snapshot_ids": ids, "targets": targets, "pending_limit": 2, "wait_for_completion": true}))
+                .expect("valid");
+        let started = Instant::now();
+        reconcile(&ec2, &request, no_deadline()).await.expect("done");
+        done_by(&ec2, REGIONS[1], started)
+    };
+    let ec2 = SimulatedEc2::new().with_copy_time(CopyTimeModel::DEFAULT).with_region_copy_limit(20);
+    let ids = sources(&ec2, &sizes);
+    // The first region's whole quota is taken by another tool's copies for two hours.
+    ec2.add_foreign_pending(REGIONS[0], 20, Duration::from_secs(7200));
+    let request = three_targets(&ids, 2, json!({"max_wait_seconds": 3 * 3600}));
+    let started = Instant::now();
+    let response = reconcile(&ec2, &request, no_deadline()).await.expect("an answer");
+    let free_regions_done =
+        REGIONS[1..].iter().map(|region| done_by(&ec2, region, started)).max().expect("two regions");
+    assert!(
+        free_regions_done <= alone + Duration::from_secs(60),
+        "the free regions took {free_regions_done:?}, alone {alone:?}"
+    );
+    let held = &response.targets[0].response;
+    assert!(
+        held.copies.iter().all(|c| !c.reused)
+            && ec2.first_copy_started_after(REGIONS[0], started) >= Duration::from_secs(7200),
+        "the held region starts only once its quota frees"
+    );
+    assert!(response.targets[1..].iter().all(|t| t.response.copies.len() == ids.len()));
+}
+
+/// A bound on when `region`'s copies were done, the same way for every run compared: its last
+/// start after `since`, plus its longest copy.
+fn done_by(ec2: &SimulatedEc2, region: &str, since: Instant) -> Duration {
+    ec2.last_copy_started_after(region, since) + ec2.copy_durations(region).into_iter().max().unwrap_or_default()
+}
+
+#[tokio::test(start_paused = true)]
+async fn each_target_keeps_its_own_retention() {
+    let ec2 = SimulatedEc2::new().with_copy_time(CopyTimeModel::INSTANT);
+    let day = Duration::from_secs(86_400);
+    let ids: Vec<SnapshotId> =
+        (0..4).map(|age| ec2.add_volume_snapshot(SOURCE, "vol-0123abcd", 8, day * (age * 10 + 1), &[])).collect();
+    let request = check(json!({
+        "filters": [{"name": "volume-id", "values": ["vol-0123abcd"]}],
+        "targets": [{"region": REGIONS[0], "retain_count": 1}, {"region": REGIONS[1], "retain_count": 3}],
+    }))
+    .expect("valid");
+    reconcile(&ec2, &request, no_deadline()).await.expect("copied");
+    let kept = |region: &str| live_copies_per_source(&ec2, region).len();
+    assert_eq!((kept(REGIONS[0]), kept(REGIONS[1])), (1, 3), "each target copies what its retention keeps");
+    assert_eq!(ids.len(), 4);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_summary_of_several_targets_stays_small_and_counts_each() {
+    let ec2 = SimulatedEc2::new().with_copy_time(CopyTimeModel::INSTANT);
+    let ids = sources(&ec2, &[8; 30]);
+    for id in &ids[..25] {
+        ec2.fail_copies_of(id, &"a long reason ".repeat(50));
+    }
+    let request = three_targets(&ids, 20, json!({"response_format": "summary"}));
+    let failed = reconcile(&ec2, &request, no_deadline()).await;
+    let Err(CopySnapshotsError::CopyFailed { response, message }) = failed else { panic!("{failed:?}") };
+    for region in REGIONS {
+        assert!(message.contains(region), "CopyFailed names each failing target: {message}");
+    }
+    let failed: usize = response.targets.iter().map(|t| t.response.failed.len()).sum();
+    assert!(response.targets.iter().all(|t| t.response.failed.len() >= 20), "every target has failures");
+    let Answer::Summary(summary) = Answer::new(*response, ResponseFormat::Summary) else { panic!("a summary") };
+    let text = serde_json::to_string(&summary).expect("serializes");
+    assert!(text.len() < 12 * 1024, "{} bytes", text.len());
+    assert_eq!(summary.summary.targets.len(), 3);
+    assert_eq!(summary.summary.failed, failed, "the counts are the targets' sums");
+    let listed: usize = summary.summary.targets.iter().map(|t| t.summary.failures.len()).sum();
+    assert!(listed <= copy_snapshots::contract::response::SUMMARY_MAX_FAILURES, "{listed} failures listed");
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_plan_shows_each_target() {
+    let ec2 = SimulatedEc2::new();
+    let ids = sources(&ec2, &[100, 8]);
+    let request = three_targets(&ids, 5, json!({}));
+    let plans = plan(&ec2, &request, CopyTimeModel::DEFAULT).await.expect("plans");
+    let regions: Vec<&str> = plans.iter().map(|p| p.target_region.as_str()).collect();
+    assert_eq!(regions, REGIONS);
+    assert!(plans.iter().all(|p| p.copies_to_make == 2));
+    assert!(REGIONS.iter().all(|r| ec2.tracked_copies(r).is_empty()), "a plan copies nothing");
+}
