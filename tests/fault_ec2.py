@@ -389,6 +389,9 @@ def copy_snapshot(self):
         RECORD["max_pending"][region] = max(RECORD["max_pending"].get(region, 0), len(tracked))
         RECORD["copies"].append({
             "region": region,
+            # When EC2 accepted the copy (the emulator's monotonic clock, seconds): the order
+            # of starts across regions.
+            "started_at": time.monotonic(),
             "snapshot_id": snapshot.id,
             "source_snapshot_id": source_snapshot_id,
             "tags": _tag_dict(snapshot),

@@ -130,7 +130,10 @@ pub fn emf_of(
         .targets
         .iter()
         .map(|target| {
-            let counts = InvocationCounts::of(&Ok(target.response.clone()), now);
+            let mut counts = InvocationCounts::of(&Ok(target.response.clone()), now);
+            // A target that an error stopped while the others went on counts it in its own
+            // region, where its alarm looks.
+            counts.errors = usize::from(target.error.is_some());
             emf(Some(&target.target_region), counts, timestamp_ms)
         })
         .collect();
@@ -170,6 +173,7 @@ mod tests {
                 snapshot_id: None,
                 error_snapshot_ids: Vec::new(),
                 error: "x".into(),
+                target_region: None,
             }],
             ..Response::default()
         };
@@ -235,6 +239,7 @@ mod tests {
             snapshot_id: None,
             error_snapshot_ids: Vec::new(),
             error: "attempts used up".into(),
+            target_region: None,
         };
         let dry = Response { deleted: deleted(3), failed: vec![failed], dry_run: true, ..Response::default() };
         let counts = InvocationCounts::of(&Ok(dry), SystemTime::now());

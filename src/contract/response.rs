@@ -86,8 +86,18 @@ pub struct TargetResponse {
     /// The account of the target's role, when the copies are made in another account.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub account: Option<String>,
+    /// The error that stopped this target in this invocation while the others went on.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<TargetError>,
     #[serde(flatten)]
     pub response: Response,
+}
+
+/// An error one target ended with: its Lambda `errorType` and message.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TargetError {
+    pub error_type: String,
+    pub error_message: String,
 }
 
 impl RecoveryPoint {
@@ -184,6 +194,9 @@ pub struct FailureReport {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub error_snapshot_ids: Vec<String>,
     pub error: String,
+    /// In the summary of a request with several targets: the target it failed in.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub target_region: Option<String>,
 }
 
 /// A duplicate copy that was deleted.
@@ -314,7 +327,8 @@ pub struct Summary {
     /// [`SUMMARY_MAX_ERROR_CHARS`] characters (with several targets, each target's share of
     /// them is in its own summary).
     pub failures: Vec<FailureReport>,
-    /// A request with several targets: each target's summary; the counts above are their sums.
+    /// A request with several targets: each target's summary (its failures listed above); the
+    /// counts above are their sums.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub targets: Vec<TargetSummary>,
 }
@@ -326,6 +340,9 @@ pub struct TargetSummary {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub account: Option<String>,
     pub complete: bool,
+    /// The error that stopped this target in this invocation.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<TargetError>,
     #[serde(flatten)]
     pub summary: Summary,
 }
@@ -335,19 +352,36 @@ impl Summary {
         if response.targets.is_empty() {
             return Self::of_one(response, SUMMARY_MAX_FAILURES);
         }
-        // The failures listed stay SUMMARY_MAX_FAILURES in all, shared among the targets.
-        let share = (SUMMARY_MAX_FAILURES / response.targets.len()).max(1);
         let targets: Vec<TargetSummary> = response
             .targets
             .iter()
             .map(|t| TargetSummary {
                 target_region: t.target_region.clone(),
                 account: t.account.clone(),
-                complete: t.response.complete,
-                summary: Self::of_one(&t.response, share),
+                complete: t.response.complete && t.error.is_none(),
+                error: t.error.clone(),
+                summary: Self::of_one(&t.response, 0),
             })
             .collect();
         let sum = |count: fn(&Summary) -> usize| targets.iter().map(|t| count(&t.summary)).sum();
+        // The failures listed stay SUMMARY_MAX_FAILURES in all, each naming its target, where
+        // a one-target summary lists them.
+        let failures = response
+            .targets
+            .iter()
+            .flat_map(|t| {
+                t.response.failed.iter().map(|f| FailureReport {
+                    error: cut(&f.error, SUMMARY_MAX_ERROR_CHARS),
+                    target_region: Some(t.target_region.clone()),
+                    ..f.clone()
+                })
+            })
+            .take(SUMMARY_MAX_FAILURES)
+            .collect();
+        let breakers: Vec<String> = targets
+            .iter()
+            .filter_map(|t| t.summary.deletion_breaker.as_ref().map(|b| format!("{}: {b}", t.target_region)))
+            .collect();
         Self {
             sources: sum(|s| s.sources),
             copies: sum(|s| s.copies),
@@ -360,8 +394,8 @@ impl Summary {
             deleted: sum(|s| s.deleted),
             not_deleted: sum(|s| s.not_deleted),
             deletions_left: sum(|s| s.deletions_left),
-            deletion_breaker: None,
-            failures: Vec::new(),
+            deletion_breaker: (!breakers.is_empty()).then(|| breakers.join("; ")),
+            failures,
             targets,
         }
     }
@@ -391,19 +425,33 @@ impl Summary {
         }
     }
 
-    /// A `CopyFailed` message of bounded size for the whole request: one target's, or each
-    /// failing target's.
+    /// A `CopyFailed` message of bounded size for the whole request: one target's, or the
+    /// failures listed with their targets and each failing target's counts.
     pub fn failure_message_of_request(&self, target_region: &str) -> String {
         if self.targets.is_empty() {
             return self.failure_message(target_region);
         }
-        let parts: Vec<String> = self
+        let failing: Vec<String> = self
             .targets
             .iter()
             .filter(|t| t.summary.failed > 0)
-            .map(|t| t.summary.failure_message(&t.target_region))
+            .map(|t| format!("{} of {} in {}", t.summary.failed, t.summary.sources, t.target_region))
             .collect();
-        parts.join("; ")
+        let listed: Vec<String> = self
+            .failures
+            .iter()
+            .map(|f| format!("{} in {}: {}", f.source_snapshot_id, f.target_region.as_deref().unwrap_or("?"), f.error))
+            .collect();
+        let more = self.failed - self.failures.len();
+        format!(
+            "sources failed to copy: {}: {}{}. {} copies made ({} completed); the function's log lists every failure \
+             and copy",
+            failing.join(", "),
+            listed.join("; "),
+            if more > 0 { format!("; and {more} more") } else { String::new() },
+            self.copies,
+            self.completed,
+        )
     }
 
     /// A `CopyFailed` message of bounded size: the counts and the listed failures.

@@ -133,6 +133,10 @@ pub fn check_targets(
             listed.len()
         )));
     }
+    if prefix.is_some() {
+        // What a listed target takes from the request is checked once, under its own name.
+        check_request_defaults(defaults, settings)?;
+    }
     let mut seen: HashMap<(Region, Option<String>), usize> = HashMap::new();
     let mut checked = Vec::with_capacity(listed.len());
     for (i, payload) in listed.into_iter().enumerate() {
@@ -154,7 +158,48 @@ pub fn check_targets(
         }
         checked.push(target);
     }
+    if defaults.kms_key_id.is_some() && !checked.iter().any(|target| target.encrypt) {
+        return Err(invalid(
+            "kms_key_id: given without `encrypt: true`; set encrypt to true, or leave kms_key_id out".to_owned(),
+        ));
+    }
     Ok(checked)
+}
+
+/// The request's own `pending_limit`, `retain_days`, `retain_count` and `kms_key_id`, which
+/// every listed target that leaves them out takes: checked under their own names, whether a
+/// target takes them or not.
+fn check_request_defaults(
+    defaults: &TargetDefaults,
+    settings: &TargetEnvironment<'_>,
+) -> Result<(), CopySnapshotsError> {
+    let request = |name: &str| name.to_owned();
+    if let Some(limit) = defaults.pending_limit {
+        check_pending_limit(limit, &request, settings)?;
+    }
+    check_retention(defaults.retain_days, defaults.retain_count, None, &request, settings)?;
+    if let Some(text) = &defaults.kms_key_id {
+        KmsKeyRef::parse(text).map_err(|e| invalid(format!("kms_key_id: {e}")))?;
+    }
+    Ok(())
+}
+
+fn check_pending_limit(
+    pending_limit: u32,
+    field: &dyn Fn(&str) -> String,
+    settings: &TargetEnvironment<'_>,
+) -> Result<(), CopySnapshotsError> {
+    if pending_limit == 0 {
+        return Err(invalid(format!("{}: 0 would never start a copy; valid: an integer ≥ 1", field("pending_limit"))));
+    }
+    if let Some(ceiling) = settings.pending_limit_ceiling.filter(|ceiling| pending_limit > *ceiling) {
+        return Err(invalid(format!(
+            "{}: {pending_limit} is more than this deployment's PENDING_LIMIT of {ceiling}, its share of the target \
+             region's copy quota; valid: an integer from 1 to {ceiling}",
+            field("pending_limit")
+        )));
+    }
+    Ok(())
 }
 
 fn check_target(
@@ -192,30 +237,44 @@ fn check_target(
     }
 
     let pending_limit = payload.pending_limit.or(defaults.pending_limit).unwrap_or(settings.pending_limit);
-    if pending_limit == 0 {
-        return Err(invalid(format!("{}: 0 would never start a copy; valid: an integer ≥ 1", field("pending_limit"))));
-    }
-    if let Some(ceiling) = settings.pending_limit_ceiling.filter(|ceiling| pending_limit > *ceiling) {
-        return Err(invalid(format!(
-            "{}: {pending_limit} is more than this deployment's PENDING_LIMIT of {ceiling}, its share of the target \
-             region's copy quota; valid: an integer from 1 to {ceiling}",
-            field("pending_limit")
-        )));
-    }
+    check_pending_limit(pending_limit, field, settings)?;
 
     let encrypt = payload.encrypt.or(defaults.encrypt).unwrap_or(settings.encrypt);
+    let kms_key = check_key(payload.kms_key_id.as_deref(), encrypt, &region, field, defaults, settings)?;
+
+    let retention = check_retention(
+        payload.retain_days.or(defaults.retain_days),
+        payload.retain_count.or(defaults.retain_count),
+        defaults.delete_orphans_after_days,
+        field,
+        settings,
+    )?;
+    Ok(Target { region, role, pending_limit: pending_limit as usize, encrypt, kms_key, retention })
+}
+
+/// The target's key: its own `kms_key_id`, else the request's, else the environment's; a key
+/// given without encryption is a mistake wherever it is given, except the request's for a
+/// target that turns encryption off.
+fn check_key(
+    own_key: Option<&str>,
+    encrypt: bool,
+    region: &Region,
+    field: &dyn Fn(&str) -> String,
+    defaults: &TargetDefaults,
+    settings: &TargetEnvironment<'_>,
+) -> Result<Option<KmsKeyRef>, CopySnapshotsError> {
     // The target's own key, else the request's, else the environment's; a key given without
     // encryption is a mistake wherever it is given.
-    let (key_text, key_field) = match (&payload.kms_key_id, &defaults.kms_key_id) {
-        (Some(text), _) => (Some(text.clone()), field("kms_key_id")),
+    let (key_text, key_field) = match (own_key, &defaults.kms_key_id) {
+        (Some(text), _) => (Some(text.to_owned()), field("kms_key_id")),
         (None, Some(text)) => (Some(text.clone()), "kms_key_id".to_owned()),
         (None, None) => (None, field("kms_key_id")),
     };
     let inherited = key_field != field("kms_key_id");
     let kms_key = match key_text {
-        // The request's key is for its encrypted targets; one that turns encryption off
-        // takes none.
-        Some(_) if !encrypt && inherited && defaults.encrypt == Some(true) => None,
+        // The request's key is for its encrypted targets: one that does not encrypt takes
+        // none (a request key that no target uses is refused once all are checked).
+        Some(_) if !encrypt && inherited => None,
         Some(_) if !encrypt => {
             return Err(invalid(format!(
                 "{key_field}: given without `encrypt: true`{}; set encrypt to true, or leave kms_key_id out",
@@ -226,8 +285,12 @@ fn check_target(
         None if encrypt => settings.kms_key.cloned(),
         None => None,
     };
+    // Named as the caller gave it: the target's field, the request's, or the environment's.
+    let from_environment = own_key.is_none() && defaults.kms_key_id.is_none();
+    let (key_field, inherited) =
+        if from_environment { ("KMS_KEY_ID (environment)".to_owned(), true) } else { (key_field, inherited) };
     if let Some(key_region) = kms_key.as_ref().and_then(KmsKeyRef::region)
-        && key_region != &region
+        && key_region != region
     {
         let whose = if inherited { format!(" (for {region})") } else { String::new() };
         return Err(invalid(format!(
@@ -236,15 +299,7 @@ fn check_target(
             if whose.is_empty() { "" } else { ", given as that target's own kms_key_id, or an alias name" }
         )));
     }
-
-    let retention = check_retention(
-        payload.retain_days.or(defaults.retain_days),
-        payload.retain_count.or(defaults.retain_count),
-        defaults.delete_orphans_after_days,
-        field,
-        settings,
-    )?;
-    Ok(Target { region, role, pending_limit: pending_limit as usize, encrypt, kms_key, retention })
+    Ok(kms_key)
 }
 
 /// The target's retention, each field filled from the environment when neither the target

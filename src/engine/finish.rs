@@ -7,10 +7,10 @@ use tracing::{info, warn};
 
 use crate::contract::error::CopySnapshotsError;
 use crate::contract::request::CopyRequest;
-use crate::contract::response::TargetResponse;
 use crate::contract::response::{
     CopyReport, DeletedCopy, FailureReport, NotDeletedCopy, RecoveryPoint, Response, SkippedSource, plural,
 };
+use crate::contract::response::{TargetError, TargetResponse};
 use crate::contract::targets::Target;
 use crate::engine::progress::SourceStatus;
 use crate::store::{SnapshotState, SnapshotStore, SourceSelector};
@@ -64,8 +64,9 @@ impl<'a, S: SnapshotStore> Run<'a, S> {
         notes
     }
 
-    /// This target's answer: where each of its sources stands, its deletions and notes.
-    pub(super) fn answer(self) -> TargetAnswer {
+    /// This target's answer: where each of its sources stands, its deletions and notes, and
+    /// the error it `ended` with, if one stopped it while other targets went on.
+    pub(super) fn answer(self, ended: Option<CopySnapshotsError>) -> TargetAnswer {
         let mut response = Response::default();
         self.answer_sources(&mut response);
         let all_done = !self.request.wait_for_completion || self.pending_copies().next().is_none();
@@ -110,7 +111,7 @@ impl<'a, S: SnapshotStore> Run<'a, S> {
         for note in &response.notes {
             warn!(target_region = %self.target.region, %note, "sources left for the next invocation");
         }
-        TargetAnswer { target: self.target.describe(), response, all_done }
+        TargetAnswer { target: self.target.describe(), response, all_done, ended }
     }
 
     /// Each source's line of the answer (its copy, its failure, or pending), and the recovery
@@ -134,6 +135,7 @@ impl<'a, S: SnapshotStore> Run<'a, S> {
                     snapshot_id: copy_id.as_ref().map(ToString::to_string),
                     error_snapshot_ids: entry.error_copies.iter().map(|e| e.id.to_string()).collect(),
                     error: reason.clone(),
+                    target_region: None,
                 }),
                 Stage::Waiting | Stage::NotReady | Stage::Unsure { .. } => response.pending_sources.push(source_id),
             }
@@ -184,18 +186,23 @@ fn answer_deletions(deletions: Vec<Deletion>, held_by_breaker: bool, response: &
     }
 }
 
-/// One target's answer, and whether it waited for everything it was asked to.
+/// One target's answer, whether it waited for everything it was asked to, and the error that
+/// stopped it (several targets only).
 pub(super) struct TargetAnswer {
     /// The target, for messages.
     target: String,
     response: Response,
     all_done: bool,
+    ended: Option<CopySnapshotsError>,
 }
 
 /// The invocation's answer from its targets' answers (one target's as it is, several nested):
-/// `CopyFailed` when failures remain and no target has anything left to do; `SourcesPending`
-/// for an event whose sources are not all started in every target.
+/// `SourcesPending` for an event whose sources are not all started in every target; a
+/// target's error once no other target has work left this invocation (before that, the error
+/// is in that target's answer and the others go on); `CopyFailed` when failures remain and no
+/// target has anything left to do.
 pub(super) fn conclude(request: &CopyRequest, answers: Vec<TargetAnswer>) -> Result<Response, CopySnapshotsError> {
+    let several = answers.len() > 1;
     let pending: Vec<String> = answers
         .iter()
         .filter(|a| !a.response.pending_sources.is_empty())
@@ -207,7 +214,21 @@ pub(super) fn conclude(request: &CopyRequest, answers: Vec<TargetAnswer>) -> Res
         .filter(|a| !a.response.failed.is_empty())
         .map(|a| a.response.copy_failed_message(&a.target))
         .collect();
-    let response = combine(&request.targets, answers.into_iter().map(|a| a.response).collect());
+    let others_busy =
+        answers.iter().any(|a| a.ended.is_none() && (!a.all_done || !a.response.pending_sources.is_empty()));
+    let mut first_ended = None;
+    let mut parts = Vec::with_capacity(answers.len());
+    for answer in answers {
+        let error = answer
+            .ended
+            .as_ref()
+            .map(|e| TargetError { error_type: e.error_type().to_owned(), error_message: e.to_string() });
+        if let Some(ended) = answer.ended {
+            first_ended.get_or_insert((ended, answer.target));
+        }
+        parts.push((answer.response, error));
+    }
+    let response = combine(&request.targets, parts);
     if request.from_queue {
         // A batch answers per record (its handler turns pending and failed sources into batch
         // item failures); no error would say more.
@@ -217,6 +238,11 @@ pub(super) fn conclude(request: &CopyRequest, answers: Vec<TargetAnswer>) -> Res
         let message = pending.join("; ");
         return Err(CopySnapshotsError::SourcesPending { message, response: Box::new(response) });
     }
+    if let Some((error, target)) = first_ended
+        && !others_busy
+    {
+        return Err(naming_target(error, &target, if several { 2 } else { 1 }));
+    }
     if !failed.is_empty() && pending.is_empty() && all_done {
         let message = failed.join("; ");
         return Err(CopySnapshotsError::CopyFailed { message, response: Box::new(response) });
@@ -224,24 +250,44 @@ pub(super) fn conclude(request: &CopyRequest, answers: Vec<TargetAnswer>) -> Res
     Ok(response)
 }
 
-/// The answer of a request from its targets' answers, in the order of `targets`: one target's
-/// as it is, several nested (see [`Response::targets`]).
-pub(super) fn combine(targets: &[Target], mut answers: Vec<Response>) -> Response {
+/// `error` with its message naming `target`, when the request has several (`targets`).
+pub(super) fn naming_target(error: CopySnapshotsError, target: &str, targets: usize) -> CopySnapshotsError {
+    use CopySnapshotsError as E;
+    if targets < 2 {
+        return error;
+    }
+    let named = |message: String| format!("{target}: {message}");
+    match error {
+        E::InvalidRequest(m) => E::InvalidRequest(named(m)),
+        E::SourceNotFound(m) => E::SourceNotFound(named(m)),
+        E::SourceNotReady(m) => E::SourceNotReady(named(m)),
+        E::AccessDenied(m) => E::AccessDenied(named(m)),
+        E::Throttled(m) => E::Throttled(named(m)),
+        E::Ec2Error(m) => E::Ec2Error(named(m)),
+        other @ (E::CopyFailed { .. } | E::SourcesPending { .. }) => other,
+    }
+}
+
+/// The answer of a request from its targets' answers (each with the error that stopped it), in
+/// the order of `targets`: one target's as it is, several nested (see [`Response::targets`]).
+pub(super) fn combine(targets: &[Target], mut answers: Vec<(Response, Option<TargetError>)>) -> Response {
     if answers.len() == 1
-        && let Some(only) = answers.pop()
+        && let Some((only, _)) = answers.pop()
     {
         return only;
     }
     let mut all = Response { complete: true, ..Response::default() };
-    for (target, answer) in targets.iter().zip(answers) {
+    for (target, (answer, error)) in targets.iter().zip(answers) {
         all.snapshot_ids.extend(answer.snapshot_ids.iter().cloned());
-        all.complete &= answer.complete;
+        all.complete &= answer.complete && error.is_none();
         all.dry_run |= answer.dry_run;
         all.deletions_denied += answer.deletions_denied;
         all.recovery_point = all.recovery_point.worst_with(answer.recovery_point, all.targets.is_empty());
+        all.notes.extend(answer.notes.iter().map(|note| format!("{}: {note}", target.region)));
         all.targets.push(TargetResponse {
             target_region: target.region.to_string(),
             account: target.role.as_ref().map(|role| role.account().to_owned()),
+            error,
             response: answer,
         });
     }

@@ -59,13 +59,20 @@ pub(super) async fn look_sources<S: SnapshotStore>(
 
 impl<'a, S: SnapshotStore> Run<'a, S> {
     /// One target's look: its run over the sources looked up, and the copies earlier
-    /// invocations made there, live and failed.
-    pub(super) async fn look(shared: Shared<'a, S>, sources: &LookedUp) -> Result<Self, CopySnapshotsError> {
-        let mut run = Self::new(shared, sources.entries.clone(), sources.skipped.clone());
-        run.look_for_earlier_copies().await?;
+    /// invocations made there, live and failed. The run comes back whatever the look's
+    /// outcome: a target whose look failed answers with its sources not started.
+    pub(super) async fn look(
+        shared: Shared<'a, S>,
+        sources: &LookedUp,
+        span: tracing::Span,
+    ) -> (Self, Result<(), CopySnapshotsError>) {
+        let mut run = Self::new(shared, sources.entries.clone(), sources.skipped.clone(), span);
+        if let Err(error) = run.look_for_earlier_copies().await {
+            return (run, Err(error));
+        }
         run.queue_waiting();
         run.observer.observe(RunEvent::Looked { sources: run.looked_sources() });
-        Ok(run)
+        (run, Ok(()))
     }
 
     /// Finds the copies earlier invocations made of the sources still waiting, and adopts them;

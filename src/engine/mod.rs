@@ -1,5 +1,5 @@
-//! The engine: converges the target region towards "every source has a copy" and reports where
-//! things stand. Look (sources, and copies an earlier invocation made, found by their tags),
+//! The engine: converges each target region towards "every source has a copy" and reports
+//! where things stand. Look (sources, and copies an earlier invocation made, found by their tags),
 //! start (largest first, within `pending_limit`), wait (one poll per round, as long as progress
 //! says is useful, never past the deadline), report. Generic over [`SnapshotStore`]; knows no
 //! SDK. Driven by tokio's clock, so tests run it on paused time. What it does as it goes is
@@ -10,10 +10,11 @@
 //! (and, opted in, copies whose source is gone past a grace) are deleted in the time the run
 //! would otherwise spend waiting, never past the deadline. A dry run is the look alone.
 //!
-//! The engine is a folder of steps over one state (`state`): `look` (with `judge` for
+//! The engine is a folder of steps over one target's state (`state`): `look` (with `judge` for
 //! retention and `adopt` for the copies found), then rounds of `unsure`, `duplicates`,
-//! `start` (with `ledger`), `prune` and `poll`, and `finish`, the answer.
-//! [`reconcile_observed`] is the loop that calls them.
+//! `start` (with `ledger`), `prune` and `poll`, and `finish`, the answer. A request's targets
+//! run side by side (`side_by_side`), each with its own state; [`reconcile_observed`] is the
+//! loop that calls them.
 
 pub mod ownership;
 pub mod plan;
@@ -33,6 +34,7 @@ mod limits;
 mod look;
 mod poll;
 mod prune;
+mod side_by_side;
 mod start;
 mod state;
 mod unsure;
@@ -40,16 +42,18 @@ mod unsure;
 use std::time::Duration;
 
 use tokio::time::Instant;
+use tracing::Instrument;
 
 use crate::contract::error::CopySnapshotsError;
 use crate::contract::request::CopyRequest;
 use crate::contract::response::Response;
 use crate::engine::plan::Plan;
 use crate::engine::progress::{LogObserver, Observer, RunEvent, StopSignal};
-use crate::engine::timeline::{Timeline, jittered};
+use crate::engine::timeline::Timeline;
 use crate::store::SnapshotStore;
 use crate::store::copy_time::CopyTimeModel;
 
+use side_by_side::SideBySide;
 use state::{Run, Shared};
 
 pub use limits::{BREAKER_MIN_DELETIONS, BREAKER_SHARE_DENOMINATOR, MAX_ATTEMPTS, RunLimits, UNSURE_LOOKS};
@@ -79,54 +83,33 @@ pub async fn reconcile_observed<S: SnapshotStore>(
 ) -> Result<Response, CopySnapshotsError> {
     if request.dry_run {
         let plans = plan_observed(store, request, CopyTimeModel::DEFAULT, observer).await?;
-        let answers = plans.iter().map(|plan| plan.dry_run_response(request.wait_for_completion)).collect();
+        let answers = plans.iter().map(|plan| (plan.dry_run_response(request.wait_for_completion), None)).collect();
         return Ok(finish::combine(&request.targets, answers));
     }
     let started = Instant::now();
     let timeline = Timeline::new(started, limits.deadline, limits.call_timeout);
-    let mut runs = look(store, request, limits, timeline, observer, &stop).await?;
+    let mut targets = SideBySide::new(look(store, request, limits, timeline, observer, &stop).await?)?;
     let mut stop = stop;
     // Starting copies may go on until the margin before the deadline; waiting also ends at
     // `max_wait_seconds`.
     let work_until = timeline.work_until();
     let wait_until = [work_until, request.max_wait.map(|max| started + max)].into_iter().flatten().min();
-    // Each target's next poll, kept across rounds in which another target's came first.
-    let mut next_poll: Vec<Option<Instant>> = vec![None; runs.len()];
     loop {
         if stop.is_set() {
             break;
         }
-        for run in &mut runs {
-            run.resolve_unsure().await?;
-            // Second live copies found by the look, or by a look for an unsure start.
-            run.remove_duplicates().await;
-            run.start_what_fits(work_until).await?;
-        }
-        if !runs.iter().any(|run| run.work_left()) {
+        targets.work(work_until).await?;
+        if !targets.work_left() {
             break;
         }
         let now = Instant::now();
         if wait_until.is_some_and(|until| now >= until) {
             break;
         }
-        for (run, due) in runs.iter().zip(&mut next_poll) {
-            if !run.work_left() {
-                *due = None;
-            } else if due.is_none() {
-                let mut wait = run.next_wait(now);
-                if run.held_until_next_poll() {
-                    // Invocations throttled or refused a slot together come back apart, not in step.
-                    wait = jittered(wait);
-                }
-                *due = Some(now + wait);
-            }
-        }
-        let Some(wake) = next_poll.iter().flatten().min().copied() else { break };
+        let Some(wake) = targets.next_poll(now) else { break };
         let wake = wait_until.map_or(wake, |until| wake.min(until));
         // Retention's deletions fill the wait for the next poll.
-        for run in &mut runs {
-            run.prune(Some(wake)).await;
-        }
+        targets.prune(Some(wake)).await;
         tokio::select! {
             () = tokio::time::sleep_until(wake) => {}
             () = stop.wait() => {}
@@ -134,31 +117,22 @@ pub async fn reconcile_observed<S: SnapshotStore>(
         if stop.is_set() || !timeline.may_call() {
             break;
         }
-        let now = Instant::now();
-        for (run, due) in runs.iter_mut().zip(&mut next_poll) {
-            if due.is_some_and(|due| due <= now) {
-                *due = None;
-                run.poll().await?;
-            }
-        }
+        targets.poll_due(Instant::now()).await?;
     }
-    for run in &mut runs {
-        // Copies the last poll saw finish, before the answer.
-        run.release_slots().await;
-    }
+    // Copies the last poll saw finish, before the answer.
+    targets.release_slots().await;
     if stop.is_set() {
         observer.observe(RunEvent::Stopped);
     } else {
         // What is left of the deletions, while the work may go on; the next run continues.
-        for run in &mut runs {
-            run.prune(work_until).await;
-        }
+        targets.prune(work_until).await;
     }
-    finish::conclude(request, runs.into_iter().map(Run::answer).collect())
+    finish::conclude(request, targets.answers())
 }
 
 /// The look of every target: each target's key resolved first (a bad key is refused before
-/// anything else), the sources looked up once, then each target's earlier copies.
+/// anything else), the sources looked up once, then each target's earlier copies (a target
+/// whose look fails comes back with its error).
 async fn look<'a, S: SnapshotStore>(
     store: &'a S,
     request: &'a CopyRequest,
@@ -166,7 +140,7 @@ async fn look<'a, S: SnapshotStore>(
     timeline: Timeline,
     observer: &'a dyn Observer,
     stop: &StopSignal,
-) -> Result<Vec<Run<'a, S>>, CopySnapshotsError> {
+) -> Result<Vec<(Run<'a, S>, Result<(), CopySnapshotsError>)>, CopySnapshotsError> {
     let mut asked = Vec::with_capacity(request.targets.len());
     for target in &request.targets {
         asked.push(look::resolve_encryption(store, target, &timeline).await?);
@@ -175,7 +149,14 @@ async fn look<'a, S: SnapshotStore>(
     let mut runs = Vec::with_capacity(request.targets.len());
     for (target, asked) in request.targets.iter().zip(asked) {
         let shared = Shared { store, request, target, asked, observer, stop: stop.clone(), limits, timeline };
-        runs.push(Run::look(shared, &sources).await?);
+        // With several targets, every log line of a target's run names it; one target's lines
+        // stay as they were.
+        let span = if request.targets.len() > 1 {
+            tracing::info_span!("target", target_region = %target.region)
+        } else {
+            tracing::Span::none()
+        };
+        runs.push(Run::look(shared, &sources, span.clone()).instrument(span).await);
     }
     Ok(runs)
 }
@@ -205,7 +186,12 @@ pub async fn plan_observed<S: SnapshotStore>(
     let limits =
         RunLimits { deadline: None, poll_interval: Duration::ZERO, max_poll_interval: Duration::ZERO, call_timeout };
     let timeline = Timeline::unbounded(call_timeout);
-    let runs = look(store, request, limits, timeline, observer, &StopSignal::never()).await?;
+    let mut runs = Vec::new();
+    for (run, looked) in look(store, request, limits, timeline, observer, &StopSignal::never()).await? {
+        // A plan is the look: a target it cannot look at fails it.
+        looked.map_err(|error| finish::naming_target(error, &run.target.describe(), request.targets.len()))?;
+        runs.push(run);
+    }
     Ok(runs
         .iter()
         .map(|run| {

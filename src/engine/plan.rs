@@ -131,6 +131,7 @@ impl Plan {
                     snapshot_id: None,
                     error_snapshot_ids: Vec::new(),
                     error: reason(),
+                    target_region: None,
                 }),
                 ("delete", Some(copy)) => response.deleted.push(DeletedCopy {
                     snapshot_id: copy.clone(),

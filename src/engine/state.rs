@@ -117,6 +117,8 @@ pub(super) struct Run<'a, S> {
     pub(super) request: &'a CopyRequest,
     /// Where this run's copies go: region, encryption, `pending_limit`, retention.
     pub(super) target: &'a Target,
+    /// The span its steps log in: names the target when the request has several.
+    pub(super) span: tracing::Span,
     /// The request's encryption, its key resolved: which copies are the request's.
     pub(super) asked: AskedEncryption,
     pub(super) observer: &'a dyn Observer,
@@ -176,7 +178,12 @@ pub(super) struct Shared<'a, S> {
 impl<'a, S: SnapshotStore> Run<'a, S> {
     /// A run at the end of the look: its entries, and what the look skipped; nothing queued,
     /// started, counted or judged yet.
-    pub(super) fn new(shared: Shared<'a, S>, entries: Vec<Entry>, skipped: Vec<LookedSource>) -> Self {
+    pub(super) fn new(
+        shared: Shared<'a, S>,
+        entries: Vec<Entry>,
+        skipped: Vec<LookedSource>,
+        span: tracing::Span,
+    ) -> Self {
         let Shared { store, request, target, asked, observer, stop, limits, timeline } = shared;
         Self {
             store,
@@ -187,6 +194,7 @@ impl<'a, S: SnapshotStore> Run<'a, S> {
             stop,
             limits,
             timeline,
+            span,
             entries,
             skipped,
             queue: BinaryHeap::new(),

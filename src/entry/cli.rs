@@ -533,4 +533,31 @@ mod tests {
         codes.dedup();
         assert_eq!(codes.len(), count, "exit statuses collide: {codes:?}");
     }
+
+    #[test]
+    fn a_target_flag_is_a_region_with_fields_or_a_json_object() {
+        assert_eq!(
+            parse_target("us-west-2,kms_key_id=alias/dr,retain-days=30,encrypt=true").expect("valid"),
+            json!({"region": "us-west-2", "kms_key_id": "alias/dr", "retain_days": 30, "encrypt": true})
+        );
+        assert_eq!(parse_target(r#"{"region": "eu-west-1"}"#).expect("valid"), json!({"region": "eu-west-1"}));
+        for bad in ["", "retain_days=3", "eu-west-1,retain=3", "eu-west-1,encrypt=yes", "eu-west-1,pending_limit"] {
+            assert!(parse_target(bad).is_err(), "{bad}");
+        }
+        let cli = Cli::try_parse_from([
+            "copy-snapshots",
+            "copy",
+            "--snapshot-ids",
+            "snap-0123abcd",
+            "--target",
+            "eu-west-1",
+            "--target",
+            "us-west-2,pending_limit=3",
+        ]);
+        let Ok(Cli { command: Some(Command::Copy(args)), .. }) = cli else { panic!("parses") };
+        assert_eq!(
+            args.request.payload(false)["targets"],
+            json!([{"region": "eu-west-1"}, {"region": "us-west-2", "pending_limit": 3}])
+        );
+    }
 }

@@ -236,15 +236,28 @@ async fn run<S: SnapshotStore>(
             Ok(Response::nothing_to_do())
         }
         Invocation::Copy(request) => {
-            info!(
-                source_region = %request.source_region,
-                targets = %target_regions(&request),
-                pending_limit = ?request.targets.iter().map(|t| t.pending_limit).collect::<Vec<_>>(),
-                encrypt = ?request.targets.iter().map(|t| t.encrypt).collect::<Vec<_>>(),
-                retention = ?request.targets.iter().map(|t| t.retention.describe()).collect::<Vec<_>>(),
-                dry_run = request.dry_run,
-                "copy request"
-            );
+            if let [target] = &request.targets[..] {
+                info!(
+                    source_region = %request.source_region,
+                    target_region = %target.region,
+                    pending_limit = target.pending_limit,
+                    encrypt = target.encrypt,
+                    retention = %target.retention.describe(),
+                    orphans_after_days = target.retention.orphans_after_days,
+                    dry_run = request.dry_run,
+                    "copy request"
+                );
+            } else {
+                info!(
+                    source_region = %request.source_region,
+                    targets = %target_regions(&request),
+                    pending_limit = ?request.targets.iter().map(|t| t.pending_limit).collect::<Vec<_>>(),
+                    encrypt = ?request.targets.iter().map(|t| t.encrypt).collect::<Vec<_>>(),
+                    retention = ?request.targets.iter().map(|t| t.retention.describe()).collect::<Vec<_>>(),
+                    dry_run = request.dry_run,
+                    "copy request"
+                );
+            }
             let limits = RunLimits {
                 deadline,
                 poll_interval: settings.poll_interval,

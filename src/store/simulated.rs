@@ -260,6 +260,8 @@ struct World {
     throttled_looks: usize,
     /// Every DescribeSnapshots is denied (a role without it).
     deny_looks: bool,
+    /// Regions where every call is denied (an opt-in region not enabled, an SCP).
+    denied_regions: HashSet<String>,
     deny_starts: bool,
     /// CopySnapshot of these sources is denied (an SCP on the snapshot, a key it may not use).
     denied_sources: HashMap<SnapshotId, String>,
@@ -333,6 +335,16 @@ impl World {
         self.keys
             .iter()
             .find(|k| k.region == region && (k.arn == key || k.id == name || k.aliases.iter().any(|a| a == name)))
+    }
+
+    /// Denies a call in `region` if the test denied the region.
+    fn region_allowed(&self, region: &str) -> Result<(), StoreError> {
+        if self.denied_regions.contains(region) {
+            return Err(StoreError::AccessDenied(format!(
+                "UnauthorizedOperation: You are not authorized to perform this operation in {region}"
+            )));
+        }
+        Ok(())
     }
 
     /// Denies or throttles this look-up if the test asked for it.
@@ -511,6 +523,7 @@ impl SimulatedEc2 {
                 throttled_starts: 0,
                 throttled_looks: 0,
                 deny_looks: false,
+                denied_regions: HashSet::new(),
                 deny_starts: false,
                 denied_sources: HashMap::new(),
                 max_tracked_pending: HashMap::new(),
@@ -955,6 +968,11 @@ impl SimulatedEc2 {
     }
 
     /// Every DescribeSnapshots is denied, as for a role without `ec2:DescribeSnapshots`.
+    /// Denies every call in `region` from now on.
+    pub fn deny_region(&self, region: &str) {
+        self.lock().denied_regions.insert(region.to_owned());
+    }
+
     pub fn deny_looks(&self) {
         self.lock().deny_looks = true;
     }
@@ -1011,6 +1029,7 @@ impl SimulatedEc2 {
         let world = &mut *world;
         world.calls.start_copy += 1;
         world.calls.requests += 1;
+        world.region_allowed(spec.target_region.as_str())?;
         if world.deny_starts {
             return Err(StoreError::AccessDenied(
                 "UnauthorizedOperation: You are not authorized to perform this operation.".to_owned(),
@@ -1207,6 +1226,7 @@ impl SnapshotStore for SimulatedEc2 {
         let now = Instant::now();
         let mut world = self.lock();
         world.calls.find_copies += 1;
+        world.region_allowed(target_region.as_str())?;
         world.throttle_look()?;
         if world.finds_before_loss > 0 {
             world.finds_before_loss -= 1;
@@ -1236,6 +1256,7 @@ impl SnapshotStore for SimulatedEc2 {
         let now = Instant::now();
         let mut world = self.lock();
         world.calls.list_copies += 1;
+        world.region_allowed(target_region.as_str())?;
         world.throttle_look()?;
         let found: Vec<CopyStatus> = match world.regions.get(target_region.as_str()) {
             Some(state) => copies_from(state, source_region)
@@ -1254,6 +1275,7 @@ impl SnapshotStore for SimulatedEc2 {
         let mut world = self.lock();
         let world = &mut *world;
         world.calls.list_pending_copies += 1;
+        world.region_allowed(target_region.as_str())?;
         world.throttle_look()?;
         let lag = world.visibility_lag;
         let found: Vec<CopyStatus> = match world.regions.get_mut(target_region.as_str()) {
@@ -1288,6 +1310,7 @@ impl SnapshotStore for SimulatedEc2 {
         let now = Instant::now();
         let mut world = self.lock();
         world.calls.describe_copies += 1;
+        world.region_allowed(target_region.as_str())?;
         world.throttle_look()?;
         world.calls.requests += copy_ids.len().div_ceil(FILTER_VALUES).max(1);
         let Some(state) = world.regions.get(target_region.as_str()) else { return Ok(Vec::new()) };

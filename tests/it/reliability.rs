@@ -139,6 +139,52 @@ async fn a_region_full_of_foreign_copies_makes_the_function_wait_not_fail() {
     assert_each_copied_once_without_healing(&record, &ids);
 }
 
+/// Three target regions in one request, through the binary: each region's pending copies stay
+/// within its own `pending_limit`, every source gets one copy in each, and a region whose quota
+/// other services' copies hold holds back neither of the other two.
+#[tokio::test]
+async fn three_target_regions_each_within_its_limit_and_a_full_one_holds_back_none() {
+    const REGIONS: [&str; 3] = ["eu-west-1", "us-west-2", "ap-southeast-2"];
+    const HELD_SECONDS: f64 = 8.0;
+    let emulator = FaultEc2::start();
+    emulator.configure(json!({"time_scale": TIME_SCALE, "region_limit": 20}));
+    let started = Instant::now();
+    emulator.foreign_copies(REGIONS[0], 20, HELD_SECONDS);
+    let ids = emulator.sources(SOURCE, &[8, 16, 32, 64, 8, 24, 40]);
+    let mut lambda = function(&emulator).await;
+    let targets: Vec<Value> = REGIONS.iter().map(|region| json!({"region": region})).collect();
+    let payload = request(&ids, json!({"targets": targets, "pending_limit": 3, "wait_for_completion": true}));
+    let response = lambda.invoke(&payload, LONG).await.response();
+    let record = emulator.record();
+    report("three_target_regions", &record, &format!("seconds={:.1}", started.elapsed().as_secs_f64()));
+
+    assert_eq!(response["complete"], true, "{response}");
+    assert!(started.elapsed() >= Duration::from_secs_f64(HELD_SECONDS), "the first region was never held");
+    let started_in = |region: &str| -> Vec<f64> {
+        record.copies().filter(|c| c["region"] == region).filter_map(|c| c["started_at"].as_f64()).collect()
+    };
+    for (i, region) in REGIONS.iter().enumerate() {
+        assert!(record.max_pending(region) <= 3, "{region}: {} pending at once", record.max_pending(region));
+        let copied: Vec<&str> = response["targets"][i]["copies"]
+            .as_array()
+            .expect("copies")
+            .iter()
+            .filter_map(|c| c["source_snapshot_id"].as_str())
+            .collect();
+        assert_eq!(copied, ids, "{region}: one copy of each source, in request order");
+        assert_eq!(started_in(region).len(), ids.len(), "{region}: each source copied once");
+    }
+    // The held region starts only once its quota frees; the free ones had started everything
+    // by then.
+    let first_in_held = started_in(REGIONS[0]).into_iter().fold(f64::INFINITY, f64::min);
+    let last_in_free = REGIONS[1..].iter().flat_map(|r| started_in(r)).fold(0.0, f64::max);
+    assert!(
+        last_in_free < first_in_held,
+        "a free region's copy started {:.1} s after the held region's first",
+        last_in_free - first_in_held
+    );
+}
+
 #[tokio::test]
 async fn killed_mid_run_then_invoked_again_duplicates_nothing() {
     let mut rng = StdRng::seed_from_u64(11);

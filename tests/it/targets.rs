@@ -256,3 +256,139 @@ async fn a_plan_shows_each_target() {
     assert!(plans.iter().all(|p| p.copies_to_make == 2));
     assert!(REGIONS.iter().all(|r| ec2.tracked_copies(r).is_empty()), "a plan copies nothing");
 }
+
+#[test]
+fn the_requests_own_fields_are_checked_under_their_own_names() {
+    let targets = json!([{"region": "eu-west-1", "pending_limit": 5, "retain_days": 3}]);
+    let zero = invalid(json!({"snapshot_ids": ["snap-0123abcd"], "pending_limit": 0, "targets": targets}));
+    assert!(zero.starts_with("pending_limit: 0"), "{zero}");
+    let days = invalid(json!({"snapshot_ids": ["snap-0123abcd"], "retain_days": 0, "targets": targets}));
+    assert!(days.starts_with("retain_days: 0"), "{days}");
+    let key = invalid(json!({"snapshot_ids": ["snap-0123abcd"], "encrypt": true, "kms_key_id": "not a key",
+        "targets": [{"region": "eu-west-1", "kms_key_id": "alias/dr"}]}));
+    assert!(key.starts_with("kms_key_id: "), "{key}");
+    let unused = invalid(json!({"snapshot_ids": ["snap-0123abcd"], "kms_key_id": "alias/dr", "targets": targets}));
+    assert!(unused.starts_with("kms_key_id: given without `encrypt: true`"), "{unused}");
+    // A target that turns encryption off takes none of the request's key, wherever the
+    // request's encryption comes from.
+    let lookup = |name: &str| match name {
+        "AWS_REGION" => Some(SOURCE.to_owned()),
+        "ENCRYPT" => Some("true".to_owned()),
+        "KMS_KEY_ID" => Some("arn:aws:kms:eu-west-1:111122223333:key/1111aaaa-2222-3333-4444-555566667777".to_owned()),
+        _ => None,
+    };
+    let deployed = Settings::from_lookup(lookup).expect("valid settings");
+    let off = CopyRequest::from_json(
+        json!({"snapshot_ids": ["snap-0123abcd"], "kms_key_id": "alias/dr",
+               "targets": [{"region": "eu-west-1"}, {"region": "us-west-2", "encrypt": false}]}),
+        &deployed,
+    )
+    .expect("valid");
+    assert!(off.targets[1].kms_key.is_none() && !off.targets[1].encrypt);
+    let env_key = CopyRequest::from_json(
+        json!({"snapshot_ids": ["snap-0123abcd"], "targets": [{"region": "eu-west-1"}, {"region": "us-west-2"}]}),
+        &deployed,
+    );
+    let Err(CopySnapshotsError::InvalidRequest(message)) = env_key else { panic!("{env_key:?}") };
+    assert!(message.starts_with("KMS_KEY_ID (environment) (for us-west-2)"), "{message}");
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_target_whose_calls_are_denied_stops_alone_and_the_others_finish() {
+    let ec2 = SimulatedEc2::new().with_copy_time(CopyTimeModel::DEFAULT);
+    let ids = sources(&ec2, &[100, 50, 20]);
+    ec2.deny_region(REGIONS[1]);
+    let request = three_targets(&ids, 5, json!({"wait_for_completion": true}));
+    let result = reconcile(&ec2, &request, no_deadline()).await;
+    // The others are done: the invocation ends with the denied target's error, named.
+    let Err(CopySnapshotsError::AccessDenied(message)) = &result else { panic!("{result:?}") };
+    assert!(message.starts_with("us-west-2: "), "{message}");
+    for region in [REGIONS[0], REGIONS[2]] {
+        let live = live_copies_per_source(&ec2, region);
+        assert!(ids.iter().all(|id| live.get(id) == Some(&1)), "{region}: every source copied: {live:?}");
+    }
+    // While another target still works, the denied one's error is in its answer instead.
+    let ec2 = SimulatedEc2::new().with_copy_time(CopyTimeModel::DEFAULT);
+    let ids = sources(&ec2, &[100, 50, 20]);
+    ec2.deny_region(REGIONS[1]);
+    // One slot each and no waiting: the others leave sources for the next invocation.
+    let request = three_targets(&ids, 1, json!({"max_wait_seconds": 0}));
+    let response = reconcile(&ec2, &request, no_deadline()).await.expect("an answer while others work");
+    let denied = &response.targets[1];
+    assert_eq!(denied.error.as_ref().map(|e| e.error_type.as_str()), Some("AccessDenied"), "{denied:?}");
+    assert!(!response.complete && denied.response.pending_sources.len() == ids.len());
+    assert_eq!(response.targets[0].response.copies.len(), 1, "the first target started what fits");
+    let metrics = copy_snapshots::contract::metrics::emf_of(&Ok(response.clone()), Some(REGIONS[0]), ec2.now(), 0);
+    let lines = metrics.as_array().expect("one EMF document per target");
+    assert_eq!(lines.len(), 3);
+    assert_eq!((lines[1]["TargetRegion"].clone(), lines[1]["InvocationErrors"].clone()), (json!(REGIONS[1]), json!(1)));
+    assert_eq!(lines[0]["InvocationErrors"], 0);
+    assert_eq!(lines[0]["CopiesStarted"], 1);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_dry_run_answers_each_target() {
+    let ec2 = SimulatedEc2::new();
+    let ids = sources(&ec2, &[100, 8]);
+    let response =
+        reconcile(&ec2, &three_targets(&ids, 5, json!({"dry_run": true})), no_deadline()).await.expect("plan");
+    assert!(response.dry_run && !response.complete);
+    assert_eq!(response.targets.len(), 3);
+    assert!(response.targets.iter().all(|t| t.response.to_copy.len() == 2), "{response:?}");
+    assert!(REGIONS.iter().all(|r| ec2.tracked_copies(r).is_empty()), "a dry run copies nothing");
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_queued_event_is_done_only_once_every_target_started_its_copy() {
+    use copy_snapshots::entry::batch::handle_batch;
+    let ec2 = SimulatedEc2::new().with_region_copy_limit(20);
+    // The second target's quota is held by other services' copies.
+    ec2.add_foreign_pending(REGIONS[1], 20, Duration::from_secs(3600));
+    let id = ec2.add_source(SOURCE, 8, &[]);
+    let lookup = |name: &str| match name {
+        "AWS_REGION" => Some(SOURCE.to_owned()),
+        "TARGETS" => Some(format!(r#"[{{"region": "{}"}}, {{"region": "{}"}}]"#, REGIONS[0], REGIONS[1])),
+        _ => None,
+    };
+    let settings = Settings::from_lookup(lookup).expect("valid settings");
+    let body = crate::support::events::snapshot_notification(SOURCE, id.as_str()).to_string();
+    let batch = json!({"Records": [{"messageId": "m-1", "body": body, "eventSource": "aws:sqs", "attributes": {}, "messageAttributes": {}}]});
+    let outcome = handle_batch(batch.clone(), &settings, &ec2, Some(Instant::now() + Duration::from_secs(30))).await;
+    assert_eq!(outcome.failed_message_ids(), ["m-1"], "started in one target only: delivered again");
+    assert_eq!(live_copies_per_source(&ec2, REGIONS[0]).get(&id), Some(&1));
+    tokio::time::sleep(Duration::from_secs(2 * 3600)).await;
+    let again = handle_batch(batch, &settings, &ec2, Some(Instant::now() + Duration::from_secs(30))).await;
+    assert!(again.failed_message_ids().is_empty(), "{:?}", again.failed_message_ids());
+    for region in &REGIONS[..2] {
+        assert_eq!(live_copies_per_source(&ec2, region).get(&id), Some(&1), "{region}: one copy");
+    }
+}
+
+#[test]
+fn a_several_target_copy_failed_under_summary_stays_bounded_and_names_targets() {
+    use copy_snapshots::contract::error::respond;
+    use copy_snapshots::contract::response::{FailureReport, Response, TargetResponse};
+    let failing = |region: &str| TargetResponse {
+        target_region: region.to_owned(),
+        response: Response {
+            failed: (0..5000)
+                .map(|i| FailureReport {
+                    source_snapshot_id: format!("snap-{i:08x}"),
+                    snapshot_id: None,
+                    error_snapshot_ids: Vec::new(),
+                    error: "x".repeat(1000),
+                    target_region: None,
+                })
+                .collect(),
+            ..Response::default()
+        },
+        ..TargetResponse::default()
+    };
+    let response = Response { targets: REGIONS.iter().map(|r| failing(r)).collect(), ..Response::default() };
+    let error = CopySnapshotsError::CopyFailed { message: "x".repeat(10_000_000), response: Box::new(response) };
+    let Err(CopySnapshotsError::CopyFailed { message, .. }) = respond(Err(error), ResponseFormat::Summary, "?") else {
+        panic!("CopyFailed")
+    };
+    assert!(message.len() < 12 * 1024, "{} bytes", message.len());
+    assert!(message.contains("5000 of 5000 in eu-west-1") && message.contains("in ap-southeast-2"), "{message}");
+}
