@@ -12,6 +12,7 @@ use copy_snapshots::contract::request::{CopyRequest, Settings};
 use copy_snapshots::contract::response::{Answer, ResponseFormat};
 use copy_snapshots::engine::{plan, reconcile};
 use copy_snapshots::ids::{Region, SnapshotId};
+use copy_snapshots::store::SnapshotState;
 use copy_snapshots::store::simulated::{CopyTimeModel, SimulatedEc2};
 use serde_json::{Value, json};
 use tokio::time::Instant;
@@ -306,6 +307,23 @@ async fn a_target_whose_calls_are_denied_stops_alone_and_the_others_finish() {
     for region in [REGIONS[0], REGIONS[2]] {
         let live = live_copies_per_source(&ec2, region);
         assert!(ids.iter().all(|id| live.get(id) == Some(&1)), "{region}: every source copied: {live:?}");
+    }
+    // Denied mid-run (after its copies started): it stops at its next poll; the others
+    // still wait for theirs to complete.
+    let ec2 = SimulatedEc2::new().with_copy_time(CopyTimeModel::DEFAULT);
+    let ids = sources(&ec2, &[100, 50, 20]);
+    let request = three_targets(&ids, 5, json!({"wait_for_completion": true}));
+    let deny_later = async {
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        ec2.deny_region(REGIONS[1]);
+    };
+    let (result, ()) = tokio::join!(reconcile(&ec2, &request, no_deadline()), deny_later);
+    let Err(CopySnapshotsError::AccessDenied(message)) = &result else { panic!("{result:?}") };
+    assert!(message.starts_with("us-west-2: "), "{message}");
+    for region in [REGIONS[0], REGIONS[2]] {
+        let copies = ec2.tracked_copies(region);
+        assert_eq!(copies.len(), ids.len(), "{region}");
+        assert!(copies.iter().all(|c| c.state == SnapshotState::Completed), "{region}: waited for every copy");
     }
     // While another target still works, the denied one's error is in its answer instead.
     let ec2 = SimulatedEc2::new().with_copy_time(CopyTimeModel::DEFAULT);
