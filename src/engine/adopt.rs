@@ -14,7 +14,8 @@ use crate::engine::poll_timing::CompletionEstimate;
 use crate::ids::SnapshotId;
 use crate::store::{CopyStatus, SnapshotState, SnapshotStore};
 
-use super::state::{ErrorCopy, Run, TrackedCopy};
+use super::entry::{ErrorCopy, TrackedCopy};
+use super::state::Run;
 
 impl<'a, S: SnapshotStore> Run<'a, S> {
     /// Takes over copies found by their tags, by the one ownership rule ([`AskedEncryption::claim`]):

@@ -16,7 +16,8 @@ use crate::engine::progress::SourceStatus;
 use crate::store::{SnapshotState, SnapshotStore, SourceSelector};
 
 use super::deletion::{Deletion, DeletionOutcome};
-use super::state::{Run, Stage};
+use super::entry::Stage;
+use super::state::Run;
 
 impl<'a, S: SnapshotStore> Run<'a, S> {
     /// Why sources were left waiting, when the reason is not the copy quota doing its job: the
@@ -35,7 +36,7 @@ impl<'a, S: SnapshotStore> Run<'a, S> {
                 plural(self.throttled_calls, "call")
             ));
         }
-        if let Some((pending, others)) = self.deployment_pending
+        if let Some((pending, others)) = self.deployment_pending()
             && pending >= self.target.pending_limit
             && others > 0
         {
@@ -54,7 +55,7 @@ impl<'a, S: SnapshotStore> Run<'a, S> {
         }
         let ran_out =
             !self.timeline.may_call() || self.timeline.work_until().is_some_and(|until| Instant::now() >= until);
-        if self.copies_started == 0 && ran_out && !self.held_until_next_poll() {
+        if self.copies_started() == 0 && ran_out && !self.held_until_next_poll() {
             let total = self.timeline.total().map_or(String::new(), |t| format!("'s {:.1} s", t.as_secs_f64()));
             notes.push(format!(
                 "the invocation{total} left no time to start a copy after the look; {waiting_text} wait for the next \
@@ -67,6 +68,7 @@ impl<'a, S: SnapshotStore> Run<'a, S> {
     /// This target's answer: where each of its sources stands, its deletions and notes, and
     /// the error it `ended` with, if one stopped it while other targets went on.
     pub(super) fn answer(self, ended: Option<CopySnapshotsError>) -> TargetAnswer {
+        let started = self.copies_started();
         let mut response = Response::default();
         self.answer_sources(&mut response);
         let all_done = !self.request.wait_for_completion || self.pending_copies().next().is_none();
@@ -97,7 +99,7 @@ impl<'a, S: SnapshotStore> Run<'a, S> {
         info!(
             target_region = %self.target.region,
             copies = response.copies.len(),
-            started = self.copies_started,
+            started,
             pending_sources = response.pending_sources.len(),
             failed = response.failed.len(),
             duplicates_removed = response.duplicates_removed.len(),

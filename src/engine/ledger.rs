@@ -1,6 +1,7 @@
 //! The slot ledger's side of starting: reserves slots for a round, records what started and
 //! gives back the rest, releases the slots of copies polls saw finish.
-//! May change: the queue (requeues), `finished_copies`, `deployment_pending`,
+//! May change: the queue (requeues), `finished_copies`, the deployment's count
+//! (`counted_deployment`),
 //! `ledger_failures` and the backoff state.
 
 use std::collections::HashSet;
@@ -118,7 +119,7 @@ impl<'a, S: SnapshotStore> Run<'a, S> {
         };
         match slots::reserve(ledger, &self.timeline, || store.wall_clock(), ask, list_pending).await {
             Ok(granted) => {
-                self.deployment_pending = Some((granted.live, granted.others));
+                self.counted_deployment(granted.live, granted.others);
                 debug!(
                     granted = granted.keys.len(),
                     wanted = keys.len(),
@@ -147,7 +148,7 @@ impl<'a, S: SnapshotStore> Run<'a, S> {
                 Ok(None)
             }
             Err(ReserveError::Listing(e)) => {
-                Err(fatal(e, "listing this deployment's pending copies for the slot ledger", self.copies_started))
+                Err(fatal(e, "listing this deployment's pending copies for the slot ledger", self.copies_started()))
             }
         }
     }
@@ -155,7 +156,7 @@ impl<'a, S: SnapshotStore> Run<'a, S> {
     /// A ledger error the deployment must fix (access denied, no such table) ends the run;
     /// any other is a round without a start.
     pub(super) fn fatal_ledger_error(&self, error: &LedgerError) -> Result<(), CopySnapshotsError> {
-        let so_far = match self.copies_started {
+        let so_far = match self.copies_started() {
             0 => "no copy was started".to_owned(),
             n => format!("{} started before this", plural(n, "copy")),
         };

@@ -19,9 +19,10 @@ use crate::store::{
     SOURCE_REGION_TAG, SOURCE_SNAPSHOT_TAG, SnapshotState, SnapshotStore, SourceSelector, SourceSnapshot, StoreError,
 };
 
+use super::entry::{Entry, Stage};
 use super::fatal::fatal;
 use super::limits::MAX_ATTEMPTS;
-use super::state::{Entry, Run, Shared, Stage};
+use super::state::{Run, Shared};
 
 /// The request's sources as the look found them, for every target alike: each source's entry
 /// (waiting, not ready, or failed before any copy) and what the look skipped.

@@ -26,6 +26,7 @@ pub mod timeline;
 mod adopt;
 mod deletion;
 mod duplicates;
+mod entry;
 mod fatal;
 mod finish;
 mod judge;

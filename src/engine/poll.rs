@@ -17,9 +17,10 @@ use crate::ids::SnapshotId;
 use crate::store::copy_time::CopyTimeModel;
 use crate::store::{CopyStatus, SnapshotState, SnapshotStore, StoreError};
 
+use super::entry::{Entry, Stage};
 use super::fatal::fatal;
 use super::limits::unsure_window;
-use super::state::{Entry, ErrorCopy, Run, Stage};
+use super::state::Run;
 
 impl<'a, S: SnapshotStore> Run<'a, S> {
     /// Polls every pending copy of this request in one call and records what changed.
@@ -40,7 +41,7 @@ impl<'a, S: SnapshotStore> Run<'a, S> {
                 warn!(%message, "a poll had no answer; polling again next round");
                 return Ok(());
             }
-            Err(e) => return Err(fatal(e, "polling the copies", self.copies_started)),
+            Err(e) => return Err(fatal(e, "polling the copies", self.copies_started())),
         };
         let by_id: HashMap<SnapshotId, CopyStatus> = answer.into_iter().map(|c| (c.id.clone(), c)).collect();
         let now = Instant::now();
@@ -123,7 +124,7 @@ impl<'a, S: SnapshotStore> Run<'a, S> {
             fastest_gib_per_second: self.fastest_gib_per_second,
             prior: CopyTimeModel::DEFAULT,
             next_unsure_look: self.next_unsure_look(),
-            region_full_rounds: self.held_until_next_poll().then_some(self.full_rounds),
+            region_full_rounds: self.full_rounds_while_held(),
         };
         poll_timing::next_wait(
             now,
@@ -154,8 +155,8 @@ fn record_state(entry: &mut Entry, status: &CopyStatus, observer: &dyn Observer,
                 asked.wrong_key_reason(status, actual.as_deref())
             );
             observer.observe(RunEvent::SourceFailed { source: entry.source.id.clone(), reason: reason.clone() });
-            entry.error_copies.push(ErrorCopy { id: copy.id.clone(), message: reason.clone() });
             let copy_id = copy.id.clone();
+            entry.record_error_copy(copy_id.clone(), reason.clone());
             entry.fail_with(Some(copy_id), reason);
         }
         SnapshotState::Pending => {}
@@ -165,8 +166,8 @@ fn record_state(entry: &mut Entry, status: &CopyStatus, observer: &dyn Observer,
         SnapshotState::Error => {
             let message = status.state_message.clone().unwrap_or_else(|| "EC2 gave no reason".to_owned());
             let (source, copy_id) = (entry.source.id.clone(), copy.id.clone());
-            observer.observe(RunEvent::CopyErrored { source, copy: copy_id, message: message.clone() });
-            entry.error_copies.push(ErrorCopy { id: copy.id.clone(), message });
+            observer.observe(RunEvent::CopyErrored { source, copy: copy_id.clone(), message: message.clone() });
+            entry.record_error_copy(copy_id, message);
             return true;
         }
         SnapshotState::Other(state) => {

@@ -15,8 +15,9 @@ use crate::ids::SnapshotId;
 use crate::store::{DeleteOutcome, SnapshotState, SnapshotStore, StoreError};
 
 use super::deletion::{DeletionOutcome, SOURCE_GROUP_PREFIX, volume_group};
+use super::entry::Stage;
 use super::limits::{BREAKER_MIN_DELETIONS, BREAKER_SHARE_DENOMINATOR};
-use super::state::{Run, Stage};
+use super::state::Run;
 
 impl<'a, S: SnapshotStore> Run<'a, S> {
     /// One DescribeImages for every copy that may be deleted: a copy a registered AMI uses

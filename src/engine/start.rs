@@ -1,7 +1,8 @@
 //! Starting: pops the queue largest first while this deployment has free slots (counted from
 //! EC2, or reserved in the slot ledger, see [`super::ledger`]) and the region has room, and
 //! records each start's outcome. May change: the queue, the entries' stages, the slot
-//! bookkeeping (`region_full`, `full_rounds`, `deployment_pending`, `copies_started`).
+//! bookkeeping, through the state's methods (`track_started`, `counted_deployment`,
+//! `no_slot_until_next_poll`).
 
 use std::collections::{BTreeMap, HashSet};
 
@@ -19,8 +20,9 @@ use crate::store::{
     SOURCE_VOLUME_TAG, SnapshotState, SnapshotStore, SourceSnapshot, StoreError, Tag, format_start_time,
 };
 
+use super::entry::Stage;
 use super::fatal::fatal;
-use super::state::{Run, Stage, Started};
+use super::state::{Run, Started};
 
 /// EC2's tag limit per snapshot.
 pub(super) const MAX_TAGS_PER_SNAPSHOT: usize = 50;
@@ -89,9 +91,6 @@ impl<'a, S: SnapshotStore> Run<'a, S> {
             Ok(copy_id) => {
                 let (source, copy, size_gib) = (source.id.clone(), copy_id.clone(), source.size_gib);
                 self.observer.observe(RunEvent::CopyStarted { source, copy, size_gib });
-                self.copies_started += 1;
-                self.count_own_start();
-                self.full_rounds = 0;
                 self.track_started(i, copy_id.clone());
                 Started::Copy(copy_id)
             }
@@ -149,7 +148,7 @@ impl<'a, S: SnapshotStore> Run<'a, S> {
                 warn!(%message, "could not count this deployment's pending copies; starting none this round");
                 return Ok(None);
             }
-            Err(e) => return Err(fatal(e, "counting this deployment's pending copies", self.copies_started)),
+            Err(e) => return Err(fatal(e, "counting this deployment's pending copies", self.copies_started())),
         };
         let listed: HashSet<SnapshotId> = listed.into_iter().map(|c| c.id).collect();
         let own_unlisted = self
@@ -163,7 +162,7 @@ impl<'a, S: SnapshotStore> Run<'a, S> {
             .count();
         let own_listed = self.pending_copies().filter(|c| listed.contains(&c.id)).count();
         let pending = listed.len() + own_unlisted;
-        self.deployment_pending = Some((pending, listed.len() - own_listed));
+        self.counted_deployment(pending, listed.len() - own_listed);
         let free = self.target.pending_limit.saturating_sub(pending);
         if free == 0 {
             debug!(pending, limit = self.target.pending_limit, "this deployment's copies fill pending_limit");

@@ -1,7 +1,13 @@
-//! The run's state: where each source stands ([`Entry`], [`Stage`]), the copies being watched
-//! ([`TrackedCopy`]), the start queue, and what counts against `pending_limit`. The steps
-//! change it through the methods here where they can (`queue_or_fail`, `requeue`,
-//! `track_started`, `mark_unsure`, `fail`, `no_slot_until_next_poll`, `poll_began`).
+//! One target's run state: where each source stands ([`Entry`], [`Stage`]), the copies being
+//! watched ([`TrackedCopy`]), the start queue, and what counts against `pending_limit`. Stages
+//! change only through the methods here (`queue_or_fail`, `requeue`, `track_started`,
+//! `adopt_copy`, `mark_unsure`, `fail`, and `Entry::fail_with`, `Entry::record_error_copy`);
+//! the queue, `region_full` and the slot counts (`copies_started`, `full_rounds`,
+//! `deployment_pending`) are private to this module and read and changed through its methods
+//! (`next_to_start`, `waiting_count`, `held_until_next_poll`, `no_slot_until_next_poll`,
+//! `poll_began`, `counted_deployment`, …). What one step finds for another (retention's
+//! deletions and breaker, the duplicates to heal, the ledger's finished copies) is that step's
+//! own; each step's header says what it may change.
 //!
 //! Invariants it keeps:
 //! - an entry is in the queue only while its stage is `Waiting`, and at most once: it is
@@ -28,74 +34,11 @@ use crate::engine::poll_timing::CompletionEstimate;
 use crate::engine::progress::{LookedSource, Observer, RunEvent, StopSignal};
 use crate::engine::timeline::Timeline;
 use crate::ids::SnapshotId;
-use crate::store::{SnapshotState, SnapshotStore, SourceSnapshot};
+use crate::store::{SnapshotState, SnapshotStore};
 
 use super::deletion::Deletion;
+use super::entry::{Entry, Stage, TrackedCopy};
 use super::limits::{MAX_ATTEMPTS, RunLimits};
-
-/// Where one source stands.
-#[derive(Debug, Clone)]
-pub(super) enum Stage {
-    /// No copy yet; in the start queue.
-    Waiting,
-    /// A filter matched it but it is not `completed` yet; a later invocation copies it.
-    NotReady,
-    /// A CopySnapshot call failed without a definite answer, or a copy being watched vanished:
-    /// a copy may exist that EC2 does not list yet (it is eventually consistent). It is looked
-    /// up by its tags, with backoff, [`UNSURE_LOOKS`] times before a new attempt, and holds a
-    /// slot meanwhile.
-    Unsure {
-        misses: u32,
-        next_look: Instant,
-    },
-    Copying {
-        copy: TrackedCopy,
-        reused: bool,
-    },
-    Failed {
-        copy_id: Option<SnapshotId>,
-        reason: String,
-    },
-}
-
-#[derive(Debug, Clone)]
-pub(super) struct Entry {
-    pub(super) source: SourceSnapshot,
-    pub(super) stage: Stage,
-    /// This project's copies of the source that ended in `error` (or under another key than
-    /// the request's), found by their tags or seen failing: the source's attempts so far, kept
-    /// in EC2 itself.
-    pub(super) error_copies: Vec<ErrorCopy>,
-}
-
-impl Entry {
-    pub(super) fn new(source: SourceSnapshot, stage: Stage) -> Self {
-        Self { source, stage, error_copies: Vec::new() }
-    }
-
-    /// The source fails: its copy `copy_id` (if any) cannot serve, for `reason`.
-    pub(super) fn fail_with(&mut self, copy_id: Option<SnapshotId>, reason: String) {
-        self.stage = Stage::Failed { copy_id, reason };
-    }
-}
-
-/// A copy that ended in `error`, with EC2's `StateMessage`.
-#[derive(Debug, Clone)]
-pub(super) struct ErrorCopy {
-    pub(super) id: SnapshotId,
-    pub(super) message: String,
-}
-
-/// A copy being watched, with what is known of its speed.
-#[derive(Debug, Clone)]
-pub(super) struct TrackedCopy {
-    pub(super) id: SnapshotId,
-    pub(super) state: SnapshotState,
-    pub(super) progress: Option<u8>,
-    pub(super) estimate: CompletionEstimate,
-    /// Seen in at least one answer; a seen copy that vanishes was deleted.
-    pub(super) seen: bool,
-}
 
 /// What one start attempt came to, as far as slots go.
 #[derive(Debug, Clone)]
@@ -137,15 +80,15 @@ pub(super) struct Run<'a, S> {
     /// Calls EC2 throttled beyond the SDK's retries in this run (each backed off, none fatal).
     pub(super) throttled_calls: usize,
     /// What the last count of this deployment's pending copies found: (all, of them others').
-    pub(super) deployment_pending: Option<(usize, usize)>,
+    deployment_pending: Option<(usize, usize)>,
     /// Rounds the slot ledger did not answer (each started nothing and backed off).
     pub(super) ledger_failures: usize,
     /// Copies polls saw finish (or vanish) whose slots the ledger still holds: released by the
     /// next reservation's write, or by a write of their own after the start round.
     pub(super) finished_copies: Vec<SnapshotId>,
     /// Consecutive rounds the region was full with none of our copies pending: backs off.
-    pub(super) full_rounds: u32,
-    pub(super) copies_started: usize,
+    full_rounds: u32,
+    copies_started: usize,
     /// The fastest copy speed measured in this run, GiB per second: a prior for copies not
     /// observed yet.
     pub(super) fastest_gib_per_second: Option<f64>,
@@ -302,8 +245,12 @@ impl<'a, S: SnapshotStore> Run<'a, S> {
         self.entries[i].stage = Stage::Unsure { misses: 0, next_look: now + self.limits.poll_interval };
     }
 
-    /// EC2 accepted the copy of entry `i`: it is tracked, pending, from now. It holds a slot.
+    /// EC2 accepted the copy of entry `i`: it is tracked, pending, from now, and counted. It
+    /// holds a slot.
     pub(super) fn track_started(&mut self, i: usize, id: SnapshotId) {
+        self.copies_started += 1;
+        self.count_own_start();
+        self.full_rounds = 0;
         self.entries[i].stage = Stage::Copying {
             copy: TrackedCopy {
                 id,
@@ -370,6 +317,28 @@ impl<'a, S: SnapshotStore> Run<'a, S> {
         !self.queue.is_empty()
             || self.next_unsure_look().is_some()
             || (self.request.wait_for_completion && self.pending_copies().next().is_some())
+    }
+
+    /// Copies this run started.
+    pub(super) fn copies_started(&self) -> usize {
+        self.copies_started
+    }
+
+    /// Rounds in a row the region was full with none of this run's copies pending, while it is
+    /// held until the next poll: how far the poll backs off.
+    pub(super) fn full_rounds_while_held(&self) -> Option<u32> {
+        self.region_full.then_some(self.full_rounds)
+    }
+
+    /// What the last count of this deployment's pending copies found: (all, of them others').
+    pub(super) fn deployment_pending(&self) -> Option<(usize, usize)> {
+        self.deployment_pending
+    }
+
+    /// A count of this deployment's pending copies (from EC2 or the slot ledger): (all, of them
+    /// others').
+    pub(super) fn counted_deployment(&mut self, pending: usize, others: usize) {
+        self.deployment_pending = Some((pending, others));
     }
 
     /// A copy this run started (or may have) since the last count holds one of the deployment's

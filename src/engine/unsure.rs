@@ -10,9 +10,10 @@ use crate::contract::error::CopySnapshotsError;
 use crate::ids::SnapshotId;
 use crate::store::{SnapshotStore, StoreError};
 
+use super::entry::Stage;
 use super::fatal::fatal;
 use super::limits::UNSURE_LOOKS;
-use super::state::{Run, Stage};
+use super::state::Run;
 
 impl<'a, S: SnapshotStore> Run<'a, S> {
     /// Looks up, by their tags, the copies of unsure starts that are due for a look: adopts
@@ -39,7 +40,7 @@ impl<'a, S: SnapshotStore> Run<'a, S> {
                 self.throttled_now(&message, "looking for copies of unsure starts");
                 return Ok(());
             }
-            Err(e) => return Err(fatal(e, "looking for copies of unsure starts", self.copies_started)),
+            Err(e) => return Err(fatal(e, "looking for copies of unsure starts", self.copies_started())),
         };
         self.adopt(found, false);
         let now = Instant::now();
