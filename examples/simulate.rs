@@ -319,18 +319,28 @@ async fn skewed_job(seed: u64, progress: Progress, pace: Pace, table: Table) -> 
     let response = reconcile(&ec2, &request, limits).await.expect("the skewed job succeeds");
     assert!(response.complete, "the skewed job completes");
     let makespan = started.elapsed().as_secs_f64();
-    // From the copies' real durations: with regular copies these are the model's,
-    // 120 s + 20 s per GiB.
-    let durations: Vec<f64> = ec2.copy_durations(TARGET).iter().map(|d| d.as_secs_f64()).collect();
-    assert_eq!(durations.len(), SKEWED_SOURCES, "one copy per source");
+    SkewedRun::of(&ec2, makespan, lower_bound(&ec2, TARGET))
+}
+
+/// `region`'s lower bound on the skewed job's makespan, from its copies' real durations (with
+/// regular copies these are the model's, 120 s + 20 s per GiB): its longest copy, or its work
+/// over `pending_limit`.
+fn lower_bound(ec2: &SimulatedEc2, region: &str) -> f64 {
+    let durations: Vec<f64> = ec2.copy_durations(region).iter().map(|d| d.as_secs_f64()).collect();
+    assert_eq!(durations.len(), SKEWED_SOURCES, "one copy per source in {region}");
     let longest = durations.iter().cloned().fold(0.0, f64::max);
-    let lower_bound = longest.max(durations.iter().sum::<f64>() / SKEWED_PENDING_LIMIT as f64);
-    SkewedRun {
-        makespan,
-        lower_bound,
-        ratio: makespan / lower_bound,
-        calls: ec2.calls().total(),
-        ledger_calls: ledger_calls(&ec2),
+    longest.max(durations.iter().sum::<f64>() / SKEWED_PENDING_LIMIT as f64)
+}
+
+impl SkewedRun {
+    fn of(ec2: &SimulatedEc2, makespan: f64, lower_bound: f64) -> Self {
+        Self {
+            makespan,
+            lower_bound,
+            ratio: makespan / lower_bound,
+            calls: ec2.calls().total(),
+            ledger_calls: ledger_calls(ec2),
+        }
     }
 }
 
@@ -385,24 +395,9 @@ async fn three_targets_job(seed: u64) -> SkewedRun {
     let response = reconcile(&ec2, &request, limits).await.expect("the three-target job succeeds");
     assert!(response.complete, "the three-target job completes");
     let makespan = started.elapsed().as_secs_f64();
-    // Each target's own bound (its longest copy, or its work over its limit); the job's is
-    // the largest of them.
-    let lower_bound = TARGETS
-        .iter()
-        .map(|region| {
-            let durations: Vec<f64> = ec2.copy_durations(region).iter().map(|d| d.as_secs_f64()).collect();
-            assert_eq!(durations.len(), SKEWED_SOURCES, "one copy per source in {region}");
-            let longest = durations.iter().cloned().fold(0.0, f64::max);
-            longest.max(durations.iter().sum::<f64>() / SKEWED_PENDING_LIMIT as f64)
-        })
-        .fold(0.0, f64::max);
-    SkewedRun {
-        makespan,
-        lower_bound,
-        ratio: makespan / lower_bound,
-        calls: ec2.calls().total(),
-        ledger_calls: ledger_calls(&ec2),
-    }
+    // Each target's own bound; the job's is the largest of them.
+    let bound = TARGETS.iter().map(|region| lower_bound(&ec2, region)).fold(0.0, f64::max);
+    SkewedRun::of(&ec2, makespan, bound)
 }
 
 async fn many_sources(count: usize) -> usize {

@@ -3,7 +3,7 @@
 //! (indicatif, on stderr). Elsewhere (a pipe, CI): one plain line per change, no escape codes.
 //! At the end, tables on stdout.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::fmt::Write as _;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
@@ -26,8 +26,9 @@ struct State {
     bars: Option<Bars>,
     /// Every source's size, GiB, for the final table.
     sizes: HashMap<String, u64>,
-    /// Sources that count towards the total: they have, or will get, a copy.
-    counted: HashSet<SnapshotId>,
+    /// Sources that count towards the total (they have, or will get, a copy), each once per
+    /// target that looked at it: a request with several targets makes a copy in each.
+    counted: HashMap<SnapshotId, usize>,
     /// Copies in flight: their source, its size and EC2's percent.
     in_flight: HashMap<SnapshotId, InFlight>,
     done_copies: usize,
@@ -106,7 +107,7 @@ impl State {
         let moving: f64 = self.in_flight.values().map(|c| c.size_gib as f64 * f64::from(c.percent) / 100.0).sum();
         bars.overall.set_length(self.total_gib);
         bars.overall.set_position(self.done_gib + moving as u64);
-        bars.overall.set_message(format!("{}/{} copies", self.done_copies, self.counted.len()));
+        bars.overall.set_message(format!("{}/{} copies", self.done_copies, self.counted_copies()));
     }
 
     fn track(&mut self, source: &SnapshotId, copy: &SnapshotId, size_gib: u64, percent: u8) {
@@ -124,6 +125,23 @@ impl State {
         }
     }
 
+    /// The copies the total counts: each source once per target.
+    fn counted_copies(&self) -> usize {
+        self.counted.values().sum()
+    }
+
+    /// A source failed in one target: one copy fewer to make. Whether it was counted.
+    fn uncount(&mut self, source: &SnapshotId) -> bool {
+        match self.counted.get_mut(source) {
+            Some(n) if *n > 1 => {
+                *n -= 1;
+                true
+            }
+            Some(_) => self.counted.remove(source).is_some(),
+            None => false,
+        }
+    }
+
     fn untrack(&mut self, copy: &SnapshotId) {
         self.in_flight.remove(copy);
         if let Some(bar) = self.bars.as_mut().and_then(|bars| bars.copies.remove(copy)) {
@@ -138,7 +156,7 @@ impl State {
             self.sizes.insert(looked.source.to_string(), looked.size_gib);
             let kind = match &looked.status {
                 SourceStatus::HasCopy { copy, state, progress } => {
-                    self.counted.insert(looked.source.clone());
+                    *self.counted.entry(looked.source.clone()).or_default() += 1;
                     self.total_gib += looked.size_gib;
                     if state == "completed" {
                         self.done_copies += 1;
@@ -150,7 +168,7 @@ impl State {
                     }
                 }
                 SourceStatus::ToCopy { .. } => {
-                    self.counted.insert(looked.source.clone());
+                    *self.counted.entry(looked.source.clone()).or_default() += 1;
                     self.total_gib += looked.size_gib;
                     to_copy_gib += looked.size_gib;
                     "to copy"
@@ -228,7 +246,7 @@ impl Observer for ProgressView {
                 for copy in &copies {
                     state.untrack(copy);
                 }
-                if state.counted.remove(&source) {
+                if state.uncount(&source) {
                     let size = state.sizes.get(source.as_str()).copied().unwrap_or(0);
                     state.total_gib = state.total_gib.saturating_sub(size);
                 }
@@ -418,7 +436,7 @@ mod tests {
         display.observe(RunEvent::CopyProgress { source: id(1), copy: id(4), percent: 50 });
         {
             let state = display.state();
-            assert_eq!((state.done_copies, state.counted.len(), state.total_gib, state.done_gib), (1, 2, 40, 30));
+            assert_eq!((state.done_copies, state.counted_copies(), state.total_gib, state.done_gib), (1, 2, 40, 30));
             let copy = state.in_flight.get(&id(4)).expect("tracked");
             assert_eq!((&copy.source, copy.size_gib, copy.percent), (&id(1), 10, 50));
         }
@@ -426,5 +444,20 @@ mod tests {
         let state = display.state();
         assert_eq!((state.done_copies, state.done_gib), (2, 40));
         assert!(state.in_flight.is_empty());
+    }
+
+    #[test]
+    fn each_target_counts_its_own_copy_of_a_source() {
+        let display = ProgressView::new(false);
+        let id = |n: u8| SnapshotId::parse(&format!("snap-{n:017x}")).unwrap();
+        let looked = || RunEvent::Looked {
+            sources: vec![LookedSource { source: id(1), size_gib: 10, status: SourceStatus::ToCopy { note: None } }],
+        };
+        // Two targets look at the same source: two copies to make.
+        display.observe(looked());
+        display.observe(looked());
+        assert_eq!(display.state().counted_copies(), 2);
+        display.observe(RunEvent::SourceFailed { source: id(1), reason: "refused in one target".into() });
+        assert_eq!(display.state().counted_copies(), 1, "one target's failure takes one copy off the total");
     }
 }
