@@ -107,8 +107,11 @@ pub async fn reconcile_observed<S: SnapshotStore>(
         if wait_until.is_some_and(|until| now >= until) {
             break;
         }
-        let Some(wake) = targets.next_poll(now) else { break };
-        let wake = wait_until.map_or(wake, |until| wake.min(until));
+        let Some(soonest) = targets.next_poll(now) else { break };
+        let wake = wait_until.map_or(soonest, |until| soonest.min(until));
+        // Woken by the end of the wait, not by a poll falling due: every target looks once
+        // more, so the answer says where its copies are now.
+        let last_wake = wake < soonest;
         // Retention's deletions fill the wait for the next poll.
         targets.prune(Some(wake)).await;
         tokio::select! {
@@ -118,7 +121,7 @@ pub async fn reconcile_observed<S: SnapshotStore>(
         if stop.is_set() || !timeline.may_call() {
             break;
         }
-        targets.poll_due(Instant::now()).await?;
+        targets.poll_due(Instant::now(), last_wake).await?;
     }
     // Copies the last poll saw finish, before the answer.
     targets.release_slots().await;

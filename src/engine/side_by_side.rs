@@ -94,9 +94,11 @@ impl<'a, S: SnapshotStore> SideBySide<'a, S> {
         self.sides.iter().filter_map(|side| side.next_poll).min()
     }
 
-    /// Polls the targets whose poll is due at `now`, together.
-    pub(super) async fn poll_due(&mut self, now: Instant) -> Result<(), CopySnapshotsError> {
-        let due: Vec<bool> = self.sides.iter().map(|side| side.next_poll.is_some_and(|due| due <= now)).collect();
+    /// Polls the targets whose poll is due at `now`, together; with `every`, each target that
+    /// has a next poll at all (the invocation's last wake: what it answers is seen now).
+    pub(super) async fn poll_due(&mut self, now: Instant, every: bool) -> Result<(), CopySnapshotsError> {
+        let due: Vec<bool> =
+            self.sides.iter().map(|side| side.next_poll.is_some_and(|due| every || due <= now)).collect();
         for (side, due) in self.sides.iter_mut().zip(&due) {
             if *due {
                 side.next_poll = None;

@@ -772,3 +772,16 @@ async fn error_copies_of_a_request_with_another_key_are_not_this_requests_attemp
     assert!(plain.complete, "{plain:?}");
     assert_eq!(plain.copies.len(), 1);
 }
+
+#[tokio::test(start_paused = true)]
+async fn the_end_of_a_bounded_wait_polls_once_more_so_the_answer_is_current() {
+    // A copy done after 10 s; the first poll is due at 15 s (the poll interval), the wait
+    // ends at 12 s: the answer must come from a poll at 12 s, not from the start's answer.
+    let ec2 =
+        SimulatedEc2::new().with_copy_time(CopyTimeModel { fixed: Duration::from_secs(10), per_gib: Duration::ZERO });
+    let ids = sources(&ec2, &[8]);
+    let request = request(&ids, json!({"wait_for_completion": true, "max_wait_seconds": 12}));
+    let response = reconcile(&ec2, &request, no_deadline()).await.expect("an answer");
+    assert_eq!(response.copies[0].state, "completed", "{response:?}");
+    assert!(response.complete);
+}
