@@ -138,6 +138,7 @@ pub fn check_targets(
         check_request_defaults(defaults, settings)?;
     }
     let mut seen: HashMap<(Region, Option<String>), usize> = HashMap::new();
+    let mut request_key_taken = false;
     let mut checked = Vec::with_capacity(listed.len());
     for (i, payload) in listed.into_iter().enumerate() {
         // `target_region`'s fields keep their names; a listed target's are `targets[i].…`.
@@ -146,7 +147,9 @@ pub fn check_targets(
             None => name.to_owned(),
             Some(list) => format!("{list}[{i}].{name}"),
         };
+        let takes_request_key = payload.kms_key_id.is_none();
         let target = check_target(payload, &field, defaults, settings)?;
+        request_key_taken |= takes_request_key && target.encrypt;
         let account = target.role.as_ref().map(|role| role.account().to_owned());
         if let Some(first) = seen.insert((target.region.clone(), account), i) {
             return Err(invalid(format!(
@@ -158,9 +161,11 @@ pub fn check_targets(
         }
         checked.push(target);
     }
-    if defaults.kms_key_id.is_some() && !checked.iter().any(|target| target.encrypt) {
+    if defaults.kms_key_id.is_some() && !request_key_taken {
         return Err(invalid(
-            "kms_key_id: given without `encrypt: true`; set encrypt to true, or leave kms_key_id out".to_owned(),
+            "kms_key_id: no target takes it (each either does not encrypt or names its own kms_key_id); set \
+             encrypt to true, or leave kms_key_id out"
+                .to_owned(),
         ));
     }
     Ok(checked)
@@ -286,7 +291,9 @@ fn check_key(
         None => None,
     };
     // Named as the caller gave it: the target's field, the request's, or the environment's.
-    let from_environment = own_key.is_none() && defaults.kms_key_id.is_none();
+    // (A `target_region` request names it as it always did.)
+    let listed = field("region") != "target_region";
+    let from_environment = listed && own_key.is_none() && defaults.kms_key_id.is_none();
     let (key_field, inherited) =
         if from_environment { ("KMS_KEY_ID (environment)".to_owned(), true) } else { (key_field, inherited) };
     if let Some(key_region) = kms_key.as_ref().and_then(KmsKeyRef::region)

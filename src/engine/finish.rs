@@ -199,10 +199,10 @@ pub(super) struct TargetAnswer {
 }
 
 /// The invocation's answer from its targets' answers (one target's as it is, several nested):
-/// `SourcesPending` for an event whose sources are not all started in every target; a
-/// target's error once no other target has work left this invocation (before that, the error
-/// is in that target's answer and the others go on); `CopyFailed` when failures remain and no
-/// target has anything left to do.
+/// `SourcesPending` for an event whose sources are not all started in every target; the first
+/// target's error when an error stopped every target (one that stopped only some is in their
+/// answers, `complete` false, and each one's EMF line counts it); `CopyFailed` when failures
+/// remain and no target has anything left to do.
 pub(super) fn conclude(request: &CopyRequest, answers: Vec<TargetAnswer>) -> Result<Response, CopySnapshotsError> {
     let several = answers.len() > 1;
     let pending: Vec<String> = answers
@@ -216,8 +216,7 @@ pub(super) fn conclude(request: &CopyRequest, answers: Vec<TargetAnswer>) -> Res
         .filter(|a| !a.response.failed.is_empty())
         .map(|a| a.response.copy_failed_message(&a.target))
         .collect();
-    let others_busy =
-        answers.iter().any(|a| a.ended.is_none() && (!a.all_done || !a.response.pending_sources.is_empty()));
+    let all_ended = several && answers.iter().all(|a| a.ended.is_some());
     let mut first_ended = None;
     let mut parts = Vec::with_capacity(answers.len());
     for answer in answers {
@@ -241,9 +240,9 @@ pub(super) fn conclude(request: &CopyRequest, answers: Vec<TargetAnswer>) -> Res
         return Err(CopySnapshotsError::SourcesPending { message, response: Box::new(response) });
     }
     if let Some((error, target)) = first_ended
-        && !others_busy
+        && all_ended
     {
-        return Err(naming_target(error, &target, if several { 2 } else { 1 }));
+        return Err(naming_target(error, &target, 2));
     }
     if !failed.is_empty() && pending.is_empty() && all_done {
         let message = failed.join("; ");

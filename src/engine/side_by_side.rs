@@ -52,14 +52,14 @@ impl<'a, S: SnapshotStore> SideBySide<'a, S> {
     /// healed, and the copies that fit started.
     pub(super) async fn work(&mut self, work_until: Option<Instant>) -> Result<(), CopySnapshotsError> {
         self.each(None, async |run: &mut Run<'a, S>| {
-            let before = (run.copies_started(), run.held_until_next_poll());
+            let before = (run.copies_started(), run.held_until_next_poll(), run.slots_held(), run.next_unsure_look());
             run.resolve_unsure().await?;
             // Second live copies found by the look, or by a look for an unsure start.
             run.remove_duplicates().await;
             run.start_what_fits(work_until).await?;
             // A target that started copies, or was refused a slot, in a round another
             // target's poll began: its next poll is worked out afresh.
-            Ok(before != (run.copies_started(), run.held_until_next_poll()))
+            Ok(before != (run.copies_started(), run.held_until_next_poll(), run.slots_held(), run.next_unsure_look()))
         })
         .await
         .map(|changed| {

@@ -269,7 +269,10 @@ fn the_requests_own_fields_are_checked_under_their_own_names() {
         "targets": [{"region": "eu-west-1", "kms_key_id": "alias/dr"}]}));
     assert!(key.starts_with("kms_key_id: "), "{key}");
     let unused = invalid(json!({"snapshot_ids": ["snap-0123abcd"], "kms_key_id": "alias/dr", "targets": targets}));
-    assert!(unused.starts_with("kms_key_id: given without `encrypt: true`"), "{unused}");
+    assert!(unused.starts_with("kms_key_id: no target takes it"), "{unused}");
+    let overridden = invalid(json!({"snapshot_ids": ["snap-0123abcd"], "encrypt": true, "kms_key_id": "alias/x",
+        "targets": [{"region": "eu-west-1", "kms_key_id": "alias/a"}, {"region": "us-west-2", "encrypt": false}]}));
+    assert!(overridden.starts_with("kms_key_id: no target takes it"), "{overridden}");
     // A target that turns encryption off takes none of the request's key, wherever the
     // request's encryption comes from.
     let lookup = |name: &str| match name {
@@ -300,14 +303,25 @@ async fn a_target_whose_calls_are_denied_stops_alone_and_the_others_finish() {
     let ids = sources(&ec2, &[100, 50, 20]);
     ec2.deny_region(REGIONS[1]);
     let request = three_targets(&ids, 5, json!({"wait_for_completion": true}));
-    let result = reconcile(&ec2, &request, no_deadline()).await;
-    // The others are done: the invocation ends with the denied target's error, named.
-    let Err(CopySnapshotsError::AccessDenied(message)) = &result else { panic!("{result:?}") };
-    assert!(message.starts_with("us-west-2: "), "{message}");
+    let response = reconcile(&ec2, &request, no_deadline()).await.expect("the others answer");
+    // The denied target's error is in its answer; the others copied everything.
+    let denied = &response.targets[1];
+    assert_eq!(denied.error.as_ref().map(|e| e.error_type.as_str()), Some("AccessDenied"), "{denied:?}");
+    assert!(!response.complete && !denied.response.complete);
+    assert!(response.targets[0].response.complete && response.targets[2].response.complete);
     for region in [REGIONS[0], REGIONS[2]] {
         let live = live_copies_per_source(&ec2, region);
         assert!(ids.iter().all(|id| live.get(id) == Some(&1)), "{region}: every source copied: {live:?}");
     }
+    // Every target denied: the invocation's error is the first target's, named.
+    let ec2 = SimulatedEc2::new();
+    let ids = sources(&ec2, &[8]);
+    for region in REGIONS {
+        ec2.deny_region(region);
+    }
+    let result = reconcile(&ec2, &three_targets(&ids, 5, json!({})), no_deadline()).await;
+    let Err(CopySnapshotsError::AccessDenied(message)) = &result else { panic!("{result:?}") };
+    assert!(message.starts_with("eu-west-1: "), "{message}");
     // Denied mid-run (after its copies started): it stops at its next poll; the others
     // still wait for theirs to complete.
     let ec2 = SimulatedEc2::new().with_copy_time(CopyTimeModel::DEFAULT);
@@ -318,8 +332,9 @@ async fn a_target_whose_calls_are_denied_stops_alone_and_the_others_finish() {
         ec2.deny_region(REGIONS[1]);
     };
     let (result, ()) = tokio::join!(reconcile(&ec2, &request, no_deadline()), deny_later);
-    let Err(CopySnapshotsError::AccessDenied(message)) = &result else { panic!("{result:?}") };
-    assert!(message.starts_with("us-west-2: "), "{message}");
+    let response = result.expect("the others answer");
+    let error = response.targets[1].error.as_ref().map(|e| e.error_message.as_str()).unwrap_or_default();
+    assert!(error.contains("polling the copies"), "stopped at its poll: {error}");
     for region in [REGIONS[0], REGIONS[2]] {
         let copies = ec2.tracked_copies(region);
         assert_eq!(copies.len(), ids.len(), "{region}");
