@@ -39,10 +39,11 @@ test: $(STAMP) check-templates ## every test: engine, requests, SDK and binary a
 
 check-templates: $(STAMP) ## cfn-lint and sam validate the template, check its role, cfn-lint the state machine
 	cfn-lint template.yaml
-	# Every optional part on: alarms, both triggers, reserved concurrency, narrowed keys.
+	# Every optional part on: alarms, both triggers, reserved concurrency, three target regions,
+	# narrowed keys.
 	cfn-lint template.yaml --parameters TargetRegion=eu-west-1 \
 	  AlarmTopicArn=arn:aws:sns:us-east-1:111122223333:ops ScheduleExpression='rate(1 day)' \
-	  CopyNewSnapshots=true ReservedConcurrency=5 \
+	  CopyNewSnapshots=true ReservedConcurrency=5 TargetRegion2=us-west-2 TargetRegion3=ap-southeast-2 \
 	  KmsKeyArns=arn:aws:kms:eu-west-1:111122223333:key/1111aaaa-2222-3333-4444-555566667777
 	sam validate --lint --template template.yaml --region us-east-1
 	python scripts/check-iam.py

@@ -19,6 +19,10 @@ IAM statements:
   project's tracking tags for the stack's region or TargetRegion (aws:ResourceTag conditions);
 - every EC2 call the function makes is allowed (DescribeVolumes and DescribeImages, the looks
   before a deletion, included), and nothing that changes a volume or an image;
+- every function that copies is told the stack's targets (TARGET_REGION for one, TARGETS for
+  TargetRegion2…5 too, never both) and allowed exactly them (ALLOWED_TARGET_REGIONS); the role
+  copies, tags and deletes only in them, KMS through EC2 only there, DescribeKey on their keys;
+  each alarm on the function's metrics watches every target region;
 - every function that copies names the slot table (SLOT_TABLE), the role may GetItem and
   PutItem on that table and nothing else of DynamoDB anywhere, and the table is on demand and
   keyed by target_region as src/store/dynamo_slots.rs writes it;
@@ -79,6 +83,8 @@ PARTITIONS = {
     "aws-cn": {"AWS::Partition": "aws-cn", "AWS::URLSuffix": "amazonaws.com.cn", "AWS::Region": "cn-north-1"},
 }
 TARGET = {"aws": "eu-west-1", "aws-cn": "cn-northwest-1"}
+# A stack of several targets: TargetRegion plus these (TargetRegion2, …) per partition.
+MORE_TARGETS = {"aws": ["us-west-2", "ap-southeast-2"], "aws-cn": ["cn-north-1"]}
 
 NO_VALUE = object()
 
@@ -161,6 +167,19 @@ class Evaluator:
         return f"<{name}>"
 
 
+def target_regions(evaluator):
+    """TargetRegion and every TargetRegion2…5 that is set, in order."""
+    extra = [evaluator.values.get(f"TargetRegion{n}", "") for n in range(2, 6)]
+    return [evaluator.values["TargetRegion"]] + [region for region in extra if region]
+
+
+def several_targets(partition, pseudo):
+    """The parameters of a stack copying to TargetRegion and MORE_TARGETS[partition]."""
+    parameters = {"TargetRegion": TARGET[partition]}
+    parameters.update({f"TargetRegion{n}": region for n, region in enumerate(MORE_TARGETS[partition], 2)})
+    return parameters
+
+
 def as_list(value):
     return value if isinstance(value, list) else [value]
 
@@ -180,12 +199,8 @@ def role_statements(evaluator):
 
 
 def check_kms(name, evaluator, expected_resources, direct_resources, errors):
-    region, target, suffix = (
-        evaluator.values["AWS::Region"],
-        evaluator.values["TargetRegion"],
-        evaluator.values["AWS::URLSuffix"],
-    )
-    via_ec2 = {f"ec2.{region}.{suffix}", f"ec2.{target}.{suffix}"}
+    region, suffix = evaluator.values["AWS::Region"], evaluator.values["AWS::URLSuffix"]
+    via_ec2 = {f"ec2.{region}.{suffix}"} | {f"ec2.{target}.{suffix}" for target in target_regions(evaluator)}
     statements = role_statements(evaluator)
     direct = [s for s in statements if not s.get("Condition", {}).get("StringEquals", {}).get("kms:ViaService")]
     for action in KMS_ACTIONS:
@@ -230,14 +245,15 @@ def check_delete(name, evaluator, errors):
         evaluator.values["TargetRegion"],
         evaluator.values["AWS::Partition"],
     )
+    targets = target_regions(evaluator)
     granting = [s for s in role_statements(evaluator) if allows(s, "ec2:DeleteSnapshot")]
     if not granting:
         errors.append(f"{name}: the role does not allow ec2:DeleteSnapshot (duplicates cannot heal, nothing is pruned)")
     for s in granting:
         where = f"{name}: ec2:DeleteSnapshot (statement {s.get('Sid', '?')})"
         resources = set(as_list(s.get("Resource", [])))
-        if resources != {f"arn:{partition}:ec2:{target}::snapshot/*"}:
-            errors.append(f"{where}: resources {sorted(resources)}, expected the target region's snapshots")
+        if resources != {f"arn:{partition}:ec2:{t}::snapshot/*" for t in targets}:
+            errors.append(f"{where}: resources {sorted(resources)}, expected the target regions' snapshots")
         condition = s.get("Condition", {})
         regions = set(as_list(condition.get("StringEquals", {}).get("aws:ResourceTag/copy-snapshots:source-region", [])))
         if not regions or not regions <= {region, target}:
@@ -245,6 +261,56 @@ def check_delete(name, evaluator, errors):
         source = condition.get("StringLike", {}).get("aws:ResourceTag/copy-snapshots:source-snapshot-id")
         if source != "snap-*":
             errors.append(f"{where}: not limited to snapshots tagged copy-snapshots:source-snapshot-id = snap-*")
+
+
+def check_targets(name, evaluator, errors):
+    """Every function that copies is told the stack's targets (TARGET_REGION for one, TARGETS
+    for several, never both) and allowed exactly those (ALLOWED_TARGET_REGIONS); the role copies
+    and tags only there, from the stack's region."""
+    targets = target_regions(evaluator)
+    region, partition = evaluator.values["AWS::Region"], evaluator.values["AWS::Partition"]
+    resources = evaluator.eval(evaluator.template["Resources"])
+    for function in COPYING_FUNCTIONS:
+        if function not in resources:
+            continue
+        env = resources[function]["Properties"]["Environment"]["Variables"]
+        where = f"{name}: {function}"
+        if len(targets) == 1:
+            if env.get("TARGET_REGION") != targets[0] or "TARGETS" in env:
+                errors.append(f"{where}: one target, expected TARGET_REGION={targets[0]} and no TARGETS: {env}")
+        else:
+            if "TARGET_REGION" in env:
+                errors.append(f"{where}: several targets, and TARGET_REGION is set too (the function refuses both)")
+            try:
+                listed = [t["region"] for t in json.loads(env.get("TARGETS", ""))]
+            except (ValueError, TypeError, KeyError) as e:
+                listed = f"unreadable ({e}): {env.get('TARGETS')!r}"
+            if listed != targets:
+                errors.append(f"{where}: TARGETS names {listed}, expected {targets}")
+        if env.get("ALLOWED_TARGET_REGIONS") != ",".join(targets):
+            errors.append(f"{where}: ALLOWED_TARGET_REGIONS={env.get('ALLOWED_TARGET_REGIONS')}, expected {targets}")
+    # Each alarm on the function's metrics watches every target region: one series each, all
+    # in the expression the alarm evaluates.
+    for alarm in ["CopiesFailedAlarm", "DeletionsHeldAlarm", "CopiesNotDeletedAlarm", "InvocationErrorsAlarm",
+                  "RecoveryPointAlarm"]:
+        if alarm not in resources:
+            continue
+        metrics = resources[alarm]["Properties"].get("Metrics", [])
+        series = {m["Id"]: m["MetricStat"]["Metric"] for m in metrics if "MetricStat" in m}
+        watched = [d["Value"] for m in series.values() for d in m.get("Dimensions", []) if d["Name"] == "TargetRegion"]
+        expressions = [m["Expression"] for m in metrics if m.get("ReturnData") and "Expression" in m]
+        used = set(re.findall(r"\bt\d\b", expressions[0])) if len(expressions) == 1 else set()
+        if sorted(watched) != sorted(targets) or used != set(series):
+            errors.append(f"{name}: {alarm} watches {watched} through {expressions}, expected {targets}")
+    snapshots = {f"arn:{partition}:ec2:{t}::snapshot/*" for t in targets}
+    for action, expected in [
+        ("ec2:CopySnapshot", snapshots | {f"arn:{partition}:ec2:{region}::snapshot/*"}),
+        ("ec2:CreateTags", snapshots),
+    ]:
+        for s in (s for s in role_statements(evaluator) if allows(s, action)):
+            granted = set(as_list(s.get("Resource", [])))
+            if granted != expected:
+                errors.append(f"{name}: {action} (statement {s.get('Sid', '?')}) on {sorted(granted)}, expected {sorted(expected)}")
 
 
 # The EC2 calls the function makes (src/store/ec2.rs), each allowed by the role.
@@ -547,6 +613,22 @@ def main():
         narrowed = Evaluator(template, {"TargetRegion": TARGET[partition], "KmsKeyArns": ",".join(keys)}, pseudo)
         check_kms(f"{partition}, KmsKeyArns set", narrowed, keys, keys, errors)
         check_delete(f"{partition}, default parameters", defaults, errors)
+        check_targets(f"{partition}, default parameters", defaults, errors)
+        one_alarmed = Evaluator(template, {
+            "TargetRegion": TARGET[partition], "CopyNewSnapshots": "true",
+            "AlarmTopicArn": f"arn:{partition}:sns:{pseudo['AWS::Region']}:111122223333:ops",
+        }, pseudo)
+        check_targets(f"{partition}, one target, triggers and alarms", one_alarmed, errors)
+        several = Evaluator(template, {
+            **several_targets(partition, pseudo), "CopyNewSnapshots": "true",
+            "AlarmTopicArn": f"arn:{partition}:sns:{pseudo['AWS::Region']}:111122223333:ops",
+        }, pseudo)
+        label = f"{partition}, {1 + len(MORE_TARGETS[partition])} target regions"
+        several_keys = [f"arn:{partition}:kms:{t}:*:key/*" for t in target_regions(several)]
+        check_kms(label, several, ["*"], several_keys, errors)
+        check_delete(label, several, errors)
+        check_targets(label, several, errors)
+        check_ec2_calls(label, several, errors)
         check_ec2_calls(f"{partition}, default parameters", defaults, errors)
         check_slot_table(f"{partition}, default parameters", defaults, errors)
         triggers = Evaluator(template, {"TargetRegion": TARGET[partition], "CopyNewSnapshots": "true"}, pseudo)

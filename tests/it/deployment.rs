@@ -95,16 +95,21 @@ fn retries_name_real_error_types_and_failures_keep_the_error() {
 #[test]
 fn the_template_sets_what_the_function_reads() {
     let template = read("template.yaml");
-    for variable in ["TARGET_REGION", "ENCRYPT", "KMS_KEY_ID", "PENDING_LIMIT", "COPY_TAGS"] {
+    for variable in ["ENCRYPT", "KMS_KEY_ID", "PENDING_LIMIT", "COPY_TAGS"] {
         assert!(template.contains(&format!("{variable}: !Ref")), "template.yaml does not set {variable}");
     }
+    // One target, or several (TargetRegion2…5): TARGET_REGION or TARGETS, on both functions
+    // (scripts/check-iam.py evaluates them for one and for three regions).
+    let one = "TARGET_REGION: !If [HasSeveralTargets, !Ref AWS::NoValue, !Ref TargetRegion]\n";
+    assert_eq!(template.matches(one).count(), 2, "template.yaml does not set TARGET_REGION for one target");
+    assert_eq!(template.matches("TARGETS: !If\n").count(), 2, "template.yaml does not set TARGETS for several");
     // The slot table, by the name the bootstrap reads, on both functions that copy.
     let slot_table = format!("{}: !Ref SlotTable\n", copy_snapshots::entry::lambda::SLOT_TABLE_VARIABLE);
     assert_eq!(template.matches(&slot_table).count(), 2, "template.yaml names the slot table to both functions");
     // The role copies only from the stack's region (or within TargetRegion) to TargetRegion;
     // the function refuses other regions up front when these are set.
     assert!(template.contains("ALLOWED_SOURCE_REGIONS: !Sub ${AWS::Region},${TargetRegion}\n"));
-    assert!(template.contains("ALLOWED_TARGET_REGIONS: !Ref TargetRegion\n"));
+    assert_eq!(template.matches("ALLOWED_TARGET_REGIONS: !Join\n").count(), 2);
     let deployed = copy_snapshots::Settings::from_lookup(|name| match name {
         "AWS_REGION" => Some("us-east-1".into()),
         "ALLOWED_SOURCE_REGIONS" => Some("us-east-1,eu-west-1".into()),
@@ -113,6 +118,18 @@ fn the_template_sets_what_the_function_reads() {
     })
     .expect("the values the template produces are valid settings");
     assert_eq!(deployed.allowed_target_regions.map(|r| r.len()), Some(1));
+    // What the template gives a stack of three target regions (check-iam.py evaluates it).
+    let several = copy_snapshots::Settings::from_lookup(|name| match name {
+        "AWS_REGION" => Some("us-east-1".into()),
+        "TARGETS" => Some(r#"[{"region":"eu-west-1"},{"region":"us-west-2"},{"region":"ap-southeast-2"}]"#.into()),
+        "ALLOWED_TARGET_REGIONS" => Some("eu-west-1,us-west-2,ap-southeast-2".into()),
+        _ => None,
+    })
+    .expect("the values the template produces for several targets are valid settings");
+    let request =
+        copy_snapshots::CopyRequest::from_json(serde_json::json!({"snapshot_ids": ["snap-0123abcd"]}), &several)
+            .expect("a request takes the stack's targets");
+    assert_eq!(request.targets.len(), 3);
     // No reserved concurrency unless asked for: it fails to deploy in accounts with a
     // concurrency quota of 10.
     assert!(
