@@ -40,13 +40,14 @@ pub struct InvocationCounts {
 
 impl InvocationCounts {
     pub fn of(result: &Result<Response, CopySnapshotsError>, now: SystemTime) -> Self {
-        let response = match result {
-            Ok(response) => response,
-            Err(
-                CopySnapshotsError::CopyFailed { response, .. } | CopySnapshotsError::SourcesPending { response, .. },
-            ) => response,
-            Err(_) => return Self { errors: 1, ..Self::default() },
-        };
+        match answered(result) {
+            Some(response) => Self::of_response(response, now),
+            None => Self { errors: 1, ..Self::default() },
+        }
+    }
+
+    /// The counts of an answer (one target's, or the whole of a one-target request's).
+    pub fn of_response(response: &Response, now: SystemTime) -> Self {
         // A dry run did nothing: its would-be failures and pending sources must not feed the
         // alarms the scheduled runs feed (CopiesFailed, the recovery point).
         if response.dry_run {
@@ -116,21 +117,14 @@ pub fn emf_of(
     now: SystemTime,
     timestamp_ms: u128,
 ) -> Value {
-    let response = match result {
-        Ok(response) => response,
-        Err(CopySnapshotsError::CopyFailed { response, .. } | CopySnapshotsError::SourcesPending { response, .. }) => {
-            response
-        }
-        Err(_) => return emf(default_region, InvocationCounts::of(result, now), timestamp_ms),
-    };
-    if response.targets.is_empty() {
+    let Some(response) = answered(result).filter(|response| !response.targets.is_empty()) else {
         return emf(default_region, InvocationCounts::of(result, now), timestamp_ms);
-    }
+    };
     let lines = response
         .targets
         .iter()
         .map(|target| {
-            let mut counts = InvocationCounts::of(&Ok(target.response.clone()), now);
+            let mut counts = InvocationCounts::of_response(&target.response, now);
             // A target that an error stopped while the others went on counts it in its own
             // region, where its alarm looks.
             counts.errors = usize::from(target.error.is_some());
@@ -138,6 +132,15 @@ pub fn emf_of(
         })
         .collect();
     Value::Array(lines)
+}
+
+/// What an invocation answered, also with the errors that carry it (`CopyFailed`,
+/// `SourcesPending`).
+fn answered(result: &Result<Response, CopySnapshotsError>) -> Option<&Response> {
+    match result {
+        Ok(response) => Some(response),
+        Err(error) => error.response(),
+    }
 }
 
 /// The lines to print: one per document of [`emf_of`].

@@ -87,8 +87,8 @@ fn valid_values(field: &str) -> &'static str {
         "tags" => "an object of string keys to string values",
         "completion_duration_minutes" => "an integer from 15 to 2880, a multiple of 15",
         "max_wait_seconds" => "an integer ≥ 0",
-        "retain_days" => "an integer ≥ 1: sources started within that many days are kept",
-        "retain_count" => "an integer ≥ 1: the newest that many sources of each volume are kept",
+        "retain_days" => crate::contract::retention::RETAIN_DAYS_VALID,
+        "retain_count" => crate::contract::retention::RETAIN_COUNT_VALID,
         "delete_orphans_after_days" => {
             "an integer ≥ 0: days after its source's start that a copy whose source is gone is deleted"
         }

@@ -24,6 +24,11 @@ use crate::ids::SnapshotId;
 const DAY: Duration = Duration::from_secs(86_400);
 
 /// A request's retention; all `None` keeps everything.
+/// What `retain_days` accepts, for messages.
+pub const RETAIN_DAYS_VALID: &str = "an integer ≥ 1: sources started within that many days are kept";
+/// What `retain_count` accepts, for messages.
+pub const RETAIN_COUNT_VALID: &str = "an integer ≥ 1: the newest that many sources of each volume are kept";
+
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Retention {
     /// `retain_days`.

@@ -8,7 +8,7 @@ use std::collections::HashMap;
 use serde::Deserialize;
 
 use crate::contract::error::CopySnapshotsError;
-use crate::contract::retention::Retention;
+use crate::contract::retention::{RETAIN_COUNT_VALID, RETAIN_DAYS_VALID, Retention};
 use crate::ids::{KmsKeyRef, Region, RoleArn, shorten};
 
 /// The most targets one request may name: AWS Backup's copy actions per rule. Each target is a
@@ -318,10 +318,8 @@ fn check_retention(
     field: &dyn Fn(&str) -> String,
     settings: &TargetEnvironment<'_>,
 ) -> Result<Retention, CopySnapshotsError> {
-    for (name, value, valid) in [
-        ("retain_days", days, "an integer ≥ 1: sources started within that many days are kept"),
-        ("retain_count", count, "an integer ≥ 1: the newest that many sources of each volume are kept"),
-    ] {
+    for (name, value, valid) in [("retain_days", days, RETAIN_DAYS_VALID), ("retain_count", count, RETAIN_COUNT_VALID)]
+    {
         if value == Some(0) {
             return Err(invalid(format!(
                 "{}: 0 is not a retention (the newest source of each volume is kept whatever the rule, so 0 would \

@@ -242,7 +242,7 @@ pub(super) fn conclude(request: &CopyRequest, answers: Vec<TargetAnswer>) -> Res
     if let Some((error, target)) = first_ended
         && all_ended
     {
-        return Err(naming_target(error, &target, 2));
+        return Err(naming_target(error, &target));
     }
     if !failed.is_empty() && pending.is_empty() && all_done {
         let message = failed.join("; ");
@@ -251,12 +251,9 @@ pub(super) fn conclude(request: &CopyRequest, answers: Vec<TargetAnswer>) -> Res
     Ok(response)
 }
 
-/// `error` with its message naming `target`, when the request has several (`targets`).
-pub(super) fn naming_target(error: CopySnapshotsError, target: &str, targets: usize) -> CopySnapshotsError {
+/// `error` with its message naming `target` (one of several).
+pub(super) fn naming_target(error: CopySnapshotsError, target: &str) -> CopySnapshotsError {
     use CopySnapshotsError as E;
-    if targets < 2 {
-        return error;
-    }
     let named = |message: String| format!("{target}: {message}");
     match error {
         E::InvalidRequest(m) => E::InvalidRequest(named(m)),

@@ -193,7 +193,8 @@ pub async fn plan_observed<S: SnapshotStore>(
     let mut runs = Vec::new();
     for (run, looked) in look(store, request, limits, timeline, observer, &StopSignal::never()).await? {
         // A plan is the look: a target it cannot look at fails it.
-        looked.map_err(|error| finish::naming_target(error, &run.target.describe(), request.targets.len()))?;
+        let several = request.targets.len() > 1;
+        looked.map_err(|error| if several { finish::naming_target(error, &run.target.describe()) } else { error })?;
         runs.push(run);
     }
     Ok(runs

@@ -107,7 +107,7 @@ pub async fn handle_batch<S: SnapshotStore>(
     }
     let mut answer = SqsBatchResponse::default();
     answer.batch_item_failures.extend(handed_back.into_iter().map(item_failure));
-    let mut merged: Result<Response, CopySnapshotsError> = Ok(Response { complete: true, ..Response::default() });
+    let mut merged: Option<Result<Response, CopySnapshotsError>> = None;
     for (region, records) in by_region {
         let result = reconcile_region(&region, &records, settings, store, deadline).await;
         let done: HashSet<&str> = match &result {
@@ -122,8 +122,12 @@ pub async fn handle_batch<S: SnapshotStore>(
                 answer.batch_item_failures.push(item_failure(record.message_id.clone()));
             }
         }
-        merged = merge(merged, result);
+        merged = Some(match merged {
+            None => result,
+            Some(merged) => merge(merged, result),
+        });
     }
+    let merged = merged.unwrap_or_else(|| Ok(Response { complete: true, ..Response::default() }));
     info!(records_failed = answer.batch_item_failures.len(), records_dropped = dropped.len(), "batch answered");
     BatchOutcome { answer, result: merged, dropped, envelope_unreadable: false }
 }
@@ -226,22 +230,15 @@ fn merge(
     left: Result<Response, CopySnapshotsError>,
     right: Result<Response, CopySnapshotsError>,
 ) -> Result<Response, CopySnapshotsError> {
-    let (mut left, right) = match (left, right) {
+    let (mut left, mut right) = match (left, right) {
         (Ok(left), Ok(right)) => (left, right),
         (Err(e), _) | (_, Err(e)) => return Err(e),
     };
-    if left.targets.is_empty() && left.copies.is_empty() && left.failed.is_empty() && left.pending_sources.is_empty() {
-        // The first reconcile's answer (the merge starts from an empty one).
-        let complete = left.complete && right.complete;
-        return Ok(Response { complete, ..right });
-    }
-    let complete = left.complete && right.complete;
-    let right_targets = right.targets.clone();
-    merge_lists(&mut left, right);
-    for (mine, theirs) in left.targets.iter_mut().zip(right_targets) {
+    for (mine, theirs) in left.targets.iter_mut().zip(std::mem::take(&mut right.targets)) {
+        mine.error = mine.error.take().or(theirs.error);
         merge_lists(&mut mine.response, theirs.response);
     }
-    left.complete = complete;
+    merge_lists(&mut left, right);
     Ok(left)
 }
 

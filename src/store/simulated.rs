@@ -347,8 +347,9 @@ impl World {
         Ok(())
     }
 
-    /// Denies or throttles this look-up if the test asked for it.
-    fn throttle_look(&mut self) -> Result<(), StoreError> {
+    /// Denies or throttles this look-up in `region` if the test asked for it.
+    fn throttle_look(&mut self, region: &str) -> Result<(), StoreError> {
+        self.region_allowed(region)?;
         if self.deny_looks {
             return Err(StoreError::AccessDenied(
                 "UnauthorizedOperation: You are not authorized to perform: ec2:DescribeSnapshots".to_owned(),
@@ -1179,7 +1180,7 @@ impl SnapshotStore for SimulatedEc2 {
         let now = Instant::now();
         let mut world = self.lock();
         world.calls.describe_sources += 1;
-        world.throttle_look()?;
+        world.throttle_look(region.as_str())?;
         if world.source_looks_before_failure > 0 {
             world.source_looks_before_failure -= 1;
         } else if world.failing_source_looks > 0 {
@@ -1226,8 +1227,7 @@ impl SnapshotStore for SimulatedEc2 {
         let now = Instant::now();
         let mut world = self.lock();
         world.calls.find_copies += 1;
-        world.region_allowed(target_region.as_str())?;
-        world.throttle_look()?;
+        world.throttle_look(target_region.as_str())?;
         if world.finds_before_loss > 0 {
             world.finds_before_loss -= 1;
         } else if world.unanswered_finds > 0 {
@@ -1256,8 +1256,7 @@ impl SnapshotStore for SimulatedEc2 {
         let now = Instant::now();
         let mut world = self.lock();
         world.calls.list_copies += 1;
-        world.region_allowed(target_region.as_str())?;
-        world.throttle_look()?;
+        world.throttle_look(target_region.as_str())?;
         let found: Vec<CopyStatus> = match world.regions.get(target_region.as_str()) {
             Some(state) => copies_from(state, source_region)
                 .filter(|s| s.listed_at(now, world.visibility_lag))
@@ -1275,8 +1274,7 @@ impl SnapshotStore for SimulatedEc2 {
         let mut world = self.lock();
         let world = &mut *world;
         world.calls.list_pending_copies += 1;
-        world.region_allowed(target_region.as_str())?;
-        world.throttle_look()?;
+        world.throttle_look(target_region.as_str())?;
         let lag = world.visibility_lag;
         let found: Vec<CopyStatus> = match world.regions.get_mut(target_region.as_str()) {
             Some(state) => state
@@ -1310,8 +1308,7 @@ impl SnapshotStore for SimulatedEc2 {
         let now = Instant::now();
         let mut world = self.lock();
         world.calls.describe_copies += 1;
-        world.region_allowed(target_region.as_str())?;
-        world.throttle_look()?;
+        world.throttle_look(target_region.as_str())?;
         world.calls.requests += copy_ids.len().div_ceil(FILTER_VALUES).max(1);
         let Some(state) = world.regions.get(target_region.as_str()) else { return Ok(Vec::new()) };
         Ok(copy_ids
