@@ -220,6 +220,17 @@ async fn each_target_keeps_its_own_retention() {
     let kept = |region: &str| live_copies_per_source(&ec2, region).len();
     assert_eq!((kept(REGIONS[0]), kept(REGIONS[1])), (1, 3), "each target copies what its retention keeps");
     assert_eq!(ids.len(), 4);
+    // The second target's rule tightens: it deletes two of its own copies, in its own region,
+    // and the first target's copy stays.
+    let tighter = check(json!({
+        "filters": [{"name": "volume-id", "values": ["vol-0123abcd"]}],
+        "targets": [{"region": REGIONS[0], "retain_count": 1}, {"region": REGIONS[1], "retain_count": 1}],
+    }))
+    .expect("valid");
+    let response = reconcile(&ec2, &tighter, no_deadline()).await.expect("pruned");
+    assert_eq!((response.targets[0].response.deleted.len(), response.targets[1].response.deleted.len()), (0, 2));
+    assert_eq!((kept(REGIONS[0]), kept(REGIONS[1])), (1, 1));
+    assert_eq!(ec2.deleted().len(), 2);
 }
 
 #[tokio::test(start_paused = true)]
