@@ -255,6 +255,45 @@ impl fmt::Display for RoleArn {
     }
 }
 
+/// Where copies are made: a region of this account, or of another account through a role
+/// there. Each place has its own quota of concurrent copies, its own copies and its own keys.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct Place {
+    pub region: Region,
+    /// The role to assume in the other account; `None`: this account.
+    pub role: Option<RoleArn>,
+}
+
+impl Place {
+    /// `region` in this account.
+    pub fn here(region: Region) -> Self {
+        Self { region, role: None }
+    }
+
+    /// The other account's id, when the place is in another account.
+    pub fn account(&self) -> Option<&str> {
+        self.role.as_ref().map(RoleArn::account)
+    }
+
+    /// The place as one key (the slot ledger's record): the region in this account,
+    /// `REGION@ACCOUNT` in another, so two accounts' quotas are never counted together.
+    pub fn key(&self) -> String {
+        match self.account() {
+            None => self.region.to_string(),
+            Some(account) => format!("{}@{account}", self.region),
+        }
+    }
+}
+
+impl fmt::Display for Place {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.account() {
+            None => write!(f, "{}", self.region),
+            Some(account) => write!(f, "{} (account {account})", self.region),
+        }
+    }
+}
+
 /// Quotes user input in an error message without echoing megabytes of it back.
 pub fn shorten(text: &str) -> String {
     const MAX: usize = 80;

@@ -42,6 +42,14 @@ What it adds to moto:
   vanish (as Data Lifecycle Manager prunes the source region), for retention;
 - DynamoDB (the slot ledger's table) served one request at a time, so a conditional write is
   atomic as DynamoDB's is;
+- accounts as EC2 keeps them apart: credentials from sts:AssumeRole act in the role's account
+  (moto maps them); CopySnapshot of another account's snapshot works only once it is shared with
+  the caller's account (createVolumePermission, or public), and is InvalidSnapshot.NotFound
+  otherwise (moto looks only in the caller's account); sharing a snapshot encrypted under the AWS
+  managed key aws/ebs is refused (InvalidParameter); DescribeSnapshots honours
+  RestorableByUserIds; the copy quota and `max_pending` are per region and account
+  (`REGION@ACCOUNT` for an account other than the default one); every share change is recorded;
+  presigned URLs signed with assumed-role credentials are verified with their secret;
 - a record of every EC2 call (DescribeSnapshots with its filters and owners) and every copy,
   with the most copies carrying the tracking tag pending at once (counted over the region,
   whichever invocation started them).
@@ -58,13 +66,16 @@ Control API (JSON), next to the EC2 API on the same port:
                         (throttle_streak counts down from the value set, call by call; secrets:
                         access keys besides the environment's whose presigned URLs the emulator
                         can verify)
-  POST /_fault/foreign  {"region": "eu-west-1", "count": 20, "seconds": 3, "tags": {}, "owner_id": "…"}
+  POST /_fault/foreign  {"region": "eu-west-1", "count": 20, "seconds": 3, "tags": {}, "owner_id": "…",
+                         "account": "…" (whose region they fill; default this one)}
   POST /_fault/sources  {"region": "us-east-1", "sizes": [8, 64], "tags": {"k": "v"}, "state": "completed",
-                         "one_volume": false, "ages_days": [0, 3], "owner_id": "210987654321"}
+                         "one_volume": false, "ages_days": [0, 3], "owner_id": "210987654321",
+                         "kms_key": "alias/aws/ebs" (encrypted under it; default unencrypted)}
                         -> {"snapshot_ids": [...], "volume_ids": [...]}
   POST /_fault/refuse_delete {"snapshot_ids": {"snap-…": "in-use" | "locked"}}
   POST /_fault/forget   {"region": "us-east-1", "snapshot_ids": ["snap-…"]}  (gone from the region)
   GET  /_fault/record   {"calls": [...], "copies": [...], "max_pending": {...}, "no_slot_answers": n,
+                         "shares": [...], "unshared_copies": n,
                          "denied_copies": [...], "streak_throttled": n, "throttle_streak_left": n}
   POST /_fault/reset    forget the record (not the snapshots)
 
@@ -93,7 +104,9 @@ from moto.ec2.exceptions import EC2ClientError  # noqa: E402
 from moto.ec2.models import ec2_backends  # noqa: E402
 from moto.ec2.models import elastic_block_store as ebs  # noqa: E402
 from moto.ec2.responses.elastic_block_store import ElasticBlockStore  # noqa: E402
+from moto.iam.models import get_account_id_from  # noqa: E402
 from moto.kms.models import kms_backends  # noqa: E402
+from moto.sts.models import sts_backends  # noqa: E402
 from moto.server import DomainDispatcherApplication, create_backend_app  # noqa: E402
 from werkzeug.serving import make_server  # noqa: E402
 from werkzeug.wrappers import Request, Response  # noqa: E402
@@ -136,6 +149,11 @@ RECORD = {
     "refused_deletes": 0,
     "pending_deletes": 0,
     "denied_copies": [],
+    # ModifySnapshotAttribute createVolumePermission changes, in order: {"snapshot_id",
+    # "operation", "user_ids", "at"} (monotonic seconds).
+    "shares": [],
+    # CopySnapshot calls refused because the source was not shared with the caller's account.
+    "unshared_copies": 0,
     "streak_throttled": 0,
     "throttle_streak_left": 0,
 }
@@ -197,17 +215,26 @@ def _pending_in(backend):
     return [s for s in backend.snapshots.values() if _timing(s) is not None and _status_get(s) == "pending"]
 
 
-def _key_arn(region, key_id):
-    """The ARN of the key `key_id` (any of KMS's four forms) names in `region`, or None."""
-    keys = kms_backends[ACCOUNT][region]
+def _key_arn(region, key_id, account=ACCOUNT):
+    """The ARN of the key `key_id` (any of KMS's four forms) names in `region` of `account`, or None."""
+    keys = kms_backends[account][region]
     try:
         return keys.describe_key(key_id).arn
     except Exception:  # moto raises NotFoundException and friends
         return None
 
 
-def _key_known(region, key_id):
-    return _key_arn(region, key_id) is not None
+def _default_ebs_key_arn(region, account=ACCOUNT):
+    """The region's aws/ebs key, made on first use as EC2 makes it: an AWS managed key (moto
+    makes its reserved aliases' keys as customer managed ones)."""
+    keys = kms_backends[account][region]
+    key = keys.describe_key("alias/aws/ebs")
+    key.key_manager = "AWS"
+    return key.arn
+
+
+def _key_known(region, key_id, account=ACCOUNT):
+    return _key_arn(region, key_id, account) is not None
 
 
 # --- CopySnapshot's PresignedUrl --------------------------------------------------------------
@@ -238,7 +265,11 @@ def _secret_of(access_key):
     if os.environ.get("AWS_ACCESS_KEY_ID"):
         secrets[os.environ["AWS_ACCESS_KEY_ID"]] = os.environ.get("AWS_SECRET_ACCESS_KEY", "")
     secrets.update(CONFIG["secrets"])
-    return secrets.get(access_key)
+    if access_key in secrets:
+        return secrets[access_key]
+    # Credentials from sts:AssumeRole (a role in another account): moto keeps their secret.
+    assumed = sts_backends[get_account_id_from(access_key)]["aws"].get_assumed_role_from_access_key(access_key)
+    return assumed.secret_access_key if assumed is not None else None
 
 
 def _hmac(key, text):
@@ -342,7 +373,7 @@ def copy_snapshot(self):
         with LOCK:
             RECORD["explicit_encrypted_false"] += 1
 
-    source = ec2_backends[self.current_account][source_region].describe_snapshots(snapshot_ids=[source_snapshot_id])[0]
+    source = _visible_source(self.current_account, source_region, source_snapshot_id)
     if source.status != "completed":
         raise EC2ClientError("IncorrectState", f"Snapshot '{source_snapshot_id}' is not in a completed state")
     if kms_key_id and not (encrypted or source.encrypted):
@@ -362,14 +393,18 @@ def copy_snapshot(self):
         # told to ignore it, as EC2 was reported to), the region's default key, aws/ebs, which
         # moto makes on first use.
         if kms_key_id and not CONFIG["ignore_kms_key"]:
-            key = _key_arn(region, kms_key_id) or kms_key_id
+            key = _key_arn(region, kms_key_id, self.current_account) or kms_key_id
         elif encrypted:
-            key = _key_arn(region, "alias/aws/ebs") or f"arn:aws:kms:{region}:{ACCOUNT}:alias/aws/ebs"
+            key = _default_ebs_key_arn(region, self.current_account)
         else:
             key = None
-        snapshot = self.ec2_backend.copy_snapshot(
-            source_snapshot_id=source_snapshot_id, source_region=source_region, description=description, kms_key_id=key
+        # moto's own copy_snapshot looks for the source in the caller's account only; a
+        # source shared by another account is copied the same way here.
+        snapshot = ebs.Snapshot(
+            self.ec2_backend, ebs.random_snapshot_id(), volume=source.volume, description=description,
+            encrypted=encrypted, kms_key_id=key,
         )
+        self.ec2_backend.snapshots[snapshot.id] = snapshot
         snapshot.encrypted = encrypted
         snapshot.add_tags(snapshot_tags)
         error = CONFIG["failing_sources"].get(source_snapshot_id)
@@ -378,7 +413,7 @@ def copy_snapshot(self):
             # EC2: "If you supply an invalid or expired pre-signed URL, the snapshot copy
             # operation fails asynchronously, and the snapshot will move to an error state."
             error = f"The PresignedUrl is invalid: {presigned_url_problem}"
-        if error is None and kms_key_id and not _key_known(region, kms_key_id):
+        if error is None and kms_key_id and not _key_known(region, kms_key_id, self.current_account):
             error = KEY_NOT_ACCESSIBLE
         slowest, fastest = CONFIG["speed_spread"]
         speed = RANDOM.uniform(slowest, fastest)
@@ -386,9 +421,12 @@ def copy_snapshot(self):
         duration = (120 + 20 * source.volume.size) * CONFIG["time_scale"] / speed
         snapshot._fault_timing = (time.monotonic(), duration, error, stall)
         tracked = [s for s in _pending_in(self.ec2_backend) if s.get_tags() and TRACKING_TAG in _tag_dict(s)]
-        RECORD["max_pending"][region] = max(RECORD["max_pending"].get(region, 0), len(tracked))
+        # Quotas are per region and account: another account's region is `REGION@ACCOUNT`.
+        place = region if self.current_account == ACCOUNT else f"{region}@{self.current_account}"
+        RECORD["max_pending"][place] = max(RECORD["max_pending"].get(place, 0), len(tracked))
         RECORD["copies"].append({
             "region": region,
+            "account": self.current_account,
             # When EC2 accepted the copy (the emulator's monotonic clock, seconds): the order
             # of starts across regions.
             "started_at": time.monotonic(),
@@ -403,6 +441,52 @@ def copy_snapshot(self):
             "deleted": False,
         })
     return ActionResult({"SnapshotId": snapshot.id, "Tags": snapshot.tag_set})
+
+
+def _visible_source(account, region, snapshot_id):
+    """The snapshot `snapshot_id` in `region` as `account` may copy it: its own, or another
+    account's that is shared with it (createVolumePermission) or public. Anything else does not
+    exist as far as EC2 tells that account."""
+    for owner in [account] + [a for a in list(ec2_backends.keys()) if a != account]:
+        snapshot = ec2_backends[owner][region].snapshots.get(snapshot_id)
+        if snapshot is None:
+            continue
+        if owner == account or account in snapshot.create_volume_permission_userids \
+                or "all" in snapshot.create_volume_permission_groups:
+            return snapshot
+        with LOCK:
+            RECORD["unshared_copies"] += 1
+        break
+    raise EC2ClientError("InvalidSnapshot.NotFound", f"The snapshot '{snapshot_id}' does not exist.")
+
+
+def modify_snapshot_attribute(self):
+    """ElasticBlockStore.modify_snapshot_attribute, refusing what EC2 refuses: sharing a
+    snapshot encrypted under the AWS managed key (aws/ebs), which no other account may use.
+    Every change is recorded."""
+    snapshot_id = self._get_param("SnapshotId")
+    operation = self._get_param("OperationType")
+    user_ids = self._get_param("UserIds", []) or []
+    snapshot = self.ec2_backend.get_snapshot(snapshot_id)
+    if operation == "add" and snapshot.encrypted and _is_aws_managed(self.region, snapshot.kms_key_id):
+        raise EC2ClientError(
+            "InvalidParameter", "Snapshots encrypted with the AWS Managed CMK can't be shared. Specify another snapshot."
+        )
+    result = ORIGINAL_MODIFY_SNAPSHOT_ATTRIBUTE(self)
+    with LOCK:
+        RECORD["shares"].append(
+            {"snapshot_id": snapshot_id, "operation": operation, "user_ids": list(user_ids), "at": time.monotonic()}
+        )
+    return result
+
+
+def _is_aws_managed(region, key_id):
+    if not key_id:
+        return False
+    try:
+        return kms_backends[ACCOUNT][region].describe_key(key_id).key_manager == "AWS"
+    except Exception:  # a key moto does not know
+        return False
 
 
 def describe_snapshots(self):
@@ -423,6 +507,14 @@ def describe_snapshots(self):
     if owners:
         wanted = {self.current_account if owner == "self" else owner for owner in owners}
         snapshots = [s for s in snapshots if s.owner_id in wanted or ("amazon" in wanted and s.from_ami)]
+    # RestorableByUserIds (RestorableBy.N), which moto ignores: snapshots those accounts may
+    # create volumes from (shared with them, or public).
+    restorable_by = set(self._get_param("RestorableByUserIds", []) or [])
+    if restorable_by:
+        snapshots = [
+            s for s in snapshots
+            if restorable_by & s.create_volume_permission_userids or "all" in s.create_volume_permission_groups
+        ]
     lag = CONFIG["visibility_lag_seconds"]
     now = time.monotonic()
     snapshots = [s for s in snapshots if _timing(s) is None or now - _timing(s)[0] >= lag]
@@ -482,6 +574,8 @@ def _tag_dict(snapshot):
     return {t["key"]: t["value"] for t in snapshot.get_tags()}
 
 
+ORIGINAL_MODIFY_SNAPSHOT_ATTRIBUTE = ElasticBlockStore.modify_snapshot_attribute
+ElasticBlockStore.modify_snapshot_attribute = modify_snapshot_attribute
 ElasticBlockStore.copy_snapshot = copy_snapshot
 ElasticBlockStore.describe_snapshots = describe_snapshots
 ElasticBlockStore.delete_snapshot = delete_snapshot
@@ -489,14 +583,22 @@ ElasticBlockStore.delete_snapshot = delete_snapshot
 
 # --- control API -----------------------------------------------------------------------------
 
-def _new_snapshot(region, size, tags, state="completed", timing=None, volume=None, age_days=0.0, owner_id=None):
-    backend = ec2_backends[ACCOUNT][region]
+def _new_snapshot(
+    region, size, tags, state="completed", timing=None, volume=None, age_days=0.0, owner_id=None, account=ACCOUNT,
+    kms_key=None,
+):
+    backend = ec2_backends[account][region]
     if volume is None:
         volume = backend.create_volume(size=size, zone_name=f"{region}a")
     # owner_id: a snapshot another account owns and shares with this one.
     snapshot = backend.create_snapshot(volume.id, "fault_ec2 snapshot", owner_id=owner_id)
     snapshot.add_tags(tags)
     snapshot.status = state
+    if kms_key:
+        # Taken of a volume encrypted under `kms_key` (an alias such as alias/aws/ebs, or a key).
+        snapshot.encrypted = True
+        aws_managed = kms_key == "alias/aws/ebs"
+        snapshot.kms_key_id = _default_ebs_key_arn(region) if aws_managed else (_key_arn(region, kms_key) or kms_key)
     if age_days:
         snapshot.start_time = snapshot.start_time - datetime.timedelta(days=age_days)
     if timing is not None:
@@ -518,8 +620,11 @@ def control(request):
             # deployments started: they hold slots of the region's quota for `seconds`.
             for _ in range(int(body["count"])):
                 timing = (time.monotonic(), float(body["seconds"]), None, 0.0)
-                _new_snapshot(body["region"], 100, body.get("tags", {}), timing=timing, owner_id=body.get("owner_id"))
-            return {"pending": len(_pending_in(ec2_backends[ACCOUNT][body["region"]]))}
+                _new_snapshot(
+                    body["region"], 100, body.get("tags", {}), timing=timing, owner_id=body.get("owner_id"),
+                    account=body.get("account", ACCOUNT),
+                )
+            return {"pending": len(_pending_in(ec2_backends[body.get("account", ACCOUNT)][body["region"]]))}
         if path == "/_fault/sources":
             region, sizes = body["region"], body["sizes"]
             ages = body.get("ages_days") or [0.0] * len(sizes)
@@ -535,6 +640,7 @@ def control(request):
                     volume=volume,
                     age_days=age,
                     owner_id=body.get("owner_id"),
+                    kms_key=body.get("kms_key"),
                 )
                 for size, age in zip(sizes, ages)
             ]
@@ -559,6 +665,8 @@ def control(request):
             RECORD["refused_deletes"] = 0
             RECORD["pending_deletes"] = 0
             RECORD["denied_copies"].clear()
+            RECORD["shares"].clear()
+            RECORD["unshared_copies"] = 0
             RECORD["streak_throttled"] = 0
             return {}
     return None

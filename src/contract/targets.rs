@@ -9,7 +9,7 @@ use serde::Deserialize;
 
 use crate::contract::error::CopySnapshotsError;
 use crate::contract::retention::{RETAIN_COUNT_VALID, RETAIN_DAYS_VALID, Retention};
-use crate::ids::{KmsKeyRef, Region, RoleArn, shorten};
+use crate::ids::{KmsKeyRef, Place, Region, RoleArn, shorten};
 
 /// The most targets one request may name: AWS Backup's copy actions per rule. Each target is a
 /// region (per account) with its own quota of concurrent copies.
@@ -33,9 +33,8 @@ pub struct TargetPayload {
 /// and retention they follow. The engine runs one reconciler per target.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Target {
-    pub region: Region,
-    /// A role in another account to copy into; `None`: this account.
-    pub role: Option<RoleArn>,
+    /// Its region, and the role in another account when the copies go there.
+    pub place: Place,
     pub pending_limit: usize,
     pub encrypt: bool,
     /// The key as the request gave it (`kms_key_id`); `None`: the region's default EBS key.
@@ -46,10 +45,7 @@ pub struct Target {
 impl Target {
     /// The target for messages: its region, and its account when it is another.
     pub fn describe(&self) -> String {
-        match &self.role {
-            None => self.region.to_string(),
-            Some(role) => format!("{} (account {})", self.region, role.account()),
-        }
+        self.place.to_string()
     }
 }
 
@@ -150,8 +146,8 @@ pub fn check_targets(
         let takes_request_key = payload.kms_key_id.is_none();
         let target = check_target(payload, &field, defaults, settings)?;
         request_key_taken |= takes_request_key && target.encrypt;
-        let account = target.role.as_ref().map(|role| role.account().to_owned());
-        if let Some(first) = seen.insert((target.region.clone(), account), i) {
+        let account = target.place.account().map(str::to_owned);
+        if let Some(first) = seen.insert((target.place.region.clone(), account), i) {
             return Err(invalid(format!(
                 "{}: {} is named twice (also {}[{first}]); valid: each region once per account",
                 field("region"),
@@ -231,16 +227,6 @@ fn check_target(
         .role_arn
         .map(|text| RoleArn::parse(&text).map_err(|e| invalid(format!("{}: {e}", field("role_arn")))))
         .transpose()?;
-    if let Some(role) = &role {
-        // Copies into another account need the source shared, the role assumed and the copy
-        // made there: not built yet. Refused before any call rather than copied into this account.
-        return Err(invalid(format!(
-            "{}: {role}: copies into another account are not supported yet; valid: leave role_arn out (the copies \
-             are made in this account)",
-            field("role_arn")
-        )));
-    }
-
     let pending_limit = payload.pending_limit.or(defaults.pending_limit).unwrap_or(settings.pending_limit);
     check_pending_limit(pending_limit, field, settings)?;
 
@@ -254,7 +240,7 @@ fn check_target(
         field,
         settings,
     )?;
-    Ok(Target { region, role, pending_limit: pending_limit as usize, encrypt, kms_key, retention })
+    Ok(Target { place: Place { region, role }, pending_limit: pending_limit as usize, encrypt, kms_key, retention })
 }
 
 /// The target's key: its own `kms_key_id`, else the request's, else the environment's; a key

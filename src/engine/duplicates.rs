@@ -19,7 +19,7 @@ impl<'a, S: SnapshotStore> Run<'a, S> {
                 warn!(%source, copy = %copy_id, "no time left to remove a duplicate copy; a later invocation will");
                 continue;
             }
-            match self.timeline.call(self.store.delete_copy(&self.target.region, &copy_id)).await {
+            match self.timeline.call(self.store.delete_copy(&self.target.place, &copy_id)).await {
                 Ok(DeleteOutcome::AlreadyGone) => {
                     info!(%source, copy = %copy_id, "the duplicate copy was already gone");
                 }

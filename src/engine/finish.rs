@@ -43,7 +43,7 @@ impl<'a, S: SnapshotStore> Run<'a, S> {
             notes.push(format!(
                 "this deployment has {pending} copies pending in {} (pending_limit {}; {others} started by other \
                  invocations); {waiting_text} wait for a slot",
-                self.target.region, self.target.pending_limit
+                self.target.place.region, self.target.pending_limit
             ));
         }
         if self.ledger_failures > 0 {
@@ -97,7 +97,7 @@ impl<'a, S: SnapshotStore> Run<'a, S> {
             && all_done
             && response.deletions_left == 0;
         info!(
-            target_region = %self.target.region,
+            target_region = %self.target.place.region,
             copies = response.copies.len(),
             started,
             pending_sources = response.pending_sources.len(),
@@ -111,7 +111,7 @@ impl<'a, S: SnapshotStore> Run<'a, S> {
             "done"
         );
         for note in &response.notes {
-            warn!(target_region = %self.target.region, %note, "sources left for the next invocation");
+            warn!(target_region = %self.target.place.region, %note, "sources left for the next invocation");
         }
         TargetAnswer { target: self.target.describe(), response, all_done, ended }
     }
@@ -198,6 +198,13 @@ pub(super) struct TargetAnswer {
     ended: Option<CopySnapshotsError>,
 }
 
+impl TargetAnswer {
+    /// Adds what the answer should say besides its copies (a share left for the next run).
+    pub(super) fn add_notes(&mut self, notes: &[String]) {
+        self.response.notes.extend(notes.iter().cloned());
+    }
+}
+
 /// The invocation's answer from its targets' answers (one target's as it is, several nested):
 /// `SourcesPending` for an event whose sources are not all started in every target; the first
 /// target's error when an error stopped every target (one that stopped only some is in their
@@ -281,10 +288,10 @@ pub(super) fn combine(targets: &[Target], mut answers: Vec<(Response, Option<Tar
         all.dry_run |= answer.dry_run;
         all.deletions_denied += answer.deletions_denied;
         all.recovery_point = all.recovery_point.worst_with(answer.recovery_point, all.targets.is_empty());
-        all.notes.extend(answer.notes.iter().map(|note| format!("{}: {note}", target.region)));
+        all.notes.extend(answer.notes.iter().map(|note| format!("{}: {note}", target.place)));
         all.targets.push(TargetResponse {
-            target_region: target.region.to_string(),
-            account: target.role.as_ref().map(|role| role.account().to_owned()),
+            target_region: target.place.region.to_string(),
+            account: target.place.account().map(str::to_owned),
             error,
             response: answer,
         });

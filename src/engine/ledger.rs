@@ -77,7 +77,7 @@ impl<'a, S: SnapshotStore> Run<'a, S> {
         if started.is_empty() && not_started.is_empty() {
             return Ok(());
         }
-        let target = &self.target.region;
+        let target = &self.target.place;
         let now = self.store.wall_clock();
         let settle = |state: &mut LedgerState| slots::settle(state, now, &started, &not_started);
         let settled = slots::update(ledger, &self.timeline, target, saved, settle).await;
@@ -104,9 +104,9 @@ impl<'a, S: SnapshotStore> Run<'a, S> {
     ) -> Result<Option<(Vec<SlotKey>, Option<(LedgerState, Version)>)>, CopySnapshotsError> {
         let own_pending: HashSet<String> = self.pending_copies().map(|c| c.id.to_string()).collect();
         let finished = std::mem::take(&mut self.finished_copies);
-        let target = &self.target.region;
+        let target = &self.target.place;
         let ask = slots::Ask {
-            target_region: target,
+            target,
             wanted: keys,
             limit: self.target.pending_limit,
             own_pending: &own_pending,
@@ -184,7 +184,7 @@ impl<'a, S: SnapshotStore> Run<'a, S> {
             return;
         }
         let copies = std::mem::take(&mut self.finished_copies);
-        let target = &self.target.region;
+        let target = &self.target.place;
         let result = slots::update(ledger, &self.timeline, target, None, |state| slots::release(state, &copies)).await;
         if let Err(error) = result {
             warn!(%error, copies = copies.len(), "could not release finished copies' slots in the slot ledger; a refresh will");

@@ -82,12 +82,12 @@ impl<'a, S: SnapshotStore> Run<'a, S> {
     async fn look_for_earlier_copies(&mut self) -> Result<(), CopySnapshotsError> {
         let (store, request, target, timeline) = (self.store, self.request, self.target, self.timeline);
         let region = &request.source_region;
-        let doing = format!("looking for earlier copies in {}", target.region);
+        let doing = format!("looking for earlier copies in {}", target.place);
         if target.retention.is_set() {
             // Retention judges every copy from this region, whatever its source: one listing
             // serves that and the look for earlier copies alike.
             let copies = timeline
-                .call_retrying(|| store.list_copies(&target.region, region))
+                .call_retrying(|| store.list_copies(&target.place, region))
                 .await
                 .map_err(|e| look_failed(e, &doing, &timeline))?;
             self.judge_retention(&copies).await;
@@ -98,7 +98,7 @@ impl<'a, S: SnapshotStore> Run<'a, S> {
             let wanted: Vec<SnapshotId> = self.waiting_sources().cloned().collect();
             if !wanted.is_empty() {
                 let existing = timeline
-                    .call_retrying(|| store.find_copies(&target.region, region, &wanted))
+                    .call_retrying(|| store.find_copies(&target.place, region, &wanted))
                     .await
                     .map_err(|e| look_failed(e, &doing, &timeline))?;
                 self.adopt(existing, true);
@@ -238,7 +238,7 @@ pub(super) async fn resolve_encryption<S: SnapshotStore>(
         (None, true) => return Ok(AskedEncryption::DefaultKey),
         (Some(key), true) => key.as_str(),
     };
-    let target = &target.region;
+    let target = &target.place;
     let valid = format!(
         "valid: the key id, key ARN, alias name or alias ARN of an enabled symmetric encryption key in {target} \
          that this function's role may describe (kms:DescribeKey; the stack's KmsKeyArns); nothing was copied"

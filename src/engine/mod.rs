@@ -35,6 +35,7 @@ mod limits;
 mod look;
 mod poll;
 mod prune;
+mod sharing;
 mod side_by_side;
 mod start;
 mod state;
@@ -125,13 +126,22 @@ pub async fn reconcile_observed<S: SnapshotStore>(
     }
     // Copies the last poll saw finish, before the answer.
     targets.release_slots().await;
+    let mut share_problems = Vec::new();
     if stop.is_set() {
         observer.observe(RunEvent::Stopped);
     } else {
         // What is left of the deletions, while the work may go on; the next run continues.
         targets.prune(work_until).await;
+        // Shares with other accounts whose copies are all done.
+        share_problems = sharing::sweep_shares(store, request, &timeline).await.problems;
     }
-    finish::conclude(request, targets.answers())
+    let mut answers = targets.answers();
+    for (answer, target) in answers.iter_mut().zip(&request.targets) {
+        if target.place.role.is_some() {
+            answer.add_notes(&share_problems);
+        }
+    }
+    finish::conclude(request, answers)
 }
 
 /// The look of every target: each target's key resolved first (a bad key is refused before
@@ -156,7 +166,7 @@ async fn look<'a, S: SnapshotStore>(
         // With several targets, every log line of a target's run names it; one target's lines
         // stay as they were.
         let span = if request.targets.len() > 1 {
-            tracing::info_span!("target", target_region = %target.region)
+            tracing::info_span!("target", target = %target.place)
         } else {
             tracing::Span::none()
         };
@@ -202,7 +212,7 @@ pub async fn plan_observed<S: SnapshotStore>(
         .map(|run| {
             Plan::new(
                 request.source_region.to_string(),
-                run.target.region.to_string(),
+                run.target.place.region.to_string(),
                 run.target.pending_limit,
                 &run.looked_sources(),
                 &run.start_order(),

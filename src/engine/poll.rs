@@ -30,7 +30,7 @@ impl<'a, S: SnapshotStore> Run<'a, S> {
         if pending.is_empty() {
             return Ok(());
         }
-        let answer = match self.timeline.call(self.store.describe_copies(&self.target.region, &pending)).await {
+        let answer = match self.timeline.call(self.store.describe_copies(&self.target.place, &pending)).await {
             Ok(answer) => answer,
             Err(StoreError::Throttled(message)) => {
                 self.throttled_now(&message, "polling the copies");

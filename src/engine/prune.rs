@@ -32,7 +32,7 @@ impl<'a, S: SnapshotStore> Run<'a, S> {
         if candidates.is_empty() {
             return;
         }
-        let target = &self.target.region;
+        let target = &self.target.place;
         match self.timeline.call_retrying(|| self.store.images_using(target, &candidates)).await {
             Ok(using) => {
                 for deletion in &mut self.deletions {
@@ -130,7 +130,7 @@ impl<'a, S: SnapshotStore> Run<'a, S> {
             if until.is_some_and(|until| Instant::now() >= until) || !self.may_call() || self.stop.is_set() {
                 break;
             }
-            let result = self.timeline.call(self.store.delete_copy(&self.target.region, &deletion.copy)).await;
+            let result = self.timeline.call(self.store.delete_copy(&self.target.place, &deletion.copy)).await;
             let deletion = &mut self.deletions[i];
             let (source, copy) = (deletion.source.clone(), deletion.copy.clone());
             match result {

@@ -175,7 +175,7 @@ impl<'a, S: SnapshotStore> SideBySide<'a, S> {
 /// Logs a target's end: the other targets go on.
 fn ended_with<S>(run: &Run<'_, S>, error: CopySnapshotsError) -> CopySnapshotsError {
     warn!(
-        target_region = %run.target.region,
+        target = %run.target.place,
         error_type = error.error_type(),
         error_message = %error,
         "this target stops for this invocation; the others go on"

@@ -20,7 +20,7 @@ use std::time::{Duration, SystemTime};
 use tracing::{debug, warn};
 
 use crate::engine::timeline::{Timeline, jittered};
-use crate::ids::{Region, SnapshotId};
+use crate::ids::{Place, SnapshotId};
 use crate::store::StoreError;
 use crate::store::ledger::{LedgerError, LedgerState, Saved, SlotEntry, SlotKey, SlotLedger, Version};
 
@@ -182,7 +182,7 @@ pub fn release(state: &mut LedgerState, copies: &[SnapshotId]) -> bool {
 /// One reservation round's question.
 #[derive(Debug)]
 pub struct Ask<'a> {
-    pub target_region: &'a Region,
+    pub target: &'a Place,
     /// The sources this invocation would start now, in start order.
     pub wanted: &'a [SlotKey],
     pub limit: usize,
@@ -245,8 +245,7 @@ where
     Fut: Future<Output = Result<Vec<SnapshotId>, StoreError>>,
 {
     for tries in 1..=SAVE_TRIES {
-        let (mut state, version) =
-            bounded(timeline, ledger.load(ask.target_region)).await.map_err(ReserveError::Ledger)?;
+        let (mut state, version) = bounded(timeline, ledger.load(ask.target)).await.map_err(ReserveError::Ledger)?;
         let released = release(&mut state, ask.finished);
         let refresh = needs_refresh(&state, clock(), ask.wanted, ask.limit, ask.own_pending);
         if refresh {
@@ -265,7 +264,7 @@ where
         if keys.is_empty() && !refresh && !released {
             return Ok(Granted { keys, live, others, refreshed: false, saved: Some((state, version)) });
         }
-        match bounded(timeline, ledger.save(ask.target_region, &state, version)).await.map_err(ReserveError::Ledger)? {
+        match bounded(timeline, ledger.save(ask.target, &state, version)).await.map_err(ReserveError::Ledger)? {
             Saved::Saved => {
                 let saved = Some((state, version + 1));
                 return Ok(Granted { keys, live, others, refreshed: refresh, saved });
@@ -289,19 +288,19 @@ where
 pub async fn update<L: SlotLedger>(
     ledger: &L,
     timeline: &Timeline,
-    target_region: &Region,
+    target: &Place,
     mut known: Option<(LedgerState, Version)>,
     mut change: impl FnMut(&mut LedgerState) -> bool,
 ) -> Result<(), LedgerError> {
     for tries in 1..=SAVE_TRIES {
         let (mut state, version) = match known.take() {
             Some(known) => known,
-            None => bounded(timeline, ledger.load(target_region)).await?,
+            None => bounded(timeline, ledger.load(target)).await?,
         };
         if !change(&mut state) {
             return Ok(());
         }
-        match bounded(timeline, ledger.save(target_region, &state, version)).await? {
+        match bounded(timeline, ledger.save(target, &state, version)).await? {
             Saved::Saved => return Ok(()),
             Saved::Conflict => tokio::time::sleep(conflict_pause(tries)).await,
         }

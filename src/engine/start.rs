@@ -16,12 +16,14 @@ use crate::engine::ownership::AskedEncryption;
 use crate::engine::progress::RunEvent;
 use crate::ids::SnapshotId;
 use crate::store::{
-    CopySpec, ENCRYPTION_TAG, RESERVED_TAG_PREFIX, SOURCE_REGION_TAG, SOURCE_SNAPSHOT_TAG, SOURCE_START_TIME_TAG,
-    SOURCE_VOLUME_TAG, SnapshotState, SnapshotStore, SourceSnapshot, StoreError, Tag, format_start_time,
+    CopySpec, ENCRYPTION_TAG, RESERVED_TAG_PREFIX, SHARED_FOR_COPY_TAG, SOURCE_REGION_TAG, SOURCE_SNAPSHOT_TAG,
+    SOURCE_START_TIME_TAG, SOURCE_VOLUME_TAG, SnapshotState, SnapshotStore, SourceSnapshot, StoreError, Tag,
+    format_start_time,
 };
 
 use super::entry::Stage;
 use super::fatal::fatal;
+use super::sharing::Sharing;
 use super::state::{Run, Started};
 
 /// EC2's tag limit per snapshot.
@@ -77,7 +79,21 @@ impl<'a, S: SnapshotStore> Run<'a, S> {
 
     /// Starts the copy of entry `i` (popped from the queue) and records the outcome.
     pub(super) async fn start_one(&mut self, i: usize) -> Started {
-        let spec = match copy_spec(&self.entries[i].source, self.request, self.target, &self.asked) {
+        // Into another account: the source is shared with it first.
+        let shared_for_copy = match self.share_for_copy(i).await {
+            None | Some(Sharing::Shared { by_this_function: false }) => false,
+            Some(Sharing::Shared { by_this_function: true }) => true,
+            Some(Sharing::Impossible(reason)) => {
+                self.fail(i, reason);
+                return Started::No;
+            }
+            Some(Sharing::Later(error)) => {
+                self.requeue(&[i]);
+                self.throttled_now(&error.to_string(), "sharing a source with the target account");
+                return Started::No;
+            }
+        };
+        let spec = match copy_spec(&self.entries[i].source, self.request, self.target, &self.asked, shared_for_copy) {
             Ok(spec) => spec,
             Err(reason) => {
                 self.fail(i, reason);
@@ -137,7 +153,7 @@ impl<'a, S: SnapshotStore> Run<'a, S> {
     /// them now (with this run's own starts not listed yet). `None`: unknown this round
     /// (throttled, no answer); nothing starts until the next.
     pub(super) async fn free_deployment_slots(&mut self) -> Result<Option<usize>, CopySnapshotsError> {
-        let target = &self.target.region;
+        let target = &self.target.place;
         let listed = match self.timeline.call(self.store.list_pending_copies(target)).await {
             Ok(listed) => listed,
             Err(StoreError::Throttled(message)) => {
@@ -178,6 +194,7 @@ pub(super) fn copy_spec(
     request: &CopyRequest,
     target: &Target,
     asked: &AskedEncryption,
+    shared_for_copy: bool,
 ) -> Result<CopySpec, String> {
     let mut tags: BTreeMap<&str, &str> = BTreeMap::new();
     if request.copy_tags {
@@ -202,6 +219,9 @@ pub(super) fn copy_spec(
     if let Some(start_time) = &start_time {
         tags.insert(SOURCE_START_TIME_TAG, start_time);
     }
+    if shared_for_copy {
+        tags.insert(SHARED_FOR_COPY_TAG, "true");
+    }
     if tags.len() > MAX_TAGS_PER_SNAPSHOT {
         return Err(format!(
             "the copy would carry {} tags (the source's, `tags` and {} of this function's); EC2 allows {MAX_TAGS_PER_SNAPSHOT}",
@@ -212,7 +232,7 @@ pub(super) fn copy_spec(
     Ok(CopySpec {
         source_id: source.id.clone(),
         source_region: request.source_region.clone(),
-        target_region: target.region.clone(),
+        target: target.place.clone(),
         description: format!("Copy of {} from {}", source.id, request.source_region),
         encrypted: target.encrypt,
         // The key's ARN, as resolved: the key verified is the key EC2 is asked for, even if

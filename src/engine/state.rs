@@ -103,6 +103,8 @@ pub(super) struct Run<'a, S> {
     pub(super) breaker: Option<DeletionBreaker>,
     /// DescribeImages gave no answer: no deletion this run.
     pub(super) images_unknown: Option<String>,
+    /// Source keys asked about for sharing: AWS managed or not (`None`: could not tell).
+    pub(super) source_keys: HashMap<String, Option<bool>>,
 }
 
 /// What a run is given: shared with the request's other targets, or (the key resolved) this
@@ -155,6 +157,7 @@ impl<'a, S: SnapshotStore> Run<'a, S> {
             newest_completed: HashMap::new(),
             breaker: None,
             images_unknown: None,
+            source_keys: HashMap::new(),
         }
     }
 

@@ -29,7 +29,7 @@ impl<'a, S: SnapshotStore> Run<'a, S> {
         }
         let ids: Vec<SnapshotId> = due.iter().map(|&i| self.entries[i].source.id.clone()).collect();
         let attempts_before: Vec<usize> = due.iter().map(|&i| self.entries[i].error_copies.len()).collect();
-        let (target, source) = (&self.target.region, &self.request.source_region);
+        let (target, source) = (&self.target.place, &self.request.source_region);
         let found = match self.timeline.call(self.store.find_copies(target, source, &ids)).await {
             Ok(found) => found,
             Err(StoreError::Unknown(message)) => {

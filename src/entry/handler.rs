@@ -199,7 +199,7 @@ pub async fn answer_lambda_event<S: SnapshotStore>(
         };
         let invocation = parse_payload(payload, settings)?;
         if let Invocation::Copy(request) = &invocation {
-            target_region = request.targets.first().map(|target| target.region.to_string());
+            target_region = request.targets.first().map(|target| target.place.region.to_string());
         }
         format = answer_shape(&invocation).0;
         let _debug = match &invocation {
@@ -239,7 +239,7 @@ async fn run<S: SnapshotStore>(
             if let [target] = &request.targets[..] {
                 info!(
                     source_region = %request.source_region,
-                    target_region = %target.region,
+                    target_region = %target.place.region,
                     pending_limit = target.pending_limit,
                     encrypt = target.encrypt,
                     retention = %target.retention.describe(),

@@ -5,7 +5,8 @@
 //! only one write lands. The table lives in the stack's region, whatever the target region.
 //!
 //! The item, readable in the console:
-//! `target_region` (S, the partition key), `version` (N), `refreshed_at` (N, Unix ms; absent
+//! `target_region` (S, the partition key: the region, or `REGION@ACCOUNT` for a target in another
+//! account, whose quota is its own), `version` (N), `refreshed_at` (N, Unix ms; absent
 //! until the first refresh), `updated_at` (N, Unix ms, for people), and `entries` (M): slot
 //! key → {`copy_id` (S, once started), `reserved_at` (N), `recorded_at` (N, until a refresh
 //! saw the copy listed)}.
@@ -19,7 +20,7 @@ use aws_sdk_dynamodb::error::{DisplayErrorContext, ProvideErrorMetadata, SdkErro
 use aws_sdk_dynamodb::types::AttributeValue;
 use tracing::warn;
 
-use crate::ids::Region;
+use crate::ids::Place;
 use crate::store::ledger::{LedgerError, LedgerState, Saved, SlotEntry, SlotKey, SlotLedger, Version};
 
 const PARTITION_KEY: &str = "target_region";
@@ -88,12 +89,12 @@ impl SlotLedger for DynamoSlotLedger {
         format!("DynamoDB table {}", self.table)
     }
 
-    async fn load(&self, target_region: &Region) -> Result<(LedgerState, Version), LedgerError> {
+    async fn load(&self, target: &Place) -> Result<(LedgerState, Version), LedgerError> {
         let answer = self
             .client
             .get_item()
             .table_name(&self.table)
-            .key(PARTITION_KEY, AttributeValue::S(target_region.as_str().to_owned()))
+            .key(PARTITION_KEY, AttributeValue::S(target.key()))
             .consistent_read(true)
             .send()
             .await
@@ -101,9 +102,9 @@ impl SlotLedger for DynamoSlotLedger {
         Ok(answer.item().map_or_else(|| (LedgerState::default(), 0), |item| from_item(item, &self.table)))
     }
 
-    async fn save(&self, target_region: &Region, state: &LedgerState, expected: Version) -> Result<Saved, LedgerError> {
+    async fn save(&self, target: &Place, state: &LedgerState, expected: Version) -> Result<Saved, LedgerError> {
         let mut put =
-            self.client.put_item().table_name(&self.table).set_item(Some(to_item(target_region, state, expected + 1)));
+            self.client.put_item().table_name(&self.table).set_item(Some(to_item(target, state, expected + 1)));
         // DynamoDB refuses a name the condition does not use: each branch names only its own.
         put = if expected == 0 {
             put.condition_expression("attribute_not_exists(#key)").expression_attribute_names("#key", PARTITION_KEY)
@@ -131,7 +132,7 @@ fn time_of(value: Option<&AttributeValue>) -> Option<SystemTime> {
     SystemTime::UNIX_EPOCH.checked_add(Duration::from_millis(ms))
 }
 
-fn to_item(target_region: &Region, state: &LedgerState, version: Version) -> HashMap<String, AttributeValue> {
+fn to_item(target: &Place, state: &LedgerState, version: Version) -> HashMap<String, AttributeValue> {
     let entries = state
         .entries
         .iter()
@@ -147,7 +148,7 @@ fn to_item(target_region: &Region, state: &LedgerState, version: Version) -> Has
         })
         .collect();
     let mut item = HashMap::from([
-        (PARTITION_KEY.to_owned(), AttributeValue::S(target_region.as_str().to_owned())),
+        (PARTITION_KEY.to_owned(), AttributeValue::S(target.key())),
         (VERSION.to_owned(), AttributeValue::N(version.to_string())),
         (UPDATED_AT.to_owned(), millis(SystemTime::now())),
         (ENTRIES.to_owned(), AttributeValue::M(entries)),
@@ -199,11 +200,11 @@ fn from_item(item: &HashMap<String, AttributeValue>, table: &str) -> (LedgerStat
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::ids::SnapshotId;
+    use crate::ids::{Region, SnapshotId};
 
     #[test]
     fn an_item_reads_back_as_written() {
-        let region = Region::parse("eu-west-1").unwrap();
+        let region = Place::here(Region::parse("eu-west-1").unwrap());
         let t = |s: u64| SystemTime::UNIX_EPOCH + Duration::from_millis(1_700_000_000_000 + s);
         let key = SlotKey::for_copy(
             &Region::parse("us-east-1").unwrap(),
@@ -229,7 +230,7 @@ mod tests {
 
     #[test]
     fn an_edited_item_is_rebuilt_not_trusted() {
-        let region = Region::parse("eu-west-1").unwrap();
+        let region = Place::here(Region::parse("eu-west-1").unwrap());
         let state = LedgerState { entries: BTreeMap::new(), refreshed_at: Some(SystemTime::now()) };
         let mut item = to_item(&region, &state, 3);
         item.insert(

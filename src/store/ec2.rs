@@ -5,10 +5,11 @@
 //! engine's [`StoreError`]s.
 
 use std::collections::{HashMap, HashSet};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
 use aws_config::SdkConfig;
+use aws_config::sts::AssumeRoleProvider;
 use aws_sdk_ec2::Client;
 use aws_sdk_ec2::config::endpoint::{self, ResolveEndpoint};
 use aws_sdk_ec2::config::interceptors::InterceptorContext;
@@ -20,29 +21,56 @@ use aws_sdk_ec2::operation::describe_snapshots::builders::DescribeSnapshotsFluen
 use aws_sdk_ec2::types::{self, ResourceType, StorageTier, TagSpecification};
 use tracing::warn;
 
-use crate::ids::{Region, SnapshotId};
+use crate::ids::{Place, Region, RoleArn, SnapshotId};
 use crate::store::dynamo_slots::DynamoSlotLedger;
 use crate::store::kms::KeyLookup;
 use crate::store::presign::{CopySnapshotUrl, EXPIRES_IN};
 use crate::store::sdk::{RegionalClients, THROTTLING_CODES, store_error};
 use crate::store::{
-    CopySpec, CopyStatus, DeleteOutcome, ENCRYPTION_TAG, KeyDescription, MAX_FILTER_VALUES, SOURCE_REGION_TAG,
-    SOURCE_SNAPSHOT_TAG, SnapshotState, SnapshotStore, SourceSelector, SourceSnapshot, StoreError, Tag, find_tag,
-    is_copy_from, real_volume, source_origin,
+    CopySpec, CopyStatus, DeleteOutcome, ENCRYPTION_TAG, KeyDescription, MAX_FILTER_VALUES, SHARED_FOR_COPY_TAG,
+    SOURCE_REGION_TAG, SOURCE_SNAPSHOT_TAG, SnapshotState, SnapshotStore, SourceSelector, SourceSnapshot, StoreError,
+    Tag, find_tag, is_copy_from, real_volume, source_origin,
 };
 
 /// The largest page DescribeSnapshots returns.
 const PAGE_SIZE: i32 = 1000;
 
-/// EC2 through aws-sdk-ec2, one client per region.
+/// EC2 through aws-sdk-ec2, one client per region and account.
 #[derive(Debug)]
 pub struct Ec2Store {
-    clients: RegionalClients<Client>,
-    presigner: Presigner,
-    keys: KeyLookup,
+    /// This account's clients: the configuration's own credentials.
+    here: Arc<AccountClients>,
+    /// The configuration other accounts' credentials are assumed with.
+    sdk_config: SdkConfig,
+    /// Other accounts' clients, made on first use of each role and kept: the assumed
+    /// credentials are cached and refreshed by the SDK, across invocations.
+    others: Mutex<HashMap<RoleArn, Arc<AccountClients>>>,
     /// The deployment's slot ledger, when `SLOT_TABLE` names one (see
     /// [`SnapshotStore::slot_ledger`]).
     ledger: Option<DynamoSlotLedger>,
+}
+
+/// One account's clients: EC2 per region, the presigner and KMS, all signing with the same
+/// credentials.
+#[derive(Debug)]
+struct AccountClients {
+    clients: RegionalClients<Client>,
+    presigner: Presigner,
+    keys: KeyLookup,
+}
+
+impl AccountClients {
+    fn new(sdk_config: &SdkConfig) -> Self {
+        let base = aws_sdk_ec2::config::Builder::from(sdk_config).build();
+        Self {
+            clients: RegionalClients::new(move |region| {
+                let region = aws_sdk_ec2::config::Region::new(region.as_str().to_owned());
+                Client::from_conf(base.to_builder().region(region).build())
+            }),
+            presigner: Presigner::new(sdk_config),
+            keys: KeyLookup::new(sdk_config),
+        }
+    }
 }
 
 impl Ec2Store {
@@ -51,15 +79,9 @@ impl Ec2Store {
     /// pointed at an emulator.
     pub fn new(sdk_config: &aws_config::SdkConfig) -> Self {
         Self {
-            clients: {
-                let base = aws_sdk_ec2::config::Builder::from(sdk_config).build();
-                RegionalClients::new(move |region| {
-                    let region = aws_sdk_ec2::config::Region::new(region.as_str().to_owned());
-                    Client::from_conf(base.to_builder().region(region).build())
-                })
-            },
-            presigner: Presigner::new(sdk_config),
-            keys: KeyLookup::new(sdk_config),
+            here: Arc::new(AccountClients::new(sdk_config)),
+            sdk_config: sdk_config.clone(),
+            others: Mutex::new(HashMap::new()),
             ledger: None,
         }
     }
@@ -70,24 +92,36 @@ impl Ec2Store {
         self
     }
 
-    fn client(&self, region: &Region) -> Client {
-        self.clients.get(region)
+    /// The clients of the place's account: this account's, or those that assume its role.
+    async fn account(&self, place: &Place) -> Arc<AccountClients> {
+        let Some(role) = &place.role else { return Arc::clone(&self.here) };
+        if let Some(clients) = self.others.lock().unwrap_or_else(|p| p.into_inner()).get(role) {
+            return Arc::clone(clients);
+        }
+        let config = assume_role_config(&self.sdk_config, role).await;
+        let made = Arc::new(AccountClients::new(&config));
+        let mut others = self.others.lock().unwrap_or_else(|p| p.into_inner());
+        Arc::clone(others.entry(role.clone()).or_insert(made))
+    }
+
+    async fn client(&self, place: &Place) -> Client {
+        self.account(place).await.clients.get(&place.region)
     }
 
     /// One paginated DescribeSnapshots.
     async fn describe(
         &self,
-        region: &Region,
+        place: &Place,
         customize: impl FnOnce(DescribeSnapshotsFluentBuilder) -> DescribeSnapshotsFluentBuilder,
     ) -> Result<Vec<types::Snapshot>, StoreError> {
-        let request = customize(self.client(region).describe_snapshots().max_results(PAGE_SIZE));
+        let request = customize(self.client(place).await.describe_snapshots().max_results(PAGE_SIZE));
         request.into_paginator().items().send().try_collect().await.map_err(store_error)
     }
 
     /// DescribeSnapshots for many values of one filter: one paginated call per 200 values.
     async fn describe_by(
         &self,
-        region: &Region,
+        place: &Place,
         filter: &str,
         values: &[&str],
         owner_self: bool,
@@ -96,7 +130,7 @@ impl Ec2Store {
         let mut found = Vec::new();
         for chunk in values.chunks(MAX_FILTER_VALUES) {
             let page = self
-                .describe(region, |r| {
+                .describe(place, |r| {
                     let r = r.filters(ec2_filter(filter, chunk.iter().copied()));
                     let r = extra.iter().cloned().fold(r, |r, f| r.filters(f));
                     if owner_self { r.owner_ids("self") } else { r }
@@ -107,15 +141,62 @@ impl Ec2Store {
         Ok(found)
     }
 
-    /// Every snapshot in `target_region` tagged as a copy from `source_region`, owner self.
-    async fn copies_from(
-        &self,
-        target_region: &Region,
-        source_region: &Region,
-    ) -> Result<Vec<types::Snapshot>, StoreError> {
+    /// Every snapshot in `target` tagged as a copy from `source_region`, owner self (the
+    /// target's account).
+    async fn copies_from(&self, target: &Place, source_region: &Region) -> Result<Vec<types::Snapshot>, StoreError> {
         let from_region = ec2_filter(&format!("tag:{SOURCE_REGION_TAG}"), [source_region.as_str()]);
-        self.describe(target_region, |r| r.owner_ids("self").filters(from_region)).await
+        self.describe(target, |r| r.owner_ids("self").filters(from_region)).await
     }
+}
+
+impl Ec2Store {
+    /// ModifySnapshotAttribute on `createVolumePermission`, for one account. Adding an
+    /// account already there, or removing one that is not, changes nothing: safe to repeat.
+    async fn modify_share(
+        &self,
+        region: &Region,
+        source: &SnapshotId,
+        account: &str,
+        operation: types::OperationType,
+    ) -> Result<(), StoreError> {
+        // OperationType and UserIds, as the CLI's `--operation-type add --user-ids` sends
+        // them (the other documented form, CreateVolumePermission.Add.N, moto does not read).
+        self.client(&Place::here(region.clone()))
+            .await
+            .modify_snapshot_attribute()
+            .snapshot_id(source.as_str())
+            .attribute(types::SnapshotAttributeName::CreateVolumePermission)
+            .operation_type(operation)
+            .user_ids(account)
+            .send()
+            .await
+            .map_err(store_error)?;
+        Ok(())
+    }
+}
+
+/// This configuration with the credentials of `role`, assumed through STS (aws-config's
+/// provider, with the configuration's region, retries and endpoint), under a session name that
+/// says who assumed it. The clients' identity cache keeps them until shortly before they
+/// expire and then assumes the role again.
+async fn assume_role_config(sdk_config: &SdkConfig, role: &RoleArn) -> SdkConfig {
+    let provider = AssumeRoleProvider::builder(role.as_str())
+        .session_name(session_name(std::env::var("AWS_LAMBDA_FUNCTION_NAME").ok().as_deref()))
+        .configure(sdk_config)
+        .build()
+        .await;
+    sdk_config.to_builder().credentials_provider(SharedCredentialsProvider::new(provider)).build()
+}
+
+/// The role session's name, as the target account's CloudTrail shows it: `copy-snapshots`, and
+/// the Lambda function's name when there is one (at most 64 of `[\w+=,.@-]`).
+fn session_name(function: Option<&str>) -> String {
+    let name = match function {
+        Some(function) if !function.is_empty() => format!("copy-snapshots@{function}"),
+        _ => "copy-snapshots".to_owned(),
+    };
+    let allowed = |c: char| c.is_ascii_alphanumeric() || "_+=,.@-".contains(c);
+    name.chars().map(|c| if allowed(c) { c } else { '-' }).take(64).collect()
 }
 
 impl SnapshotStore for Ec2Store {
@@ -128,18 +209,19 @@ impl SnapshotStore for Ec2Store {
         region: &Region,
         selector: &SourceSelector,
     ) -> Result<Vec<SourceSnapshot>, StoreError> {
+        let here = Place::here(region.clone());
         let snapshots = match selector {
             // Ids through the snapshot-id filter, not SnapshotIds: a missing id then comes back
             // as absent (the engine names every missing one) instead of failing the call. No
             // owner filter, so snapshots shared with this account can be copied too.
             SourceSelector::Ids(ids) => {
                 let ids: Vec<&str> = ids.iter().map(SnapshotId::as_str).collect();
-                self.describe_by(region, "snapshot-id", &ids, false, &[]).await?
+                self.describe_by(&here, "snapshot-id", &ids, false, &[]).await?
             }
             SourceSelector::Filters(filters) => {
                 let filters: Vec<types::Filter> =
                     filters.iter().map(|f| ec2_filter(&f.name, f.values.iter().map(String::as_str))).collect();
-                self.describe(region, |r| filters.into_iter().fold(r.owner_ids("self"), |r, f| r.filters(f))).await?
+                self.describe(&here, |r| filters.into_iter().fold(r.owner_ids("self"), |r, f| r.filters(f))).await?
             }
         };
         Ok(snapshots.iter().filter_map(to_source).collect())
@@ -147,18 +229,18 @@ impl SnapshotStore for Ec2Store {
 
     async fn find_copies(
         &self,
-        target_region: &Region,
+        target: &Place,
         source_region: &Region,
         source_ids: &[SnapshotId],
     ) -> Result<Vec<CopyStatus>, StoreError> {
         let from_region = ec2_filter(&format!("tag:{SOURCE_REGION_TAG}"), [source_region.as_str()]);
         let snapshots = if source_ids.len() <= MAX_FILTER_VALUES {
             let ids: Vec<&str> = source_ids.iter().map(SnapshotId::as_str).collect();
-            self.describe_by(target_region, &format!("tag:{SOURCE_SNAPSHOT_TAG}"), &ids, true, &[from_region]).await?
+            self.describe_by(target, &format!("tag:{SOURCE_SNAPSHOT_TAG}"), &ids, true, &[from_region]).await?
         } else {
             // Many sources: one paginated call for every copy from that region beats many
             // chunked ones; keep the wanted ones here.
-            self.copies_from(target_region, source_region).await?
+            self.copies_from(target, source_region).await?
         };
         let wanted: HashSet<&str> = source_ids.iter().map(SnapshotId::as_str).collect();
         Ok(snapshots
@@ -170,8 +252,8 @@ impl SnapshotStore for Ec2Store {
             .collect())
     }
 
-    async fn list_copies(&self, target_region: &Region, source_region: &Region) -> Result<Vec<CopyStatus>, StoreError> {
-        let snapshots = self.copies_from(target_region, source_region).await?;
+    async fn list_copies(&self, target: &Place, source_region: &Region) -> Result<Vec<CopyStatus>, StoreError> {
+        let snapshots = self.copies_from(target, source_region).await?;
         Ok(snapshots
             .iter()
             .filter_map(|s| {
@@ -185,10 +267,10 @@ impl SnapshotStore for Ec2Store {
             .collect())
     }
 
-    async fn list_pending_copies(&self, target_region: &Region) -> Result<Vec<CopyStatus>, StoreError> {
+    async fn list_pending_copies(&self, target: &Place) -> Result<Vec<CopyStatus>, StoreError> {
         let ours = ec2_filter("tag-key", [SOURCE_SNAPSHOT_TAG]);
         let pending = ec2_filter("status", ["pending"]);
-        let snapshots = self.describe(target_region, |r| r.owner_ids("self").filters(ours).filters(pending)).await?;
+        let snapshots = self.describe(target, |r| r.owner_ids("self").filters(ours).filters(pending)).await?;
         Ok(snapshots.iter().filter_map(to_copy).collect())
     }
 
@@ -199,16 +281,19 @@ impl SnapshotStore for Ec2Store {
                 spec.tags.iter().map(|t| types::Tag::builder().key(&t.key).value(&t.value).build()).collect(),
             ))
             .build();
-        let presigned_url = self.presigner.copy_snapshot_url(spec).await?;
-        let output = self
-            .client(&spec.target_region)
+        // The copy is made by the target's account, so the URL is signed with its credentials.
+        let account = self.account(&spec.target).await;
+        let presigned_url = account.presigner.copy_snapshot_url(spec).await?;
+        let output = account
+            .clients
+            .get(&spec.target.region)
             .copy_snapshot()
             .source_region(spec.source_region.as_str())
             .source_snapshot_id(spec.source_id.as_str())
             // What botocore, the JavaScript, Go, Java, Ruby, C++ and PHP SDKs add to every
             // CopySnapshot and aws-sdk-ec2 does not (see Presigner). A throttled call retried
             // by the SDK sends the same URL again: it is valid for an hour.
-            .destination_region(spec.target_region.as_str())
+            .destination_region(spec.target.region.as_str())
             .presigned_url(presigned_url)
             .description(&spec.description)
             // The API reference: "You cannot set this parameter to false"; omit it unless true.
@@ -229,22 +314,18 @@ impl SnapshotStore for Ec2Store {
             .map_err(|e| StoreError::Unknown(format!("CopySnapshot answered without a usable id: {e}")))
     }
 
-    async fn describe_copies(
-        &self,
-        target_region: &Region,
-        copy_ids: &[SnapshotId],
-    ) -> Result<Vec<CopyStatus>, StoreError> {
+    async fn describe_copies(&self, target: &Place, copy_ids: &[SnapshotId]) -> Result<Vec<CopyStatus>, StoreError> {
         // The snapshot-id filter, not SnapshotIds: a copy not visible yet (EC2 is eventually
         // consistent) is just absent instead of failing the whole poll.
         let ids: Vec<&str> = copy_ids.iter().map(SnapshotId::as_str).collect();
-        let snapshots = self.describe_by(target_region, "snapshot-id", &ids, true, &[]).await?;
+        let snapshots = self.describe_by(target, "snapshot-id", &ids, true, &[]).await?;
         Ok(snapshots.iter().filter_map(to_copy).collect())
     }
 
-    async fn delete_copy(&self, target_region: &Region, copy_id: &SnapshotId) -> Result<DeleteOutcome, StoreError> {
+    async fn delete_copy(&self, target: &Place, copy_id: &SnapshotId) -> Result<DeleteOutcome, StoreError> {
         // InvalidSnapshot.NotFound: gone before this call (or deleted by an attempt the SDK
         // retried): the snapshot is gone either way, but this run does not count it.
-        match self.client(target_region).delete_snapshot().snapshot_id(copy_id.as_str()).send().await {
+        match self.client(target).await.delete_snapshot().snapshot_id(copy_id.as_str()).send().await {
             Ok(_) => Ok(DeleteOutcome::Deleted),
             Err(e) => match store_error(e) {
                 StoreError::NotFound(_) => Ok(DeleteOutcome::AlreadyGone),
@@ -258,7 +339,7 @@ impl SnapshotStore for Ec2Store {
         // of the answer instead of failing the call with InvalidVolume.NotFound (which names
         // only one of the missing ids). Should EC2 answer InvalidVolume.NotFound all the same,
         // each id of that batch is asked for on its own, where the error is the answer.
-        let client = self.client(region);
+        let client = self.client(&Place::here(region.clone())).await;
         let mut existing = HashSet::new();
         for chunk in volume_ids.chunks(MAX_FILTER_VALUES) {
             let filter = ec2_filter("volume-id", chunk.iter().map(String::as_str));
@@ -291,11 +372,11 @@ impl SnapshotStore for Ec2Store {
 
     async fn images_using(
         &self,
-        region: &Region,
+        place: &Place,
         snapshot_ids: &[SnapshotId],
     ) -> Result<HashMap<SnapshotId, String>, StoreError> {
         let wanted: HashSet<&str> = snapshot_ids.iter().map(SnapshotId::as_str).collect();
-        let client = self.client(region);
+        let client = self.client(place).await;
         let mut using = HashMap::new();
         for chunk in snapshot_ids.chunks(MAX_FILTER_VALUES) {
             let filter = ec2_filter("block-device-mapping.snapshot-id", chunk.iter().map(SnapshotId::as_str));
@@ -326,8 +407,43 @@ impl SnapshotStore for Ec2Store {
         Ok(using)
     }
 
-    async fn describe_key(&self, region: &Region, key: &str) -> Result<KeyDescription, StoreError> {
-        self.keys.describe(region, key).await
+    async fn describe_key(&self, place: &Place, key: &str) -> Result<KeyDescription, StoreError> {
+        self.account(place).await.keys.describe(&place.region, key).await
+    }
+
+    async fn shared_with(&self, region: &Region, source: &SnapshotId) -> Result<Vec<String>, StoreError> {
+        let answer = self
+            .client(&Place::here(region.clone()))
+            .await
+            .describe_snapshot_attribute()
+            .snapshot_id(source.as_str())
+            .attribute(types::SnapshotAttributeName::CreateVolumePermission)
+            .send()
+            .await
+            .map_err(store_error)?;
+        Ok(answer
+            .create_volume_permissions()
+            .iter()
+            .filter_map(|permission| match (permission.user_id(), permission.group()) {
+                (Some(account), _) => Some(account.to_owned()),
+                (None, Some(group)) => Some(group.as_str().to_owned()),
+                (None, None) => None,
+            })
+            .collect())
+    }
+
+    async fn sources_shared_with(&self, region: &Region, account: &str) -> Result<Vec<SnapshotId>, StoreError> {
+        let here = Place::here(region.clone());
+        let shared = self.describe(&here, |r| r.owner_ids("self").restorable_by_user_ids(account)).await?;
+        Ok(shared.iter().filter_map(snapshot_id).collect())
+    }
+
+    async fn share(&self, region: &Region, source: &SnapshotId, account: &str) -> Result<(), StoreError> {
+        self.modify_share(region, source, account, types::OperationType::Add).await
+    }
+
+    async fn unshare(&self, region: &Region, source: &SnapshotId, account: &str) -> Result<(), StoreError> {
+        self.modify_share(region, source, account, types::OperationType::Remove).await
     }
 }
 
@@ -380,7 +496,7 @@ impl Presigner {
         let url = CopySnapshotUrl {
             source_region: spec.source_region.as_str(),
             source_snapshot_id: spec.source_id.as_str(),
-            destination_region: spec.target_region.as_str(),
+            destination_region: spec.target.region.as_str(),
             encrypted: spec.encrypted,
             kms_key_id: spec.kms_key_id.as_deref(),
         };
@@ -478,6 +594,7 @@ fn to_source(snapshot: &types::Snapshot) -> Option<SourceSnapshot> {
         tags: tags_of(snapshot),
         start_time: snapshot.start_time().and_then(|t| std::time::SystemTime::try_from(*t).ok()),
         volume_id: real_volume(snapshot.volume_id()),
+        kms_key_id: snapshot.kms_key_id().map(str::to_owned),
     })
 }
 
@@ -501,6 +618,7 @@ fn copy_status(snapshot: &types::Snapshot, tags: &[Tag]) -> Option<CopyStatus> {
         source_volume_id,
         source_start_time,
         size_gib: snapshot.volume_size().and_then(|s| u64::try_from(s).ok()).unwrap_or(0),
+        shared_for_copy: find_tag(tags, SHARED_FOR_COPY_TAG) == Some("true"),
     })
 }
 
@@ -573,7 +691,7 @@ mod tests {
         let spec = CopySpec {
             source_id: SnapshotId::parse("snap-0123456789abcdef0").unwrap(),
             source_region: Region::parse("us-east-1").unwrap(),
-            target_region: Region::parse("eu-west-1").unwrap(),
+            target: Place::here(Region::parse("eu-west-1").unwrap()),
             description: String::new(),
             encrypted: false,
             kms_key_id: None,

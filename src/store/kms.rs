@@ -1,4 +1,5 @@
-//! The key a request names, resolved with aws-sdk-kms (kms:DescribeKey in the target region):
+//! The key a request names, resolved with aws-sdk-kms (kms:DescribeKey in the target region;
+//! and a source's key, whether AWS manages it):
 //! one client per region, from the same loaded configuration as EC2's, and KMS's errors sorted
 //! into the engine's [`StoreError`]s. Used by [`Ec2Store`](crate::store::ec2::Ec2Store).
 
@@ -40,6 +41,7 @@ impl KeyLookup {
             arn: arn.to_owned(),
             state: metadata.key_state().map(|s| s.as_str().to_owned()).unwrap_or_default(),
             spec: metadata.key_spec().map(|s| s.as_str().to_owned()).unwrap_or_default(),
+            aws_managed: metadata.key_manager() == Some(&aws_sdk_kms::types::KeyManagerType::Aws),
         })
     }
 }

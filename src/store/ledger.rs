@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 use std::future::Future;
 use std::time::SystemTime;
 
-use crate::ids::{Region, SnapshotId};
+use crate::ids::{Place, Region, SnapshotId};
 
 /// What identifies a copy-to-be: source region, source snapshot and the encryption asked
 /// (`us-east-1/snap-…/none`), so a second reservation of the same copy is refused instead of
@@ -94,13 +94,14 @@ pub trait SlotLedger: Sync {
     /// Names the ledger for messages ("DynamoDB table copy-snapshots-Slots…").
     fn describe(&self) -> String;
 
-    /// The ledger of `target_region` and its version (an empty state, version 0, when none).
-    fn load(&self, target_region: &Region) -> impl Future<Output = Result<(LedgerState, Version), LedgerError>> + Send;
+    /// The ledger of `target` (its region, in its account) and its version (an empty state,
+    /// version 0, when none).
+    fn load(&self, target: &Place) -> impl Future<Output = Result<(LedgerState, Version), LedgerError>> + Send;
 
     /// Writes `state` as version `expected + 1`, only if the stored version is `expected`.
     fn save(
         &self,
-        target_region: &Region,
+        target: &Place,
         state: &LedgerState,
         expected: Version,
     ) -> impl Future<Output = Result<Saved, LedgerError>> + Send;
@@ -116,11 +117,11 @@ impl SlotLedger for NoLedger {
         match *self {}
     }
 
-    async fn load(&self, _: &Region) -> Result<(LedgerState, Version), LedgerError> {
+    async fn load(&self, _: &Place) -> Result<(LedgerState, Version), LedgerError> {
         match *self {}
     }
 
-    async fn save(&self, _: &Region, _: &LedgerState, _: Version) -> Result<Saved, LedgerError> {
+    async fn save(&self, _: &Place, _: &LedgerState, _: Version) -> Result<Saved, LedgerError> {
         match *self {}
     }
 }

@@ -20,7 +20,7 @@ use std::time::SystemTime;
 
 use chrono::{DateTime, SecondsFormat, Utc};
 
-use crate::ids::{Region, SnapshotId};
+use crate::ids::{Place, Region, SnapshotId};
 use crate::store::ledger::{NoLedger, SlotLedger};
 
 /// EC2 accepts at most 200 values in one DescribeSnapshots filter.
@@ -44,9 +44,14 @@ pub const SOURCE_VOLUME_TAG: &str = "copy-snapshots:source-volume-id";
 /// Tag on every copy with its source's StartTime (RFC 3339, UTC, milliseconds): a copy's age
 /// is its source's age, as AWS Backup counts it, whether or not the source still exists.
 pub const SOURCE_START_TIME_TAG: &str = "copy-snapshots:source-start-time";
+/// Tag on a copy in another account whose source this function shared with that account for
+/// the copy (`true`): the share is this function's to remove once that account's copies of the
+/// source have completed. A source someone else had shared with the account is never unshared.
+pub const SHARED_FOR_COPY_TAG: &str = "copy-snapshots:shared-for-copy";
 /// Prefix of the tags this function owns; users may not set them.
 pub const RESERVED_TAG_PREFIX: &str = "copy-snapshots:";
-/// How many tags this function puts on every copy (the five above).
+/// How many tags this function puts on every copy (the five above; a copy in another account
+/// may carry [`SHARED_FOR_COPY_TAG`] too, which the start checks against EC2's limit).
 pub const OWN_TAGS: usize = 5;
 /// The volume id EC2 reports for snapshots made by CopySnapshot (and some others): "an arbitrary
 /// volume ID that should not be used for any purpose", says the API reference. Such a source
@@ -110,6 +115,8 @@ pub struct SourceSnapshot {
     pub start_time: Option<SystemTime>,
     /// The volume it was taken of; `None` when EC2 reports none or [`NO_VOLUME`].
     pub volume_id: Option<String>,
+    /// The key an encrypted snapshot is under (its ARN, as EC2 reports it).
+    pub kms_key_id: Option<String>,
 }
 
 impl SourceSnapshot {
@@ -142,6 +149,8 @@ pub struct CopyStatus {
     pub source_start_time: Option<SystemTime>,
     /// The copy's size (its source volume's), GiB.
     pub size_gib: u64,
+    /// The copy carries [`SHARED_FOR_COPY_TAG`]: this function shared its source for it.
+    pub shared_for_copy: bool,
 }
 
 /// Which snapshots a request is about.
@@ -165,7 +174,9 @@ pub struct Filter {
 pub struct CopySpec {
     pub source_id: SnapshotId,
     pub source_region: Region,
-    pub target_region: Region,
+    /// Where the copy is made: the target region, in this account or (the source shared with
+    /// it) another.
+    pub target: Place,
     pub description: String,
     pub encrypted: bool,
     pub kms_key_id: Option<String>,
@@ -183,6 +194,9 @@ pub struct KeyDescription {
     pub state: String,
     /// `SYMMETRIC_DEFAULT` for the keys EBS can use; asymmetric and HMAC keys it cannot.
     pub spec: String,
+    /// KeyManager `AWS`: an AWS managed key such as `aws/ebs`, whose key policy no one can
+    /// change, so a snapshot under it cannot be shared with another account.
+    pub aws_managed: bool,
 }
 
 impl KeyDescription {
@@ -249,16 +263,16 @@ pub trait SnapshotStore: Sync {
     /// and one of `source_ids`, in any state.
     fn find_copies(
         &self,
-        target_region: &Region,
+        target: &Place,
         source_region: &Region,
         source_ids: &[SnapshotId],
     ) -> impl Future<Output = Result<Vec<CopyStatus>, StoreError>> + Send;
 
-    /// Every copy in `target_region` carrying this function's tracking tags for `source_region`,
+    /// Every copy in `target` carrying this function's tracking tags for `source_region`,
     /// in any state, whatever its source: what retention judges. One paginated call.
     fn list_copies(
         &self,
-        target_region: &Region,
+        target: &Place,
         source_region: &Region,
     ) -> impl Future<Output = Result<Vec<CopyStatus>, StoreError>> + Send;
 
@@ -267,10 +281,7 @@ pub trait SnapshotStore: Sync {
     /// `pending_limit` bounds, so the events, the schedule and the state machine together leave
     /// the rest of the region's copy quota to Data Lifecycle Manager and AWS Backup. One
     /// paginated call.
-    fn list_pending_copies(
-        &self,
-        target_region: &Region,
-    ) -> impl Future<Output = Result<Vec<CopyStatus>, StoreError>> + Send;
+    fn list_pending_copies(&self, target: &Place) -> impl Future<Output = Result<Vec<CopyStatus>, StoreError>> + Send;
 
     /// Starts one copy; returns the new snapshot's id.
     fn start_copy(&self, spec: &CopySpec) -> impl Future<Output = Result<SnapshotId, StoreError>> + Send;
@@ -278,7 +289,7 @@ pub trait SnapshotStore: Sync {
     /// Current state of the given copies, in one call. A copy not (yet) visible is left out.
     fn describe_copies(
         &self,
-        target_region: &Region,
+        target: &Place,
         copy_ids: &[SnapshotId],
     ) -> impl Future<Output = Result<Vec<CopyStatus>, StoreError>> + Send;
 
@@ -289,7 +300,7 @@ pub trait SnapshotStore: Sync {
     /// [`find_copies`]: SnapshotStore::find_copies
     fn delete_copy(
         &self,
-        target_region: &Region,
+        target: &Place,
         copy_id: &SnapshotId,
     ) -> impl Future<Output = Result<DeleteOutcome, StoreError>> + Send;
 
@@ -302,21 +313,53 @@ pub trait SnapshotStore: Sync {
         volume_ids: &[String],
     ) -> impl Future<Output = Result<HashSet<String>, StoreError>> + Send;
 
-    /// The AMIs (this account's, in `region`) whose block device mappings use any of
+    /// The AMIs (the place's account's, in its region) whose block device mappings use any of
     /// `snapshot_ids`: snapshot id → image id. One DescribeImages, at most 200 ids a filter.
     fn images_using(
         &self,
-        region: &Region,
+        place: &Place,
         snapshot_ids: &[SnapshotId],
     ) -> impl Future<Output = Result<HashMap<SnapshotId, String>, StoreError>> + Send;
 
-    /// The key `key` (a key id, key ARN, alias name or alias ARN) names in `region`
-    /// (kms:DescribeKey). A key that does not exist is [`StoreError::NotFound`].
-    fn describe_key(
+    /// The key `key` (a key id, key ARN, alias name or alias ARN) names in `place`
+    /// (kms:DescribeKey, as the place's account). A key that does not exist is
+    /// [`StoreError::NotFound`].
+    fn describe_key(&self, place: &Place, key: &str)
+    -> impl Future<Output = Result<KeyDescription, StoreError>> + Send;
+
+    /// The accounts a source in `region` (this account's) is shared with
+    /// (DescribeSnapshotAttribute `createVolumePermission`; a public snapshot lists `all`).
+    fn shared_with(
         &self,
         region: &Region,
-        key: &str,
-    ) -> impl Future<Output = Result<KeyDescription, StoreError>> + Send;
+        source: &SnapshotId,
+    ) -> impl Future<Output = Result<Vec<String>, StoreError>> + Send;
+
+    /// This account's snapshots in `region` that `account` may create volumes from (one
+    /// paginated DescribeSnapshots, owner self, RestorableByUserIds): the sources shared with it.
+    fn sources_shared_with(
+        &self,
+        region: &Region,
+        account: &str,
+    ) -> impl Future<Output = Result<Vec<SnapshotId>, StoreError>> + Send;
+
+    /// Shares a source in `region` with `account`, so a copy can be made there
+    /// (ModifySnapshotAttribute, `createVolumePermission` add). Sharing it again is harmless.
+    fn share(
+        &self,
+        region: &Region,
+        source: &SnapshotId,
+        account: &str,
+    ) -> impl Future<Output = Result<(), StoreError>> + Send;
+
+    /// Removes the share of a source in `region` with `account` (`createVolumePermission`
+    /// remove). Removing one that is not there is harmless.
+    fn unshare(
+        &self,
+        region: &Region,
+        source: &SnapshotId,
+        account: &str,
+    ) -> impl Future<Output = Result<(), StoreError>> + Send;
     /// The deployment's slot ledger ([`crate::engine::slots`]), when one is configured (the deployed
     /// stack's `SLOT_TABLE`): `pending_limit` is then reserved atomically in it before each
     /// start round, instead of counted with one DescribeSnapshots that two invocations can

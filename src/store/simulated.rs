@@ -19,12 +19,12 @@ use std::time::{Duration, SystemTime};
 
 use tokio::time::Instant;
 
-use crate::ids::{Region, SnapshotId};
+use crate::ids::{Place, Region, SnapshotId};
 use crate::store::ledger::{LedgerError, LedgerState, Saved, SlotLedger, Version};
 use crate::store::{
-    CopySpec, CopyStatus, DeleteOutcome, ENCRYPTION_TAG, KeyDescription, SOURCE_REGION_TAG, SOURCE_SNAPSHOT_TAG,
-    SnapshotState, SnapshotStore, SourceSelector, SourceSnapshot, StoreError, Tag, find_tag, is_copy_from,
-    source_origin,
+    CopySpec, CopyStatus, DeleteOutcome, ENCRYPTION_TAG, KeyDescription, SHARED_FOR_COPY_TAG, SOURCE_REGION_TAG,
+    SOURCE_SNAPSHOT_TAG, SnapshotState, SnapshotStore, SourceSelector, SourceSnapshot, StoreError, Tag, find_tag,
+    is_copy_from, source_origin,
 };
 
 /// AWS's default quota of concurrent copies per destination region.
@@ -61,6 +61,9 @@ pub struct CallCounts {
     pub describe_images: usize,
     /// kms:DescribeKey calls (KMS, not EC2: not in [`total`](Self::total) or `requests`).
     pub describe_key: usize,
+    /// DescribeSnapshotAttribute, ModifySnapshotAttribute and DescribeSnapshots by
+    /// RestorableByUserIds: sharing sources with other accounts.
+    pub sharing: usize,
     /// Look-ups answered with throttling (counted in their operation too).
     pub throttled_looks: usize,
     /// The HTTP requests those calls would be to EC2, which pages DescribeSnapshots (1,000 a
@@ -80,6 +83,7 @@ impl CallCounts {
             + self.list_pending_copies
             + self.describe_volumes
             + self.describe_images
+            + self.sharing
     }
 }
 
@@ -138,6 +142,8 @@ struct Snapshot {
     fails_with: Option<String>,
     /// The volume a source was taken of; copies have none of their own (EC2's placeholder).
     volume_id: Option<String>,
+    /// The accounts a source is shared with (`createVolumePermission`).
+    shared_with: HashSet<String>,
 }
 
 impl Snapshot {
@@ -181,6 +187,7 @@ impl Snapshot {
             source_volume_id,
             source_start_time,
             size_gib: self.size_gib,
+            shared_for_copy: find_tag(&self.tags, SHARED_FOR_COPY_TAG) == Some("true"),
         })
     }
 
@@ -311,6 +318,8 @@ struct World {
     key_lookup_faults: Vec<StoreError>,
     /// The KmsKeyId each CopySnapshot sent, in order.
     kms_keys_sent: Vec<Option<String>>,
+    /// CopySnapshot calls into another account of a source not shared with it.
+    unshared_copies: usize,
 }
 
 /// A KMS key of the simulated account.
@@ -327,10 +336,20 @@ struct SimulatedKey {
 /// The simulated account's id, in the ARNs it makes.
 const ACCOUNT: &str = "111122223333";
 
+const SYMMETRIC: &str = "SYMMETRIC_DEFAULT";
+
+/// A region as the simulator keys it ([`Place::key`]: `REGION@ACCOUNT` in another account),
+/// split into the region's name and the account.
+fn region_and_account(place_key: &str) -> (&str, &str) {
+    place_key.split_once('@').unwrap_or((place_key, ACCOUNT))
+}
+
 impl World {
-    /// The key `key` (key id, key ARN, alias name or alias ARN) names in `region`.
+    /// The key `key` (key id, key ARN, alias name or alias ARN) names in `region` (a place's
+    /// key: `REGION@ACCOUNT` in another account).
     fn key(&self, region: &str, key: &str) -> Option<&SimulatedKey> {
-        let alias_prefix = format!("arn:aws:kms:{region}:{ACCOUNT}:");
+        let (name_region, account) = region_and_account(region);
+        let alias_prefix = format!("arn:aws:kms:{name_region}:{account}:");
         let name = key.strip_prefix(&alias_prefix).unwrap_or(key);
         self.keys
             .iter()
@@ -481,25 +500,25 @@ impl SlotLedger for MemoryLedger {
         "the simulated slot table".to_owned()
     }
 
-    async fn load(&self, target_region: &Region) -> Result<(LedgerState, Version), LedgerError> {
+    async fn load(&self, target: &Place) -> Result<(LedgerState, Version), LedgerError> {
         tokio::time::sleep(self.latency).await;
         let mut world = self.lock();
         world.calls.loads += 1;
         Self::fault(&mut world)?;
-        Ok(world.items.get(target_region.as_str()).cloned().unwrap_or_default())
+        Ok(world.items.get(&target.key()).cloned().unwrap_or_default())
     }
 
-    async fn save(&self, target_region: &Region, state: &LedgerState, expected: Version) -> Result<Saved, LedgerError> {
+    async fn save(&self, target: &Place, state: &LedgerState, expected: Version) -> Result<Saved, LedgerError> {
         tokio::time::sleep(self.latency).await;
         let mut world = self.lock();
         world.calls.saves += 1;
         Self::fault(&mut world)?;
-        let stored = world.items.get(target_region.as_str()).map_or(0, |(_, v)| *v);
+        let stored = world.items.get(&target.key()).map_or(0, |(_, v)| *v);
         if stored != expected {
             world.calls.conflicts += 1;
             return Ok(Saved::Conflict);
         }
-        world.items.insert(target_region.as_str().to_owned(), (state.clone(), expected + 1));
+        world.items.insert(target.key(), (state.clone(), expected + 1));
         Ok(Saved::Saved)
     }
 }
@@ -552,6 +571,7 @@ impl SimulatedEc2 {
                 encryption_by_default: false,
                 key_lookup_faults: Vec::new(),
                 kms_keys_sent: Vec::new(),
+                unshared_copies: 0,
             }),
             latency: Duration::ZERO,
             ledger: None,
@@ -716,7 +736,8 @@ impl SimulatedEc2 {
     pub fn add_key(&self, region: &str, alias: Option<&str>) -> String {
         let mut world = self.lock();
         let id = format!("{:08x}-0000-4000-8000-{:012x}", world.keys.len() + 1, world.keys.len() + 1);
-        let arn = format!("arn:aws:kms:{region}:{ACCOUNT}:key/{id}");
+        let (name_region, account) = region_and_account(region);
+        let arn = format!("arn:aws:kms:{name_region}:{account}:key/{id}");
         let aliases = alias.map(|a| vec![a.to_owned()]).unwrap_or_default();
         world.keys.push(SimulatedKey {
             region: region.to_owned(),
@@ -724,7 +745,7 @@ impl SimulatedEc2 {
             id,
             aliases,
             state: "Enabled".to_owned(),
-            spec: "SYMMETRIC_DEFAULT".to_owned(),
+            spec: SYMMETRIC.to_owned(),
         });
         arn
     }
@@ -773,7 +794,8 @@ impl SimulatedEc2 {
     /// The ARN EC2 would report for a copy in `region` encrypted under the region's default
     /// EBS key.
     pub fn default_key_arn(region: &str) -> String {
-        format!("arn:aws:kms:{region}:{ACCOUNT}:key/aws-managed-ebs-key")
+        let (region, account) = region_and_account(region);
+        format!("arn:aws:kms:{region}:{account}:key/aws-managed-ebs-key")
     }
 
     /// Registers an AMI whose block device mappings use `snapshot`.
@@ -891,9 +913,41 @@ impl SimulatedEc2 {
             duration: Duration::ZERO,
             fails_with: None,
             volume_id: Some(volume_id),
+            shared_with: HashSet::new(),
         };
         world.regions.entry(region.to_owned()).or_default().insert(snapshot);
         id
+    }
+
+    /// Encrypts a source under `key_arn` (as it was taken of an encrypted volume); the
+    /// region's default key ([`Self::default_key_arn`]) is AWS managed.
+    pub fn encrypt_source(&self, region: &str, id: &SnapshotId, key_arn: &str) {
+        if let Some(s) = self.lock().regions.get_mut(region).and_then(|r| r.snapshots.get_mut(id)) {
+            s.encrypted = true;
+            s.kms_key_id = Some(key_arn.to_owned());
+        }
+    }
+
+    /// The accounts a source is shared with now, sorted.
+    pub fn shares_of(&self, region: &str, id: &SnapshotId) -> Vec<String> {
+        let world = self.lock();
+        let shared = world.regions.get(region).and_then(|r| r.snapshots.get(id)).map(|s| s.shared_with.clone());
+        let mut accounts: Vec<String> = shared.unwrap_or_default().into_iter().collect();
+        accounts.sort();
+        accounts
+    }
+
+    /// Shares a source with `account` as someone else would (not this function).
+    pub fn share_by_hand(&self, region: &str, id: &SnapshotId, account: &str) {
+        if let Some(s) = self.lock().regions.get_mut(region).and_then(|r| r.snapshots.get_mut(id)) {
+            s.shared_with.insert(account.to_owned());
+        }
+    }
+
+    /// CopySnapshot calls into another account of a source not shared with it (EC2 answers
+    /// them InvalidSnapshot.NotFound).
+    pub fn unshared_copies(&self) -> usize {
+        self.lock().unshared_copies
     }
 
     /// Sets a snapshot's StartTime (by default, the wall-clock moment it was added).
@@ -930,6 +984,7 @@ impl SimulatedEc2 {
                 duration,
                 fails_with: None,
                 volume_id: None,
+                shared_with: HashSet::new(),
             };
             let region = world.regions.entry(region.to_owned()).or_default();
             region.insert(snapshot);
@@ -1030,7 +1085,7 @@ impl SimulatedEc2 {
         let world = &mut *world;
         world.calls.start_copy += 1;
         world.calls.requests += 1;
-        world.region_allowed(spec.target_region.as_str())?;
+        world.region_allowed(spec.target.region.as_str())?;
         if world.deny_starts {
             return Err(StoreError::AccessDenied(
                 "UnauthorizedOperation: You are not authorized to perform this operation.".to_owned(),
@@ -1056,11 +1111,18 @@ impl SimulatedEc2 {
             .and_then(|r| r.snapshots.get(&spec.source_id))
             .cloned()
             .ok_or_else(|| StoreError::NotFound(format!("The snapshot '{}' does not exist.", spec.source_id)))?;
+        // Another account sees the source only once it is shared with it, as EC2 answers.
+        if let Some(account) = spec.target.account()
+            && !source.shared_with.contains(account)
+        {
+            world.unshared_copies += 1;
+            return Err(StoreError::NotFound(format!("The snapshot '{}' does not exist.", spec.source_id)));
+        }
         if source.fixed_state != Some(SnapshotState::Completed) {
             return Err(StoreError::NotReady(format!("Snapshot '{}' is not in a completed state", spec.source_id)));
         }
         let limit = world.region_copy_limit;
-        let target = world.regions.entry(spec.target_region.as_str().to_owned()).or_default();
+        let target = world.regions.entry(spec.target.key()).or_default();
         if target.pending_now(now).len() >= limit {
             world.no_slot_answers += 1;
             return Err(StoreError::NoSlot(format!(
@@ -1089,7 +1151,8 @@ impl SimulatedEc2 {
             duration = total - quiet_phase;
         }
         let encrypted = spec.encrypted || source.encrypted || world.encryption_by_default;
-        let target = spec.target_region.as_str();
+        let target = spec.target.key();
+        let target = target.as_str();
         world.kms_keys_sent.push(spec.kms_key_id.clone());
         let kms_key_id = encrypted.then(|| {
             // EC2 reports the key's ARN whatever form was sent; a key the account does not
@@ -1113,8 +1176,9 @@ impl SimulatedEc2 {
             duration,
             fails_with: world.failing_sources.get(&spec.source_id).cloned(),
             volume_id: None,
+            shared_with: HashSet::new(),
         };
-        let target_name = spec.target_region.as_str().to_owned();
+        let target_name = spec.target.key();
         let target = world.regions.entry(target_name.clone()).or_default();
         target.insert(copy);
         target.maybe_pending.push(id.clone());
@@ -1126,6 +1190,30 @@ impl SimulatedEc2 {
             return Err(StoreError::Unknown("timeout waiting for CopySnapshot's answer".to_owned()));
         }
         Ok(id)
+    }
+
+    /// ModifySnapshotAttribute `createVolumePermission` add or remove, for one account.
+    async fn change_share(
+        &self,
+        region: &Region,
+        source: &SnapshotId,
+        account: &str,
+        add: bool,
+    ) -> Result<(), StoreError> {
+        self.call_latency().await;
+        let mut world = self.lock();
+        world.calls.requests += 1;
+        world.calls.sharing += 1;
+        world.region_allowed(region.as_str())?;
+        let snapshot = world.regions.get_mut(region.as_str()).and_then(|r| r.snapshots.get_mut(source));
+        let snapshot =
+            snapshot.ok_or_else(|| StoreError::NotFound(format!("The snapshot '{source}' does not exist.")))?;
+        if add {
+            snapshot.shared_with.insert(account.to_owned());
+        } else {
+            snapshot.shared_with.remove(account);
+        }
+        Ok(())
     }
 
     async fn call_latency(&self) {
@@ -1197,6 +1285,7 @@ impl SnapshotStore for SimulatedEc2 {
             tags: s.tags.clone(),
             start_time: Some(s.start_time),
             volume_id: s.volume_id.clone(),
+            kms_key_id: s.kms_key_id.clone(),
         };
         let (found, values) = match selector {
             SourceSelector::Ids(ids) => {
@@ -1219,7 +1308,7 @@ impl SnapshotStore for SimulatedEc2 {
 
     async fn find_copies(
         &self,
-        target_region: &Region,
+        target: &Place,
         source_region: &Region,
         source_ids: &[SnapshotId],
     ) -> Result<Vec<CopyStatus>, StoreError> {
@@ -1227,7 +1316,7 @@ impl SnapshotStore for SimulatedEc2 {
         let now = Instant::now();
         let mut world = self.lock();
         world.calls.find_copies += 1;
-        world.throttle_look(target_region.as_str())?;
+        world.throttle_look(target.region.as_str())?;
         if world.finds_before_loss > 0 {
             world.finds_before_loss -= 1;
         } else if world.unanswered_finds > 0 {
@@ -1235,7 +1324,7 @@ impl SnapshotStore for SimulatedEc2 {
             return Err(StoreError::Unknown("timeout waiting for DescribeSnapshots' answer".to_owned()));
         }
         let wanted: HashSet<&str> = source_ids.iter().map(SnapshotId::as_str).collect();
-        let Some(state) = world.regions.get(target_region.as_str()) else { return Ok(Vec::new()) };
+        let Some(state) = world.regions.get(&target.key()) else { return Ok(Vec::new()) };
         let found: Vec<CopyStatus> = state
             .in_order()
             .filter(|s| s.listed_at(now, world.visibility_lag) && is_copy_from(&s.tags, source_region, &wanted))
@@ -1251,13 +1340,13 @@ impl SnapshotStore for SimulatedEc2 {
         Ok(found)
     }
 
-    async fn list_copies(&self, target_region: &Region, source_region: &Region) -> Result<Vec<CopyStatus>, StoreError> {
+    async fn list_copies(&self, target: &Place, source_region: &Region) -> Result<Vec<CopyStatus>, StoreError> {
         self.call_latency().await;
         let now = Instant::now();
         let mut world = self.lock();
         world.calls.list_copies += 1;
-        world.throttle_look(target_region.as_str())?;
-        let found: Vec<CopyStatus> = match world.regions.get(target_region.as_str()) {
+        world.throttle_look(target.region.as_str())?;
+        let found: Vec<CopyStatus> = match world.regions.get(&target.key()) {
             Some(state) => copies_from(state, source_region)
                 .filter(|s| s.listed_at(now, world.visibility_lag))
                 .filter_map(|s| s.copy_status(now))
@@ -1268,15 +1357,15 @@ impl SnapshotStore for SimulatedEc2 {
         Ok(found)
     }
 
-    async fn list_pending_copies(&self, target_region: &Region) -> Result<Vec<CopyStatus>, StoreError> {
+    async fn list_pending_copies(&self, target: &Place) -> Result<Vec<CopyStatus>, StoreError> {
         self.call_latency().await;
         let now = Instant::now();
         let mut world = self.lock();
         let world = &mut *world;
         world.calls.list_pending_copies += 1;
-        world.throttle_look(target_region.as_str())?;
+        world.throttle_look(target.region.as_str())?;
         let lag = world.visibility_lag;
-        let found: Vec<CopyStatus> = match world.regions.get_mut(target_region.as_str()) {
+        let found: Vec<CopyStatus> = match world.regions.get_mut(&target.key()) {
             Some(state) => state
                 .pending_now(now)
                 .into_iter()
@@ -1299,18 +1388,14 @@ impl SnapshotStore for SimulatedEc2 {
         answer
     }
 
-    async fn describe_copies(
-        &self,
-        target_region: &Region,
-        copy_ids: &[SnapshotId],
-    ) -> Result<Vec<CopyStatus>, StoreError> {
+    async fn describe_copies(&self, target: &Place, copy_ids: &[SnapshotId]) -> Result<Vec<CopyStatus>, StoreError> {
         self.call_latency().await;
         let now = Instant::now();
         let mut world = self.lock();
         world.calls.describe_copies += 1;
-        world.throttle_look(target_region.as_str())?;
+        world.throttle_look(target.region.as_str())?;
         world.calls.requests += copy_ids.len().div_ceil(FILTER_VALUES).max(1);
-        let Some(state) = world.regions.get(target_region.as_str()) else { return Ok(Vec::new()) };
+        let Some(state) = world.regions.get(&target.key()) else { return Ok(Vec::new()) };
         Ok(copy_ids
             .iter()
             .filter_map(|id| state.snapshots.get(id))
@@ -1319,7 +1404,7 @@ impl SnapshotStore for SimulatedEc2 {
             .collect())
     }
 
-    async fn delete_copy(&self, target_region: &Region, copy_id: &SnapshotId) -> Result<DeleteOutcome, StoreError> {
+    async fn delete_copy(&self, target: &Place, copy_id: &SnapshotId) -> Result<DeleteOutcome, StoreError> {
         self.call_latency().await;
         let now = Instant::now();
         let mut world = self.lock();
@@ -1340,14 +1425,14 @@ impl SnapshotStore for SimulatedEc2 {
                 return Err(StoreError::Unknown("timeout waiting for DeleteSnapshot's answer".to_owned()));
             }
             Some(DeleteFault::GoneBefore) => {
-                if let Some(state) = world.regions.get_mut(target_region.as_str()) {
+                if let Some(state) = world.regions.get_mut(&target.key()) {
                     state.snapshots.remove(copy_id);
                     state.order.retain(|id| id != copy_id);
                 }
             }
             Some(DeleteFault::Unanswered { deleted: true }) | None => {}
         }
-        let Some(state) = world.regions.get_mut(target_region.as_str()) else { return Ok(DeleteOutcome::AlreadyGone) };
+        let Some(state) = world.regions.get_mut(&target.key()) else { return Ok(DeleteOutcome::AlreadyGone) };
         // InvalidSnapshot.NotFound: already gone.
         let Some(snapshot) = state.snapshots.get(copy_id) else { return Ok(DeleteOutcome::AlreadyGone) };
         // The deployed role may delete only snapshots carrying the tracking tags.
@@ -1387,7 +1472,7 @@ impl SnapshotStore for SimulatedEc2 {
 
     async fn images_using(
         &self,
-        _region: &Region,
+        _place: &Place,
         snapshot_ids: &[SnapshotId],
     ) -> Result<HashMap<SnapshotId, String>, StoreError> {
         self.call_latency().await;
@@ -1400,19 +1485,63 @@ impl SnapshotStore for SimulatedEc2 {
         Ok(snapshot_ids.iter().filter_map(|id| world.images.get(id).map(|ami| (id.clone(), ami.clone()))).collect())
     }
 
-    async fn describe_key(&self, region: &Region, key: &str) -> Result<KeyDescription, StoreError> {
+    async fn describe_key(&self, place: &Place, key: &str) -> Result<KeyDescription, StoreError> {
         self.call_latency().await;
         let mut world = self.lock();
         world.calls.describe_key += 1;
         if !world.key_lookup_faults.is_empty() {
             return Err(world.key_lookup_faults.remove(0));
         }
-        match world.key(region.as_str(), key) {
-            Some(found) => {
-                Ok(KeyDescription { arn: found.arn.clone(), state: found.state.clone(), spec: found.spec.clone() })
-            }
+        if key == Self::default_key_arn(&place.key()) {
+            let arn = key.to_owned();
+            return Ok(KeyDescription {
+                arn,
+                state: "Enabled".to_owned(),
+                spec: SYMMETRIC.to_owned(),
+                aws_managed: true,
+            });
+        }
+        match world.key(&place.key(), key) {
+            Some(found) => Ok(KeyDescription {
+                arn: found.arn.clone(),
+                state: found.state.clone(),
+                spec: found.spec.clone(),
+                aws_managed: false,
+            }),
             None => Err(StoreError::NotFound(format!("NotFoundException: Key '{key}' does not exist"))),
         }
+    }
+
+    async fn shared_with(&self, region: &Region, source: &SnapshotId) -> Result<Vec<String>, StoreError> {
+        self.call_latency().await;
+        let mut world = self.lock();
+        world.calls.requests += 1;
+        world.calls.sharing += 1;
+        world.region_allowed(region.as_str())?;
+        let snapshot = world.regions.get(region.as_str()).and_then(|r| r.snapshots.get(source));
+        let snapshot =
+            snapshot.ok_or_else(|| StoreError::NotFound(format!("The snapshot '{source}' does not exist.")))?;
+        let mut accounts: Vec<String> = snapshot.shared_with.iter().cloned().collect();
+        accounts.sort();
+        Ok(accounts)
+    }
+
+    async fn sources_shared_with(&self, region: &Region, account: &str) -> Result<Vec<SnapshotId>, StoreError> {
+        self.call_latency().await;
+        let mut world = self.lock();
+        world.calls.requests += 1;
+        world.calls.sharing += 1;
+        world.throttle_look(region.as_str())?;
+        let Some(state) = world.regions.get(region.as_str()) else { return Ok(Vec::new()) };
+        Ok(state.in_order().filter(|s| s.shared_with.contains(account)).map(|s| s.id.clone()).collect())
+    }
+
+    async fn share(&self, region: &Region, source: &SnapshotId, account: &str) -> Result<(), StoreError> {
+        self.change_share(region, source, account, true).await
+    }
+
+    async fn unshare(&self, region: &Region, source: &SnapshotId, account: &str) -> Result<(), StoreError> {
+        self.change_share(region, source, account, false).await
     }
 
     fn wall_clock(&self) -> SystemTime {

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use aws_sdk_ec2::config::retry::RetryConfig;
 use aws_sdk_ec2::config::{BehaviorVersion, Credentials, Region as SdkRegion, SharedCredentialsProvider};
-use copy_snapshots::ids::{Region, SnapshotId};
+use copy_snapshots::ids::{Place, Region, SnapshotId};
 use copy_snapshots::store::dynamo_slots::DynamoSlotLedger;
 use copy_snapshots::store::ec2::Ec2Store;
 use copy_snapshots::store::ledger::{LedgerError, LedgerState, Saved, SlotLedger};
@@ -46,7 +46,7 @@ fn spec() -> CopySpec {
     CopySpec {
         source_id: SnapshotId::parse("snap-0123456789abcdef0").unwrap(),
         source_region: Region::parse("us-east-1").unwrap(),
-        target_region: Region::parse("eu-west-1").unwrap(),
+        target: Place::here(Region::parse("eu-west-1").unwrap()),
         description: "Copy of snap-0123456789abcdef0 from us-east-1".into(),
         encrypted: true,
         kms_key_id: None,
@@ -129,7 +129,7 @@ async fn a_server_error_on_describe_is_retried() {
     );
     let ec2 = ScriptedEc2::start(vec![Reply::error(500, "InternalError"), Reply::snapshots(&copy)]);
     let ids = [SnapshotId::parse("snap-0cccccccccccccccc").unwrap()];
-    let found = store(&ec2).describe_copies(&Region::parse("eu-west-1").unwrap(), &ids).await.unwrap();
+    let found = store(&ec2).describe_copies(&Place::here(Region::parse("eu-west-1").unwrap()), &ids).await.unwrap();
     assert_eq!(ec2.actions(), vec!["DescribeSnapshots"; 2]);
     assert_eq!(found.len(), 1);
     assert_eq!(found[0].state, SnapshotState::Pending);
@@ -142,7 +142,7 @@ async fn a_server_error_on_describe_is_retried() {
 async fn access_denied_on_describe_is_access_denied() {
     let ec2 = ScriptedEc2::start(vec![Reply::error(403, "UnauthorizedOperation")]);
     let ids = [SnapshotId::parse("snap-0cccccccccccccccc").unwrap()];
-    let error = store(&ec2).describe_copies(&Region::parse("eu-west-1").unwrap(), &ids).await.unwrap_err();
+    let error = store(&ec2).describe_copies(&Place::here(Region::parse("eu-west-1").unwrap()), &ids).await.unwrap_err();
     assert!(matches!(error, StoreError::AccessDenied(_)), "{error:?}");
     assert_eq!(ec2.actions(), vec!["DescribeSnapshots"], "a refusal is not retried");
 }
@@ -154,7 +154,7 @@ fn ledger(endpoint: &ScriptedEc2) -> DynamoSlotLedger {
 
 #[tokio::test]
 async fn the_slot_tables_refusals_say_what_to_fix_and_name_the_table() {
-    let target = Region::parse("eu-west-1").unwrap();
+    let target = Place::here(Region::parse("eu-west-1").unwrap());
     let table = ScriptedEc2::start(vec![Reply::dynamodb_error(400, "AccessDeniedException")]);
     let Err(LedgerError::AccessDenied(message)) = ledger(&table).load(&target).await else {
         panic!("not AccessDenied")

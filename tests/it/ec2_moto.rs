@@ -12,7 +12,7 @@ use aws_sdk_ec2::Client;
 use aws_sdk_ec2::config::Credentials;
 use aws_sdk_ec2::types;
 use copy_snapshots::contract::request::Settings;
-use copy_snapshots::ids::{Region, SnapshotId};
+use copy_snapshots::ids::{Place, Region, SnapshotId};
 use copy_snapshots::store::ec2::Ec2Store;
 use copy_snapshots::store::presign::{CopySnapshotUrl, EXPIRES_IN};
 use copy_snapshots::store::{
@@ -78,40 +78,48 @@ impl SnapshotStore for CountingStore {
     }
     async fn find_copies(
         &self,
-        target: &Region,
+        target: &Place,
         source: &Region,
         ids: &[SnapshotId],
     ) -> Result<Vec<CopyStatus>, StoreError> {
         self.inner.find_copies(target, source, ids).await
     }
-    async fn list_copies(&self, target: &Region, source: &Region) -> Result<Vec<CopyStatus>, StoreError> {
+    async fn list_copies(&self, target: &Place, source: &Region) -> Result<Vec<CopyStatus>, StoreError> {
         self.inner.list_copies(target, source).await
     }
-    async fn list_pending_copies(&self, target: &Region) -> Result<Vec<CopyStatus>, StoreError> {
+    async fn list_pending_copies(&self, target: &Place) -> Result<Vec<CopyStatus>, StoreError> {
         self.inner.list_pending_copies(target).await
     }
     async fn start_copy(&self, spec: &CopySpec) -> Result<SnapshotId, StoreError> {
         self.copies.fetch_add(1, Ordering::Relaxed);
         self.inner.start_copy(spec).await
     }
-    async fn describe_copies(&self, target: &Region, ids: &[SnapshotId]) -> Result<Vec<CopyStatus>, StoreError> {
+    async fn describe_copies(&self, target: &Place, ids: &[SnapshotId]) -> Result<Vec<CopyStatus>, StoreError> {
         self.inner.describe_copies(target, ids).await
     }
-    async fn delete_copy(&self, target: &Region, id: &SnapshotId) -> Result<DeleteOutcome, StoreError> {
+    async fn delete_copy(&self, target: &Place, id: &SnapshotId) -> Result<DeleteOutcome, StoreError> {
         self.inner.delete_copy(target, id).await
     }
     async fn existing_volumes(&self, region: &Region, ids: &[String]) -> Result<HashSet<String>, StoreError> {
         self.inner.existing_volumes(region, ids).await
     }
-    async fn images_using(
-        &self,
-        region: &Region,
-        ids: &[SnapshotId],
-    ) -> Result<HashMap<SnapshotId, String>, StoreError> {
-        self.inner.images_using(region, ids).await
+    async fn images_using(&self, place: &Place, ids: &[SnapshotId]) -> Result<HashMap<SnapshotId, String>, StoreError> {
+        self.inner.images_using(place, ids).await
     }
-    async fn describe_key(&self, region: &Region, key: &str) -> Result<KeyDescription, StoreError> {
-        self.inner.describe_key(region, key).await
+    async fn describe_key(&self, place: &Place, key: &str) -> Result<KeyDescription, StoreError> {
+        self.inner.describe_key(place, key).await
+    }
+    async fn shared_with(&self, region: &Region, source: &SnapshotId) -> Result<Vec<String>, StoreError> {
+        self.inner.shared_with(region, source).await
+    }
+    async fn sources_shared_with(&self, region: &Region, account: &str) -> Result<Vec<SnapshotId>, StoreError> {
+        self.inner.sources_shared_with(region, account).await
+    }
+    async fn share(&self, region: &Region, source: &SnapshotId, account: &str) -> Result<(), StoreError> {
+        self.inner.share(region, source, account).await
+    }
+    async fn unshare(&self, region: &Region, source: &SnapshotId, account: &str) -> Result<(), StoreError> {
+        self.inner.unshare(region, source, account).await
     }
 }
 
@@ -306,7 +314,7 @@ async fn the_presigned_url_is_accepted_and_copies_complete_and_a_wrong_one_fails
     let spec = |source: &str, kms_key_id: Option<&str>| CopySpec {
         source_id: SnapshotId::parse(source).unwrap(),
         source_region: Region::parse(SOURCE).unwrap(),
-        target_region: Region::parse(TARGET).unwrap(),
+        target: Place::here(Region::parse(TARGET).unwrap()),
         description: format!("Copy of {source} from {SOURCE}"),
         encrypted: kms_key_id.is_some(),
         kms_key_id: kms_key_id.map(str::to_owned),

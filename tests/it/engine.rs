@@ -496,7 +496,7 @@ fn earlier_copy_spec(request: &CopyRequest, source: &SnapshotId, kms_key_id: Opt
     CopySpec {
         source_id: source.clone(),
         source_region: request.source_region.clone(),
-        target_region: request.targets[0].region.clone(),
+        target: request.targets[0].place.clone(),
         description: "an earlier invocation's copy".into(),
         encrypted: kms_key_id.is_some(),
         kms_key_id: kms_key_id.map(str::to_owned),
@@ -737,7 +737,7 @@ async fn a_copy_deleted_before_this_run_ever_saw_it_gives_way_to_the_surviving_o
     let ids = sources(&ec2, &[8]);
     let req = request(&ids, json!({"wait_for_completion": true}));
     let c1 = ec2.add_tracked_copy(&earlier_copy_spec(&req, &ids[0], None), None);
-    let target = req.targets[0].region.clone();
+    let target = req.targets[0].place.clone();
     let other_invocation = async {
         tokio::time::sleep(Duration::from_secs(60)).await;
         let c2 = ec2.tracked_copies(TARGET).into_iter().map(|c| c.id).find(|id| *id != c1).expect("this run's copy");

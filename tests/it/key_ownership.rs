@@ -10,7 +10,7 @@ use std::time::Duration;
 use copy_snapshots::CopySnapshotsError;
 use copy_snapshots::contract::request::CopyRequest;
 use copy_snapshots::engine::{MAX_ATTEMPTS, RunLimits, reconcile};
-use copy_snapshots::ids::{Region, SnapshotId};
+use copy_snapshots::ids::{Place, Region, SnapshotId};
 use copy_snapshots::store::simulated::SimulatedEc2;
 use copy_snapshots::store::{
     CopySpec, ENCRYPTION_TAG, SOURCE_REGION_TAG, SOURCE_SNAPSHOT_TAG, SnapshotState, StoreError, Tag,
@@ -52,7 +52,7 @@ async fn an_alias_adopts_only_a_copy_under_the_key_it_names() {
         &CopySpec {
             source_id: source.clone(),
             source_region: Region::parse(SOURCE).expect("a region"),
-            target_region: Region::parse(TARGET).expect("a region"),
+            target: Place::here(Region::parse(TARGET).expect("a region")),
             description: "an earlier copy".into(),
             encrypted: true,
             kms_key_id: None,
@@ -103,7 +103,7 @@ fn earlier_copy(ec2: &SimulatedEc2, source: &SnapshotId, encryption: Option<&str
     let spec = CopySpec {
         source_id: source.clone(),
         source_region: Region::parse(SOURCE).expect("a region"),
-        target_region: Region::parse(TARGET).expect("a region"),
+        target: Place::here(Region::parse(TARGET).expect("a region")),
         description: "an earlier copy".into(),
         encrypted: key.is_some(),
         kms_key_id: key.map(str::to_owned),

@@ -13,6 +13,7 @@
 
 mod support;
 
+mod accounts;
 mod cli;
 mod deployment;
 mod ec2_errors;

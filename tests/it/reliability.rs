@@ -693,7 +693,7 @@ async fn retention_by_age_deletes_old_copies_reports_refused_ones_and_a_second_r
 /// store tells a deletion from a snapshot already gone, and an existing volume from a gone one.
 #[tokio::test]
 async fn delete_snapshot_is_allowed_only_as_the_roles_conditions_say() {
-    use copy_snapshots::ids::{Region, SnapshotId};
+    use copy_snapshots::ids::{Place, Region, SnapshotId};
     use copy_snapshots::store::ec2::Ec2Store;
     use copy_snapshots::store::{DeleteOutcome, SnapshotStore, StoreError};
 
@@ -701,7 +701,7 @@ async fn delete_snapshot_is_allowed_only_as_the_roles_conditions_say() {
     let config =
         aws_config::defaults(aws_config::BehaviorVersion::latest()).endpoint_url(emulator.endpoint()).load().await;
     let store = Ec2Store::new(&config);
-    let (source, target) = (Region::parse(SOURCE).unwrap(), Region::parse(TARGET).unwrap());
+    let (source, target) = (Region::parse(SOURCE).unwrap(), Place::here(Region::parse(TARGET).unwrap()));
     let tagged = |region: &str, from: &str, of: &str| {
         let tags = json!({"copy-snapshots:source-region": from, "copy-snapshots:source-snapshot-id": of});
         SnapshotId::parse(&emulator.tagged_snapshots(region, &[8], "completed", &tags)[0]).unwrap()
@@ -713,7 +713,7 @@ async fn delete_snapshot_is_allowed_only_as_the_roles_conditions_say() {
     ];
     for (case, region, from, of) in cases {
         let id = tagged(region, from, of);
-        let region = Region::parse(region).unwrap();
+        let region = Place::here(Region::parse(region).unwrap());
         let answer = store.delete_copy(&region, &id).await;
         assert!(matches!(answer, Err(StoreError::AccessDenied(_))), "{case}: {answer:?}");
     }

@@ -197,7 +197,7 @@ fn environment_fills_only_what_the_payload_leaves_out() {
     let Invocation::Copy(request) = parse_payload(json!({"snapshot_ids": [ID_A]}), &settings).unwrap() else {
         panic!("a copy")
     };
-    assert_eq!(request.targets[0].region.as_str(), "eu-west-1");
+    assert_eq!(request.targets[0].place.region.as_str(), "eu-west-1");
     assert_eq!(request.source_region.as_str(), "us-east-1");
     assert_eq!(request.targets[0].pending_limit, 7);
     assert!(request.targets[0].encrypt && request.copy_tags);
@@ -206,7 +206,7 @@ fn environment_fills_only_what_the_payload_leaves_out() {
     let payload = json!({"snapshot_ids": [ID_A], "target_region": "ap-south-1", "region": "eu-central-1",
                          "pending_limit": 3, "encrypt": false, "copy_tags": false});
     let Invocation::Copy(request) = parse_payload(payload, &settings).unwrap() else { panic!("a copy") };
-    assert_eq!(request.targets[0].region.as_str(), "ap-south-1");
+    assert_eq!(request.targets[0].place.region.as_str(), "ap-south-1");
     assert_eq!(request.source_region.as_str(), "eu-central-1");
     assert_eq!(request.targets[0].pending_limit, 3);
     assert!(!request.targets[0].encrypt && !request.copy_tags);
@@ -443,7 +443,7 @@ fn snapshot_events_take_the_region_from_the_arn_in_both_spellings() {
         event["detail"]["snapshot_id"] = json!(arn);
         let Invocation::Copy(request) = parse_payload(event, &settings).unwrap() else { panic!() };
         assert_eq!(request.source_region.as_str(), "ap-southeast-2");
-        assert_eq!(request.targets[0].region.as_str(), "eu-west-1");
+        assert_eq!(request.targets[0].place.region.as_str(), "eu-west-1");
     }
 }
 

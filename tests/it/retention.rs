@@ -263,7 +263,7 @@ async fn snapshots_without_the_tags_or_from_another_region_or_request_are_never_
         &CopySpec {
             source_id: old.clone(),
             source_region: req.source_region.clone(),
-            target_region: req.targets[0].region.clone(),
+            target: req.targets[0].place.clone(),
             description: "another request's copy".into(),
             encrypted: true,
             kms_key_id: Some(key.into()),

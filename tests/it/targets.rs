@@ -65,7 +65,7 @@ fn each_target_takes_what_it_leaves_out_from_the_request() {
     }))
     .expect("valid");
     let [first, second, third] = &request.targets[..] else { panic!("three targets: {:?}", request.targets) };
-    assert_eq!((first.region.as_str(), first.pending_limit, first.encrypt), ("eu-west-1", 7, true));
+    assert_eq!((first.place.region.as_str(), first.pending_limit, first.encrypt), ("eu-west-1", 7, true));
     assert_eq!(first.kms_key.as_ref().map(|k| k.as_str()), Some("alias/dr"));
     assert_eq!(first.retention.days, Some(30));
     assert_eq!((second.pending_limit, second.retention.days, second.retention.count), (3, Some(10), Some(2)));
@@ -118,7 +118,7 @@ fn the_environment_names_the_targets_when_the_request_does_not() {
     };
     let deployed = Settings::from_lookup(lookup).expect("valid settings");
     let request = CopyRequest::from_json(json!({"snapshot_ids": ["snap-0123abcd"]}), &deployed).expect("valid");
-    let regions: Vec<&str> = request.targets.iter().map(|t| t.region.as_str()).collect();
+    let regions: Vec<&str> = request.targets.iter().map(|t| t.place.region.as_str()).collect();
     assert_eq!(regions, ["eu-west-1", "us-west-2"]);
     assert_eq!(request.targets[1].retention.days, Some(7));
     // A request's own target replaces the deployment's list.

@@ -1,6 +1,7 @@
 //! The unit tests of [`super`].
 
 use super::*;
+use crate::ids::Region;
 
 const LIMIT: usize = 3;
 

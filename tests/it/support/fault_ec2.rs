@@ -157,7 +157,7 @@ impl FaultEc2 {
     }
 
     /// The ids of the snapshots `/_fault/sources` makes as `body` says.
-    fn made_snapshots(&self, body: &Value) -> Vec<String> {
+    pub fn made_snapshots(&self, body: &Value) -> Vec<String> {
         let made = self.call("POST", "/_fault/sources", body);
         made["snapshot_ids"].as_array().expect("ids").iter().map(|v| v.as_str().expect("an id").to_owned()).collect()
     }
