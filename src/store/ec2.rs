@@ -178,7 +178,10 @@ impl Ec2Store {
 /// This configuration with the credentials of `role`, assumed through STS (aws-config's
 /// provider, with the configuration's region, retries and endpoint), under a session name that
 /// says who assumed it. The clients' identity cache keeps them until shortly before they
-/// expire and then assumes the role again.
+/// expire and then assumes the role again. `sdk_config` is one [`load_sdk_config`] loaded (the
+/// provider needs its time source).
+///
+/// [`load_sdk_config`]: crate::store::sdk::load_sdk_config
 async fn assume_role_config(sdk_config: &SdkConfig, role: &RoleArn) -> SdkConfig {
     let provider = AssumeRoleProvider::builder(role.as_str())
         .session_name(session_name(std::env::var("AWS_LAMBDA_FUNCTION_NAME").ok().as_deref()))

@@ -70,6 +70,28 @@ impl<C> std::fmt::Debug for RegionalClients<C> {
     }
 }
 
+/// A call that failed before it was sent because its credentials could not be had (for a
+/// target in another account: sts:AssumeRole refused or unanswered): nothing reached EC2, so
+/// never a call that "may have happened". A refusal is access denied (the role's trust policy,
+/// the stack's sts:AssumeRole statement); a provider that timed out is retried later, as
+/// throttling is.
+fn credentials_failure<E: std::error::Error + 'static>(error: &SdkError<E, HttpResponse>) -> Option<StoreError> {
+    use aws_credential_types::provider::error::CredentialsError;
+    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(error);
+    while let Some(current) = source {
+        if let Some(failure) = current.downcast_ref::<CredentialsError>() {
+            let text = format!("no credentials for the call: {}", DisplayErrorContext(failure));
+            return Some(match failure {
+                CredentialsError::ProviderTimedOut(_) => StoreError::Throttled(text),
+                _ if text.contains("Throttl") => StoreError::Throttled(text),
+                _ => StoreError::AccessDenied(text),
+            });
+        }
+        source = current.source();
+    }
+    None
+}
+
 /// Sorts an SDK error (EC2's, or KMS's for [`crate::store::kms`]) by what the engine should do about it.
 pub(crate) fn store_error<E>(error: SdkError<E, HttpResponse>) -> StoreError
 where
@@ -79,6 +101,9 @@ where
     let code = error.code().unwrap_or_default().to_owned();
     let message = error.message().unwrap_or_default().to_owned();
     let described = if code.is_empty() { text.clone() } else { format!("{code}: {message}") };
+    if let Some(credentials) = credentials_failure(&error) {
+        return credentials;
+    }
     match &error {
         SdkError::ServiceError(_) => {}
         SdkError::ConstructionFailure(_) => {

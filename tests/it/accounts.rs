@@ -220,3 +220,32 @@ fn source_account_in(config: &aws_config::SdkConfig, region: &str) -> aws_sdk_ec
         aws_sdk_ec2::config::Builder::from(config).region(aws_sdk_ec2::config::Region::new(region.to_owned())).build(),
     )
 }
+
+#[tokio::test(start_paused = true)]
+async fn retention_in_the_other_account_deletes_there_by_the_same_tags() {
+    let ec2 = SimulatedEc2::new().with_copy_time(CopyTimeModel::DEFAULT);
+    let day = Duration::from_secs(86_400);
+    let old = ec2.add_volume_snapshot(SOURCE, "vol-0aaaaaaaaaaaaaaaa", 8, 3 * day, &[]);
+    let new = ec2.add_volume_snapshot(SOURCE, "vol-0aaaaaaaaaaaaaaaa", 8, day, &[]);
+    let ids = [old.clone(), new.clone()];
+    reconcile(&ec2, &both_accounts(&ids, json!({"wait_for_completion": true})), no_deadline()).await.expect("copied");
+    let recovery_copy_of = |source: &SnapshotId| {
+        ec2.tracked_copies(RECOVERY_TARGET).into_iter().find(|c| c.source_id == *source).map(|c| c.id)
+    };
+    let old_copy = recovery_copy_of(&old).expect("the old source's copy in the recovery account");
+
+    // The recovery account keeps one copy per volume; this account keeps everything.
+    let pruning = request(json!({
+        "filters": [{"name": "volume-id", "values": ["vol-0aaaaaaaaaaaaaaaa"]}],
+        "targets": [{"region": TARGET}, {"region": TARGET, "role_arn": ROLE, "retain_count": 1}],
+        "wait_for_completion": true,
+    }));
+    let response = reconcile(&ec2, &pruning, no_deadline()).await.expect("pruned");
+    let deleted: Vec<&str> =
+        response.targets[1].response.deleted.iter().map(|d| d.snapshot_id.as_str()).collect();
+    assert_eq!(deleted, [old_copy.as_str()], "{response:?}");
+    assert!(response.targets[0].response.deleted.is_empty());
+    assert_eq!(ec2.deleted(), vec![old_copy]);
+    assert!(recovery_copy_of(&new).is_some(), "the newest copy stays");
+    assert_eq!(ec2.tracked_copies(TARGET).len(), 2, "this account's copies untouched");
+}

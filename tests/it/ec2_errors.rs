@@ -179,3 +179,26 @@ async fn the_slot_tables_refusals_say_what_to_fix_and_name_the_table() {
     let saved = ledger(&table).save(&target, &LedgerState::default(), 4).await;
     assert_eq!(saved, Ok(Saved::Conflict));
 }
+
+/// A target in another account whose role cannot be assumed (its trust policy does not name
+/// this function's role): every call there is access denied, with STS's reason, and none is
+/// sent to EC2 — never a call that "may have happened".
+#[tokio::test]
+async fn a_role_that_cannot_be_assumed_is_access_denied_before_any_ec2_call() {
+    let ec2 = ScriptedEc2::start(vec![Reply::sts_error(403, "AccessDenied")]);
+    // As `load_sdk_config` loads it (the STS provider needs the loader's time source).
+    let config = aws_config::defaults(BehaviorVersion::latest())
+        .region(SdkRegion::new("us-east-1"))
+        .endpoint_url(ec2.endpoint())
+        .credentials_provider(SharedCredentialsProvider::new(Credentials::new("akid", "secret", None, None, "test")))
+        .retry_config(RetryConfig::standard().with_max_attempts(MAX_ATTEMPTS))
+        .load()
+        .await;
+    let role = copy_snapshots::ids::RoleArn::parse("arn:aws:iam::444455556666:role/copy-snapshots-recovery").unwrap();
+    let place = Place { region: Region::parse("eu-west-1").unwrap(), role: Some(role) };
+    let ids = [SnapshotId::parse("snap-0cccccccccccccccc").unwrap()];
+    let error = Ec2Store::new(&config).describe_copies(&place, &ids).await.unwrap_err();
+    let StoreError::AccessDenied(message) = &error else { panic!("access denied: {error:?}") };
+    assert!(message.contains("AccessDenied"), "STS's reason: {message}");
+    assert_eq!(ec2.actions(), vec!["AssumeRole"], "nothing sent to EC2");
+}

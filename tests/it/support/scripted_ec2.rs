@@ -31,6 +31,15 @@ impl Reply {
         Self { status, body }
     }
 
+    /// An STS error answer (sts:AssumeRole refused, say), as STS sends it.
+    pub fn sts_error(status: u16, code: &str) -> Self {
+        let body = format!(
+            "<ErrorResponse xmlns=\"https://sts.amazonaws.com/doc/2011-06-15/\"><Error><Type>Sender</Type>\
+             <Code>{code}</Code><Message>{code} happened</Message></Error><RequestId>req-1</RequestId></ErrorResponse>"
+        );
+        Self { status, body }
+    }
+
     /// CopySnapshot's answer: the new copy's id.
     pub fn copy_started(snapshot_id: &str) -> Self {
         Self::ok(&format!(
