@@ -147,6 +147,12 @@ class Evaluator:
                 return all(self.eval(a) for a in arg)
             if key == "Condition":
                 return self.condition(arg)
+            if key == "Fn::Select":
+                index, items = self.eval(arg)
+                return items[int(index)]
+            if key == "Fn::Split":
+                separator, text = arg
+                return self.eval(text).split(separator)
             if key == "Fn::Join":
                 separator, items = arg
                 items = self.eval(items)
@@ -171,6 +177,16 @@ def target_regions(evaluator):
     """TargetRegion and every TargetRegion2…5 that is set, in order."""
     extra = [evaluator.values.get(f"TargetRegion{n}", "") for n in range(2, 6)]
     return [evaluator.values["TargetRegion"]] + [region for region in extra if region]
+
+
+def target_roles(evaluator):
+    """(region, role ARN or "") of TargetRegion and every TargetRegion2…5 that is set, in order."""
+    pairs = [(evaluator.values["TargetRegion"], evaluator.values.get("TargetRoleArn", ""))]
+    for n in range(2, 6):
+        region = evaluator.values.get(f"TargetRegion{n}", "")
+        if region:
+            pairs.append((region, evaluator.values.get(f"TargetRoleArn{n}", "")))
+    return pairs
 
 
 def several_targets(partition, pseudo):
@@ -202,6 +218,9 @@ def check_kms(name, evaluator, expected_resources, direct_resources, errors):
     region, suffix = evaluator.values["AWS::Region"], evaluator.values["AWS::URLSuffix"]
     via_ec2 = {f"ec2.{region}.{suffix}"} | {f"ec2.{target}.{suffix}" for target in target_regions(evaluator)}
     statements = role_statements(evaluator)
+    # The source keys asked about before sharing (targets in another account) are checked by
+    # check_other_accounts.
+    statements = [s for s in statements if s.get("Sid") != "TellAwsManagedSourceKeys"]
     direct = [s for s in statements if not s.get("Condition", {}).get("StringEquals", {}).get("kms:ViaService")]
     for action in KMS_ACTIONS:
         granting = [s for s in statements if allows(s, action) and s not in direct]
@@ -275,19 +294,22 @@ def check_targets(name, evaluator, errors):
             continue
         env = resources[function]["Properties"]["Environment"]["Variables"]
         where = f"{name}: {function}"
-        if len(targets) == 1:
+        pairs = target_roles(evaluator)
+        if len(targets) == 1 and not pairs[0][1]:
             if env.get("TARGET_REGION") != targets[0] or "TARGETS" in env:
                 errors.append(f"{where}: one target, expected TARGET_REGION={targets[0]} and no TARGETS: {env}")
         else:
             if "TARGET_REGION" in env:
-                errors.append(f"{where}: several targets, and TARGET_REGION is set too (the function refuses both)")
+                errors.append(f"{where}: a list of targets, and TARGET_REGION is set too (the function refuses both)")
             try:
-                listed = [t["region"] for t in json.loads(env.get("TARGETS", ""))]
+                listed = [(t["region"], t.get("role_arn", "")) for t in json.loads(env.get("TARGETS", ""))]
             except (ValueError, TypeError, KeyError) as e:
                 listed = f"unreadable ({e}): {env.get('TARGETS')!r}"
-            if listed != targets:
-                errors.append(f"{where}: TARGETS names {listed}, expected {targets}")
-        if env.get("ALLOWED_TARGET_REGIONS") != ",".join(targets):
+            if listed != pairs:
+                errors.append(f"{where}: TARGETS names {listed}, expected {pairs}")
+        if env.get("ALLOWED_TARGET_REGIONS") != ",".join(dict.fromkeys(targets)) and env.get(
+            "ALLOWED_TARGET_REGIONS"
+        ) != ",".join(targets):
             errors.append(f"{where}: ALLOWED_TARGET_REGIONS={env.get('ALLOWED_TARGET_REGIONS')}, expected {targets}")
     # Each alarm on the function's metrics watches every target region: one series each, all
     # in the expression the alarm evaluates.
@@ -335,6 +357,103 @@ def check_ec2_calls(name, evaluator, errors):
             lowered = action.lower()
             if lowered.startswith("ec2:") and ("volume" in lowered or "image" in lowered) and not lowered.startswith("ec2:describe"):
                 errors.append(f"{name}: statement {s.get('Sid', '?')} allows {action}; only looks at volumes and images")
+
+
+# What sharing a source with a target account takes (src/store/ec2.rs).
+SHARING_CALLS = ["ec2:DescribeSnapshotAttribute", "ec2:ModifySnapshotAttribute"]
+
+
+def check_other_accounts(name, evaluator, errors):
+    """With a TargetRoleArn, the role may assume exactly the stack's target roles, share this
+    region's snapshots with exactly their accounts (never with a group: public), read the shares
+    and describe this account's keys in this region; without one, none of it."""
+    roles = [role for _, role in target_roles(evaluator) if role]
+    accounts = sorted({role.split(":")[4] for role in roles})
+    region, partition = evaluator.values["AWS::Region"], evaluator.values["AWS::Partition"]
+    statements = role_statements(evaluator)
+    sources = [f"arn:{partition}:ec2:{region}::snapshot/*"]
+    assuming = [s for s in statements if allows(s, "sts:AssumeRole")]
+    if any(a.lower().startswith("sts:") and a != "sts:AssumeRole" for s in statements for a in as_list(s.get("Action", []))):
+        errors.append(f"{name}: the role allows an STS action besides sts:AssumeRole")
+    granted = sorted(r for s in assuming for r in as_list(s.get("Resource", [])))
+    if granted != sorted(roles):
+        errors.append(f"{name}: sts:AssumeRole on {granted}, expected exactly the target roles {sorted(roles)}")
+    for action in SHARING_CALLS:
+        granting = [s for s in statements if allows(s, action)]
+        if not roles:
+            if granting:
+                errors.append(f"{name}: {action} is allowed with no target in another account")
+            continue
+        if not granting:
+            errors.append(f"{name}: the role does not allow {action}, which sharing a source takes")
+        for s in granting:
+            where = f"{name}: {action} (statement {s.get('Sid', '?')})"
+            if as_list(s.get("Resource", [])) != sources:
+                errors.append(f"{where}: on {s.get('Resource')}, expected this region's snapshots {sources}")
+            if action != "ec2:ModifySnapshotAttribute":
+                continue
+            condition = s.get("Condition", {})
+            users = condition.get("ForAllValues:StringEquals", {})
+            for key in ["ec2:Add/userId", "ec2:Remove/userId"]:
+                if sorted(as_list(users.get(key, []))) != accounts:
+                    errors.append(f"{where}: {key} is {users.get(key)}, expected the target accounts {accounts}")
+            nulls = condition.get("Null", {})
+            if any(str(nulls.get(key)).lower() != "true" for key in ["ec2:Add/group", "ec2:Remove/group"]):
+                errors.append(f"{where}: a share with a group (public) is not ruled out (Null ec2:Add/group)")
+    describing = [s for s in statements if s.get("Sid") == "TellAwsManagedSourceKeys"]
+    expected_keys = [f"arn:{partition}:kms:{region}:{evaluator.values['AWS::AccountId']}:key/*"] if roles else []
+    granted_keys = [r for s in describing for r in as_list(s.get("Resource", []))]
+    if granted_keys != expected_keys or any(as_list(s.get("Action")) != ["kms:DescribeKey"] for s in describing):
+        errors.append(f"{name}: the source keys' DescribeKey is on {granted_keys}, expected {expected_keys} only")
+
+
+RECOVERY_TEMPLATE = Path(__file__).resolve().parent.parent / "recovery-account.yaml"
+# What the copy needs in the recovery account, and nothing more.
+RECOVERY_ACTIONS = {
+    "ec2:DescribeSnapshots", "ec2:DescribeImages", "ec2:CopySnapshot", "ec2:CreateTags", "ec2:DeleteSnapshot",
+    "kms:Decrypt", "kms:DescribeKey", "kms:GenerateDataKey*", "kms:ReEncrypt*", "kms:CreateGrant",
+}
+
+
+def check_recovery_role(name, evaluator, errors):
+    """recovery-account.yaml's role: trusts only the main stack's function role; copies, tags
+    (at creation) and deletes (this project's tagged copies from the source region) only in
+    the target regions; KMS through EC2 only, but for DescribeKey on this account's keys."""
+    role = evaluator.eval(evaluator.template["Resources"]["RecoveryRole"])["Properties"]
+    trust = as_list(role["AssumeRolePolicyDocument"]["Statement"])
+    expected_trust = [{"Effect": "Allow", "Principal": {"AWS": evaluator.values["FunctionRoleArn"]}, "Action": "sts:AssumeRole"}]
+    if trust != expected_trust:
+        errors.append(f"{name}: the role trusts {trust}, expected only the function role {expected_trust}")
+    statements = [s for p in role.get("Policies", []) for s in as_list(p["PolicyDocument"]["Statement"])]
+    actions = {a for s in statements for a in as_list(s.get("Action", []))}
+    if actions != RECOVERY_ACTIONS:
+        errors.append(f"{name}: the role allows {sorted(actions)}, expected {sorted(RECOVERY_ACTIONS)}")
+    regions = as_list(evaluator.values["TargetRegions"])
+    for s in statements:
+        where = f"{name}: statement {s.get('Sid', '?')}"
+        condition = s.get("Condition", {})
+        ec2_writes = [a for a in as_list(s["Action"]) if a in ("ec2:CopySnapshot", "ec2:CreateTags", "ec2:DeleteSnapshot")]
+        if ec2_writes and as_list(condition.get("StringEquals", {}).get("aws:RequestedRegion")) != regions:
+            errors.append(f"{where}: {ec2_writes} not limited to the target regions {regions}")
+        if "ec2:CreateTags" in as_list(s["Action"]) and condition.get("StringEquals", {}).get("ec2:CreateAction") != "CopySnapshot":
+            errors.append(f"{where}: CreateTags not limited to CopySnapshot's TagSpecifications")
+        if "ec2:DeleteSnapshot" in as_list(s["Action"]):
+            tag = condition.get("StringEquals", {}).get("aws:ResourceTag/copy-snapshots:source-region")
+            like = condition.get("StringLike", {}).get("aws:ResourceTag/copy-snapshots:source-snapshot-id")
+            if tag != evaluator.values["SourceRegion"] or like != "snap-*":
+                errors.append(f"{where}: DeleteSnapshot not conditioned on this project's tags ({tag!r}, {like!r})")
+        kms = [a for a in as_list(s["Action"]) if a.startswith("kms:")]
+        via = condition.get("StringLike", {}).get("kms:ViaService")
+        suffix = evaluator.values["AWS::URLSuffix"]
+        if kms and kms != ["kms:DescribeKey"] and via != f"ec2.*.{suffix}":
+            errors.append(f"{where}: {kms} without kms:ViaService through EC2 ({via!r})")
+        if kms == ["kms:DescribeKey"] and not via:
+            keys = as_list(s.get("Resource", []))
+            expected = [f"arn:{evaluator.values['AWS::Partition']}:kms:*:{evaluator.values['AWS::AccountId']}:key/*"]
+            if keys != expected:
+                errors.append(f"{where}: DescribeKey on {keys}, expected this account's keys {expected}")
+        if "kms:CreateGrant" in kms and str(condition.get("Bool", {}).get("kms:GrantIsForAWSResource")).lower() != "true":
+            errors.append(f"{where}: CreateGrant not limited to AWS resources")
 
 
 # The DynamoDB calls the function makes (src/store/dynamo_slots.rs), on the slot table only.
@@ -662,6 +781,36 @@ def main():
         {"retain_count": 14},
         errors,
     )
+    role = "arn:aws:iam::444455556666:role/copy-snapshots-recovery"
+    other = "arn:aws:iam::777788889999:role/dr/copy-snapshots-recovery"
+    accounts = {
+        "TargetRegion": "eu-west-1", "TargetRoleArn": role, "TargetRegion2": "eu-west-1",
+        "TargetRegion3": "us-west-2", "TargetRoleArn3": other, "CopyNewSnapshots": "true",
+    }
+    for partition, pseudo in PARTITIONS.items():
+        if partition != "aws":
+            continue
+        label = "aws, targets in two other accounts and this one"
+        two_accounts = Evaluator(template, accounts, pseudo)
+        check_targets(label, two_accounts, errors)
+        check_other_accounts(label, two_accounts, errors)
+        check_ec2_calls(label, two_accounts, errors)
+        check_delete(label, two_accounts, errors)
+        one_remote = Evaluator(template, {"TargetRegion": "eu-west-1", "TargetRoleArn": role}, pseudo)
+        check_targets("aws, one target in another account", one_remote, errors)
+        check_other_accounts("aws, one target in another account", one_remote, errors)
+        check_other_accounts("aws, default parameters", Evaluator(template, {"TargetRegion": "eu-west-1"}, pseudo), errors)
+    recovery, matches = decode(str(RECOVERY_TEMPLATE))
+    if matches:
+        raise SystemExit(f"recovery-account.yaml does not parse: {matches}")
+    for partition, pseudo in PARTITIONS.items():
+        parameters = {
+            "FunctionRoleArn": f"arn:{partition}:iam::111122223333:role/copy-snapshots-FunctionRole-ABC",
+            "SourceRegion": pseudo["AWS::Region"],
+            "TargetRegions": "eu-west-1,us-west-2",
+        }
+        check_recovery_role(f"recovery-account.yaml, {partition}", Evaluator(recovery, parameters, pseudo), errors)
+    check_no_hard_coded_suffix(RECOVERY_TEMPLATE.read_text(), errors)
     check_no_hard_coded_suffix(text, errors)
     # The state machine's ARNs too: its definition is deployed as it is, in any partition.
     for number, line in enumerate(ASL.read_text().splitlines(), 1):
@@ -672,8 +821,8 @@ def main():
     if errors:
         sys.exit(1)
     print(
-        "template.yaml: the role's KMS, delete, queue, slot table and partition checks, the state machine's role,"
-        " the schedule's target and Input pass"
+        "template.yaml: the role's KMS, delete, queue, slot table, other accounts and partition checks, the state"
+        " machine's role, the schedule's target and Input pass; recovery-account.yaml: the recovery role's checks pass"
     )
 
 
