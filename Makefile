@@ -37,7 +37,7 @@ test: $(STAMP) check-templates ## every test: engine, requests, SDK and binary a
 	scripts/check-shared-features
 	scripts/with-moto cargo test -- --show-output
 
-check-templates: $(STAMP) ## cfn-lint and sam validate the template, check its role, cfn-lint the state machine
+check-templates: $(STAMP) ## cfn-lint and sam validate the templates, check their roles, cfn-lint the state machine
 	cfn-lint template.yaml
 	# Every optional part on: alarms, both triggers, reserved concurrency, three target regions,
 	# narrowed keys.
@@ -45,6 +45,10 @@ check-templates: $(STAMP) ## cfn-lint and sam validate the template, check its r
 	  AlarmTopicArn=arn:aws:sns:us-east-1:111122223333:ops ScheduleExpression='rate(1 day)' \
 	  CopyNewSnapshots=true ReservedConcurrency=5 TargetRegion2=us-west-2 TargetRegion3=ap-southeast-2 \
 	  KmsKeyArns=arn:aws:kms:eu-west-1:111122223333:key/1111aaaa-2222-3333-4444-555566667777
+	# Targets in other accounts (one region in two accounts), and the recovery account's template.
+	cfn-lint template.yaml --parameters TargetRegion=eu-west-1 \
+	  TargetRoleArn=arn:aws:iam::444455556666:role/copy-snapshots-recovery TargetRegion2=eu-west-1
+	cfn-lint recovery-account.yaml
 	sam validate --lint --template template.yaml --region us-east-1
 	python scripts/check-iam.py
 	python scripts/lint-asl.py

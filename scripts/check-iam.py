@@ -1,5 +1,6 @@
 #!/usr/bin/env python3
-"""Checks what the template's function role really grants, as a deployment would get it.
+"""Checks what the template's function role (and recovery-account.yaml's role) really grants, as a
+deployment would get it.
 
 cfn-lint checks that the template is well formed, not what it allows. This script reads
 template.yaml with cfn-lint's decoder (which understands the short tags `!Sub`, `!If`, ...),
@@ -50,6 +51,14 @@ IAM statements:
   sent to the dead-letter queue DeadLetterQueue, never dropped, and so are EventBridge's
   failed deliveries; no SQS queue may dead-letter into DeadLetterQueue (RedriveAllowPolicy
   denyAll), so CopyQueue's messages never mix with these;
+- with a TargetRoleArn (a target region in another account), TARGETS carries each target's
+  role_arn; the role may sts:AssumeRole exactly the stack's target roles, share this region's
+  snapshots (ec2:ModifySnapshotAttribute) only with their accounts and never with a group
+  (public), read the shares and describe this account's keys in this region (is a source under
+  aws/ebs?); without one, none of that;
+- recovery-account.yaml's role trusts only the main stack's function role, and may only look,
+  copy, tag at creation and delete (this project's copies from the source region, by their
+  tags) in its target regions, use KMS through EC2, and describe its own account's keys;
 - service names and ARNs follow the partition: evaluated for aws and for aws-cn, the
   kms:ViaService values end in that partition's URL suffix, and the template hard-codes no
   `amazonaws.com` except in service principals (which are `<service>.amazonaws.com` in every
