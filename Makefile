@@ -64,8 +64,8 @@ watch: $(STAMP) ## run the function locally (cargo lambda watch, loopback only)
 invoke: $(STAMP) ## invoke the watched function: make invoke EVENT=events/…
 	cargo lambda invoke -A 127.0.0.1 --data-file $(EVENT) copy-snapshots
 
-demo: $(STAMP) ## the function copying snapshots between two regions of a local EC2 emulator
-	scripts/with-moto scripts/demo
+demo: $(STAMP) ## the function copying snapshots between regions and accounts of a local EC2 emulator
+	EC2_EMULATOR=fault scripts/with-moto scripts/demo
 
 deploy: $(STAMP) ## sam build + sam deploy --guided
 	rustup target add $(ARM64_TARGET)

@@ -2,7 +2,10 @@
 """Demo helper, against the EC2 emulator in AWS_ENDPOINT_URL.
 
   demo-seed.py seed REGION       creates tagged source snapshots of different sizes
-  demo-seed.py copies REGION     lists the copies copy-snapshots made in REGION
+  demo-seed.py copies REGION [ROLE_ARN]
+                                 lists the copies copy-snapshots made in REGION (of the account
+                                 ROLE_ARN is in, through sts:AssumeRole, when given)
+  demo-seed.py shares REGION     lists this account's snapshots in REGION shared with another
 """
 import sys
 
@@ -11,8 +14,15 @@ import boto3
 SIZES_GIB = [8, 64, 250, 1024]
 
 
-def ec2(region):
-    return boto3.client("ec2", region_name=region)
+def ec2(region, role_arn=None):
+    if role_arn is None:
+        return boto3.client("ec2", region_name=region)
+    assumed = boto3.client("sts", region_name=region).assume_role(RoleArn=role_arn, RoleSessionName="demo")
+    credentials = assumed["Credentials"]
+    return boto3.client(
+        "ec2", region_name=region, aws_access_key_id=credentials["AccessKeyId"],
+        aws_secret_access_key=credentials["SecretAccessKey"], aws_session_token=credentials["SessionToken"],
+    )
 
 
 def seed(region):
@@ -34,8 +44,8 @@ def seed(region):
     print(f"  {snapshot['SnapshotId']}     16 GiB  (untagged: not copied)")
 
 
-def copies(region):
-    found = ec2(region).describe_snapshots(
+def copies(region, role_arn=None):
+    found = ec2(region, role_arn).describe_snapshots(
         OwnerIds=["self"], Filters=[{"Name": "tag-key", "Values": ["copy-snapshots:source-snapshot-id"]}]
     )["Snapshots"]
     for snapshot in sorted(found, key=lambda s: s["SnapshotId"]):
@@ -44,10 +54,24 @@ def copies(region):
             f"  {snapshot['SnapshotId']}  {snapshot['State']:<9}  from {tags.get('copy-snapshots:source-snapshot-id')}"
             f" ({tags.get('copy-snapshots:source-region')})  Name={tags.get('Name', '-')}  \"{snapshot.get('Description', '')}\""
         )
-    print(f"  {len(found)} copies in {region}")
+    whose = f" of account {role_arn.split(':')[4]}" if role_arn else ""
+    print(f"  {len(found)} copies in {region}{whose}")
+
+
+def shares(region):
+    client = ec2(region)
+    shared = 0
+    for snapshot in client.describe_snapshots(OwnerIds=["self"])["Snapshots"]:
+        attribute = client.describe_snapshot_attribute(SnapshotId=snapshot["SnapshotId"], Attribute="createVolumePermission")
+        accounts = [p.get("UserId", p.get("Group")) for p in attribute["CreateVolumePermissions"]]
+        if accounts:
+            shared += 1
+            print(f"  {snapshot['SnapshotId']} shared with {', '.join(accounts)}")
+    print(f"  {shared} snapshots in {region} shared with another account")
 
 
 if __name__ == "__main__":
-    if len(sys.argv) != 3 or sys.argv[1] not in ("seed", "copies"):
+    commands = {"seed": seed, "copies": copies, "shares": shares}
+    if len(sys.argv) not in (3, 4) or sys.argv[1] not in commands or (len(sys.argv) == 4 and sys.argv[1] != "copies"):
         sys.exit(__doc__)
-    {"seed": seed, "copies": copies}[sys.argv[1]](sys.argv[2])
+    commands[sys.argv[1]](*sys.argv[2:])
