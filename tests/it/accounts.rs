@@ -241,8 +241,7 @@ async fn retention_in_the_other_account_deletes_there_by_the_same_tags() {
         "wait_for_completion": true,
     }));
     let response = reconcile(&ec2, &pruning, no_deadline()).await.expect("pruned");
-    let deleted: Vec<&str> =
-        response.targets[1].response.deleted.iter().map(|d| d.snapshot_id.as_str()).collect();
+    let deleted: Vec<&str> = response.targets[1].response.deleted.iter().map(|d| d.snapshot_id.as_str()).collect();
     assert_eq!(deleted, [old_copy.as_str()], "{response:?}");
     assert!(response.targets[0].response.deleted.is_empty());
     assert_eq!(ec2.deleted(), vec![old_copy]);

@@ -98,9 +98,10 @@ fn the_template_sets_what_the_function_reads() {
     for variable in ["ENCRYPT", "KMS_KEY_ID", "PENDING_LIMIT", "COPY_TAGS"] {
         assert!(template.contains(&format!("{variable}: !Ref")), "template.yaml does not set {variable}");
     }
-    // One target, or several (TargetRegion2…5): TARGET_REGION or TARGETS, on both functions
-    // (scripts/check-iam.py evaluates them for one and for three regions).
-    let one = "TARGET_REGION: !If [HasSeveralTargets, !Ref AWS::NoValue, !Ref TargetRegion]\n";
+    // One target in this account, or a list (TargetRegion2…5, or a TargetRoleArn): TARGET_REGION
+    // or TARGETS, on both functions (scripts/check-iam.py evaluates them for one and for three
+    // regions, and for targets in other accounts).
+    let one = "TARGET_REGION: !If [UsesTargetList, !Ref AWS::NoValue, !Ref TargetRegion]\n";
     assert_eq!(template.matches(one).count(), 2, "template.yaml does not set TARGET_REGION for one target");
     assert_eq!(template.matches("TARGETS: !If\n").count(), 2, "template.yaml does not set TARGETS for several");
     // The slot table, by the name the bootstrap reads, on both functions that copy.
@@ -130,6 +131,22 @@ fn the_template_sets_what_the_function_reads() {
         copy_snapshots::CopyRequest::from_json(serde_json::json!({"snapshot_ids": ["snap-0123abcd"]}), &several)
             .expect("a request takes the stack's targets");
     assert_eq!(request.targets.len(), 3);
+    // What it gives a stack copying to eu-west-1 here and in a recovery account, and to us-west-2.
+    let role = "arn:aws:iam::444455556666:role/copy-snapshots-recovery";
+    let accounts = copy_snapshots::Settings::from_lookup(|name| match name {
+        "AWS_REGION" => Some("us-east-1".into()),
+        "TARGETS" => Some(format!(
+            r#"[{{"region":"eu-west-1","role_arn":"{role}"}},{{"region":"eu-west-1"}},{{"region":"us-west-2"}}]"#
+        )),
+        "ALLOWED_TARGET_REGIONS" => Some("eu-west-1,eu-west-1,us-west-2".into()),
+        _ => None,
+    })
+    .expect("the values the template produces for targets in other accounts are valid settings");
+    let request =
+        copy_snapshots::CopyRequest::from_json(serde_json::json!({"snapshot_ids": ["snap-0123abcd"]}), &accounts)
+            .expect("a request takes the stack's targets");
+    let roles: Vec<Option<&str>> = request.targets.iter().map(|t| t.place.role.as_ref().map(|r| r.as_str())).collect();
+    assert_eq!(roles, [Some(role), None, None]);
     // No reserved concurrency unless asked for: it fails to deploy in accounts with a
     // concurrency quota of 10.
     assert!(
