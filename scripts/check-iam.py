@@ -338,7 +338,8 @@ def check_targets(name, evaluator, errors):
         ("ec2:CopySnapshot", snapshots | {f"arn:{partition}:ec2:{region}::snapshot/*"}),
         ("ec2:CreateTags", snapshots),
     ]:
-        for s in (s for s in role_statements(evaluator) if allows(s, action)):
+        # The share's record on sources is check_other_accounts' to check.
+        for s in (s for s in role_statements(evaluator) if allows(s, action) and s.get("Sid") != "RecordSourceShares"):
             granted = set(as_list(s.get("Resource", [])))
             if granted != expected:
                 errors.append(f"{name}: {action} (statement {s.get('Sid', '?')}) on {sorted(granted)}, expected {sorted(expected)}")
@@ -369,7 +370,7 @@ def check_ec2_calls(name, evaluator, errors):
 
 
 # What sharing a source with a target account takes (src/store/ec2.rs).
-SHARING_CALLS = ["ec2:DescribeSnapshotAttribute", "ec2:ModifySnapshotAttribute"]
+SHARING_CALLS = ["ec2:DescribeSnapshotAttribute", "ec2:ModifySnapshotAttribute", "ec2:DeleteTags"]
 
 
 def check_other_accounts(name, evaluator, errors):
@@ -401,14 +402,33 @@ def check_other_accounts(name, evaluator, errors):
                 errors.append(f"{where}: on {s.get('Resource')}, expected this region's snapshots {sources}")
             if action != "ec2:ModifySnapshotAttribute":
                 continue
+            # Each statement adds or removes, requiring its own key and its accounts only.
             condition = s.get("Condition", {})
             users = condition.get("ForAllValues:StringEquals", {})
-            for key in ["ec2:Add/userId", "ec2:Remove/userId"]:
-                if sorted(as_list(users.get(key, []))) != accounts:
-                    errors.append(f"{where}: {key} is {users.get(key)}, expected the target accounts {accounts}")
             nulls = condition.get("Null", {})
-            if any(str(nulls.get(key)).lower() != "true" for key in ["ec2:Add/group", "ec2:Remove/group"]):
-                errors.append(f"{where}: a share with a group (public) is not ruled out (Null ec2:Add/group)")
+            keys = [key for key in ["ec2:Add/userId", "ec2:Remove/userId"] if key in users]
+            if len(keys) != 1 or sorted(as_list(users[keys[0]])) != accounts:
+                errors.append(f"{where}: users {users}, expected one of ec2:Add/userId, ec2:Remove/userId = {accounts}")
+                continue
+            group = keys[0].replace("userId", "group")
+            if str(nulls.get(keys[0])).lower() != "false" or str(nulls.get(group)).lower() != "true":
+                errors.append(f"{where}: {keys[0]} not required (Null false) or a group (public) not ruled out: {nulls}")
+        if action == "ec2:ModifySnapshotAttribute" and roles:
+            kinds = sorted(k for s in granting for k in s.get("Condition", {}).get("ForAllValues:StringEquals", {}))
+            if kinds != ["ec2:Add/userId", "ec2:Remove/userId"]:
+                errors.append(f"{name}: sharing and unsharing are not each allowed, for the target accounts ({kinds})")
+    # The share's record on the source: that tag only, this region's snapshots only.
+    recording = [s for s in statements if s.get("Sid") == "RecordSourceShares"]
+    for s in statements:
+        for action in ["ec2:CreateTags", "ec2:DeleteTags"]:
+            if allows(s, action) and s.get("Sid") != "TagCopiesAtCreation" and s not in recording:
+                errors.append(f"{name}: statement {s.get('Sid', '?')} allows {action}")
+    if roles:
+        expected = {"ForAllValues:StringLike": {"aws:TagKeys": "copy-snapshots:shared-with:*"}, "Null": {"aws:TagKeys": "false"}}
+        if [(as_list(s.get("Resource")), s.get("Condition")) for s in recording] != [(sources, expected)]:
+            errors.append(f"{name}: the share record's tagging is {recording}, expected {sources} with {expected}")
+    elif recording:
+        errors.append(f"{name}: sources may be tagged with no target in another account")
     describing = [s for s in statements if s.get("Sid") == "TellAwsManagedSourceKeys"]
     expected_keys = [f"arn:{partition}:kms:{region}:{evaluator.values['AWS::AccountId']}:key/*"] if roles else []
     granted_keys = [r for s in describing for r in as_list(s.get("Resource", []))]
@@ -449,8 +469,13 @@ def check_recovery_role(name, evaluator, errors):
         if "ec2:DeleteSnapshot" in as_list(s["Action"]):
             tag = condition.get("StringEquals", {}).get("aws:ResourceTag/copy-snapshots:source-region")
             like = condition.get("StringLike", {}).get("aws:ResourceTag/copy-snapshots:source-snapshot-id")
-            if tag != evaluator.values["SourceRegion"] or like != "snap-*":
-                errors.append(f"{where}: DeleteSnapshot not conditioned on this project's tags ({tag!r}, {like!r})")
+            account = condition.get("StringEquals", {}).get("aws:ResourceTag/copy-snapshots:source-account")
+            production = evaluator.values["FunctionRoleArn"].split(":")[4]
+            if tag != evaluator.values["SourceRegion"] or like != "snap-*" or account != production:
+                errors.append(
+                    f"{where}: DeleteSnapshot not conditioned on this project's tags ({tag!r}, {like!r}) and the "
+                    f"production account {production} ({account!r})"
+                )
         kms = [a for a in as_list(s["Action"]) if a.startswith("kms:")]
         via = condition.get("StringLike", {}).get("kms:ViaService")
         suffix = evaluator.values["AWS::URLSuffix"]

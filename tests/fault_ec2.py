@@ -70,7 +70,8 @@ Control API (JSON), next to the EC2 API on the same port:
                          "account": "…" (whose region they fill; default this one)}
   POST /_fault/sources  {"region": "us-east-1", "sizes": [8, 64], "tags": {"k": "v"}, "state": "completed",
                          "one_volume": false, "ages_days": [0, 3], "owner_id": "210987654321",
-                         "kms_key": "alias/aws/ebs" (encrypted under it; default unencrypted)}
+                         "kms_key": "alias/aws/ebs" (encrypted under it; default unencrypted),
+                         "account": "…" (whose snapshots; default this one)}
                         -> {"snapshot_ids": [...], "volume_ids": [...]}
   POST /_fault/refuse_delete {"snapshot_ids": {"snap-…": "in-use" | "locked"}}
   POST /_fault/forget   {"region": "us-east-1", "snapshot_ids": ["snap-…"]}  (gone from the region)
@@ -630,7 +631,7 @@ def control(request):
             ages = body.get("ages_days") or [0.0] * len(sizes)
             volume = None
             if body.get("one_volume"):
-                volume = ec2_backends[ACCOUNT][region].create_volume(size=sizes[0], zone_name=f"{region}a")
+                volume = ec2_backends[body.get("account", ACCOUNT)][region].create_volume(size=sizes[0], zone_name=f"{region}a")
             made = [
                 _new_snapshot(
                     region,
@@ -641,6 +642,7 @@ def control(request):
                     age_days=age,
                     owner_id=body.get("owner_id"),
                     kms_key=body.get("kms_key"),
+                    account=body.get("account", ACCOUNT),
                 )
                 for size, age in zip(sizes, ages)
             ]

@@ -166,7 +166,6 @@ mod tests {
             source_volume_id: None,
             source_start_time: None,
             size_gib: 8,
-            shared_for_copy: false,
         }
     }
 

@@ -2,11 +2,13 @@
 //! starts (a source under an AWS managed key cannot be, and fails in that target with what to
 //! do), and the shares this function made are removed once every target of that account has
 //! a completed copy. May change: the entries' stages (a source that cannot be shared fails),
-//! through the state's methods; the source snapshots' `createVolumePermission`.
+//! through the state's methods; the sources' `createVolumePermission` and their
+//! `copy-snapshots:shared-with:ACCOUNT` tag.
 //!
-//! Whose share it is lives in EC2, on the copies: a copy whose source this function shared for
-//! it carries [`SHARED_FOR_COPY_TAG`]. A source someone else had shared with the account is
-//! left shared, whatever happens to its copies.
+//! Whose share it is lives in EC2, on the source: before sharing, this function tags it
+//! [`SHARED_WITH_TAG_PREFIX`]`ACCOUNT`, and it removes the tag with the share. So a retried
+//! start, or a later invocation, still knows the share is this function's; a share without the
+//! tag (someone else's) is never removed, whatever happens to the copies.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 
@@ -16,7 +18,7 @@ use crate::contract::request::CopyRequest;
 use crate::contract::response::plural;
 use crate::engine::timeline::Timeline;
 use crate::ids::{Place, SnapshotId};
-use crate::store::{SnapshotState, SnapshotStore, StoreError};
+use crate::store::{SHARED_WITH_TAG_PREFIX, SnapshotState, SnapshotStore, StoreError, Tag};
 
 use super::state::Run;
 
@@ -27,8 +29,8 @@ pub(super) const TARGET_ACCOUNT_KEY_ACTIONS: &str = "kms:DescribeKey, kms:Create
 
 /// What sharing a source for its copy came to.
 pub(super) enum Sharing {
-    /// Shared: by this call (`true`: the copy carries [`SHARED_FOR_COPY_TAG`]) or before it.
-    Shared { by_this_function: bool },
+    /// Shared: by this call, or before it (by this function or someone else).
+    Shared,
     /// The source cannot be copied into that account: fail it there, for this reason.
     Impossible(String),
     /// Throttled or no definite answer: the source waits for a later round.
@@ -57,14 +59,30 @@ impl<S: SnapshotStore> Run<'_, S> {
         };
         if shared_before {
             debug!(%source, %account, "source already shared with the target account");
-            return Some(Sharing::Shared { by_this_function: false });
+            return Some(Sharing::Shared);
+        }
+        // The record first: a share this function makes is never left without it.
+        let record = Tag::new(shared_with_tag(&account), "while-copying");
+        if let Err(error) = self.timeline.call(self.store.tag_source(region, &source, &record)).await {
+            return Some(self.sharing_error(error, &source, &account));
         }
         match self.timeline.call(self.store.share(region, &source, &account)).await {
             Ok(()) => {
                 debug!(%source, %account, "source shared with the target account for its copy");
-                Some(Sharing::Shared { by_this_function: true })
+                Some(Sharing::Shared)
             }
-            Err(error) => Some(self.sharing_error(error, &source, &account)),
+            Err(error) => {
+                let sharing = self.sharing_error(error, &source, &account);
+                if matches!(sharing, Sharing::Impossible(_)) {
+                    // No share was made: no record of one (a later share by someone else must
+                    // not look like this function's).
+                    let untagged = self.timeline.call(self.store.untag_source(region, &source, &record.key)).await;
+                    if let Err(error) = untagged {
+                        warn!(%error, %source, "could not remove the share record of a source that was not shared");
+                    }
+                }
+                Some(sharing)
+            }
         }
     }
 
@@ -114,12 +132,18 @@ pub(super) struct SharesSwept {
     pub(super) problems: Vec<String>,
 }
 
+/// The tag on a source that records this function's share with `account`.
+pub(super) fn shared_with_tag(account: &str) -> String {
+    format!("{SHARED_WITH_TAG_PREFIX}{account}")
+}
+
 /// Removes the shares this function made whose copies are done: for each other account among
 /// the request's targets, the sources shared with it (one DescribeSnapshots by
-/// RestorableByUserIds) whose copies are completed in every target of that account, none still
-/// pending there, and one of them tagged as shared for the copy. Sources of earlier requests
-/// count too, so a copy that completed after its invocation ended is unshared by the next.
-/// Nothing here fails the request: a share left is reported and swept next time.
+/// RestorableByUserIds) that carry this function's record of the share and whose copies are
+/// completed in every target of that account, none still pending there; then the record.
+/// Sources of earlier requests count too, so a copy that completed after its invocation ended
+/// is unshared by the next. Nothing here fails the request: a share left is reported and swept
+/// next time.
 pub(super) async fn sweep_shares<S: SnapshotStore>(
     store: &S,
     request: &CopyRequest,
@@ -140,23 +164,26 @@ pub(super) async fn sweep_shares<S: SnapshotStore>(
                 .push(format!("no time was left to remove the shares with account {account}; the next run does"));
             break;
         }
-        let shared = match timeline.call(store.sources_shared_with(region, account)).await {
-            Ok(shared) if shared.is_empty() => continue,
-            Ok(shared) => shared,
+        let record = shared_with_tag(account);
+        let shared: Vec<SnapshotId> = match timeline.call(store.sources_shared_with(region, account)).await {
+            // Only the shares this function made.
+            Ok(shared) => shared.into_iter().filter(|s| s.tag(&record).is_some()).map(|s| s.id).collect(),
             Err(error) => {
                 swept.problems.push(format!("could not list the sources shared with account {account}: {error}"));
                 continue;
             }
         };
-        let mut done: HashMap<SnapshotId, (usize, bool, bool)> = HashMap::new();
+        if shared.is_empty() {
+            continue;
+        }
+        let mut done: HashMap<SnapshotId, (usize, bool)> = HashMap::new();
         let mut looked_everywhere = true;
         for place in &places {
             match timeline.call(store.find_copies(place, region, &shared)).await {
                 Ok(copies) => {
                     let mut completed_here = HashSet::new();
                     for copy in copies {
-                        let (_, ours, pending) = done.entry(copy.source_id.clone()).or_default();
-                        *ours |= copy.shared_for_copy;
+                        let (_, pending) = done.entry(copy.source_id.clone()).or_default();
                         *pending |= copy.state == SnapshotState::Pending;
                         if copy.state == SnapshotState::Completed {
                             completed_here.insert(copy.source_id);
@@ -177,15 +204,19 @@ pub(super) async fn sweep_shares<S: SnapshotStore>(
             continue;
         }
         for source in shared {
-            let Some(&(completed_in, ours, pending)) = done.get(&source) else { continue };
-            if !ours || pending || completed_in < places.len() {
+            let Some(&(completed_in, pending)) = done.get(&source) else { continue };
+            if pending || completed_in < places.len() {
                 continue;
             }
-            match timeline.call(store.unshare(region, &source, account)).await {
-                Ok(()) => swept.removed += 1,
-                Err(error) => {
-                    swept.problems.push(format!("could not unshare {source} from account {account}: {error}"))
-                }
+            if let Err(error) = timeline.call(store.unshare(region, &source, account)).await {
+                swept.problems.push(format!("could not unshare {source} from account {account}: {error}"));
+                continue;
+            }
+            swept.removed += 1;
+            // The record goes with the share; one left behind is harmless until someone shares
+            // the source by hand again.
+            if let Err(error) = timeline.call(store.untag_source(region, &source, &record)).await {
+                swept.problems.push(format!("unshared {source}, but could not remove its tag {record}: {error}"));
             }
         }
         debug!(account, removed = swept.removed, "shares swept");

@@ -16,7 +16,7 @@ use crate::engine::ownership::AskedEncryption;
 use crate::engine::progress::RunEvent;
 use crate::ids::SnapshotId;
 use crate::store::{
-    CopySpec, ENCRYPTION_TAG, RESERVED_TAG_PREFIX, SHARED_FOR_COPY_TAG, SOURCE_REGION_TAG, SOURCE_SNAPSHOT_TAG,
+    CopySpec, ENCRYPTION_TAG, RESERVED_TAG_PREFIX, SOURCE_REGION_TAG, SOURCE_SNAPSHOT_TAG,
     SOURCE_START_TIME_TAG, SOURCE_VOLUME_TAG, SnapshotState, SnapshotStore, SourceSnapshot, StoreError, Tag,
     format_start_time,
 };
@@ -80,9 +80,8 @@ impl<'a, S: SnapshotStore> Run<'a, S> {
     /// Starts the copy of entry `i` (popped from the queue) and records the outcome.
     pub(super) async fn start_one(&mut self, i: usize) -> Started {
         // Into another account: the source is shared with it first.
-        let shared_for_copy = match self.share_for_copy(i).await {
-            None | Some(Sharing::Shared { by_this_function: false }) => false,
-            Some(Sharing::Shared { by_this_function: true }) => true,
+        match self.share_for_copy(i).await {
+            None | Some(Sharing::Shared) => {}
             Some(Sharing::Impossible(reason)) => {
                 self.fail(i, reason);
                 return Started::No;
@@ -92,8 +91,8 @@ impl<'a, S: SnapshotStore> Run<'a, S> {
                 self.throttled_now(&error.to_string(), "sharing a source with the target account");
                 return Started::No;
             }
-        };
-        let spec = match copy_spec(&self.entries[i].source, self.request, self.target, &self.asked, shared_for_copy) {
+        }
+        let spec = match copy_spec(&self.entries[i].source, self.request, self.target, &self.asked) {
             Ok(spec) => spec,
             Err(reason) => {
                 self.fail(i, reason);
@@ -194,7 +193,6 @@ pub(super) fn copy_spec(
     request: &CopyRequest,
     target: &Target,
     asked: &AskedEncryption,
-    shared_for_copy: bool,
 ) -> Result<CopySpec, String> {
     let mut tags: BTreeMap<&str, &str> = BTreeMap::new();
     if request.copy_tags {
@@ -219,14 +217,12 @@ pub(super) fn copy_spec(
     if let Some(start_time) = &start_time {
         tags.insert(SOURCE_START_TIME_TAG, start_time);
     }
-    if shared_for_copy {
-        tags.insert(SHARED_FOR_COPY_TAG, "true");
-    }
-    if tags.len() > MAX_TAGS_PER_SNAPSHOT {
+    // A copy in another account carries its source account too (the store adds it).
+    let total = tags.len() + usize::from(target.place.role.is_some());
+    if total > MAX_TAGS_PER_SNAPSHOT {
         return Err(format!(
-            "the copy would carry {} tags (the source's, `tags` and {} of this function's); EC2 allows {MAX_TAGS_PER_SNAPSHOT}",
-            tags.len(),
-            tags.len() - before
+            "the copy would carry {total} tags (the source's, `tags` and {} of this function's); EC2 allows {MAX_TAGS_PER_SNAPSHOT}",
+            total - before
         ));
     }
     Ok(CopySpec {

@@ -27,7 +27,7 @@ use crate::store::kms::KeyLookup;
 use crate::store::presign::{CopySnapshotUrl, EXPIRES_IN};
 use crate::store::sdk::{RegionalClients, THROTTLING_CODES, store_error};
 use crate::store::{
-    CopySpec, CopyStatus, DeleteOutcome, ENCRYPTION_TAG, KeyDescription, MAX_FILTER_VALUES, SHARED_FOR_COPY_TAG,
+    CopySpec, CopyStatus, DeleteOutcome, ENCRYPTION_TAG, KeyDescription, MAX_FILTER_VALUES, SOURCE_ACCOUNT_TAG,
     SOURCE_REGION_TAG, SOURCE_SNAPSHOT_TAG, SnapshotState, SnapshotStore, SourceSelector, SourceSnapshot, StoreError,
     Tag, find_tag, is_copy_from, real_volume, source_origin,
 };
@@ -48,6 +48,8 @@ pub struct Ec2Store {
     /// The deployment's slot ledger, when `SLOT_TABLE` names one (see
     /// [`SnapshotStore::slot_ledger`]).
     ledger: Option<DynamoSlotLedger>,
+    /// This account's id (sts:GetCallerIdentity, asked once), for [`SOURCE_ACCOUNT_TAG`].
+    own_account: tokio::sync::OnceCell<String>,
 }
 
 /// One account's clients: EC2 per region, the presigner and KMS, all signing with the same
@@ -83,6 +85,7 @@ impl Ec2Store {
             sdk_config: sdk_config.clone(),
             others: Mutex::new(HashMap::new()),
             ledger: None,
+            own_account: tokio::sync::OnceCell::new(),
         }
     }
 
@@ -106,6 +109,30 @@ impl Ec2Store {
 
     async fn client(&self, place: &Place) -> Client {
         self.account(place).await.clients.get(&place.region)
+    }
+
+    /// This account's id: what copies in another account carry as [`SOURCE_ACCOUNT_TAG`].
+    async fn own_account(&self) -> Result<&str, StoreError> {
+        let id = self
+            .own_account
+            .get_or_try_init(|| async {
+                let answer = aws_sdk_sts::Client::new(&self.sdk_config).get_caller_identity().send().await;
+                let answer = answer.map_err(store_error)?;
+                answer.account().filter(|a| !a.is_empty()).map(str::to_owned).ok_or_else(|| {
+                    StoreError::Unknown("sts:GetCallerIdentity answered without the account".to_owned())
+                })
+            })
+            .await?;
+        Ok(id)
+    }
+
+    /// The filter that keeps, in another account, this account's copies only (none here).
+    async fn own_copies_filter(&self, place: &Place) -> Result<Option<types::Filter>, StoreError> {
+        if place.role.is_none() {
+            return Ok(None);
+        }
+        let account = self.own_account().await?;
+        Ok(Some(ec2_filter(&format!("tag:{SOURCE_ACCOUNT_TAG}"), [account])))
     }
 
     /// One paginated DescribeSnapshots.
@@ -145,7 +172,9 @@ impl Ec2Store {
     /// target's account).
     async fn copies_from(&self, target: &Place, source_region: &Region) -> Result<Vec<types::Snapshot>, StoreError> {
         let from_region = ec2_filter(&format!("tag:{SOURCE_REGION_TAG}"), [source_region.as_str()]);
-        self.describe(target, |r| r.owner_ids("self").filters(from_region)).await
+        let own = self.own_copies_filter(target).await?;
+        self.describe(target, |r| own.into_iter().fold(r.owner_ids("self").filters(from_region), |r, f| r.filters(f)))
+            .await
     }
 }
 
@@ -239,7 +268,9 @@ impl SnapshotStore for Ec2Store {
         let from_region = ec2_filter(&format!("tag:{SOURCE_REGION_TAG}"), [source_region.as_str()]);
         let snapshots = if source_ids.len() <= MAX_FILTER_VALUES {
             let ids: Vec<&str> = source_ids.iter().map(SnapshotId::as_str).collect();
-            self.describe_by(target, &format!("tag:{SOURCE_SNAPSHOT_TAG}"), &ids, true, &[from_region]).await?
+            let extra: Vec<types::Filter> =
+                std::iter::once(from_region).chain(self.own_copies_filter(target).await?).collect();
+            self.describe_by(target, &format!("tag:{SOURCE_SNAPSHOT_TAG}"), &ids, true, &extra).await?
         } else {
             // Many sources: one paginated call for every copy from that region beats many
             // chunked ones; keep the wanted ones here.
@@ -273,16 +304,24 @@ impl SnapshotStore for Ec2Store {
     async fn list_pending_copies(&self, target: &Place) -> Result<Vec<CopyStatus>, StoreError> {
         let ours = ec2_filter("tag-key", [SOURCE_SNAPSHOT_TAG]);
         let pending = ec2_filter("status", ["pending"]);
-        let snapshots = self.describe(target, |r| r.owner_ids("self").filters(ours).filters(pending)).await?;
+        let own = self.own_copies_filter(target).await?;
+        let snapshots = self
+            .describe(target, |r| own.into_iter().fold(r.owner_ids("self").filters(ours).filters(pending), |r, f| r.filters(f)))
+            .await?;
         Ok(snapshots.iter().filter_map(to_copy).collect())
     }
 
     async fn start_copy(&self, spec: &CopySpec) -> Result<SnapshotId, StoreError> {
+        let mut tags: Vec<types::Tag> =
+            spec.tags.iter().map(|t| types::Tag::builder().key(&t.key).value(&t.value).build()).collect();
+        if spec.target.role.is_some() {
+            // Whose copy it is, in an account that may hold several accounts' copies.
+            let account = self.own_account().await?;
+            tags.push(types::Tag::builder().key(SOURCE_ACCOUNT_TAG).value(account).build());
+        }
         let tags = TagSpecification::builder()
             .resource_type(ResourceType::Snapshot)
-            .set_tags(Some(
-                spec.tags.iter().map(|t| types::Tag::builder().key(&t.key).value(&t.value).build()).collect(),
-            ))
+            .set_tags(Some(tags))
             .build();
         // The copy is made by the target's account, so the URL is signed with its credentials.
         let account = self.account(&spec.target).await;
@@ -435,10 +474,24 @@ impl SnapshotStore for Ec2Store {
             .collect())
     }
 
-    async fn sources_shared_with(&self, region: &Region, account: &str) -> Result<Vec<SnapshotId>, StoreError> {
+    async fn sources_shared_with(&self, region: &Region, account: &str) -> Result<Vec<SourceSnapshot>, StoreError> {
         let here = Place::here(region.clone());
         let shared = self.describe(&here, |r| r.owner_ids("self").restorable_by_user_ids(account)).await?;
-        Ok(shared.iter().filter_map(snapshot_id).collect())
+        Ok(shared.iter().filter_map(to_source).collect())
+    }
+
+    async fn tag_source(&self, region: &Region, source: &SnapshotId, tag: &Tag) -> Result<(), StoreError> {
+        let tag = types::Tag::builder().key(&tag.key).value(&tag.value).build();
+        let client = self.client(&Place::here(region.clone())).await;
+        client.create_tags().resources(source.as_str()).tags(tag).send().await.map_err(store_error)?;
+        Ok(())
+    }
+
+    async fn untag_source(&self, region: &Region, source: &SnapshotId, key: &str) -> Result<(), StoreError> {
+        let tag = types::Tag::builder().key(key).build();
+        let client = self.client(&Place::here(region.clone())).await;
+        client.delete_tags().resources(source.as_str()).tags(tag).send().await.map_err(store_error)?;
+        Ok(())
     }
 
     async fn share(&self, region: &Region, source: &SnapshotId, account: &str) -> Result<(), StoreError> {
@@ -621,7 +674,6 @@ fn copy_status(snapshot: &types::Snapshot, tags: &[Tag]) -> Option<CopyStatus> {
         source_volume_id,
         source_start_time,
         size_gib: snapshot.volume_size().and_then(|s| u64::try_from(s).ok()).unwrap_or(0),
-        shared_for_copy: find_tag(tags, SHARED_FOR_COPY_TAG) == Some("true"),
     })
 }
 

@@ -44,14 +44,20 @@ pub const SOURCE_VOLUME_TAG: &str = "copy-snapshots:source-volume-id";
 /// Tag on every copy with its source's StartTime (RFC 3339, UTC, milliseconds): a copy's age
 /// is its source's age, as AWS Backup counts it, whether or not the source still exists.
 pub const SOURCE_START_TIME_TAG: &str = "copy-snapshots:source-start-time";
-/// Tag on a copy in another account whose source this function shared with that account for
-/// the copy (`true`): the share is this function's to remove once that account's copies of the
-/// source have completed. A source someone else had shared with the account is never unshared.
-pub const SHARED_FOR_COPY_TAG: &str = "copy-snapshots:shared-for-copy";
+/// Tag on every copy in another account naming the account it was copied from (this one): a
+/// recovery account may hold several production accounts' copies, and each deployment looks at,
+/// counts and deletes only its own (the stores filter on it; the recovery role's
+/// DeleteSnapshot requires it).
+pub const SOURCE_ACCOUNT_TAG: &str = "copy-snapshots:source-account";
+/// Prefix of the tag on a *source* this function shared with another account for a copy
+/// there (`copy-snapshots:shared-with:ACCOUNT`), set before the share and removed with it: the
+/// record that the share is this function's to remove. A share without it (someone else's) is
+/// never removed.
+pub const SHARED_WITH_TAG_PREFIX: &str = "copy-snapshots:shared-with:";
 /// Prefix of the tags this function owns; users may not set them.
 pub const RESERVED_TAG_PREFIX: &str = "copy-snapshots:";
 /// How many tags this function puts on every copy (the five above; a copy in another account
-/// may carry [`SHARED_FOR_COPY_TAG`] too, which the start checks against EC2's limit).
+/// carries [`SOURCE_ACCOUNT_TAG`] too, which the start checks against EC2's limit).
 pub const OWN_TAGS: usize = 5;
 /// The volume id EC2 reports for snapshots made by CopySnapshot (and some others): "an arbitrary
 /// volume ID that should not be used for any purpose", says the API reference. Such a source
@@ -149,8 +155,6 @@ pub struct CopyStatus {
     pub source_start_time: Option<SystemTime>,
     /// The copy's size (its source volume's), GiB.
     pub size_gib: u64,
-    /// The copy carries [`SHARED_FOR_COPY_TAG`]: this function shared its source for it.
-    pub shared_for_copy: bool,
 }
 
 /// Which snapshots a request is about.
@@ -336,12 +340,29 @@ pub trait SnapshotStore: Sync {
     ) -> impl Future<Output = Result<Vec<String>, StoreError>> + Send;
 
     /// This account's snapshots in `region` that `account` may create volumes from (one
-    /// paginated DescribeSnapshots, owner self, RestorableByUserIds): the sources shared with it.
+    /// paginated DescribeSnapshots, owner self, RestorableByUserIds): the sources shared with it,
+    /// with their tags.
     fn sources_shared_with(
         &self,
         region: &Region,
         account: &str,
-    ) -> impl Future<Output = Result<Vec<SnapshotId>, StoreError>> + Send;
+    ) -> impl Future<Output = Result<Vec<SourceSnapshot>, StoreError>> + Send;
+
+    /// Tags a source in `region` (CreateTags): the record of a share this function makes.
+    fn tag_source(
+        &self,
+        region: &Region,
+        source: &SnapshotId,
+        tag: &Tag,
+    ) -> impl Future<Output = Result<(), StoreError>> + Send;
+
+    /// Removes the tag `key` from a source in `region` (DeleteTags).
+    fn untag_source(
+        &self,
+        region: &Region,
+        source: &SnapshotId,
+        key: &str,
+    ) -> impl Future<Output = Result<(), StoreError>> + Send;
 
     /// Shares a source in `region` with `account`, so a copy can be made there
     /// (ModifySnapshotAttribute, `createVolumePermission` add). Sharing it again is harmless.

@@ -22,7 +22,7 @@ use tokio::time::Instant;
 use crate::ids::{Place, Region, SnapshotId};
 use crate::store::ledger::{LedgerError, LedgerState, Saved, SlotLedger, Version};
 use crate::store::{
-    CopySpec, CopyStatus, DeleteOutcome, ENCRYPTION_TAG, KeyDescription, SHARED_FOR_COPY_TAG, SOURCE_REGION_TAG,
+    CopySpec, CopyStatus, DeleteOutcome, ENCRYPTION_TAG, KeyDescription, SOURCE_ACCOUNT_TAG, SOURCE_REGION_TAG,
     SOURCE_SNAPSHOT_TAG, SnapshotState, SnapshotStore, SourceSelector, SourceSnapshot, StoreError, Tag, find_tag,
     is_copy_from, source_origin,
 };
@@ -166,6 +166,21 @@ impl Snapshot {
         (SnapshotState::Pending, Some(percent.min(99)), None)
     }
 
+    /// The snapshot as DescribeSnapshots describes a source at `now`.
+    fn source_at(&self, now: Instant) -> SourceSnapshot {
+        SourceSnapshot {
+            id: self.id.clone(),
+            state: self.state_at(now).0,
+            size_gib: self.size_gib,
+            encrypted: self.encrypted,
+            archived: self.archived,
+            tags: self.tags.clone(),
+            start_time: Some(self.start_time),
+            volume_id: self.volume_id.clone(),
+            kms_key_id: self.kms_key_id.clone(),
+        }
+    }
+
     fn is_pending_at(&self, now: Instant) -> bool {
         self.state_at(now).0 == SnapshotState::Pending
     }
@@ -187,7 +202,6 @@ impl Snapshot {
             source_volume_id,
             source_start_time,
             size_gib: self.size_gib,
-            shared_for_copy: find_tag(&self.tags, SHARED_FOR_COPY_TAG) == Some("true"),
         })
     }
 
@@ -1162,12 +1176,17 @@ impl SimulatedEc2 {
                 None => Self::default_key_arn(target),
             }
         });
+        let mut tags = spec.tags.clone();
+        if spec.target.role.is_some() && find_tag(&tags, SOURCE_ACCOUNT_TAG).is_none() {
+            // As the SDK store tags a copy in another account.
+            tags.push(Tag::new(SOURCE_ACCOUNT_TAG, ACCOUNT));
+        }
         let copy = Snapshot {
             id: id.clone(),
             size_gib: source.size_gib,
             encrypted,
             kms_key_id,
-            tags: spec.tags.clone(),
+            tags,
             fixed_state: None,
             archived: false,
             started: now,
@@ -1190,6 +1209,28 @@ impl SimulatedEc2 {
             return Err(StoreError::Unknown("timeout waiting for CopySnapshot's answer".to_owned()));
         }
         Ok(id)
+    }
+
+    /// CreateTags (`value`) or DeleteTags (`None`) of one tag on a snapshot in `region`.
+    async fn change_source_tag(
+        &self,
+        region: &Region,
+        source: &SnapshotId,
+        key: &str,
+        value: Option<&str>,
+    ) -> Result<(), StoreError> {
+        self.call_latency().await;
+        let mut world = self.lock();
+        world.calls.requests += 1;
+        world.calls.sharing += 1;
+        world.region_allowed(region.as_str())?;
+        let snapshot = world.regions.get_mut(region.as_str()).and_then(|r| r.snapshots.get_mut(source));
+        let snapshot = snapshot.ok_or_else(|| StoreError::NotFound(format!("The snapshot '{source}' does not exist.")))?;
+        snapshot.tags.retain(|t| t.key != key);
+        if let Some(value) = value {
+            snapshot.tags.push(Tag::new(key, value));
+        }
+        Ok(())
     }
 
     /// ModifySnapshotAttribute `createVolumePermission` add or remove, for one account.
@@ -1221,6 +1262,12 @@ impl SimulatedEc2 {
             tokio::time::sleep(self.latency).await;
         }
     }
+}
+
+/// Whether `snapshot` in `place` is this account's copy: in another account, only copies
+/// tagged with this account as their source account are (the SDK store filters on the tag).
+fn own_copy_in(place: &Place, snapshot: &Snapshot) -> bool {
+    place.role.is_none() || find_tag(&snapshot.tags, SOURCE_ACCOUNT_TAG) == Some(ACCOUNT)
 }
 
 /// Every snapshot in `state` tagged as this function's copy from `source_region`.
@@ -1276,17 +1323,7 @@ impl SnapshotStore for SimulatedEc2 {
             return Err(StoreError::Unknown("timeout waiting for DescribeSnapshots' answer".to_owned()));
         }
         let Some(state) = world.regions.get(region.as_str()) else { return Ok(Vec::new()) };
-        let to_source = |s: &Snapshot| SourceSnapshot {
-            id: s.id.clone(),
-            state: s.state_at(now).0,
-            size_gib: s.size_gib,
-            encrypted: s.encrypted,
-            archived: s.archived,
-            tags: s.tags.clone(),
-            start_time: Some(s.start_time),
-            volume_id: s.volume_id.clone(),
-            kms_key_id: s.kms_key_id.clone(),
-        };
+        let to_source = |s: &Snapshot| s.source_at(now);
         let (found, values) = match selector {
             SourceSelector::Ids(ids) => {
                 (ids.iter().filter_map(|id| state.snapshots.get(id)).map(to_source).collect::<Vec<_>>(), ids.len())
@@ -1328,6 +1365,7 @@ impl SnapshotStore for SimulatedEc2 {
         let found: Vec<CopyStatus> = state
             .in_order()
             .filter(|s| s.listed_at(now, world.visibility_lag) && is_copy_from(&s.tags, source_region, &wanted))
+            .filter(|s| own_copy_in(target, s))
             .filter_map(|s| s.copy_status(now))
             .collect();
         // More than 200 ids: the store lists every copy from the region in one paginated call.
@@ -1348,7 +1386,7 @@ impl SnapshotStore for SimulatedEc2 {
         world.throttle_look(target.region.as_str())?;
         let found: Vec<CopyStatus> = match world.regions.get(&target.key()) {
             Some(state) => copies_from(state, source_region)
-                .filter(|s| s.listed_at(now, world.visibility_lag))
+                .filter(|s| s.listed_at(now, world.visibility_lag) && own_copy_in(target, s))
                 .filter_map(|s| s.copy_status(now))
                 .collect(),
             None => Vec::new(),
@@ -1370,6 +1408,7 @@ impl SnapshotStore for SimulatedEc2 {
                 .pending_now(now)
                 .into_iter()
                 .filter(|s| s.listed_at(now, lag) && find_tag(&s.tags, SOURCE_SNAPSHOT_TAG).is_some())
+                .filter(|s| own_copy_in(target, s))
                 .filter_map(|s| s.copy_status(now))
                 .collect(),
             None => Vec::new(),
@@ -1526,14 +1565,23 @@ impl SnapshotStore for SimulatedEc2 {
         Ok(accounts)
     }
 
-    async fn sources_shared_with(&self, region: &Region, account: &str) -> Result<Vec<SnapshotId>, StoreError> {
+    async fn sources_shared_with(&self, region: &Region, account: &str) -> Result<Vec<SourceSnapshot>, StoreError> {
         self.call_latency().await;
+        let now = Instant::now();
         let mut world = self.lock();
         world.calls.requests += 1;
         world.calls.sharing += 1;
         world.throttle_look(region.as_str())?;
         let Some(state) = world.regions.get(region.as_str()) else { return Ok(Vec::new()) };
-        Ok(state.in_order().filter(|s| s.shared_with.contains(account)).map(|s| s.id.clone()).collect())
+        Ok(state.in_order().filter(|s| s.shared_with.contains(account)).map(|s| s.source_at(now)).collect())
+    }
+
+    async fn tag_source(&self, region: &Region, source: &SnapshotId, tag: &Tag) -> Result<(), StoreError> {
+        self.change_source_tag(region, source, &tag.key, Some(&tag.value)).await
+    }
+
+    async fn untag_source(&self, region: &Region, source: &SnapshotId, key: &str) -> Result<(), StoreError> {
+        self.change_source_tag(region, source, key, None).await
     }
 
     async fn share(&self, region: &Region, source: &SnapshotId, account: &str) -> Result<(), StoreError> {

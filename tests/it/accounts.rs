@@ -11,7 +11,7 @@ use copy_snapshots::contract::request::{CopyRequest, Settings};
 use copy_snapshots::engine::reconcile;
 use copy_snapshots::ids::{Region, SnapshotId};
 use copy_snapshots::store::simulated::{CopyTimeModel, SimulatedEc2};
-use copy_snapshots::store::{SHARED_FOR_COPY_TAG, find_tag};
+use copy_snapshots::store::{SHARED_WITH_TAG_PREFIX, SOURCE_ACCOUNT_TAG, find_tag};
 use serde_json::{Value, json};
 
 const SOURCE: &str = "us-east-1";
@@ -20,6 +20,13 @@ const RECOVERY_ACCOUNT: &str = "444455556666";
 const ROLE: &str = "arn:aws:iam::444455556666:role/copy-snapshots-recovery";
 /// The simulator's key of the target region in the recovery account.
 const RECOVERY_TARGET: &str = "eu-west-1@444455556666";
+/// The simulator's own account, which copies in another account name as their source.
+const SIMULATED_ACCOUNT: &str = "111122223333";
+
+/// The tag on a source recording this function's share with the recovery account.
+fn share_record() -> String {
+    format!("{SHARED_WITH_TAG_PREFIX}{RECOVERY_ACCOUNT}")
+}
 
 fn request(payload: Value) -> CopyRequest {
     let settings = Settings { source_region: Region::parse(SOURCE).ok(), ..Settings::default() };
@@ -48,6 +55,7 @@ async fn copies_into_another_account_are_made_there_with_the_source_shared_only_
     assert_eq!(ec2.unshared_copies(), 0, "every copy into the recovery account was of a shared source");
     for id in &ids {
         assert_eq!(ec2.shares_of(SOURCE, id), vec![RECOVERY_ACCOUNT.to_owned()], "{id} shared while copying");
+        assert!(find_tag(&ec2.tags_of(SOURCE, id), &share_record()).is_some(), "{id}: the share is recorded");
     }
     let account = &started.targets[1];
     assert_eq!((account.target_region.as_str(), account.account.as_deref()), (TARGET, Some(RECOVERY_ACCOUNT)));
@@ -63,13 +71,14 @@ async fn copies_into_another_account_are_made_there_with_the_source_shared_only_
     }
     for copy in ec2.tracked_copies(RECOVERY_TARGET) {
         let tags = ec2.tags_of(RECOVERY_TARGET, &copy.id);
-        assert_eq!(find_tag(&tags, SHARED_FOR_COPY_TAG), Some("true"), "{}", copy.id);
+        assert_eq!(find_tag(&tags, SOURCE_ACCOUNT_TAG), Some(SIMULATED_ACCOUNT), "{}: whose copy", copy.id);
     }
     for copy in ec2.tracked_copies(TARGET) {
-        assert_eq!(find_tag(&ec2.tags_of(TARGET, &copy.id), SHARED_FOR_COPY_TAG), None, "not shared for a local copy");
+        assert_eq!(find_tag(&ec2.tags_of(TARGET, &copy.id), SOURCE_ACCOUNT_TAG), None, "a local copy");
     }
     for id in &ids {
         assert!(ec2.shares_of(SOURCE, id).is_empty(), "{id} unshared once its copy completed");
+        assert!(find_tag(&ec2.tags_of(SOURCE, id), &share_record()).is_none(), "{id}: the record goes with the share");
     }
     // Again: nothing copied, nothing shared.
     let sharing_before = ec2.calls().sharing;
@@ -116,8 +125,7 @@ async fn a_source_someone_else_shared_with_the_account_stays_shared() {
         .expect("done");
     assert!(response.complete);
     assert_eq!(ec2.shares_of(SOURCE, &id), vec![RECOVERY_ACCOUNT.to_owned()], "a share this function did not make");
-    let copy = &ec2.tracked_copies(RECOVERY_TARGET)[0];
-    assert_eq!(find_tag(&ec2.tags_of(RECOVERY_TARGET, &copy.id), SHARED_FOR_COPY_TAG), None);
+    assert!(find_tag(&ec2.tags_of(SOURCE, &id), &share_record()).is_none(), "not recorded as this function's");
 }
 
 #[tokio::test(start_paused = true)]
@@ -133,6 +141,64 @@ async fn another_accounts_full_region_holds_back_neither_this_accounts_copies_no
     assert!(response.targets[0].response.complete, "this account's region is its own quota");
     assert!(response.targets[1].response.copies.is_empty(), "the full one waits");
     assert_eq!(ec2.tracked_copies(RECOVERY_TARGET).len(), 0);
+    // Shared for copies that could not start yet: the record stays with each share, so the
+    // run that copies them removes the shares.
+    for id in &ids {
+        if !ec2.shares_of(SOURCE, id).is_empty() {
+            assert!(find_tag(&ec2.tags_of(SOURCE, id), &share_record()).is_some(), "{id}: recorded");
+        }
+    }
+    let done = reconcile(&ec2, &both_accounts(&ids, json!({"wait_for_completion": true})), no_deadline())
+        .await
+        .expect("done once the region frees");
+    assert!(done.complete);
+    for id in &ids {
+        assert!(ec2.shares_of(SOURCE, id).is_empty(), "{id}: the share made while the region was full is gone");
+    }
+}
+
+/// A recovery account may hold several production accounts' copies: this deployment neither
+/// counts nor judges nor deletes another's, though they carry the same tracking tags.
+#[tokio::test(start_paused = true)]
+async fn another_production_accounts_copies_in_the_recovery_account_are_not_this_deployments() {
+    use copy_snapshots::ids::{Place, RoleArn};
+    use copy_snapshots::store::{CopySpec, Tag};
+    let ec2 = SimulatedEc2::new().with_copy_time(CopyTimeModel::DEFAULT);
+    let id = ec2.add_volume_snapshot(SOURCE, "vol-0bbbbbbbbbbbbbbbb", 8, Duration::from_secs(86_400), &[]);
+    // Another production account's copy of a source this account does not have, from the
+    // same region: an orphan, by this account's look.
+    let place = Place { region: Region::parse(TARGET).unwrap(), role: Some(RoleArn::parse(ROLE).unwrap()) };
+    let foreign_source = SnapshotId::parse("snap-0fffffffffffffff1").unwrap();
+    let tags = vec![
+        Tag::new("copy-snapshots:source-snapshot-id", foreign_source.as_str()),
+        Tag::new("copy-snapshots:source-region", SOURCE),
+        Tag::new("copy-snapshots:encryption", "none"),
+        Tag::new("copy-snapshots:source-volume-id", "vol-0ccccccccccccccc1"),
+        Tag::new(SOURCE_ACCOUNT_TAG, "999988887777"),
+    ];
+    let spec = CopySpec {
+        source_id: id.clone(),
+        source_region: Region::parse(SOURCE).unwrap(),
+        target: place,
+        description: "another account's copy".into(),
+        encrypted: false,
+        kms_key_id: None,
+        tags,
+        completion_duration_minutes: None,
+    };
+    ec2.share_by_hand(SOURCE, &id, RECOVERY_ACCOUNT);
+    let foreign = ec2.add_tracked_copy(&spec, None);
+    ec2.remove_volume("vol-0ccccccccccccccc1");
+    let request = request(json!({
+        "snapshot_ids": [id],
+        "targets": [{"region": TARGET, "role_arn": ROLE, "retain_count": 1}],
+        "delete_orphans_after_days": 0,
+        "wait_for_completion": true,
+    }));
+    let response = reconcile(&ec2, &request, no_deadline()).await.expect("done");
+    assert!(response.complete, "{response:?}");
+    assert!(ec2.deleted().is_empty(), "another account's copy is never this deployment's to delete");
+    assert!(ec2.tracked_copies(RECOVERY_TARGET).iter().any(|c| c.id == foreign));
 }
 
 /// Through the SDK store: the credentials of sts:AssumeRole (moto maps them to the role's
@@ -155,7 +221,7 @@ async fn through_the_sdk_copies_land_in_the_recovery_account_and_the_share_goes(
         .await;
     let store = Ec2Store::new(&config);
     let ids: Vec<&String> = sources.iter().chain(&default_key).collect();
-    let request = request(json!({
+    let copying = request(json!({
         "snapshot_ids": ids,
         "targets": [{"region": TARGET, "role_arn": ROLE}],
         "wait_for_completion": true,
@@ -166,7 +232,7 @@ async fn through_the_sdk_copies_land_in_the_recovery_account_and_the_share_goes(
         max_poll_interval: Duration::from_secs(1),
         call_timeout: Duration::from_secs(10),
     };
-    let error = reconcile(&store, &request, limits).await.expect_err("the default-key source fails");
+    let error = reconcile(&store, &copying, limits).await.expect_err("the default-key source fails");
     let response = error.response().unwrap_or_else(|| panic!("an answer with the failure: {error:?}")).clone();
 
     let record = emulator.record();
@@ -175,7 +241,7 @@ async fn through_the_sdk_copies_land_in_the_recovery_account_and_the_share_goes(
     for copy in &copies {
         assert_eq!((copy["account"].as_str(), copy["region"].as_str()), (Some(RECOVERY_ACCOUNT), Some(TARGET)));
         assert!(copy["presigned_url_problem"].is_null(), "signed with the assumed credentials: {copy}");
-        assert_eq!(copy["tags"][SHARED_FOR_COPY_TAG], "true");
+        assert_eq!(copy["tags"][SOURCE_ACCOUNT_TAG], "123456789012", "whose copy: {copy}");
     }
     let [failure] = &response.failed[..] else { panic!("one failure: {response:?}") };
     assert_eq!(failure.source_snapshot_id, default_key[0]);
@@ -213,6 +279,25 @@ async fn through_the_sdk_copies_land_in_the_recovery_account_and_the_share_goes(
             .expect("the attribute");
         assert!(attribute.create_volume_permissions().is_empty(), "{source} no longer shared");
     }
+
+    // Another production account's copy in the recovery account, from the same source region,
+    // of a source this account does not have: retention here must neither judge nor delete it.
+    let foreign = emulator.made_snapshots(&json!({
+        "region": TARGET, "sizes": [8], "account": RECOVERY_ACCOUNT,
+        "tags": {"copy-snapshots:source-snapshot-id": "snap-0fffffffffffffff1", "copy-snapshots:source-region": SOURCE,
+                 "copy-snapshots:encryption": "none", "copy-snapshots:source-volume-id": "vol-0ccccccccccccccc1",
+                 "copy-snapshots:source-start-time": "2026-01-01T00:00:00.000Z", SOURCE_ACCOUNT_TAG: "999988887777"},
+    }));
+    let deletes_before = emulator.record().calls("DeleteSnapshot");
+    let pruning = request(json!({
+        "snapshot_ids": sources,
+        "targets": [{"region": TARGET, "role_arn": ROLE, "retain_count": 1}],
+        "delete_orphans_after_days": 0,
+    }));
+    let response = reconcile(&store, &pruning, limits).await.expect("a pruning run");
+    assert!(response.complete, "{response:?}");
+    let deletes = emulator.record().calls("DeleteSnapshot") - deletes_before;
+    assert_eq!(deletes, 0, "never asked to delete {foreign:?}: {response:?}");
 }
 
 fn source_account_in(config: &aws_config::SdkConfig, region: &str) -> aws_sdk_ec2::Client {

@@ -112,8 +112,14 @@ impl SnapshotStore for CountingStore {
     async fn shared_with(&self, region: &Region, source: &SnapshotId) -> Result<Vec<String>, StoreError> {
         self.inner.shared_with(region, source).await
     }
-    async fn sources_shared_with(&self, region: &Region, account: &str) -> Result<Vec<SnapshotId>, StoreError> {
+    async fn sources_shared_with(&self, region: &Region, account: &str) -> Result<Vec<SourceSnapshot>, StoreError> {
         self.inner.sources_shared_with(region, account).await
+    }
+    async fn tag_source(&self, region: &Region, source: &SnapshotId, tag: &Tag) -> Result<(), StoreError> {
+        self.inner.tag_source(region, source, tag).await
+    }
+    async fn untag_source(&self, region: &Region, source: &SnapshotId, key: &str) -> Result<(), StoreError> {
+        self.inner.untag_source(region, source, key).await
     }
     async fn share(&self, region: &Region, source: &SnapshotId, account: &str) -> Result<(), StoreError> {
         self.inner.share(region, source, account).await
