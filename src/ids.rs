@@ -140,6 +140,15 @@ impl KmsKeyRef {
         }
     }
 
+    /// The account an ARN names the key in (`None` for a key id or an alias name, which the
+    /// caller's account resolves).
+    pub fn account(&self) -> Option<&str> {
+        match self {
+            Self::KeyArn { arn, .. } | Self::AliasArn { arn, .. } => arn.split(':').nth(4),
+            Self::KeyId(_) | Self::AliasName(_) => None,
+        }
+    }
+
     /// Whether a copy encrypted with `copy_key` (EC2 reports a key ARN) used this key. Aliases
     /// cannot be resolved without a KMS call, so for them any key counts: the copy is
     /// encrypted, which is what the request can check.

@@ -232,6 +232,20 @@ fn check_target(
 
     let encrypt = payload.encrypt.or(defaults.encrypt).unwrap_or(settings.encrypt);
     let kms_key = check_key(payload.kms_key_id.as_deref(), encrypt, &region, field, defaults, settings)?;
+    // A copy in another account under a key of some other account (this one's, say) would be
+    // at that account's mercy: disabling the key would make the recovery copy unusable.
+    if let (Some(role), Some(key_account)) = (&role, kms_key.as_ref().and_then(KmsKeyRef::account))
+        && key_account != role.account()
+    {
+        return Err(invalid(format!(
+            "{}: the key is in account {key_account}, but {region}'s copies are made in account {} ({}); valid: a key \
+             of account {}, or an alias name, which that account resolves",
+            field("kms_key_id"),
+            role.account(),
+            field("role_arn"),
+            role.account()
+        )));
+    }
 
     let retention = check_retention(
         payload.retain_days.or(defaults.retain_days),

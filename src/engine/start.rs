@@ -16,9 +16,8 @@ use crate::engine::ownership::AskedEncryption;
 use crate::engine::progress::RunEvent;
 use crate::ids::SnapshotId;
 use crate::store::{
-    CopySpec, ENCRYPTION_TAG, RESERVED_TAG_PREFIX, SOURCE_REGION_TAG, SOURCE_SNAPSHOT_TAG,
-    SOURCE_START_TIME_TAG, SOURCE_VOLUME_TAG, SnapshotState, SnapshotStore, SourceSnapshot, StoreError, Tag,
-    format_start_time,
+    CopySpec, ENCRYPTION_TAG, RESERVED_TAG_PREFIX, SOURCE_REGION_TAG, SOURCE_SNAPSHOT_TAG, SOURCE_START_TIME_TAG,
+    SOURCE_VOLUME_TAG, SnapshotState, SnapshotStore, SourceSnapshot, StoreError, Tag, format_start_time,
 };
 
 use super::entry::Stage;

@@ -15,7 +15,7 @@ use aws_sdk_ec2::config::endpoint::{self, ResolveEndpoint};
 use aws_sdk_ec2::config::interceptors::InterceptorContext;
 use aws_sdk_ec2::config::retry::{ClassifyRetry, RetryAction};
 use aws_sdk_ec2::config::{Credentials, ProvideCredentials, SharedCredentialsProvider};
-use aws_sdk_ec2::error::{DisplayErrorContext, ProvideErrorMetadata};
+use aws_sdk_ec2::error::ProvideErrorMetadata;
 use aws_sdk_ec2::operation::copy_snapshot::CopySnapshotError;
 use aws_sdk_ec2::operation::describe_snapshots::builders::DescribeSnapshotsFluentBuilder;
 use aws_sdk_ec2::types::{self, ResourceType, StorageTier, TagSpecification};
@@ -25,7 +25,7 @@ use crate::ids::{Place, Region, RoleArn, SnapshotId};
 use crate::store::dynamo_slots::DynamoSlotLedger;
 use crate::store::kms::KeyLookup;
 use crate::store::presign::{CopySnapshotUrl, EXPIRES_IN};
-use crate::store::sdk::{RegionalClients, THROTTLING_CODES, store_error};
+use crate::store::sdk::{RegionalClients, THROTTLING_CODES, credentials_error, store_error};
 use crate::store::{
     CopySpec, CopyStatus, DeleteOutcome, ENCRYPTION_TAG, KeyDescription, MAX_FILTER_VALUES, SOURCE_ACCOUNT_TAG,
     SOURCE_REGION_TAG, SOURCE_SNAPSHOT_TAG, SnapshotState, SnapshotStore, SourceSelector, SourceSnapshot, StoreError,
@@ -113,16 +113,16 @@ impl Ec2Store {
 
     /// This account's id: what copies in another account carry as [`SOURCE_ACCOUNT_TAG`].
     async fn own_account(&self) -> Result<&str, StoreError> {
-        let id = self
-            .own_account
-            .get_or_try_init(|| async {
-                let answer = aws_sdk_sts::Client::new(&self.sdk_config).get_caller_identity().send().await;
-                let answer = answer.map_err(store_error)?;
-                answer.account().filter(|a| !a.is_empty()).map(str::to_owned).ok_or_else(|| {
-                    StoreError::Unknown("sts:GetCallerIdentity answered without the account".to_owned())
+        let id =
+            self.own_account
+                .get_or_try_init(|| async {
+                    let answer = aws_sdk_sts::Client::new(&self.sdk_config).get_caller_identity().send().await;
+                    let answer = answer.map_err(store_error)?;
+                    answer.account().filter(|a| !a.is_empty()).map(str::to_owned).ok_or_else(|| {
+                        StoreError::Unknown("sts:GetCallerIdentity answered without the account".to_owned())
+                    })
                 })
-            })
-            .await?;
+                .await?;
         Ok(id)
     }
 
@@ -306,7 +306,9 @@ impl SnapshotStore for Ec2Store {
         let pending = ec2_filter("status", ["pending"]);
         let own = self.own_copies_filter(target).await?;
         let snapshots = self
-            .describe(target, |r| own.into_iter().fold(r.owner_ids("self").filters(ours).filters(pending), |r, f| r.filters(f)))
+            .describe(target, |r| {
+                own.into_iter().fold(r.owner_ids("self").filters(ours).filters(pending), |r, f| r.filters(f))
+            })
             .await?;
         Ok(snapshots.iter().filter_map(to_copy).collect())
     }
@@ -319,10 +321,7 @@ impl SnapshotStore for Ec2Store {
             let account = self.own_account().await?;
             tags.push(types::Tag::builder().key(SOURCE_ACCOUNT_TAG).value(account).build());
         }
-        let tags = TagSpecification::builder()
-            .resource_type(ResourceType::Snapshot)
-            .set_tags(Some(tags))
-            .build();
+        let tags = TagSpecification::builder().resource_type(ResourceType::Snapshot).set_tags(Some(tags)).build();
         // The copy is made by the target's account, so the URL is signed with its credentials.
         let account = self.account(&spec.target).await;
         let presigned_url = account.presigner.copy_snapshot_url(spec).await?;
@@ -587,11 +586,9 @@ impl Presigner {
         let Some(provider) = &self.credentials else {
             return Err(StoreError::AccessDenied("no credentials are configured to presign CopySnapshot".to_owned()));
         };
-        // A provider that fails here would fail the SDK's own call the same way, which the
-        // engine hears as a call without a definite answer; nothing was sent yet.
-        let credentials = provider.provide_credentials().await.map_err(|e| {
-            StoreError::Unknown(format!("credentials to presign CopySnapshot: {}", DisplayErrorContext(&e)))
-        })?;
+        // A provider that fails here would fail the SDK's own call the same way; nothing was
+        // sent yet, so never a call that may have happened.
+        let credentials = provider.provide_credentials().await.map_err(|e| credentials_error(&e))?;
         let until = credentials
             .expiry()
             .and_then(|expiry| expiry.checked_sub(CREDENTIALS_MARGIN))

@@ -8,6 +8,7 @@ use std::time::Duration;
 use aws_config::retry::RetryConfig;
 use aws_config::timeout::TimeoutConfig;
 use aws_config::{BehaviorVersion, SdkConfig};
+use aws_credential_types::provider::error::CredentialsError;
 use aws_sdk_ec2::config::http::HttpResponse;
 use aws_sdk_ec2::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
 use tracing::debug;
@@ -72,24 +73,34 @@ impl<C> std::fmt::Debug for RegionalClients<C> {
 
 /// A call that failed before it was sent because its credentials could not be had (for a
 /// target in another account: sts:AssumeRole refused or unanswered): nothing reached EC2, so
-/// never a call that "may have happened". A refusal is access denied (the role's trust policy,
-/// the stack's sts:AssumeRole statement); a provider that timed out is retried later, as
-/// throttling is.
+/// never a call that "may have happened".
 fn credentials_failure<E: std::error::Error + 'static>(error: &SdkError<E, HttpResponse>) -> Option<StoreError> {
-    use aws_credential_types::provider::error::CredentialsError;
     let mut source: Option<&(dyn std::error::Error + 'static)> = Some(error);
     while let Some(current) = source {
         if let Some(failure) = current.downcast_ref::<CredentialsError>() {
-            let text = format!("no credentials for the call: {}", DisplayErrorContext(failure));
-            return Some(match failure {
-                CredentialsError::ProviderTimedOut(_) => StoreError::Throttled(text),
-                _ if text.contains("Throttl") => StoreError::Throttled(text),
-                _ => StoreError::AccessDenied(text),
-            });
+            return Some(credentials_error(failure));
         }
         source = current.source();
     }
     None
+}
+
+/// STS's refusals (the role's trust policy, the stack's sts:AssumeRole statement, a region
+/// where STS is not enabled): access denied. Anything else that kept credentials away (STS
+/// unanswered, throttled, failing) sent nothing and is tried again later, as throttling is.
+const CREDENTIAL_REFUSALS: &[&str] =
+    &["AccessDenied", "InvalidClientTokenId", "ExpiredToken", "RegionDisabled", "MalformedPolicyDocument"];
+
+/// Sorts a failure to get credentials by what the engine should do about it.
+pub(crate) fn credentials_error(failure: &CredentialsError) -> StoreError {
+    let text = format!("no credentials for the call: {}", DisplayErrorContext(failure));
+    match failure {
+        CredentialsError::CredentialsNotLoaded(_) | CredentialsError::InvalidConfiguration(_) => {
+            StoreError::AccessDenied(text)
+        }
+        _ if CREDENTIAL_REFUSALS.iter().any(|code| text.contains(code)) => StoreError::AccessDenied(text),
+        _ => StoreError::Throttled(text),
+    }
 }
 
 /// Sorts an SDK error (EC2's, or KMS's for [`crate::store::kms`]) by what the engine should do about it.

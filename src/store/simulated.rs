@@ -1225,7 +1225,8 @@ impl SimulatedEc2 {
         world.calls.sharing += 1;
         world.region_allowed(region.as_str())?;
         let snapshot = world.regions.get_mut(region.as_str()).and_then(|r| r.snapshots.get_mut(source));
-        let snapshot = snapshot.ok_or_else(|| StoreError::NotFound(format!("The snapshot '{source}' does not exist.")))?;
+        let snapshot =
+            snapshot.ok_or_else(|| StoreError::NotFound(format!("The snapshot '{source}' does not exist.")))?;
         snapshot.tags.retain(|t| t.key != key);
         if let Some(value) = value {
             snapshot.tags.push(Tag::new(key, value));

@@ -43,6 +43,30 @@ fn both_accounts(ids: &[SnapshotId], extra: Value) -> CopyRequest {
     request(payload)
 }
 
+#[test]
+fn a_key_of_another_account_than_the_targets_is_refused() {
+    let settings = Settings { source_region: Region::parse(SOURCE).ok(), ..Settings::default() };
+    let production_key = "arn:aws:kms:eu-west-1:111122223333:key/1111aaaa-2222-3333-4444-555566667777";
+    let payload = json!({
+        "snapshot_ids": ["snap-0123abcd"],
+        "targets": [{"region": TARGET, "role_arn": ROLE, "encrypt": true, "kms_key_id": production_key}],
+    });
+    let Err(copy_snapshots::CopySnapshotsError::InvalidRequest(message)) = CopyRequest::from_json(payload, &settings)
+    else {
+        panic!("refused")
+    };
+    assert!(message.contains("targets[0].kms_key_id") && message.contains("account 111122223333"), "{message}");
+    assert!(message.contains(RECOVERY_ACCOUNT), "{message}");
+    // The recovery account's own key, or an alias it resolves, is fine.
+    for key in ["arn:aws:kms:eu-west-1:444455556666:key/1111aaaa-2222-3333-4444-555566667777", "alias/dr"] {
+        let payload = json!({
+            "snapshot_ids": ["snap-0123abcd"],
+            "targets": [{"region": TARGET, "role_arn": ROLE, "encrypt": true, "kms_key_id": key}],
+        });
+        CopyRequest::from_json(payload, &settings).expect("a key of the recovery account");
+    }
+}
+
 #[tokio::test(start_paused = true)]
 async fn copies_into_another_account_are_made_there_with_the_source_shared_only_while_copying() {
     let ec2 = SimulatedEc2::new().with_copy_time(CopyTimeModel::DEFAULT);

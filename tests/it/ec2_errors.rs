@@ -185,7 +185,26 @@ async fn the_slot_tables_refusals_say_what_to_fix_and_name_the_table() {
 /// sent to EC2 — never a call that "may have happened".
 #[tokio::test]
 async fn a_role_that_cannot_be_assumed_is_access_denied_before_any_ec2_call() {
-    let ec2 = ScriptedEc2::start(vec![Reply::sts_error(403, "AccessDenied")]);
+    let (error, actions) = describe_copies_through_a_role(vec![Reply::sts_error(403, "AccessDenied")]).await;
+    let StoreError::AccessDenied(message) = &error else { panic!("access denied: {error:?}") };
+    assert!(message.contains("AccessDenied"), "STS's reason: {message}");
+    assert_eq!(actions, vec!["AssumeRole"], "nothing sent to EC2");
+}
+
+/// STS failing (a 5xx after the SDK's retries) kept the credentials away: nothing was sent, so
+/// the call is tried again later (throttled), never a call that may have happened, nor a denial.
+#[tokio::test]
+async fn sts_failing_to_answer_is_a_later_try_not_a_denial() {
+    let failures = (0..MAX_ATTEMPTS).map(|_| Reply::sts_error(500, "InternalFailure")).collect();
+    let (error, actions) = describe_copies_through_a_role(failures).await;
+    assert!(matches!(error, StoreError::Throttled(_)), "{error:?}");
+    assert!(actions.iter().all(|a| a == "AssumeRole"), "nothing sent to EC2: {actions:?}");
+}
+
+/// DescribeSnapshots through a role in another account, STS answering with `sts`: the error
+/// and the actions the endpoint saw.
+async fn describe_copies_through_a_role(sts: Vec<Reply>) -> (StoreError, Vec<String>) {
+    let ec2 = ScriptedEc2::start(sts);
     // As `load_sdk_config` loads it (the STS provider needs the loader's time source).
     let config = aws_config::defaults(BehaviorVersion::latest())
         .region(SdkRegion::new("us-east-1"))
@@ -198,7 +217,5 @@ async fn a_role_that_cannot_be_assumed_is_access_denied_before_any_ec2_call() {
     let place = Place { region: Region::parse("eu-west-1").unwrap(), role: Some(role) };
     let ids = [SnapshotId::parse("snap-0cccccccccccccccc").unwrap()];
     let error = Ec2Store::new(&config).describe_copies(&place, &ids).await.unwrap_err();
-    let StoreError::AccessDenied(message) = &error else { panic!("access denied: {error:?}") };
-    assert!(message.contains("AccessDenied"), "STS's reason: {message}");
-    assert_eq!(ec2.actions(), vec!["AssumeRole"], "nothing sent to EC2");
+    (error, ec2.actions())
 }
