@@ -455,6 +455,8 @@ def check_recovery_role(name, evaluator, errors):
         errors.append(f"{name}: the role trusts {trust}, expected only the function role {expected_trust}")
     statements = [s for p in role.get("Policies", []) for s in as_list(p["PolicyDocument"]["Statement"])]
     actions = {a for s in statements for a in as_list(s.get("Action", []))}
+    if evaluator.values.get("AllowDeletion") == "false":
+        actions.add("ec2:DeleteSnapshot")
     if actions != RECOVERY_ACTIONS:
         errors.append(f"{name}: the role allows {sorted(actions)}, expected {sorted(RECOVERY_ACTIONS)}")
     regions = as_list(evaluator.values["TargetRegions"])
@@ -844,6 +846,12 @@ def main():
             "TargetRegions": "eu-west-1,us-west-2",
         }
         check_recovery_role(f"recovery-account.yaml, {partition}", Evaluator(recovery, parameters, pseudo), errors)
+    # AllowDeletion false: the role may delete nothing at all.
+    frozen = Evaluator(recovery, {**parameters, "AllowDeletion": "false"}, PARTITIONS["aws"])
+    role = frozen.eval(frozen.template["Resources"]["RecoveryRole"])["Properties"]
+    statements = [s for p in role.get("Policies", []) for s in as_list(p["PolicyDocument"]["Statement"])]
+    if any(allows(s, "ec2:DeleteSnapshot") for s in statements):
+        errors.append("recovery-account.yaml, AllowDeletion false: the role may still delete snapshots")
     check_no_hard_coded_suffix(RECOVERY_TEMPLATE.read_text(), errors)
     check_no_hard_coded_suffix(text, errors)
     # The state machine's ARNs too: its definition is deployed as it is, in any partition.
