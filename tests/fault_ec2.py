@@ -35,6 +35,8 @@ What it adds to moto:
 - DeleteSnapshot as the deployed role's DeleteOwnCopies statement allows it (template.yaml): only
   in the target region, only on snapshots whose copy-snapshots:source-region tag is the stack's
   region or the target region and whose copy-snapshots:source-snapshot-id tag is like `snap-*`
+  (in another account, as recovery-account.yaml's role allows it: only snapshots tagged
+  copy-snapshots:source-account = the default account, with the tracking tags)
   (UnauthorizedOperation otherwise; set "role_regions" {"stack": …, "target": …} to match the
   deployment under test, or null for a caller with a person's rights, as verify-aws runs), and refused for chosen snapshots as EC2 refuses one an AMI uses (InvalidSnapshot.InUse) or a
   locked one;
@@ -114,6 +116,7 @@ from werkzeug.wrappers import Request, Response  # noqa: E402
 
 TRACKING_TAG = "copy-snapshots:source-snapshot-id"
 SOURCE_REGION_TAG = "copy-snapshots:source-region"
+SOURCE_ACCOUNT_TAG = "copy-snapshots:source-account"
 ACCOUNT = "123456789012"
 KEY_NOT_ACCESSIBLE = "Given key ID is not accessible"
 
@@ -544,6 +547,14 @@ def delete_snapshot(self):
         and tags.get(SOURCE_REGION_TAG) in (regions["stack"], regions["target"])
         and fnmatch.fnmatchcase(tags.get(TRACKING_TAG, ""), "snap-*")
     )
+    if self.current_account != ACCOUNT:
+        # A recovery account's role (recovery-account.yaml's DeleteOwnCopies): only this
+        # project's copies of the production account (this emulator's default one).
+        allowed = (
+            tags.get(SOURCE_ACCOUNT_TAG) == ACCOUNT
+            and SOURCE_REGION_TAG in tags
+            and fnmatch.fnmatchcase(tags.get(TRACKING_TAG, ""), "snap-*")
+        )
     if snapshot is not None and not allowed:
         raise EC2ClientError(
             "UnauthorizedOperation",

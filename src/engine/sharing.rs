@@ -54,7 +54,7 @@ impl<S: SnapshotStore> Run<'_, S> {
             return Some(Sharing::Impossible(reason));
         }
         let shared_before = match self.timeline.call(self.store.shared_with(region, &source)).await {
-            Ok(accounts) => accounts.iter().any(|a| *a == account),
+            Ok(accounts) => accounts.contains(&account),
             Err(error) => return Some(self.sharing_error(error, &source, &account)),
         };
         if shared_before {

@@ -144,9 +144,10 @@ async fn a_source_someone_else_shared_with_the_account_stays_shared() {
     let ec2 = SimulatedEc2::new().with_copy_time(CopyTimeModel::DEFAULT);
     let id = ec2.add_source(SOURCE, 8, &[]);
     ec2.share_by_hand(SOURCE, &id, RECOVERY_ACCOUNT);
-    let response = reconcile(&ec2, &both_accounts(&[id.clone()], json!({"wait_for_completion": true})), no_deadline())
-        .await
-        .expect("done");
+    let response =
+        reconcile(&ec2, &both_accounts(std::slice::from_ref(&id), json!({"wait_for_completion": true})), no_deadline())
+            .await
+            .expect("done");
     assert!(response.complete);
     assert_eq!(ec2.shares_of(SOURCE, &id), vec![RECOVERY_ACCOUNT.to_owned()], "a share this function did not make");
     assert!(find_tag(&ec2.tags_of(SOURCE, &id), &share_record()).is_none(), "not recorded as this function's");
