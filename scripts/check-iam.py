@@ -289,6 +289,9 @@ def check_delete(name, evaluator, errors):
         source = condition.get("StringLike", {}).get("aws:ResourceTag/copy-snapshots:source-snapshot-id")
         if source != "snap-*":
             errors.append(f"{where}: not limited to snapshots tagged copy-snapshots:source-snapshot-id = snap-*")
+        foreign = condition.get("Null", {}).get("aws:ResourceTag/copy-snapshots:source-account")
+        if str(foreign).lower() != "true":
+            errors.append(f"{where}: copies another account's deployment made here (copy-snapshots:source-account) not excluded")
 
 
 def check_targets(name, evaluator, errors):

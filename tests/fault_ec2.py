@@ -546,6 +546,7 @@ def delete_snapshot(self):
         self.ec2_backend.region_name == regions["target"]
         and tags.get(SOURCE_REGION_TAG) in (regions["stack"], regions["target"])
         and fnmatch.fnmatchcase(tags.get(TRACKING_TAG, ""), "snap-*")
+        and SOURCE_ACCOUNT_TAG not in tags
     )
     if self.current_account != ACCOUNT:
         # A recovery account's role (recovery-account.yaml's DeleteOwnCopies): only this

@@ -415,7 +415,9 @@ impl CopyRequest {
         };
         let targets = check_targets(payload.target_region, payload.targets, &defaults, &settings.target_environment())?;
 
-        let tags = check_tags(payload.tags.unwrap_or_default())?;
+        // A copy in another account carries one more tag of this function's (its source account).
+        let elsewhere = targets.iter().any(|target| target.place.role.is_some());
+        let tags = check_tags(payload.tags.unwrap_or_default(), usize::from(elsewhere))?;
 
         if let Some(minutes) = payload.completion_duration_minutes
             && (!(15..=2880).contains(&minutes) || minutes % 15 != 0)
@@ -518,10 +520,12 @@ fn check_filters(filters: Vec<FilterPayload>) -> Result<Vec<Filter>, CopySnapsho
         .collect()
 }
 
-fn check_tags(tags: BTreeMap<String, String>) -> Result<Vec<Tag>, CopySnapshotsError> {
-    if tags.len() > MAX_USER_TAGS {
+fn check_tags(tags: BTreeMap<String, String>, more_own: usize) -> Result<Vec<Tag>, CopySnapshotsError> {
+    let (most, own) = (MAX_USER_TAGS - more_own, OWN_TAGS + more_own);
+    if tags.len() > most {
+        let elsewhere = if more_own > 0 { ", one more on a copy in another account" } else { "" };
         return Err(invalid(format!(
-            "tags: {} tags; valid: at most {MAX_USER_TAGS} (EC2 allows 50 per snapshot, {OWN_TAGS} are this function's)",
+            "tags: {} tags; valid: at most {most} (EC2 allows 50 per snapshot, {own} are this function's{elsewhere})",
             tags.len()
         )));
     }

@@ -76,6 +76,17 @@ impl<'a, S: SnapshotStore> Run<'a, S> {
         (run, Ok(()))
     }
 
+    /// A target whose look could not begin (its key could not be looked at): its run over the
+    /// sources, none started, with the error that stops it.
+    pub(super) fn not_looked(
+        shared: Shared<'a, S>,
+        sources: &LookedUp,
+        span: tracing::Span,
+        error: CopySnapshotsError,
+    ) -> (Self, Result<(), CopySnapshotsError>) {
+        (Self::new(shared, sources.entries.clone(), sources.skipped.clone(), span), Err(error))
+    }
+
     /// Finds the copies earlier invocations made of the sources still waiting, and adopts them;
     /// with a retention, judges every copy from the source region first (one listing serves
     /// both).

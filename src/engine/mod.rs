@@ -49,6 +49,7 @@ use tracing::Instrument;
 use crate::contract::error::CopySnapshotsError;
 use crate::contract::request::CopyRequest;
 use crate::contract::response::Response;
+use crate::engine::ownership::AskedEncryption;
 use crate::engine::plan::Plan;
 use crate::engine::progress::{LogObserver, Observer, RunEvent, StopSignal};
 use crate::engine::timeline::Timeline;
@@ -126,7 +127,7 @@ pub async fn reconcile_observed<S: SnapshotStore>(
     }
     // Copies the last poll saw finish, before the answer.
     targets.release_slots().await;
-    let mut share_problems = Vec::new();
+    let mut share_problems: Vec<(String, String)> = Vec::new();
     if stop.is_set() {
         observer.observe(RunEvent::Stopped);
     } else {
@@ -137,9 +138,12 @@ pub async fn reconcile_observed<S: SnapshotStore>(
     }
     let mut answers = targets.answers();
     for (answer, target) in answers.iter_mut().zip(&request.targets) {
-        if target.place.role.is_some() {
-            answer.add_notes(&share_problems);
-        }
+        let mine: Vec<String> = share_problems
+            .iter()
+            .filter(|(account, _)| target.place.account() == Some(account.as_str()))
+            .map(|(_, why)| why.clone())
+            .collect();
+        answer.add_notes(&mine);
     }
     finish::conclude(request, answers)
 }
@@ -157,11 +161,24 @@ async fn look<'a, S: SnapshotStore>(
 ) -> Result<Vec<(Run<'a, S>, Result<(), CopySnapshotsError>)>, CopySnapshotsError> {
     let mut asked = Vec::with_capacity(request.targets.len());
     for target in &request.targets {
-        asked.push(look::resolve_encryption(store, target, &timeline).await?);
+        match look::resolve_encryption(store, target, &timeline).await {
+            Ok(encryption) => asked.push(Ok(encryption)),
+            // One of several targets whose key could not be looked at (no access to its
+            // account, throttling): that target stops alone. A bad key is the request's fault,
+            // refused before anything, everywhere.
+            Err(error) if request.targets.len() > 1 && !matches!(error, CopySnapshotsError::InvalidRequest(_)) => {
+                asked.push(Err(error));
+            }
+            Err(error) => return Err(error),
+        }
     }
     let sources = look::look_sources(store, request, &timeline).await?;
     let mut runs = Vec::with_capacity(request.targets.len());
     for (target, asked) in request.targets.iter().zip(asked) {
+        let (asked, key_error) = match asked {
+            Ok(asked) => (asked, None),
+            Err(error) => (AskedEncryption::Plain, Some(error)),
+        };
         let shared = Shared { store, request, target, asked, observer, stop: stop.clone(), limits, timeline };
         // With several targets, every log line of a target's run names it; one target's lines
         // stay as they were.
@@ -170,7 +187,10 @@ async fn look<'a, S: SnapshotStore>(
         } else {
             tracing::Span::none()
         };
-        runs.push(Run::look(shared, &sources, span.clone()).instrument(span).await);
+        match key_error {
+            Some(error) => runs.push(Run::not_looked(shared, &sources, span, error)),
+            None => runs.push(Run::look(shared, &sources, span.clone()).instrument(span).await),
+        }
     }
     Ok(runs)
 }

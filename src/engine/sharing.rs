@@ -91,7 +91,8 @@ impl<S: SnapshotStore> Run<'_, S> {
             StoreError::Throttled(_) | StoreError::Unknown(_) => Sharing::Later(error),
             other => Sharing::Impossible(format!(
                 "could not share {source} with account {account} for its copy there \
-                 (ec2:DescribeSnapshotAttribute and ec2:ModifySnapshotAttribute on the source): {other}"
+                 (ec2:DescribeSnapshotAttribute, ec2:CreateTags of its copy-snapshots:shared-with tag and \
+                 ec2:ModifySnapshotAttribute on the source): {other}"
             )),
         }
     }
@@ -128,8 +129,9 @@ impl<S: SnapshotStore> Run<'_, S> {
 #[derive(Debug, Default, PartialEq, Eq)]
 pub(super) struct SharesSwept {
     pub(super) removed: usize,
-    /// Why a share could not be looked at or removed, for the answer's notes.
-    pub(super) problems: Vec<String>,
+    /// Why a share could not be looked at or removed (account, why), for the notes of that
+    /// account's targets.
+    pub(super) problems: Vec<(String, String)>,
 }
 
 /// The tag on a source that records this function's share with `account`.
@@ -159,9 +161,10 @@ pub(super) async fn sweep_shares<S: SnapshotStore>(
     let region = &request.source_region;
     for (account, places) in by_account {
         if !timeline.may_call() {
-            swept
-                .problems
-                .push(format!("no time was left to remove the shares with account {account}; the next run does"));
+            swept.problems.push((
+                account.to_owned(),
+                format!("no time was left to remove the shares with account {account}; the next run does"),
+            ));
             break;
         }
         let record = shared_with_tag(account);
@@ -169,7 +172,10 @@ pub(super) async fn sweep_shares<S: SnapshotStore>(
             // Only the shares this function made.
             Ok(shared) => shared.into_iter().filter(|s| s.tag(&record).is_some()).map(|s| s.id).collect(),
             Err(error) => {
-                swept.problems.push(format!("could not list the sources shared with account {account}: {error}"));
+                swept.problems.push((
+                    account.to_owned(),
+                    format!("could not list the sources shared with account {account}: {error}"),
+                ));
                 continue;
             }
         };
@@ -194,7 +200,9 @@ pub(super) async fn sweep_shares<S: SnapshotStore>(
                     }
                 }
                 Err(error) => {
-                    swept.problems.push(format!("could not look for the copies in {place}: {error}"));
+                    swept
+                        .problems
+                        .push((account.to_owned(), format!("could not look for the copies in {place}: {error}")));
                     looked_everywhere = false;
                 }
             }
@@ -209,20 +217,26 @@ pub(super) async fn sweep_shares<S: SnapshotStore>(
                 continue;
             }
             if let Err(error) = timeline.call(store.unshare(region, &source, account)).await {
-                swept.problems.push(format!("could not unshare {source} from account {account}: {error}"));
+                swept
+                    .problems
+                    .push((account.to_owned(), format!("could not unshare {source} from account {account}: {error}")));
                 continue;
             }
             swept.removed += 1;
             // The record goes with the share; one left behind is harmless until someone shares
             // the source by hand again.
             if let Err(error) = timeline.call(store.untag_source(region, &source, &record)).await {
-                swept.problems.push(format!("unshared {source}, but could not remove its tag {record}: {error}"));
+                swept.problems.push((
+                    account.to_owned(),
+                    format!("unshared {source}, but could not remove its tag {record}: {error}"),
+                ));
             }
         }
         debug!(account, removed = swept.removed, "shares swept");
     }
     if !swept.problems.is_empty() {
-        warn!(problems = %swept.problems.join("; "), "shares left for the next run");
+        let problems: Vec<&str> = swept.problems.iter().map(|(_, why)| why.as_str()).collect();
+        warn!(problems = %problems.join("; "), "shares left for the next run");
     }
     if swept.removed > 0 {
         debug!("{} removed", plural(swept.removed, "share"));

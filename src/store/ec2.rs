@@ -126,7 +126,9 @@ impl Ec2Store {
         Ok(id)
     }
 
-    /// The filter that keeps, in another account, this account's copies only (none here).
+    /// The filter that keeps, in another account, this account's copies only (none here: a
+    /// copy here carrying [`SOURCE_ACCOUNT_TAG`] is another account's, made into this one, and
+    /// [`is_own_here`] leaves it out, EC2 having no filter for a tag's absence).
     async fn own_copies_filter(&self, place: &Place) -> Result<Option<types::Filter>, StoreError> {
         if place.role.is_none() {
             return Ok(None);
@@ -281,7 +283,9 @@ impl SnapshotStore for Ec2Store {
             .iter()
             .filter_map(|s| {
                 let tags = tags_of(s);
-                is_copy_from(&tags, source_region, &wanted).then(|| copy_status(s, &tags)).flatten()
+                (is_copy_from(&tags, source_region, &wanted) && is_own_here(target, &tags))
+                    .then(|| copy_status(s, &tags))
+                    .flatten()
             })
             .collect())
     }
@@ -294,7 +298,7 @@ impl SnapshotStore for Ec2Store {
                 let tags = tags_of(s);
                 // The region filter ran in EC2; the snapshot-id tag must be there too, as the
                 // role's DeleteSnapshot condition requires.
-                (find_tag(&tags, SOURCE_REGION_TAG) == Some(source_region.as_str()))
+                (find_tag(&tags, SOURCE_REGION_TAG) == Some(source_region.as_str()) && is_own_here(target, &tags))
                     .then(|| copy_status(s, &tags))
                     .flatten()
             })
@@ -310,15 +314,19 @@ impl SnapshotStore for Ec2Store {
                 own.into_iter().fold(r.owner_ids("self").filters(ours).filters(pending), |r, f| r.filters(f))
             })
             .await?;
-        Ok(snapshots.iter().filter_map(to_copy).collect())
+        Ok(snapshots.iter().filter(|s| is_own_here(target, &tags_of(s))).filter_map(to_copy).collect())
     }
 
     async fn start_copy(&self, spec: &CopySpec) -> Result<SnapshotId, StoreError> {
         let mut tags: Vec<types::Tag> =
             spec.tags.iter().map(|t| types::Tag::builder().key(&t.key).value(&t.value).build()).collect();
         if spec.target.role.is_some() {
-            // Whose copy it is, in an account that may hold several accounts' copies.
-            let account = self.own_account().await?;
+            // Whose copy it is, in an account that may hold several accounts' copies. Without
+            // it nothing is sent: never a start that may have happened.
+            let account = self.own_account().await.map_err(|e| match e {
+                StoreError::Unknown(message) => StoreError::Throttled(message),
+                other => other,
+            })?;
             tags.push(types::Tag::builder().key(SOURCE_ACCOUNT_TAG).value(account).build());
         }
         let tags = TagSpecification::builder().resource_type(ResourceType::Snapshot).set_tags(Some(tags)).build();
@@ -618,6 +626,14 @@ impl ClassifyRetry for RetryOnlyThrottling {
     fn name(&self) -> &'static str {
         "copy-snapshots: retry CopySnapshot only when throttled"
     }
+}
+
+/// Whether a copy listed in `place` is this deployment's: in this account, one that does not
+/// carry [`SOURCE_ACCOUNT_TAG`] (a copy carrying it was made into this account by another
+/// account's deployment, for which this one is the recovery account); in another account, the
+/// listing's own filter has kept this account's only.
+fn is_own_here(place: &Place, tags: &[Tag]) -> bool {
+    place.role.is_some() || find_tag(tags, SOURCE_ACCOUNT_TAG).is_none()
 }
 
 fn ec2_filter<'a>(name: &str, values: impl IntoIterator<Item = &'a str>) -> types::Filter {

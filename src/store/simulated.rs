@@ -1265,10 +1265,12 @@ impl SimulatedEc2 {
     }
 }
 
-/// Whether `snapshot` in `place` is this account's copy: in another account, only copies
-/// tagged with this account as their source account are (the SDK store filters on the tag).
+/// Whether `snapshot` in `place` is this account's copy, as the SDK store tells: in another
+/// account, only copies tagged with this account as their source account; here, only copies
+/// not tagged with any (another account's deployment made those into this one).
 fn own_copy_in(place: &Place, snapshot: &Snapshot) -> bool {
-    place.role.is_none() || find_tag(&snapshot.tags, SOURCE_ACCOUNT_TAG) == Some(ACCOUNT)
+    let account = find_tag(&snapshot.tags, SOURCE_ACCOUNT_TAG);
+    if place.role.is_some() { account == Some(ACCOUNT) } else { account.is_none() }
 }
 
 /// Every snapshot in `state` tagged as this function's copy from `source_region`.

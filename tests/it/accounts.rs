@@ -199,6 +199,7 @@ async fn another_production_accounts_copies_in_the_recovery_account_are_not_this
         Tag::new("copy-snapshots:source-region", SOURCE),
         Tag::new("copy-snapshots:encryption", "none"),
         Tag::new("copy-snapshots:source-volume-id", "vol-0ccccccccccccccc1"),
+        Tag::new("copy-snapshots:source-start-time", "2026-01-01T00:00:00.000Z"),
         Tag::new(SOURCE_ACCOUNT_TAG, "999988887777"),
     ];
     let spec = CopySpec {
@@ -313,16 +314,24 @@ async fn through_the_sdk_copies_land_in_the_recovery_account_and_the_share_goes(
                  "copy-snapshots:encryption": "none", "copy-snapshots:source-volume-id": "vol-0ccccccccccccccc1",
                  "copy-snapshots:source-start-time": "2026-01-01T00:00:00.000Z", SOURCE_ACCOUNT_TAG: "999988887777"},
     }));
+    // And the other way round: a copy another deployment made into this account, for which
+    // this one is the recovery account.
+    let made_here = emulator.made_snapshots(&json!({
+        "region": TARGET, "sizes": [8],
+        "tags": {"copy-snapshots:source-snapshot-id": "snap-0fffffffffffffff2", "copy-snapshots:source-region": SOURCE,
+                 "copy-snapshots:encryption": "none", "copy-snapshots:source-volume-id": "vol-0ccccccccccccccc2",
+                 "copy-snapshots:source-start-time": "2026-01-01T00:00:00.000Z", SOURCE_ACCOUNT_TAG: "999988887777"},
+    }));
     let deletes_before = emulator.record().calls("DeleteSnapshot");
     let pruning = request(json!({
         "snapshot_ids": sources,
-        "targets": [{"region": TARGET, "role_arn": ROLE, "retain_count": 1}],
+        "targets": [{"region": TARGET, "role_arn": ROLE, "retain_count": 1}, {"region": TARGET, "retain_count": 1}],
         "delete_orphans_after_days": 0,
     }));
     let response = reconcile(&store, &pruning, limits).await.expect("a pruning run");
     assert!(response.complete, "{response:?}");
     let deletes = emulator.record().calls("DeleteSnapshot") - deletes_before;
-    assert_eq!(deletes, 0, "never asked to delete {foreign:?}: {response:?}");
+    assert_eq!(deletes, 0, "never asked to delete {foreign:?} nor {made_here:?}: {response:?}");
 }
 
 fn source_account_in(config: &aws_config::SdkConfig, region: &str) -> aws_sdk_ec2::Client {
@@ -357,4 +366,73 @@ async fn retention_in_the_other_account_deletes_there_by_the_same_tags() {
     assert_eq!(ec2.deleted(), vec![old_copy]);
     assert!(recovery_copy_of(&new).is_some(), "the newest copy stays");
     assert_eq!(ec2.tracked_copies(TARGET).len(), 2, "this account's copies untouched");
+}
+
+/// This account may itself be another deployment's recovery account: the copies that
+/// deployment made here (carrying its source account) are never this deployment's, even from
+/// the same source region.
+#[tokio::test(start_paused = true)]
+async fn copies_another_deployment_made_into_this_account_are_not_this_deployments() {
+    use copy_snapshots::ids::Place;
+    use copy_snapshots::store::{CopySpec, Tag};
+    let ec2 = SimulatedEc2::new().with_copy_time(CopyTimeModel::DEFAULT);
+    let id = ec2.add_volume_snapshot(SOURCE, "vol-0bbbbbbbbbbbbbbbb", 8, Duration::from_secs(86_400), &[]);
+    let tags = vec![
+        Tag::new("copy-snapshots:source-snapshot-id", "snap-0fffffffffffffff1"),
+        Tag::new("copy-snapshots:source-region", SOURCE),
+        Tag::new("copy-snapshots:encryption", "none"),
+        Tag::new("copy-snapshots:source-volume-id", "vol-0ccccccccccccccc1"),
+        Tag::new("copy-snapshots:source-start-time", "2026-01-01T00:00:00.000Z"),
+        Tag::new(SOURCE_ACCOUNT_TAG, "999988887777"),
+    ];
+    let spec = CopySpec {
+        source_id: id.clone(),
+        source_region: Region::parse(SOURCE).unwrap(),
+        target: Place::here(Region::parse(TARGET).unwrap()),
+        description: "another deployment's recovery copy".into(),
+        encrypted: false,
+        kms_key_id: None,
+        tags,
+        completion_duration_minutes: None,
+    };
+    let foreign = ec2.add_tracked_copy(&spec, None);
+    ec2.remove_volume("vol-0ccccccccccccccc1");
+    let request = request(json!({
+        "snapshot_ids": [id],
+        "target_region": TARGET,
+        "retain_count": 1,
+        "delete_orphans_after_days": 0,
+        "wait_for_completion": true,
+    }));
+    let response = reconcile(&ec2, &request, no_deadline()).await.expect("done");
+    assert!(response.complete, "{response:?}");
+    assert!(ec2.deleted().is_empty(), "another deployment's recovery copy is never this one's to delete");
+    assert_eq!(response.copies.len(), 1, "its own copy, not the other's: {response:?}");
+    assert!(ec2.tracked_copies(TARGET).iter().any(|c| c.id == foreign));
+}
+
+/// One of several targets whose key cannot be looked at (its account's role not assumed, say)
+/// stops alone; the request's other targets copy.
+#[tokio::test(start_paused = true)]
+async fn a_target_whose_key_cannot_be_looked_at_stops_alone() {
+    use copy_snapshots::store::StoreError;
+    let ec2 = SimulatedEc2::new().with_copy_time(CopyTimeModel::DEFAULT);
+    let ids: Vec<SnapshotId> = [8, 16].iter().map(|gib| ec2.add_source(SOURCE, *gib, &[])).collect();
+    ec2.fail_key_lookups(vec![StoreError::AccessDenied(
+        "no credentials for the call: AccessDenied: not authorized to perform sts:AssumeRole".to_owned(),
+    )]);
+    let request = request(json!({
+        "snapshot_ids": ids,
+        "targets": [{"region": TARGET}, {"region": TARGET, "role_arn": ROLE, "encrypt": true, "kms_key_id": "alias/dr"}],
+        "wait_for_completion": true,
+    }));
+    let response = match reconcile(&ec2, &request, no_deadline()).await {
+        Ok(response) => response,
+        Err(error) => error.response().cloned().unwrap_or_else(|| panic!("an answer for every target: {error:?}")),
+    };
+    assert!(response.targets[0].response.complete, "{response:?}");
+    assert_eq!(response.targets[0].response.copies.len(), 2);
+    let stopped = &response.targets[1];
+    assert!(stopped.error.as_ref().is_some_and(|e| e.error_message.contains("sts:AssumeRole")), "{stopped:?}");
+    assert!(!response.complete);
 }
