@@ -1219,19 +1219,13 @@ impl SimulatedEc2 {
         key: &str,
         value: Option<&str>,
     ) -> Result<(), StoreError> {
-        self.call_latency().await;
-        let mut world = self.lock();
-        world.calls.requests += 1;
-        world.calls.sharing += 1;
-        world.region_allowed(region.as_str())?;
-        let snapshot = world.regions.get_mut(region.as_str()).and_then(|r| r.snapshots.get_mut(source));
-        let snapshot =
-            snapshot.ok_or_else(|| StoreError::NotFound(format!("The snapshot '{source}' does not exist.")))?;
-        snapshot.tags.retain(|t| t.key != key);
-        if let Some(value) = value {
-            snapshot.tags.push(Tag::new(key, value));
-        }
-        Ok(())
+        self.change_source(region, source, |snapshot| {
+            snapshot.tags.retain(|t| t.key != key);
+            if let Some(value) = value {
+                snapshot.tags.push(Tag::new(key, value));
+            }
+        })
+        .await
     }
 
     /// ModifySnapshotAttribute `createVolumePermission` add or remove, for one account.
@@ -1242,19 +1236,30 @@ impl SimulatedEc2 {
         account: &str,
         add: bool,
     ) -> Result<(), StoreError> {
+        self.change_source(region, source, |snapshot| {
+            if add {
+                snapshot.shared_with.insert(account.to_owned());
+            } else {
+                snapshot.shared_with.remove(account);
+            }
+        })
+        .await
+    }
+
+    /// One call that changes a snapshot of this account in `region` (sharing, tagging).
+    async fn change_source(
+        &self,
+        region: &Region,
+        source: &SnapshotId,
+        change: impl FnOnce(&mut Snapshot),
+    ) -> Result<(), StoreError> {
         self.call_latency().await;
         let mut world = self.lock();
         world.calls.requests += 1;
         world.calls.sharing += 1;
         world.region_allowed(region.as_str())?;
         let snapshot = world.regions.get_mut(region.as_str()).and_then(|r| r.snapshots.get_mut(source));
-        let snapshot =
-            snapshot.ok_or_else(|| StoreError::NotFound(format!("The snapshot '{source}' does not exist.")))?;
-        if add {
-            snapshot.shared_with.insert(account.to_owned());
-        } else {
-            snapshot.shared_with.remove(account);
-        }
+        change(snapshot.ok_or_else(|| StoreError::NotFound(format!("The snapshot '{source}' does not exist.")))?);
         Ok(())
     }
 

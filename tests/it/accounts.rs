@@ -182,20 +182,14 @@ async fn another_accounts_full_region_holds_back_neither_this_accounts_copies_no
     }
 }
 
-/// A recovery account may hold several production accounts' copies: this deployment neither
-/// counts nor judges nor deletes another's, though they carry the same tracking tags.
-#[tokio::test(start_paused = true)]
-async fn another_production_accounts_copies_in_the_recovery_account_are_not_this_deployments() {
-    use copy_snapshots::ids::{Place, RoleArn};
+/// A copy in `place` that another account's deployment (999988887777) made: the tracking tags
+/// of a source gone from the source region, its volume gone, from long ago, an orphan any
+/// retention would delete were it this deployment's. (Made by copying `carrier`, a source of
+/// this account, as the simulator makes copies.)
+fn another_deployments_copy(ec2: &SimulatedEc2, carrier: &SnapshotId, place: copy_snapshots::ids::Place) -> SnapshotId {
     use copy_snapshots::store::{CopySpec, Tag};
-    let ec2 = SimulatedEc2::new().with_copy_time(CopyTimeModel::DEFAULT);
-    let id = ec2.add_volume_snapshot(SOURCE, "vol-0bbbbbbbbbbbbbbbb", 8, Duration::from_secs(86_400), &[]);
-    // Another production account's copy of a source this account does not have, from the
-    // same region: an orphan, by this account's look.
-    let place = Place { region: Region::parse(TARGET).unwrap(), role: Some(RoleArn::parse(ROLE).unwrap()) };
-    let foreign_source = SnapshotId::parse("snap-0fffffffffffffff1").unwrap();
     let tags = vec![
-        Tag::new("copy-snapshots:source-snapshot-id", foreign_source.as_str()),
+        Tag::new("copy-snapshots:source-snapshot-id", "snap-0fffffffffffffff1"),
         Tag::new("copy-snapshots:source-region", SOURCE),
         Tag::new("copy-snapshots:encryption", "none"),
         Tag::new("copy-snapshots:source-volume-id", "vol-0ccccccccccccccc1"),
@@ -203,18 +197,30 @@ async fn another_production_accounts_copies_in_the_recovery_account_are_not_this
         Tag::new(SOURCE_ACCOUNT_TAG, "999988887777"),
     ];
     let spec = CopySpec {
-        source_id: id.clone(),
-        source_region: Region::parse(SOURCE).unwrap(),
+        source_id: carrier.clone(),
+        source_region: Region::parse(SOURCE).expect("a region"),
         target: place,
-        description: "another account's copy".into(),
+        description: "another deployment's copy".into(),
         encrypted: false,
         kms_key_id: None,
         tags,
         completion_duration_minutes: None,
     };
-    ec2.share_by_hand(SOURCE, &id, RECOVERY_ACCOUNT);
-    let foreign = ec2.add_tracked_copy(&spec, None);
+    let copy = ec2.add_tracked_copy(&spec, None);
     ec2.remove_volume("vol-0ccccccccccccccc1");
+    copy
+}
+
+/// A recovery account may hold several production accounts' copies: this deployment neither
+/// counts nor judges nor deletes another's, though they carry the same tracking tags.
+#[tokio::test(start_paused = true)]
+async fn another_production_accounts_copies_in_the_recovery_account_are_not_this_deployments() {
+    use copy_snapshots::ids::{Place, RoleArn};
+    let ec2 = SimulatedEc2::new().with_copy_time(CopyTimeModel::DEFAULT);
+    let id = ec2.add_volume_snapshot(SOURCE, "vol-0bbbbbbbbbbbbbbbb", 8, Duration::from_secs(86_400), &[]);
+    let place = Place { region: Region::parse(TARGET).unwrap(), role: Some(RoleArn::parse(ROLE).unwrap()) };
+    ec2.share_by_hand(SOURCE, &id, RECOVERY_ACCOUNT);
+    let foreign = another_deployments_copy(&ec2, &id, place);
     let request = request(json!({
         "snapshot_ids": [id],
         "targets": [{"region": TARGET, "role_arn": ROLE, "retain_count": 1}],
@@ -374,29 +380,9 @@ async fn retention_in_the_other_account_deletes_there_by_the_same_tags() {
 #[tokio::test(start_paused = true)]
 async fn copies_another_deployment_made_into_this_account_are_not_this_deployments() {
     use copy_snapshots::ids::Place;
-    use copy_snapshots::store::{CopySpec, Tag};
     let ec2 = SimulatedEc2::new().with_copy_time(CopyTimeModel::DEFAULT);
     let id = ec2.add_volume_snapshot(SOURCE, "vol-0bbbbbbbbbbbbbbbb", 8, Duration::from_secs(86_400), &[]);
-    let tags = vec![
-        Tag::new("copy-snapshots:source-snapshot-id", "snap-0fffffffffffffff1"),
-        Tag::new("copy-snapshots:source-region", SOURCE),
-        Tag::new("copy-snapshots:encryption", "none"),
-        Tag::new("copy-snapshots:source-volume-id", "vol-0ccccccccccccccc1"),
-        Tag::new("copy-snapshots:source-start-time", "2026-01-01T00:00:00.000Z"),
-        Tag::new(SOURCE_ACCOUNT_TAG, "999988887777"),
-    ];
-    let spec = CopySpec {
-        source_id: id.clone(),
-        source_region: Region::parse(SOURCE).unwrap(),
-        target: Place::here(Region::parse(TARGET).unwrap()),
-        description: "another deployment's recovery copy".into(),
-        encrypted: false,
-        kms_key_id: None,
-        tags,
-        completion_duration_minutes: None,
-    };
-    let foreign = ec2.add_tracked_copy(&spec, None);
-    ec2.remove_volume("vol-0ccccccccccccccc1");
+    let foreign = another_deployments_copy(&ec2, &id, Place::here(Region::parse(TARGET).unwrap()));
     let request = request(json!({
         "snapshot_ids": [id],
         "target_region": TARGET,
