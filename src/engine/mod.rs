@@ -134,7 +134,7 @@ pub async fn reconcile_observed<S: SnapshotStore>(
         // What is left of the deletions, while the work may go on; the next run continues.
         targets.prune(work_until).await;
         // Shares with other accounts whose copies are all done.
-        share_problems = sharing::sweep_shares(store, request, &timeline).await.problems;
+        share_problems = sharing::sweep_shares(store, request, &timeline).await;
     }
     let mut answers = targets.answers();
     for (answer, target) in answers.iter_mut().zip(&request.targets) {

@@ -125,15 +125,6 @@ impl<S: SnapshotStore> Run<'_, S> {
     }
 }
 
-/// What the end-of-invocation sweep of shares did.
-#[derive(Debug, Default, PartialEq, Eq)]
-pub(super) struct SharesSwept {
-    pub(super) removed: usize,
-    /// Why a share could not be looked at or removed (account, why), for the notes of that
-    /// account's targets.
-    pub(super) problems: Vec<(String, String)>,
-}
-
 /// The tag on a source that records this function's share with `account`.
 pub(super) fn shared_with_tag(account: &str) -> String {
     format!("{SHARED_WITH_TAG_PREFIX}{account}")
@@ -145,23 +136,24 @@ pub(super) fn shared_with_tag(account: &str) -> String {
 /// completed in every target of that account, none still pending there; then the record.
 /// Sources of earlier requests count too, so a copy that completed after its invocation ended
 /// is unshared by the next. Nothing here fails the request: a share left is reported and swept
-/// next time.
+/// next time. Returns why shares were left (account, why), for the notes of that account's
+/// targets.
 pub(super) async fn sweep_shares<S: SnapshotStore>(
     store: &S,
     request: &CopyRequest,
     timeline: &Timeline,
-) -> SharesSwept {
+) -> Vec<(String, String)> {
     let mut by_account: BTreeMap<&str, Vec<&Place>> = BTreeMap::new();
     for target in &request.targets {
         if let Some(account) = target.place.account() {
             by_account.entry(account).or_default().push(&target.place);
         }
     }
-    let mut swept = SharesSwept::default();
+    let mut problems: Vec<(String, String)> = Vec::new();
     let region = &request.source_region;
     for (account, places) in by_account {
         if !timeline.may_call() {
-            swept.problems.push((
+            problems.push((
                 account.to_owned(),
                 format!("no time was left to remove the shares with account {account}; the next run does"),
             ));
@@ -172,7 +164,7 @@ pub(super) async fn sweep_shares<S: SnapshotStore>(
             // Only the shares this function made.
             Ok(shared) => shared.into_iter().filter(|s| s.tag(&record).is_some()).map(|s| s.id).collect(),
             Err(error) => {
-                swept.problems.push((
+                problems.push((
                     account.to_owned(),
                     format!("could not list the sources shared with account {account}: {error}"),
                 ));
@@ -200,9 +192,7 @@ pub(super) async fn sweep_shares<S: SnapshotStore>(
                     }
                 }
                 Err(error) => {
-                    swept
-                        .problems
-                        .push((account.to_owned(), format!("could not look for the copies in {place}: {error}")));
+                    problems.push((account.to_owned(), format!("could not look for the copies in {place}: {error}")));
                     looked_everywhere = false;
                 }
             }
@@ -211,35 +201,32 @@ pub(super) async fn sweep_shares<S: SnapshotStore>(
         if !looked_everywhere {
             continue;
         }
+        let mut removed = 0;
         for source in shared {
             let Some(&(completed_in, pending)) = done.get(&source) else { continue };
             if pending || completed_in < places.len() {
                 continue;
             }
             if let Err(error) = timeline.call(store.unshare(region, &source, account)).await {
-                swept
-                    .problems
+                problems
                     .push((account.to_owned(), format!("could not unshare {source} from account {account}: {error}")));
                 continue;
             }
-            swept.removed += 1;
+            removed += 1;
             // The record goes with the share; one left behind is harmless until someone shares
             // the source by hand again.
             if let Err(error) = timeline.call(store.untag_source(region, &source, &record)).await {
-                swept.problems.push((
+                problems.push((
                     account.to_owned(),
                     format!("unshared {source}, but could not remove its tag {record}: {error}"),
                 ));
             }
         }
-        debug!(account, removed = swept.removed, "shares swept");
+        debug!(account, "{} removed", plural(removed, "share"));
     }
-    if !swept.problems.is_empty() {
-        let problems: Vec<&str> = swept.problems.iter().map(|(_, why)| why.as_str()).collect();
-        warn!(problems = %problems.join("; "), "shares left for the next run");
+    if !problems.is_empty() {
+        let whys: Vec<&str> = problems.iter().map(|(_, why)| why.as_str()).collect();
+        warn!(problems = %whys.join("; "), "shares left for the next run");
     }
-    if swept.removed > 0 {
-        debug!("{} removed", plural(swept.removed, "share"));
-    }
-    swept
+    problems
 }

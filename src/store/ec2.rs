@@ -137,6 +137,21 @@ impl Ec2Store {
         Ok(Some(ec2_filter(&format!("tag:{SOURCE_ACCOUNT_TAG}"), [account])))
     }
 
+    /// One paginated DescribeSnapshots of this deployment's snapshots in `place` (owner self,
+    /// the place's account; [`own_copies_filter`](Self::own_copies_filter) and
+    /// [`is_own_here`] keep another account's copies out).
+    async fn describe_own(
+        &self,
+        place: &Place,
+        customize: impl FnOnce(DescribeSnapshotsFluentBuilder) -> DescribeSnapshotsFluentBuilder,
+    ) -> Result<Vec<types::Snapshot>, StoreError> {
+        let own = self.own_copies_filter(place).await?;
+        let mut found =
+            self.describe(place, |r| own.into_iter().fold(customize(r.owner_ids("self")), |r, f| r.filters(f))).await?;
+        found.retain(|s| is_own_here(place, &tags_of(s)));
+        Ok(found)
+    }
+
     /// One paginated DescribeSnapshots.
     async fn describe(
         &self,
@@ -170,17 +185,12 @@ impl Ec2Store {
         Ok(found)
     }
 
-    /// Every snapshot in `target` tagged as a copy from `source_region`, owner self (the
-    /// target's account).
+    /// Every copy of this deployment's in `target` tagged as a copy from `source_region`.
     async fn copies_from(&self, target: &Place, source_region: &Region) -> Result<Vec<types::Snapshot>, StoreError> {
         let from_region = ec2_filter(&format!("tag:{SOURCE_REGION_TAG}"), [source_region.as_str()]);
-        let own = self.own_copies_filter(target).await?;
-        self.describe(target, |r| own.into_iter().fold(r.owner_ids("self").filters(from_region), |r, f| r.filters(f)))
-            .await
+        self.describe_own(target, |r| r.filters(from_region)).await
     }
-}
 
-impl Ec2Store {
     /// ModifySnapshotAttribute on `createVolumePermission`, for one account. Adding an
     /// account already there, or removing one that is not, changes nothing: safe to repeat.
     async fn modify_share(
@@ -298,7 +308,7 @@ impl SnapshotStore for Ec2Store {
                 let tags = tags_of(s);
                 // The region filter ran in EC2; the snapshot-id tag must be there too, as the
                 // role's DeleteSnapshot condition requires.
-                (find_tag(&tags, SOURCE_REGION_TAG) == Some(source_region.as_str()) && is_own_here(target, &tags))
+                (find_tag(&tags, SOURCE_REGION_TAG) == Some(source_region.as_str()))
                     .then(|| copy_status(s, &tags))
                     .flatten()
             })
@@ -308,13 +318,8 @@ impl SnapshotStore for Ec2Store {
     async fn list_pending_copies(&self, target: &Place) -> Result<Vec<CopyStatus>, StoreError> {
         let ours = ec2_filter("tag-key", [SOURCE_SNAPSHOT_TAG]);
         let pending = ec2_filter("status", ["pending"]);
-        let own = self.own_copies_filter(target).await?;
-        let snapshots = self
-            .describe(target, |r| {
-                own.into_iter().fold(r.owner_ids("self").filters(ours).filters(pending), |r, f| r.filters(f))
-            })
-            .await?;
-        Ok(snapshots.iter().filter(|s| is_own_here(target, &tags_of(s))).filter_map(to_copy).collect())
+        let snapshots = self.describe_own(target, |r| r.filters(ours).filters(pending)).await?;
+        Ok(snapshots.iter().filter_map(to_copy).collect())
     }
 
     async fn start_copy(&self, spec: &CopySpec) -> Result<SnapshotId, StoreError> {
